@@ -1,0 +1,94 @@
+"""The one exception tree of mltf_flow.
+
+Every error raised on purpose by mltf_flow derives from :class:`MltfFlowError`, so callers can catch
+one class. A message says what failed, what was found, where it came from and what to do next::
+
+    MltfFlowError
+    ├── ConfigError            bad settings, MLproject, pipeline.yaml, parameters or URIs (before anything runs)
+    │   └── ParameterError     a parameter is unknown, missing or does not parse as its declared type
+    ├── StagingError           an input dataset cannot be staged or verified
+    │   └── RucioNotConfigured a rucio:// URI was given but no Rucio client is configured
+    ├── TrackingError          the MLflow tracking store cannot be reached or answers unexpectedly
+    ├── StepError              a pipeline step did not produce a complete, verified run
+    │   ├── StepFailed         the entry point exited non-zero (carries exit code and stderr tail)
+    │   ├── OutputMissing      the entry point exited 0 but a declared output is missing
+    │   └── StepInProgress     another live process is running the same step (same cache key)
+    └── CommandError           an external command failed (carries command, exit code, stdout, stderr)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class MltfFlowError(Exception):
+    """Base class of every error mltf_flow raises on purpose."""
+
+
+class ConfigError(MltfFlowError, ValueError):
+    """Invalid configuration or user input, detected before anything is launched."""
+
+
+class ParameterError(ConfigError):
+    """An entry-point parameter is unknown, missing, or not of its declared type."""
+
+
+class StagingError(MltfFlowError):
+    """An input dataset could not be staged or verified."""
+
+
+class RucioNotConfigured(StagingError, ConfigError):
+    """A ``rucio://`` dataset was requested but this installation has no Rucio configuration."""
+
+
+class TrackingError(MltfFlowError):
+    """The MLflow tracking store failed or answered something unexpected."""
+
+
+class StepError(MltfFlowError):
+    """A step did not end in a complete, verified MLflow run."""
+
+    def __init__(self, message: str, *, step: str, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.run_id = run_id
+
+
+class StepFailed(StepError):
+    """The step's command exited with a non-zero code."""
+
+    def __init__(
+        self, *, step: str, run_id: str | None, exit_code: int, stderr_tail: Sequence[str], log_path: str
+    ) -> None:
+        tail = "\n".join(f"    {line}" for line in stderr_tail) or "    (no stderr output)"
+        message = (
+            f"step '{step}' failed: its command exited with code {exit_code} (MLflow run {run_id}, "
+            f"marked FAILED).\n  last lines of stderr:\n{tail}\n  full log: {log_path}\n"
+            "  Fix the cause and run the same command again: completed steps are not repeated."
+        )
+        super().__init__(message, step=step, run_id=run_id)
+        self.exit_code = exit_code
+        self.stderr_tail = list(stderr_tail)
+        self.log_path = log_path
+
+
+class OutputMissing(StepError):
+    """The step's command exited 0 but did not produce a declared output."""
+
+
+class StepInProgress(StepError):
+    """A live process already runs this step with the same cache key."""
+
+
+class CommandError(MltfFlowError):
+    """An external command exited non-zero."""
+
+    def __init__(self, command: Sequence[str], exit_code: int, stdout: str, stderr: str) -> None:
+        self.command = list(command)
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(
+            f"command {' '.join(self.command)!r} exited with code {exit_code}\n"
+            f"  stdout: {stdout.strip() or '(empty)'}\n  stderr: {stderr.strip() or '(empty)'}"
+        )

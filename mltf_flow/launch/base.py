@@ -1,0 +1,43 @@
+"""The launcher contract: run one step command to completion and report how it ended."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything a launcher needs to run a step's command."""
+
+    step: str
+    command: str
+    cwd: Path
+    env: Mapping[str, str]
+    log_path: Path
+    stderr_tail_lines: int = 30
+    #: The command as written to logs (secret parameter values masked); default: ``command``.
+    display_command: str | None = None
+    #: Called with the command's pid once it started (recorded on the run for reaping).
+    on_start: Callable[[int], None] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """How the command ended. ``exit_code`` < 0 means killed by that signal."""
+
+    exit_code: int
+    stderr_tail: list[str]
+    log_path: Path
+    duration_s: float
+
+
+class Launcher(Protocol):
+    """Runs a step command; returns when it has ended. Must not leave the command running when
+    interrupted (KeyboardInterrupt / SIGTERM): stop it, then re-raise."""
+
+    name: str
+
+    def launch(self, request: LaunchRequest) -> LaunchResult: ...

@@ -1,0 +1,1 @@
+"""Input datasets: URIs, staging and manifests (what files, how large, which checksums)."""

@@ -1,0 +1,83 @@
+"""Local staging: datasets already on a filesystem this machine sees (local disk or shared FS).
+
+Nothing is copied: staging lists the files, checksums them and writes the manifest. A manifest stays
+valid while the listing and every file's size and modification time are unchanged; a changed,
+added or removed file makes it stale, so the dataset is staged again and its new digest reruns
+everything downstream.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Any
+
+from mltf_flow.errors import StagingError
+from mltf_flow.staging.manifest import MANIFEST_VERSION, manifest_digest, sha256_file
+from mltf_flow.staging.uri import DatasetURI
+
+
+def list_files(uri: DatasetURI) -> list[tuple[str, Path]]:
+    """(name relative to the dataset root, absolute path) of every file of a local dataset."""
+    assert uri.path is not None
+    root = uri.path
+    if root.is_file() and uri.pattern is None:
+        return [(root.name, root)]
+    if not root.is_dir():
+        raise StagingError(
+            f"dataset {uri.canonical}: {root} does not exist. Check the path, or create the sample data "
+            "(make data)."
+        )
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            if uri.pattern and not fnmatch.fnmatch(name, uri.pattern):
+                continue
+            full = Path(dirpath) / name
+            found.append((str(full.relative_to(root)), full))
+    if not found:
+        what = f"matching {uri.pattern!r} " if uri.pattern else ""
+        raise StagingError(f"dataset {uri.canonical}: no files {what}under {root}.")
+    return found
+
+
+def stage_local(uri: DatasetURI) -> dict[str, Any]:
+    """Build the manifest of a local dataset (checksums every file)."""
+    files = []
+    for name, path in list_files(uri):
+        stat = path.stat()
+        files.append(
+            {"name": name, "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+             "sha256": sha256_file(path)}
+        )
+    return {
+        "version": MANIFEST_VERSION,
+        "uri": uri.canonical,
+        "scheme": uri.scheme,
+        "files": files,
+        "digest": manifest_digest(files),
+    }
+
+
+def still_valid(uri: DatasetURI, manifest: dict[str, Any]) -> bool:
+    """True when the files on disk are the ones the manifest describes (cheap: stat only)."""
+    try:
+        current = list_files(uri)
+    except StagingError:
+        return False
+    recorded = {f["name"]: f for f in manifest["files"]}
+    if sorted(recorded) != sorted(name for name, _ in current):
+        return False
+    for name, path in current:
+        try:
+            stat = path.stat()
+        except OSError:
+            return False
+        entry = recorded[name]
+        if stat.st_size != entry["size"] or stat.st_mtime_ns != entry["mtime_ns"]:
+            return False
+    return True

@@ -1,0 +1,295 @@
+"""MLflowStep: one MLproject entry point as a cached Luigi task whose output is a verified MLflow run.
+
+A subclass names a project directory and an entry point; Luigi parameters whose names are entry-point
+parameters become its values (``None`` means "use the MLproject default")::
+
+    class Train(MLflowStep):
+        project_dir = HERE / "jet_tagging"
+        entry_point = "train"
+        inputs = {"features": "features.features"}     # param <- requirement "features", output "features"
+        outputs = {"model": "model:jet_tagger", "metrics": "metrics.json"}
+        epochs = luigi.IntParameter(default=None)
+
+        def requires(self):
+            return {"features": ExtractFeatures()}
+
+``run()`` follows DESIGN.md "The step contract": key, stale-run reaping, parent run, upstream outputs
+resolved into parameters, the command launched with ``MLFLOW_RUN_ID`` set, and ``mltf.complete=true``
+only after exit code 0 and every declared output verified. ``complete()`` never imports mlflow.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import luigi
+
+from mltf_flow.cache_key import CodeVersion, cache_key, code_hash
+from mltf_flow.config import Settings, load_settings
+from mltf_flow.errors import ConfigError, ParameterError
+from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
+from mltf_flow.targets.mlflow_run import MLflowRunTarget
+
+INVOCATION_ENV = "MLTF_INVOCATION_ID"
+_MODEL_PREFIX = "model:"
+
+
+def invocation_id() -> str:
+    """The id of this pipeline invocation, shared by every Luigi worker process.
+
+    It is fixed in the process that builds the DAG (tasks are instantiated there, before Luigi forks
+    per-task workers), so forked workers inherit it and attach their step runs to one parent run.
+    """
+    return os.environ.setdefault(INVOCATION_ENV, uuid.uuid4().hex)
+
+
+def new_invocation() -> str:
+    """Start a new invocation in this process (for programs calling ``luigi.build`` repeatedly)."""
+    os.environ[INVOCATION_ENV] = uuid.uuid4().hex
+    return os.environ[INVOCATION_ENV]
+
+
+@runtime_checkable
+class Upstream(Protocol):
+    """What a step needs from a requirement: a key to chain into its own, and outputs to consume."""
+
+    def upstream_key(self) -> str | None: ...
+
+    def dataset_inputs(self) -> list[dict[str, str]]: ...
+
+    def resolve_output(self, output: str | None, settings: Settings) -> str: ...
+
+
+class MLflowStep(luigi.Task):  # type: ignore[misc]
+    """Base class of pipeline steps backed by an MLproject entry point (see the module docstring)."""
+
+    #: Directory holding the MLproject file.
+    project_dir: ClassVar[str | os.PathLike[str]]
+    #: Entry point to run (a name from MLproject, or a ``.py``/``.sh`` script of the project).
+    entry_point: ClassVar[str]
+    #: Pipeline name (experiment and parent-run name); default: the MLproject ``name``.
+    pipeline: ClassVar[str | None] = None
+    #: Step name in tags and logs; default: the entry point name.
+    step: ClassVar[str | None] = None
+    #: Files/directories of the project this step's code depends on (all of it by default).
+    code_paths: ClassVar[tuple[str, ...]] = (".",)
+    #: Declared outputs: name -> artifact path in the run, or ``model:NAME`` for a logged model.
+    outputs: ClassVar[Mapping[str, str]] = {}
+    #: Parameters filled from requirements: param -> ``requirement`` or ``requirement.output``.
+    inputs: ClassVar[Mapping[str, str]] = {}
+    #: Luigi parameters that only feed requirements (not passed to the entry point).
+    pass_through: ClassVar[tuple[str, ...]] = ()
+    #: Pass Luigi parameters unknown to the entry point as ``--key value`` (like ``mlflow run``).
+    allow_extra_params: ClassVar[bool] = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        invocation_id()
+        self._memo: dict[str, Any] = {}
+
+    # -- what the step is -----------------------------------------------------------------------
+    def project(self) -> Project:
+        if "project" not in self._memo:
+            self._memo["project"] = read_project(self.project_dir)
+        project: Project = self._memo["project"]
+        return project
+
+    def entry(self) -> EntryPoint:
+        return self.project().entry_point(self.entry_point)
+
+    def pipeline_name(self) -> str:
+        return self.pipeline or self.project().name
+
+    def step_name(self) -> str:
+        return self.step or self.entry_point
+
+    def given_params(self) -> dict[str, Any]:
+        """Raw entry-point parameter values; by default the Luigi parameters that are not None."""
+        ep = self.entry()
+        given: dict[str, Any] = {}
+        stray: list[str] = []
+        for name, value in self.param_kwargs.items():
+            if name in self.pass_through or value is None:
+                continue
+            if name in ep.parameters or ep.is_script or self.allow_extra_params:
+                given[name] = value
+            else:
+                stray.append(name)
+        if stray:
+            raise ParameterError(
+                f"{self.task_family}: Luigi parameter(s) {', '.join(map(repr, stray))} are not parameters of "
+                f"entry point {ep.name!r} ({', '.join(ep.parameters) or 'none'}). Rename them, list them in "
+                "pass_through if they only feed requirements, or set allow_extra_params = True."
+            )
+        return given
+
+    def params(self) -> dict[str, ParamValue]:
+        """Entry-point parameters normalised to their MLproject types, defaults merged."""
+        return self.entry().normalise(
+            self.given_params(),
+            allow_extra=self.allow_extra_params,
+            filled_later=self.inputs.keys(),
+        )
+
+    def requirements(self) -> dict[str, luigi.Task]:
+        """``requires()`` as a name -> task mapping."""
+        req = self.requires()
+        if req is None:
+            return {}
+        if isinstance(req, luigi.Task):
+            return {"0": req}
+        if isinstance(req, Mapping):
+            return dict(req)
+        return {str(i): task for i, task in enumerate(req)}
+
+    # -- cache key ---------------------------------------------------------------------------------
+    def code_version(self) -> CodeVersion:
+        memo = self._memo.get("code")
+        if memo is None or memo[0] != invocation_id():
+            memo = (invocation_id(), code_hash(self.project().root, self.code_paths))
+            self._memo["code"] = memo
+        version: CodeVersion = memo[1]
+        return version
+
+    def cache_key(self) -> str | None:
+        """This step's cache key, or None while an upstream result does not exist yet."""
+        memo = self._memo.get("key")
+        if memo is not None and memo[0] == invocation_id():
+            return str(memo[1])
+        project, ep = self.project(), self.entry()
+        values: dict[str, Any] = dict(self.params())
+        requirements = self.requirements()
+        for param, source in self.inputs.items():
+            if source.partition(".")[0] not in requirements:
+                raise ConfigError(
+                    f"{self.task_family}.inputs maps {param!r} to {source!r}, but requires() has no "
+                    f"{source.partition('.')[0]!r} (it has: {', '.join(requirements) or 'nothing'})."
+                )
+            values[param] = {"from": source}
+        upstream: dict[str, str] = {}
+        datasets: list[dict[str, str]] = []
+        for name, task in requirements.items():
+            if isinstance(task, Upstream):
+                key = task.upstream_key()
+                if key is None:
+                    return None
+                upstream[name] = key
+                datasets.extend(task.dataset_inputs())
+            else:
+                # A plain Luigi task: its identity (family + parameters) stands in for a key.
+                if not task.complete():
+                    return None
+                upstream[name] = task.task_id
+        key = cache_key(
+            project=project.name,
+            entry_point=ep.name,
+            command=ep.command,
+            params=values,
+            code=self.code_version().hash,
+            env=project.env_hash(),
+            upstream=upstream,
+            inputs=datasets,
+        )
+        self._memo["key"] = (invocation_id(), key)
+        return key
+
+    # -- Luigi contract ----------------------------------------------------------------------------
+    def output(self) -> MLflowRunTarget:
+        settings = load_settings()
+        return MLflowRunTarget(
+            settings.tracking_uri,
+            settings.experiment_for(self.pipeline_name()),
+            self.cache_key,
+            settings.prefetch_limit,
+        )
+
+    # -- as an upstream of other steps -------------------------------------------------------------
+    def upstream_key(self) -> str | None:
+        return self.cache_key() if self.output().exists() else None
+
+    def dataset_inputs(self) -> list[dict[str, str]]:
+        return []  # our own inputs are already pinned by our key
+
+    def resolve_output(self, output: str | None, settings: Settings) -> str:
+        """A declared output of this step's complete run as a value for a downstream parameter:
+        a local file path for artifacts, a ``models:/`` URI for logged models."""
+        from mltf_flow.tracking import Tracker
+
+        if output is None:
+            if len(self.outputs) != 1:
+                raise ConfigError(
+                    f"{self.task_family} declares outputs {sorted(self.outputs)}; name one, e.g. "
+                    f"'{self.step_name()}.{next(iter(self.outputs), 'OUTPUT')}'."
+                )
+            output = next(iter(self.outputs))
+        if output not in self.outputs:
+            raise ConfigError(
+                f"{self.task_family} has no output {output!r}; declared outputs: {sorted(self.outputs) or 'none'}."
+            )
+        spec = self.outputs[output]
+        run_id = self.output().run_id
+        tracker = Tracker(settings)
+        if spec.startswith(_MODEL_PREFIX):
+            return tracker.model_uri(run_id, spec[len(_MODEL_PREFIX) :])
+        return str(tracker.artifact_local_path(run_id, spec, settings.work_dir / "inputs"))
+
+    # -- running -----------------------------------------------------------------------------------
+    def launcher(self) -> Any:
+        """The launcher for this step's command (the extension point for Dask/SLURM/DDP)."""
+        from mltf_flow.launch.local import LocalLauncher
+
+        return LocalLauncher()
+
+    def command_env(self, settings: Settings, run_id: str, experiment_id: str) -> dict[str, str]:
+        """Environment of the command: ours plus MLflow's run variables, with this interpreter first
+        on PATH so ``python`` in the MLproject command is the one mltf_flow runs in."""
+        env = dict(os.environ)
+        env.update(
+            MLFLOW_TRACKING_URI=settings.tracking_uri,
+            MLFLOW_RUN_ID=run_id,
+            MLFLOW_EXPERIMENT_ID=experiment_id,
+            MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
+            MLTF_STEP=self.step_name(),
+            MLTF_PIPELINE=self.pipeline_name(),
+            MLTF_WORK_DIR=str(settings.work_dir),
+            PYTHONUNBUFFERED="1",
+        )
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        return env
+
+    def run(self) -> None:
+        from mltf_flow.step_run import execute_step
+
+        execute_step(self)
+
+    def missing_outputs(self, tracker: Any, experiment_id: str, run_id: str) -> list[str]:
+        """Declared outputs the run does not have."""
+        missing = []
+        for name, spec in self.outputs.items():
+            if spec.startswith(_MODEL_PREFIX):
+                ok = tracker.has_model(experiment_id, run_id, spec[len(_MODEL_PREFIX) :])
+            else:
+                ok = tracker.has_artifact(run_id, spec)
+            if not ok:
+                missing.append(f"{name} ({spec})")
+        return missing
+
+
+def display_command(command: str, params: Mapping[str, Any]) -> str:
+    """``command`` with the values of secret-looking parameters masked, for logs."""
+    from mltf_flow.tracking import is_secret_name
+
+    shown = command
+    for name, value in params.items():
+        if is_secret_name(name) and str(value):
+            shown = shown.replace(shlex.quote(str(value)), "***").replace(str(value), "***")
+    return shown
+
+
+__all__ = ["INVOCATION_ENV", "MLflowStep", "Upstream", "display_command", "invocation_id", "new_invocation"]

@@ -1,0 +1,174 @@
+"""Executing one MLflowStep: the heavy half of the step contract, imported only when a step runs.
+
+Order matters and is chosen so that nothing is half-done:
+
+1. everything that can be checked is checked before a run exists (key, parameters, upstream
+   outputs, the command as MLflow computes it);
+2. stale RUNNING runs with this key are reaped (a live one stops us: no double launch);
+3. the step run is created under the invocation's parent run, with params and lineage tags;
+4. the command runs; its log is logged as artifact ``mltf/step.log`` whatever happens;
+5. only exit code 0 **and** every declared output present give ``mltf.complete=true`` + FINISHED;
+   anything else (including Ctrl-C / SIGTERM) ends the run FAILED or KILLED and raises.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mltf_flow.cache_key import git_state
+from mltf_flow.config import load_settings
+from mltf_flow.errors import OutputMissing, StepError, StepFailed
+from mltf_flow.launch.base import LaunchRequest
+from mltf_flow.mlproject import mlflow_command
+from mltf_flow.run_index import RunRef, run_index
+from mltf_flow.step import Upstream, display_command, invocation_id
+from mltf_flow.tracking import Tracker, lineage_key_tags
+
+if TYPE_CHECKING:
+    from mltf_flow.step import MLflowStep
+
+
+def _tracking_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return None
+
+
+def execute_step(step: MLflowStep) -> None:
+    settings = load_settings()
+    name = step.step_name()
+    key = step.cache_key()
+    if key is None:
+        raise StepError(f"step '{name}' cannot run: an upstream result is missing.", step=name)
+    project = step.project()
+    values = step.params()
+    code = step.code_version()
+
+    # 1. Resolve upstream outputs into parameters and compute the command before creating a run.
+    requirements = step.requirements()
+    resolved: dict[str, str] = {}
+    for param, source in step.inputs.items():
+        req_name, _, output = source.partition(".")
+        task = requirements[req_name]
+        if not isinstance(task, Upstream):
+            raise StepError(f"step '{name}': requirement {req_name!r} has no outputs to feed {param!r}.", step=name)
+        resolved[param] = task.resolve_output(output or None, settings)
+    upstream_runs: dict[str, str] = {}
+    manifests: dict[str, Path] = {}
+    datasets: list[dict[str, str]] = []
+    for req_name, task in requirements.items():
+        if isinstance(task, Upstream):
+            datasets.extend(task.dataset_inputs())
+        if hasattr(task, "manifest_path"):
+            manifests[req_name] = task.manifest_path()
+        elif hasattr(task, "cache_key"):
+            upstream_runs[req_name] = task.output().run_id
+    all_params: dict[str, Any] = {**values, **resolved}
+    storage = settings.work_dir / "storage" / invocation_id() / name
+    command = mlflow_command(project, step.entry_point, all_params, storage)
+
+    tracker = Tracker(settings)
+    pipeline = step.pipeline_name()
+    experiment = settings.experiment_for(pipeline)
+    experiment_id = tracker.ensure_experiment(experiment)
+    reaped = tracker.reap_stale(experiment, experiment_id, key, name)
+    parent_id = tracker.parent_run(experiment_id, pipeline, invocation_id())
+
+    tags = {
+        **lineage_key_tags(key, name, pipeline),
+        "mltf.role": "step",
+        "mltf.task_id": step.task_id,
+        "mltf.code_hash": code.hash,
+        "mltf.env_hash": project.env_hash(),
+        "mltf.upstream_run_ids": json.dumps(upstream_runs, sort_keys=True),
+        "mltf.inputs": json.dumps(datasets, sort_keys=True),
+        "mltf.profile": "local",
+        "mltf.launcher": "local",
+        "mltf.invocation_id": invocation_id(),
+        "mlflow.runName": name,
+        "mlflow.source.type": "PROJECT",
+        "mlflow.source.name": str(project.root),
+        "mlflow.project.entryPoint": step.entry_point,
+        "mlflow.project.backend": "mltf-local",
+        "mlflow.project.env": project.env_type or "local",
+    }
+    commit, dirty = git_state(project.root, step.code_paths) if code.in_git else (None, False)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["mltf.git_dirty"] = str(dirty).lower()
+    if reaped:
+        tags["mltf.replaces_run_ids"] = ",".join(reaped)
+    run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name=name, tags=tags, params=all_params)
+    url = _tracking_url(settings.tracking_uri, experiment_id, run_id)
+    if url:
+        step.set_tracking_url(url)
+    step.set_status_message(f"running: MLflow run {run_id} in experiment {experiment!r}")
+
+    log_path = settings.work_dir / "logs" / pipeline / f"{name}-{run_id}.log"
+    finished = False
+    try:
+        for req_name, path in manifests.items():
+            tracker.log_artifact(run_id, path, f"mltf/inputs/{req_name}")
+
+        def record_pid(pid: int) -> None:
+            tracker.set_tags(run_id, {"mltf.command_pid": str(pid)})
+
+        result = step.launcher().launch(
+            LaunchRequest(
+                step=name,
+                command=command,
+                cwd=project.root,
+                env=step.command_env(settings, run_id, experiment_id),
+                log_path=log_path,
+                stderr_tail_lines=settings.stderr_tail_lines,
+                on_start=record_pid,
+                display_command=display_command(command, all_params),
+            )
+        )
+        tracker.log_artifact(run_id, log_path, "mltf")
+        if result.exit_code != 0:
+            tracker.finish_step(run_id, ok=False, exit_code=result.exit_code)
+            finished = True
+            tracker.settle_parent(parent_id, step=name, ok=False)
+            raise StepFailed(
+                step=name, run_id=run_id, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
+                log_path=str(log_path),
+            )
+        missing = step.missing_outputs(tracker, experiment_id, run_id)
+        if missing:
+            tracker.finish_step(run_id, ok=False, exit_code=0)
+            finished = True
+            tracker.settle_parent(parent_id, step=name, ok=False)
+            raise OutputMissing(
+                f"step '{name}' exited 0 but did not produce declared output(s): {', '.join(missing)} "
+                f"(MLflow run {run_id}, marked FAILED). Log them from the entry point (mlflow.log_artifact / "
+                f"log_model) or fix {step.task_family}.outputs. Log: {log_path}",
+                step=name,
+                run_id=run_id,
+            )
+        tracker.finish_step(run_id, ok=True, exit_code=0)
+        finished = True
+        tracker.settle_parent(parent_id, step=name, ok=True)
+        run_index(settings.tracking_uri, settings.prefetch_limit).remember(
+            experiment_id, RunRef(run_id, "FINISHED", key, int(time.time() * 1000))
+        )
+        step.set_status_message(f"done: MLflow run {run_id} ({result.duration_s:.1f} s)")
+    except BaseException as exc:
+        if not finished:
+            # Interrupted (Ctrl-C, SIGTERM) or an error of ours: never leave the run RUNNING.
+            killed = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "_Terminated"
+            try:
+                if log_path.exists():
+                    tracker.log_artifact(run_id, log_path, "mltf")
+                tracker.set_tags(run_id, {"mltf.error": f"{type(exc).__name__}: {exc}"[:5000]})
+                tracker.finish_step(run_id, ok=False, exit_code=None, status="KILLED" if killed else "FAILED")
+                tracker.settle_parent(parent_id, step=name, ok=False)
+            except Exception:  # the original error matters more than a failed bookkeeping call
+                pass
+        raise
+
+
+__all__ = ["execute_step"]

@@ -1,0 +1,295 @@
+"""MLflow run lifecycle for pipeline steps: experiments, parent runs, step runs, finishing, reaping.
+
+This module owns every *write* to the tracking store (reads for completeness checks live in
+:mod:`mltf_flow.run_index`). It imports mlflow lazily: it is only used when a step actually runs.
+
+Lifecycle of a step run (DESIGN.md "The step contract")::
+
+    create (RUNNING, lineage tags, params) -> command runs with MLFLOW_RUN_ID -> outputs verified
+        -> tag mltf.complete=true, mltf.exit_code=0, FINISHED      (success)
+        -> tag mltf.exit_code=N, FAILED                            (failure)
+        -> KILLED + mltf.reaped=true by a later attempt            (launcher died: pid gone)
+
+Runs record the launching host and pid (with its start time, against pid reuse); a RUNNING run whose
+process is gone is *stale* and is reaped, one whose process is alive means the step is in progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mltf_flow.config import Settings
+from mltf_flow.errors import StepInProgress, TrackingError
+from mltf_flow.run_index import TAG_COMPLETE, TAG_KEY
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+TAG_INVOCATION = "mltf.invocation_id"
+TAG_HOST = "mltf.host"
+TAG_PID = "mltf.pid"
+TAG_PID_START = "mltf.pid_start"
+_SECRET_WORDS = ("token", "password", "passwd", "secret", "api_key", "apikey", "credential")
+
+
+def is_secret_name(name: str) -> bool:
+    """True for parameter/variable names that hold secrets; their values are never logged."""
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def redact(params: Mapping[str, Any]) -> dict[str, str]:
+    """Parameters as strings, with secret-looking names masked."""
+    return {k: "***" if is_secret_name(k) else str(v) for k, v in params.items()}
+
+
+def process_identity(pid: int | None = None) -> tuple[str, str, str]:
+    """(host, pid, pid start time) of a process; the start time tells a reused pid apart."""
+    import psutil
+
+    proc = psutil.Process(pid or os.getpid())
+    return socket.gethostname(), str(proc.pid), f"{proc.create_time():.2f}"
+
+
+def process_alive(host: str, pid: str, started: str) -> bool | None:
+    """True/False for a process on this host; None when it ran on another host (cannot tell)."""
+    import psutil
+
+    if host != socket.gethostname():
+        return None
+    try:
+        proc = psutil.Process(int(pid))
+        return f"{proc.create_time():.2f}" == started and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes of this machine (e.g. Luigi workers forked per task)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Tracker:
+    """Writes runs for one pipeline invocation to the configured tracking store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            # Printing "View run ..." costs a request per run and clutters step logs.
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.settings.tracking_uri)
+        return self._client
+
+    # -- experiments and parent runs ----------------------------------------------------------
+    def ensure_experiment(self, name: str) -> str:
+        """The id of experiment ``name``, created (with artifacts under the work dir) if missing."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage != "active":
+                raise TrackingError(
+                    f"experiment {name!r} is deleted in {self.settings.tracking_uri}. Restore it "
+                    f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or choose another name."
+                )
+            return str(exp.experiment_id)
+        location = None
+        if self.settings.is_local_store:
+            # Without this MLflow would put artifacts in ./mlruns of whatever directory we run in.
+            location = (self.settings.artifact_root / name).as_uri()
+        try:
+            return str(self.client.create_experiment(name, artifact_location=location))
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)  # created concurrently by another worker
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
+
+    def parent_run(self, experiment_id: str, pipeline: str, invocation_id: str) -> str:
+        """The parent run of this pipeline invocation, created on first use.
+
+        Several Luigi worker processes may ask at once; a file lock makes exactly one create it.
+        """
+        with file_lock(self.settings.work_dir / "locks" / f"parent-{invocation_id}.lock"):
+            found = self.client.search_runs(
+                [experiment_id],
+                f"tags.`{TAG_INVOCATION}` = '{invocation_id}' and tags.`mltf.role` = 'pipeline'",
+                max_results=1,
+            )
+            if found:
+                run_id = str(found[0].info.run_id)
+                self.client.update_run(run_id, status="RUNNING")
+                return run_id
+            host, pid, started = process_identity()
+            run = self.client.create_run(
+                experiment_id,
+                run_name=f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}",
+                tags={
+                    TAG_INVOCATION: invocation_id,
+                    "mltf.pipeline": pipeline,
+                    "mltf.role": "pipeline",
+                    TAG_HOST: host,
+                    TAG_PID: pid,
+                    TAG_PID_START: started,
+                    "mlflow.user": getpass.getuser(),
+                    "mlflow.source.type": "PROJECT",
+                },
+            )
+            return str(run.info.run_id)
+
+    def settle_parent(self, parent_id: str, *, step: str, ok: bool) -> None:
+        """Record a step's outcome on the parent run; it is FAILED once any step failed."""
+        with file_lock(self.settings.work_dir / "locks" / f"parent-{parent_id}.lock"):
+            tags = self.client.get_run(parent_id).data.tags
+            failed = [s for s in tags.get("mltf.failed_steps", "").split(",") if s]
+            done = [s for s in tags.get("mltf.steps_run", "").split(",") if s]
+            if ok:
+                done.append(step)
+                self.client.set_tag(parent_id, "mltf.steps_run", ",".join(done))
+            else:
+                failed.append(step)
+                self.client.set_tag(parent_id, "mltf.failed_steps", ",".join(failed))
+            self.client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+
+    # -- step runs ----------------------------------------------------------------------------
+    def reap_stale(self, experiment: str, experiment_id: str, key: str, step: str) -> list[str]:
+        """Mark RUNNING runs with this key whose launcher is gone as KILLED; return their ids.
+
+        Raises :class:`StepInProgress` when a live process on this host runs the same key.
+        """
+        from mltf_flow.run_index import run_index
+
+        reaped: list[str] = []
+        for ref in run_index(self.settings.tracking_uri).find_with_status(experiment, key, "RUNNING"):
+            tags = self.client.get_run(ref.run_id).data.tags
+            alive = process_alive(tags.get(TAG_HOST, ""), tags.get(TAG_PID, "0"), tags.get(TAG_PID_START, ""))
+            if alive:
+                raise StepInProgress(
+                    f"step '{step}' is already running with the same inputs: MLflow run {ref.run_id}, "
+                    f"pid {tags.get(TAG_PID)} on {tags.get(TAG_HOST)}. Wait for it, or stop that process.",
+                    step=step,
+                    run_id=ref.run_id,
+                )
+            # alive is False (process gone) or None (another host, no liveness signal yet: the
+            # cluster launchers of later issues record SLURM job ids for that case).
+            self.client.set_tag(ref.run_id, "mltf.reaped", "true")
+            self.client.set_terminated(ref.run_id, "KILLED")
+            reaped.append(ref.run_id)
+        return reaped
+
+    def create_step_run(
+        self,
+        experiment_id: str,
+        *,
+        parent_id: str | None,
+        run_name: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, Any],
+    ) -> str:
+        """Create the step's run (RUNNING) with lineage tags and its parameters."""
+        from mlflow.entities import Param
+
+        host, pid, started = process_identity()
+        all_tags = {
+            "mlflow.user": getpass.getuser(),
+            TAG_HOST: host,
+            TAG_PID: pid,
+            TAG_PID_START: started,
+            **tags,
+        }
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        run_id = str(run.info.run_id)
+        items = [Param(k, v[:6000]) for k, v in sorted(redact(params).items())]
+        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(run_id, params=items[start : start + 100])
+        return run_id
+
+    def finish_step(self, run_id: str, *, ok: bool, exit_code: int | None, status: str | None = None) -> None:
+        """Set the final status; ``mltf.complete=true`` only for a verified success."""
+        if exit_code is not None:
+            self.client.set_tag(run_id, "mltf.exit_code", str(exit_code))
+        if ok:
+            self.client.set_tag(run_id, TAG_COMPLETE, "true")
+        self.client.set_terminated(run_id, status or ("FINISHED" if ok else "FAILED"))
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def artifact_local_path(self, run_id: str, artifact_path: str, cache_dir: Path) -> Path:
+        """A local path for an artifact of ``run_id`` (downloaded once into ``cache_dir``)."""
+        import mlflow.artifacts
+
+        target = cache_dir / run_id
+        local = target / artifact_path
+        if local.exists():
+            return local
+        target.mkdir(parents=True, exist_ok=True)
+        got = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, dst_path=str(target),
+            tracking_uri=self.settings.tracking_uri,
+        )
+        return Path(got)
+
+    def has_artifact(self, run_id: str, artifact_path: str) -> bool:
+        """True when ``artifact_path`` was logged to the run and is not empty."""
+        parent = os.path.dirname(artifact_path) or None
+        for info in self.client.list_artifacts(run_id, parent):
+            if info.path == artifact_path:
+                return info.is_dir or bool(info.file_size)
+        return False
+
+    def has_model(self, experiment_id: str, run_id: str, name: str) -> bool:
+        """True when a LoggedModel ``name`` was logged by this run (MLflow 3 keeps models apart)."""
+        models = self.client.search_logged_models(
+            experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+        return any(m.name == name for m in models)
+
+    def model_uri(self, run_id: str, name: str) -> str:
+        """``models:/<model_id>`` of the LoggedModel ``name`` logged by ``run_id``."""
+        run = self.client.get_run(run_id)
+        models = self.client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+        for model in models:
+            if model.name == name:
+                return f"models:/{model.model_id}"
+        raise TrackingError(f"run {run_id} has no logged model named {name!r}.")
+
+    def get_tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def lineage_key_tags(key: str, step: str, pipeline: str) -> dict[str, str]:
+    """The tags that let a run be found again by its cache key."""
+    from mltf_flow.cache_key import KEY_VERSION
+
+    return {TAG_KEY: key, "mltf.key_version": str(KEY_VERSION), "mltf.step": step, "mltf.pipeline": pipeline}

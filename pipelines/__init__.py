@@ -1,0 +1,71 @@
+"""The facility's example pipeline: quark/gluon jet tagging as three cached steps.
+
+    luigi --module pipelines Train --local-scheduler                 # everything, cached
+    luigi --module pipelines Train --epochs 12 --local-scheduler     # only Train reruns
+    luigi --module pipelines Train --ExtractFeatures-max-constituents 32 --local-scheduler
+
+``StageDataset`` verifies the input files and writes their manifest, ``ExtractFeatures`` runs the
+MLproject entry point ``features`` on them, ``Train`` runs ``train`` on the features. Importing this
+module is cheap (no mlflow, dask or torch): Luigi imports it for every invocation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import luigi
+
+from mltf_flow.staging.step import StageStep
+from mltf_flow.step import MLflowStep
+
+PROJECT = Path(__file__).resolve().parent / "jet_tagging"
+#: The sample written by `make data` (relative to where luigi runs; pass --dataset to change it).
+DEFAULT_DATASET = "data/jet_sample"
+
+
+class StageDataset(StageStep):
+    """Stage the input dataset (local path or file:// URI now; rucio:// with Rucio configured)."""
+
+    dataset: str = luigi.Parameter(default=DEFAULT_DATASET)
+
+
+class ExtractFeatures(MLflowStep):
+    """Per-jet features from the staged ROOT files (entry point ``features``)."""
+
+    project_dir = PROJECT
+    entry_point = "features"
+    code_paths = ("features.py",)
+    inputs = {"manifest": "dataset"}
+    outputs = {"features": "features.npz"}
+    pass_through = ("dataset",)
+
+    dataset: str = luigi.Parameter(default=DEFAULT_DATASET)
+    min_constituent_pt: float | None = luigi.OptionalFloatParameter(default=None)
+    max_constituents: int | None = luigi.OptionalIntParameter(default=None)
+
+    def requires(self) -> dict[str, luigi.Task]:
+        return {"dataset": StageDataset(dataset=self.dataset)}
+
+
+class Train(MLflowStep):
+    """The quark/gluon classifier (entry point ``train``); ``None`` = the MLproject default."""
+
+    project_dir = PROJECT
+    entry_point = "train"
+    code_paths = ("train.py",)
+    inputs = {"features": "features.features"}
+    outputs = {"model": "model:jet_tagger", "metrics": "metrics.json"}
+    pass_through = ("dataset",)
+
+    dataset: str = luigi.Parameter(default=DEFAULT_DATASET)
+    epochs: int | None = luigi.OptionalIntParameter(default=None)
+    lr: float | None = luigi.OptionalFloatParameter(default=None)
+    hidden: int | None = luigi.OptionalIntParameter(default=None)
+    batch_size: int | None = luigi.OptionalIntParameter(default=None)
+    seed: int | None = luigi.OptionalIntParameter(default=None)
+
+    def requires(self) -> dict[str, luigi.Task]:
+        return {"features": ExtractFeatures(dataset=self.dataset)}
+
+
+__all__ = ["ExtractFeatures", "StageDataset", "Train"]
