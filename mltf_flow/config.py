@@ -112,7 +112,7 @@ def load_settings(**overrides: Any) -> Settings:
 
     work_dir = Path(values["work_dir"]).expanduser().resolve()
     tracking_uri = values.get("tracking_uri") or f"sqlite:///{work_dir / 'mlflow.db'}"
-    if tracking_uri.startswith("file:") or "://" not in tracking_uri and not tracking_uri.startswith("sqlite:"):
+    if tracking_uri.startswith("file:") or ("://" not in tracking_uri and not tracking_uri.startswith("sqlite:")):
         raise ConfigError(
             f"tracking_uri {tracking_uri!r} is not supported: use sqlite:///ABSOLUTE/PATH/mlflow.db or an "
             "http(s):// MLflow server (MLflow's file store is in maintenance mode)."

@@ -25,7 +25,6 @@ import shlex
 import sys
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import luigi
@@ -66,7 +65,7 @@ class Upstream(Protocol):
     def resolve_output(self, output: str | None, settings: Settings) -> str: ...
 
 
-class MLflowStep(luigi.Task):  # type: ignore[misc]
+class MLflowStep(luigi.Task):
     """Base class of pipeline steps backed by an MLproject entry point (see the module docstring)."""
 
     #: Directory holding the MLproject file.
@@ -89,7 +88,7 @@ class MLflowStep(luigi.Task):  # type: ignore[misc]
     allow_extra_params: ClassVar[bool] = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         invocation_id()
         self._memo: dict[str, Any] = {}
 
@@ -139,7 +138,7 @@ class MLflowStep(luigi.Task):  # type: ignore[misc]
 
     def requirements(self) -> dict[str, luigi.Task]:
         """``requires()`` as a name -> task mapping."""
-        req = self.requires()
+        req = self.requires()  # type: ignore[no-untyped-call]
         if req is None:
             return {}
         if isinstance(req, luigi.Task):
@@ -292,4 +291,6 @@ def display_command(command: str, params: Mapping[str, Any]) -> str:
     return shown
 
 
-__all__ = ["INVOCATION_ENV", "MLflowStep", "Upstream", "display_command", "invocation_id", "new_invocation"]
+__all__ = [
+    "INVOCATION_ENV", "MLflowStep", "Upstream", "display_command", "invocation_id", "new_invocation"
+]

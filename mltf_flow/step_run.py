@@ -23,6 +23,7 @@ from mltf_flow.config import load_settings
 from mltf_flow.errors import OutputMissing, StepError, StepFailed
 from mltf_flow.launch.base import LaunchRequest
 from mltf_flow.mlproject import mlflow_command
+from mltf_flow.progress import report_status
 from mltf_flow.run_index import RunRef, run_index
 from mltf_flow.step import Upstream, display_command, invocation_id
 from mltf_flow.tracking import Tracker, lineage_key_tags
@@ -103,15 +104,13 @@ def execute_step(step: MLflowStep) -> None:
         tags["mltf.replaces_run_ids"] = ",".join(reaped)
     run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name=name, tags=tags, params=all_params)
     url = _tracking_url(settings.tracking_uri, experiment_id, run_id)
-    if url:
-        step.set_tracking_url(url)
-    step.set_status_message(f"running: MLflow run {run_id} in experiment {experiment!r}")
+    report_status(step, f"running: MLflow run {run_id} in experiment {experiment!r}", url=url, percent=0)
 
     log_path = settings.work_dir / "logs" / pipeline / f"{name}-{run_id}.log"
     finished = False
     try:
         for req_name, path in manifests.items():
-            tracker.log_artifact(run_id, path, f"mltf/inputs/{req_name}")
+            tracker.log_artifact(run_id, path, "mltf/inputs", name=f"{req_name}.manifest.json")
 
         def record_pid(pid: int) -> None:
             tracker.set_tags(run_id, {"mltf.command_pid": str(pid)})
@@ -128,7 +127,7 @@ def execute_step(step: MLflowStep) -> None:
                 display_command=display_command(command, all_params),
             )
         )
-        tracker.log_artifact(run_id, log_path, "mltf")
+        tracker.log_artifact(run_id, log_path, "mltf", name="step.log")
         if result.exit_code != 0:
             tracker.finish_step(run_id, ok=False, exit_code=result.exit_code)
             finished = True
@@ -155,14 +154,14 @@ def execute_step(step: MLflowStep) -> None:
         run_index(settings.tracking_uri, settings.prefetch_limit).remember(
             experiment_id, RunRef(run_id, "FINISHED", key, int(time.time() * 1000))
         )
-        step.set_status_message(f"done: MLflow run {run_id} ({result.duration_s:.1f} s)")
+        report_status(step, f"done: MLflow run {run_id} ({result.duration_s:.1f} s)", percent=100)
     except BaseException as exc:
         if not finished:
             # Interrupted (Ctrl-C, SIGTERM) or an error of ours: never leave the run RUNNING.
             killed = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "_Terminated"
             try:
                 if log_path.exists():
-                    tracker.log_artifact(run_id, log_path, "mltf")
+                    tracker.log_artifact(run_id, log_path, "mltf", name="step.log")
                 tracker.set_tags(run_id, {"mltf.error": f"{type(exc).__name__}: {exc}"[:5000]})
                 tracker.finish_step(run_id, ok=False, exit_code=None, status="KILLED" if killed else "FAILED")
                 tracker.settle_parent(parent_id, step=name, ok=False)

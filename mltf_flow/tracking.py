@@ -235,8 +235,20 @@ class Tracker:
             self.client.set_tag(run_id, TAG_COMPLETE, "true")
         self.client.set_terminated(run_id, status or ("FINISHED" if ok else "FAILED"))
 
-    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+    def log_artifact(
+        self, run_id: str, path: Path, artifact_path: str | None = None, name: str | None = None
+    ) -> None:
+        """Log a local file; ``name`` renames it in the run (e.g. every step log as ``step.log``)."""
+        if name is None or name == path.name:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+            return
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            renamed = Path(tmp) / name
+            shutil.copyfile(path, renamed)
+            self.client.log_artifact(run_id, str(renamed), artifact_path)
 
     def artifact_local_path(self, run_id: str, artifact_path: str, cache_dir: Path) -> Path:
         """A local path for an artifact of ``run_id`` (downloaded once into ``cache_dir``)."""

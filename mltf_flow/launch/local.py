@@ -10,6 +10,7 @@ error message.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import signal
@@ -27,10 +28,9 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    try:
+    # Not glibc/Linux: OSError, and the session kill in _stop still covers orderly stops.
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not glibc/Linux: the session kill below still covers orderly stops
-        pass
 
 
 class _Terminated(BaseException):
@@ -58,7 +58,7 @@ class LocalLauncher:
                 stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads of ours touch the child
+                preexec_fn=_die_with_parent,
             )
             if request.on_start is not None:
                 request.on_start(proc.pid)

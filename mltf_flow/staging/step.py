@@ -14,13 +14,14 @@ import luigi
 
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.errors import RucioNotConfigured
+from mltf_flow.progress import report_status
 from mltf_flow.staging.local import stage_local
 from mltf_flow.staging.manifest import write_manifest
 from mltf_flow.staging.uri import DatasetURI, parse_dataset_uri
 from mltf_flow.targets.manifest import ManifestTarget
 
 
-class StageStep(luigi.Task):  # type: ignore[misc]
+class StageStep(luigi.Task):
     """Stage ``dataset`` (a local path, ``file://`` or ``rucio://`` URI)."""
 
     dataset: str = luigi.Parameter(description="dataset: /path, file:///path[/*.root] or rucio://scope:name")
@@ -44,10 +45,10 @@ class StageStep(luigi.Task):  # type: ignore[misc]
                 "files another way and pass a local path or file:// URI, or configure Rucio (rucio.cfg, "
                 "RUCIO_CONFIG) once rucio:// staging is enabled."
             )
-        self.set_status_message(f"staging {uri.canonical}")
+        report_status(self, f"staging {uri.canonical}")
         manifest = stage_local(uri)
         write_manifest(self.manifest_path(), manifest)
-        self.set_status_message(f"staged {len(manifest['files'])} files, digest {manifest['digest'][:12]}")
+        report_status(self, f"staged {len(manifest['files'])} files, digest {manifest['digest'][:12]}")
 
     # -- as an upstream of MLflow steps ------------------------------------------------------------
     def _manifest(self) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from mltf_flow.staging.manifest import read_manifest
 from mltf_flow.staging.uri import DatasetURI
 
 
-class ManifestTarget(luigi.Target):  # type: ignore[misc]
+class ManifestTarget(luigi.Target):
     """Exists when the manifest file exists and still matches the dataset (for local datasets:
     same file list, sizes and modification times)."""
 

@@ -14,7 +14,7 @@ import luigi
 from mltf_flow.run_index import RunRef, run_index
 
 
-class MLflowRunTarget(luigi.Target):  # type: ignore[misc]
+class MLflowRunTarget(luigi.Target):
     """The newest complete run with cache key ``key()`` in ``experiment``.
 
     ``key`` is a callable because computing it may need upstream results (a manifest digest) that do

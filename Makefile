@@ -1,0 +1,50 @@
+# Two commands on a fresh machine:
+#   make run    venv + install + sample data + the example pipeline on the embedded default store
+#   make test   venv + install + lint + type check + the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# Luigi exits 0 on failure unless [retcode] is configured: always use ours.
+export LUIGI_CONFIG_PATH := $(CURDIR)/configs/luigi.cfg
+
+.PHONY: run install data test test-fast lint ui bench clean
+
+run: install data
+	$(BIN)/luigi --module pipelines Train --local-scheduler
+	@echo
+	@echo "Done. Runs are in $(CURDIR)/.mltf (sqlite store + artifacts). See them with:  make ui"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch==2.13.0 (pinned in the example extra) installs the local CPU wheel on these machines.
+	$(PY) -m pip install -q -e '.[example,dev]'
+	touch $@
+
+data: install data/jet_sample/jets_003.root
+
+data/jet_sample/jets_003.root:
+	$(PY) pipelines/jet_tagging/generate.py --out-dir data/jet_sample
+
+lint: install
+	$(BIN)/ruff check mltf_flow pipelines tests benchmarks
+	$(BIN)/mypy
+
+test: install lint
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+ui: install
+	$(BIN)/mltf-flow ui
+
+bench: install data
+	$(PY) benchmarks/cached_rerun.py
+	$(PY) benchmarks/completeness_check.py
+
+clean:
+	rm -rf .mltf data/jet_sample

@@ -1,0 +1,165 @@
+"""``mltf-flow``: the command line.
+
+    mltf-flow run PROJECT_DIR --step train [-P k=v | -P step.k=v ...] [--workers N]
+    mltf-flow status PROJECT_DIR --step train [-P ...]     cache keys and which steps are complete
+    mltf-flow ui [--port 5000]                              MLflow UI on the configured store
+    mltf-flow config                                        the resolved settings
+
+Exit codes of ``run`` follow ``configs/luigi.cfg``'s ``[retcode]``: 0 success, 30 a step failed,
+35 scheduling error, 25 not run, 20 missing input; 2 for bad input detected before anything ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mltf_flow.errors import ConfigError, MltfFlowError
+
+EXIT_BAD_INPUT = 2
+_RETCODES = {"FAILED": 30, "FAILED_AND_SCHEDULING_FAILED": 30, "SCHEDULING_FAILED": 35, "NOT_RUN": 25,
+             "MISSING_EXT": 20}
+
+
+def _parse_params(items: Sequence[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"-P {item!r}: expected KEY=VALUE or STEP.KEY=VALUE, e.g. -P epochs=3.")
+        params[key.strip()] = value
+    return params
+
+
+def _build_target(args: argparse.Namespace) -> Any:
+    from mltf_flow.pipeline import load_pipeline, make_task
+
+    overrides = _parse_params(args.param)
+    spec = load_pipeline(args.project_dir)
+    unknown_steps = {k.partition(".")[0] for k in overrides if "." in k} - set(spec.steps) - {args.step}
+    if unknown_steps and spec.declared:
+        raise ConfigError(f"-P names unknown step(s) {sorted(unknown_steps)}; steps are: {', '.join(spec.steps)}.")
+    task = make_task(str(spec.root), args.step, overrides, allow_extra=args.allow_extra_params)
+    _validate_tree(task)
+    return task
+
+
+def _validate_tree(task: Any, seen: set[str] | None = None) -> None:
+    """Check every step's parameters and dataset before Luigi starts anything."""
+    from mltf_flow.staging.step import StageStep
+    from mltf_flow.step import MLflowStep
+
+    seen = set() if seen is None else seen
+    if task.task_id in seen:
+        return
+    seen.add(task.task_id)
+    if isinstance(task, MLflowStep):
+        task.params()
+        for dep in task.requirements().values():
+            _validate_tree(dep, seen)
+    elif isinstance(task, StageStep):
+        task.uri()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import luigi
+
+    from mltf_flow.step import new_invocation
+
+    task = _build_target(args)
+    new_invocation()
+    result = luigi.build(
+        [task], local_scheduler=not args.scheduler_host, scheduler_host=args.scheduler_host or "localhost",
+        workers=args.workers, detailed_summary=True, log_level=args.log_level,
+    )
+    print(result.summary_text)
+    name = result.status.name
+    return 0 if name.startswith("SUCCESS") else _RETCODES.get(name, 30)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mltf_flow.staging.step import StageStep
+    from mltf_flow.step import MLflowStep
+
+    task = _build_target(args)
+    todo, seen = [task], set()
+    while todo:
+        current = todo.pop()
+        if current.task_id in seen:
+            continue
+        seen.add(current.task_id)
+        if isinstance(current, MLflowStep):
+            key = current.cache_key()
+            ref = current.output().run_ref()
+            state = f"complete (run {ref.run_id})" if ref else "to run"
+            print(f"{current.step_name():<20} {state:<45} key {key[:16] if key else '(after upstream)'}")
+            todo.extend(current.requirements().values())
+        elif isinstance(current, StageStep):
+            manifest = current.output().read()
+            state = f"staged ({len(manifest['files'])} files)" if manifest else "to stage"
+            print(f"{'stage':<20} {state:<45} {current.uri().canonical}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from mltf_flow.config import load_settings
+
+    settings = load_settings()
+    if not settings.is_local_store:
+        print(f"tracking server: {settings.tracking_uri} (open it in a browser)")
+        return 0
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
+           "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {settings.tracking_uri}); Ctrl-C stops it")
+    return subprocess.call(cmd)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from mltf_flow.config import load_settings
+
+    settings = load_settings()
+    for key, value in vars(settings).items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mltf-flow", description="MLflow projects as cached pipelines.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, helptext in (("run", "run a step and everything it needs"), ("status", "show what would run")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("project_dir", help="directory with MLproject (and pipeline.yaml)")
+        p.add_argument("--step", "-e", required=True, help="step (or entry point) to run")
+        p.add_argument("-P", "--param", action="append", default=[], help="KEY=VALUE or STEP.KEY=VALUE")
+        p.add_argument("--allow-extra-params", action="store_true", help="pass unknown -P as --key value")
+        if name == "run":
+            p.add_argument("--workers", type=int, default=1, help="Luigi worker processes")
+            p.add_argument("--scheduler-host", default=None, help="central luigid (default: local scheduler)")
+            p.add_argument("--log-level", default="WARNING")
+    p = sub.add_parser("ui", help="start the MLflow UI on the configured tracking store")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    sub.add_parser("config", help="print the resolved settings")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": cmd_run, "status": cmd_status, "ui": cmd_ui, "config": cmd_config}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"mltf-flow: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MltfFlowError as exc:
+        print(f"mltf-flow: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Generic multi-step pipelines declared in ``pipeline.yaml`` next to ``MLproject`` (no Python needed).
+
+The file is a sidecar: MLflow ignores it, so ``mlflow run`` keeps working on the same project::
+
+    name: jet_tagging                   # pipeline (experiment) name; default: MLproject name
+    steps:
+      stage:
+        dataset: data/jet_sample        # a stage step: path, file:// or rucio:// URI
+      features:
+        entry_point: features
+        inputs: {manifest: stage}       # parameter <- step (a stage step gives its manifest path)
+        outputs: {features: features.npz}
+        code: [features.py]             # files of the project this step depends on (default: all)
+      train:
+        entry_point: train
+        inputs: {features: features.features}     # parameter <- step.output
+        outputs: {model: "model:jet_tagger"}
+        requires: []                    # extra ordering-only dependencies
+
+A project without ``pipeline.yaml`` is a pipeline of independent single steps, one per entry point
+(and any ``.py``/``.sh`` script), so every project ``mlflow run`` accepts runs here too.
+
+From the command line: ``mltf-flow run DIR --step train -P epochs=3 -P features.max_constituents=32``,
+or with Luigi: ``luigi --module mltf_flow.pipeline PipelineStep --project-dir DIR --run-step train
+--overrides '{"epochs": 3}'``. Unscoped parameters apply to the requested step; ``STEP.PARAM`` to any.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import luigi
+import yaml
+
+from mltf_flow.errors import ConfigError
+from mltf_flow.mlproject import read_project
+from mltf_flow.staging.step import StageStep
+from mltf_flow.staging.uri import parse_dataset_uri
+from mltf_flow.step import MLflowStep
+
+PIPELINE_FILE = "pipeline.yaml"
+_STEP_KEYS = {"entry_point", "inputs", "outputs", "code", "requires", "dataset"}
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    name: str
+    entry_point: str | None = None  # None for a stage step
+    dataset: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    code: tuple[str, ...] = (".",)
+    requires: tuple[str, ...] = ()
+
+    @property
+    def is_stage(self) -> bool:
+        return self.entry_point is None
+
+    def dependencies(self) -> list[str]:
+        deps = [src.partition(".")[0] for src in self.inputs.values()] + list(self.requires)
+        return list(dict.fromkeys(deps))
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    name: str
+    root: Path
+    steps: dict[str, StepSpec]
+    declared: bool  # False: synthesised from MLproject (no pipeline.yaml)
+
+    def step(self, name: str) -> StepSpec:
+        if name in self.steps:
+            return self.steps[name]
+        if not self.declared:
+            read_project(self.root).entry_point(name)  # raises ConfigError listing entry points
+            return StepSpec(name=name, entry_point=name)
+        raise ConfigError(
+            f"{self.root / PIPELINE_FILE}: no step {name!r}; steps are: {', '.join(self.steps)}."
+        )
+
+
+def _mapping(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping of name: value.")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def load_pipeline(project_dir: str | Path) -> PipelineSpec:
+    """Read and validate ``pipeline.yaml`` of a project (or synthesise single steps without one)."""
+    project = read_project(project_dir)
+    path = project.root / PIPELINE_FILE
+    if not path.is_file():
+        singles = {name: StepSpec(name=name, entry_point=name) for name in project.entry_points}
+        return PipelineSpec(project.name, project.root, singles, declared=False)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    raw_steps = data.get("steps")
+    if not isinstance(raw_steps, Mapping) or not raw_steps:
+        raise ConfigError(f"{path}: needs a 'steps' mapping (step name -> entry_point/dataset, inputs, outputs).")
+    steps: dict[str, StepSpec] = {}
+    for name, raw in raw_steps.items():
+        where = f"{path}: step {name!r}"
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where} must be a mapping.")
+        unknown = set(raw) - _STEP_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_STEP_KEYS)}.")
+        if ("entry_point" in raw) == ("dataset" in raw):
+            raise ConfigError(f"{where}: give either 'entry_point' (an MLproject step) or 'dataset' (a stage step).")
+        code = raw.get("code", ["."])
+        requires = raw.get("requires", [])
+        if not isinstance(code, list) or not isinstance(requires, list):
+            raise ConfigError(f"{where}: 'code' and 'requires' must be lists.")
+        spec = StepSpec(
+            name=str(name),
+            entry_point=str(raw["entry_point"]) if "entry_point" in raw else None,
+            dataset=str(raw["dataset"]) if "dataset" in raw else None,
+            inputs=_mapping(raw.get("inputs"), f"{where}: inputs"),
+            outputs=_mapping(raw.get("outputs"), f"{where}: outputs"),
+            code=tuple(str(c) for c in code),
+            requires=tuple(str(r) for r in requires),
+        )
+        if spec.is_stage:
+            parse_dataset_uri(spec.dataset or "")
+            if spec.inputs or spec.outputs:
+                raise ConfigError(f"{where}: a stage step has no inputs or outputs (its output is the manifest).")
+        else:
+            project.entry_point(spec.entry_point or "")
+        steps[spec.name] = spec
+    for spec in steps.values():
+        for param, source in spec.inputs.items():
+            dep, _, output = source.partition(".")
+            if dep not in steps:
+                raise ConfigError(f"{path}: step {spec.name!r} input {param!r} names unknown step {dep!r}.")
+            if output and output not in steps[dep].outputs:
+                raise ConfigError(
+                    f"{path}: step {spec.name!r} input {param!r} wants output {output!r} of {dep!r}, which "
+                    f"declares {sorted(steps[dep].outputs) or 'no outputs'}."
+                )
+        for dep in spec.requires:
+            if dep not in steps:
+                raise ConfigError(f"{path}: step {spec.name!r} requires unknown step {dep!r}.")
+    _check_acyclic(steps, path)
+    return PipelineSpec(str(data.get("name") or project.name), project.root, steps, declared=True)
+
+
+def _check_acyclic(steps: Mapping[str, StepSpec], path: Path) -> None:
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise ConfigError(f"{path}: steps form a cycle: {' -> '.join([*trail, name])}.")
+        state[name] = 1
+        for dep in steps[name].dependencies():
+            visit(dep, [*trail, name])
+        state[name] = 2
+
+    for name in steps:
+        visit(name, [])
+
+
+def scoped_overrides(overrides: Mapping[str, Any], step: str, target: str, steps: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides that apply to ``step``: ``step.param`` keys, and unscoped keys when it is ``target``."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        prefix, dot, rest = key.partition(".")
+        if dot and prefix in steps:
+            if prefix == step:
+                out[rest] = value
+        elif step == target:
+            out[key] = value
+    return out
+
+
+def make_task(project_dir: str, step: str, overrides: Mapping[str, Any], allow_extra: bool = False) -> luigi.Task:
+    """The Luigi task for ``step`` of the pipeline in ``project_dir``."""
+    spec = load_pipeline(project_dir)
+    step_spec = spec.step(step)
+    if step_spec.is_stage:
+        mine = scoped_overrides(overrides, step, step, spec.steps)
+        unknown = set(mine) - {"dataset"}
+        if unknown:
+            raise ConfigError(f"stage step {step!r} takes only 'dataset', not {sorted(unknown)}.")
+        return StageStep(dataset=str(mine.get("dataset", step_spec.dataset)))
+    return PipelineStep(
+        project_dir=str(spec.root), run_step=step, overrides=dict(overrides), allow_extra=allow_extra
+    )
+
+
+class PipelineStep(MLflowStep):
+    """One step of a ``pipeline.yaml`` pipeline (or a single entry point of any MLflow project)."""
+
+    project_dir: str = luigi.Parameter(  # type: ignore[misc]  # a parameter here, a class constant in MLflowStep
+        description="directory holding MLproject (and pipeline.yaml)"
+    )
+    run_step: str = luigi.Parameter(description="step to run (with everything it needs)")
+    overrides: dict[str, Any] = luigi.DictParameter(
+        default={}, description='parameter values: {"param": v} for this step, {"step.param": v} for any'
+    )
+    allow_extra: bool = luigi.BoolParameter(default=False, description="pass unknown params as --key value")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spec = load_pipeline(self.project_dir)
+        step = self.spec.step(self.run_step)
+        if step.is_stage:
+            raise ConfigError(f"step {self.run_step!r} is a stage step: run it through the step that uses it.")
+        # Instance values for what MLflowStep subclasses declare as class attributes.
+        assert step.entry_point is not None
+        self.entry_point = step.entry_point  # type: ignore[misc]
+        self.inputs = step.inputs  # type: ignore[misc]
+        self.outputs = step.outputs  # type: ignore[misc]
+        self.code_paths = step.code  # type: ignore[misc]
+        self.step = step.name  # type: ignore[misc]
+        self.pipeline = self.spec.name  # type: ignore[misc]
+        self.allow_extra_params = bool(self.allow_extra)  # type: ignore[misc]
+
+    def given_params(self) -> dict[str, Any]:
+        return scoped_overrides(self.overrides, self.run_step, self.run_step, self.spec.steps)
+
+    def requires(self) -> dict[str, luigi.Task]:
+        step = self.spec.step(self.run_step)
+        return {
+            dep: make_task(self.project_dir, dep, self._upstream_overrides(), self.allow_extra)
+            for dep in step.dependencies()
+        }
+
+    def _upstream_overrides(self) -> dict[str, Any]:
+        # Unscoped keys belong to this step only; upstream steps get the scoped ones.
+        return {k: v for k, v in self.overrides.items() if k.partition(".")[0] in self.spec.steps}
+
+
+__all__ = ["PipelineSpec", "PipelineStep", "StepSpec", "load_pipeline", "make_task", "scoped_overrides"]

@@ -1,0 +1,131 @@
+"""Shared fixtures: isolated work dirs, a small generated jet sample, a real `mlflow server`, and
+helpers that run pipelines the way users do (the `luigi` and `mltf-flow` commands, in subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "pipelines" / "jet_tagging"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's settings or writes outside its tmp dir."""
+    monkeypatch.setenv("MLTF_FLOW_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.delenv("MLTF_FLOW_CONFIG", raising=False)
+    monkeypatch.delenv("MLTF_FLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLTF_INVOCATION_ID", raising=False)
+    monkeypatch.setenv("LUIGI_CONFIG_PATH", str(REPO / "configs" / "luigi.cfg"))
+
+
+@pytest.fixture(scope="session")
+def jet_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small deterministic sample (2 files x 800 jets) made by the example's own generator."""
+    out = tmp_path_factory.mktemp("jets") / "sample"
+    subprocess.run(
+        [sys.executable, str(EXAMPLE / "generate.py"), "--out-dir", str(out), "--n-files", "2",
+         "--events-per-file", "800", "--seed", "5"],
+        check=True, capture_output=True,
+    )
+    return out
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cmd(args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 600) -> Result:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
+    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_luigi(*args: str, env: dict[str, str] | None = None) -> Result:
+    """`luigi --module ...` exactly as a user types it (plus --no-lock: tests may repeat a command line)."""
+    return run_cmd([str(BIN / "luigi"), *args, "--local-scheduler", "--no-lock"], env=env)
+
+
+def run_mltf(*args: str, env: dict[str, str] | None = None) -> Result:
+    return run_cmd([str(BIN / "mltf-flow"), *args], env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class MlflowServer:
+    uri: str
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real `mlflow server` (sqlite backend, proxied artifacts) on 127.0.0.1 and a free port."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/server.db",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:  # readiness poll, not a sleep-as-synchronisation: /health answers once it serves
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("mlflow server did not answer /health within 120 s")
+        time.sleep(0.2)
+    try:
+        yield MlflowServer(uri, root)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def git_project(src: Path, dest: Path) -> Path:
+    """Copy a project into a fresh git repository with one commit."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for args in (["init", "-q"], ["config", "user.email", "t@example.org"], ["config", "user.name", "t"],
+                 ["add", "-A"], ["commit", "-qm", "init"]):
+        subprocess.run(["git", "-C", str(dest), *args], check=True, capture_output=True)
+    return dest

@@ -1,0 +1,31 @@
+"""A step whose failure mode is chosen by --mode: how real training scripts end badly."""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--mode", default="ok")
+parser.add_argument("--api-token", default="none")
+args = parser.parse_args()
+
+with mlflow.start_run():
+    mlflow.log_metric("started", 1.0)
+    if args.mode == "exit3":
+        print("boom: calibration file missing", file=sys.stderr)
+        sys.exit(3)  # MLflow still ends this run FINISHED; mltf_flow must not call it complete
+    if args.mode == "raise":
+        raise RuntimeError("kaboom in user code")
+    if args.mode == "hang":
+        print("READY", flush=True)
+        time.sleep(600)
+    if args.mode != "nooutput":
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "result.txt"
+            out.write_text("ok\n")
+            mlflow.log_artifact(str(out))
+    print("done")

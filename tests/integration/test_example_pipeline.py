@@ -1,0 +1,110 @@
+"""The example pipeline end to end with `luigi --module pipelines Train`, on the embedded sqlite store:
+what a first run records, that a rerun does nothing, and that changes rerun exactly what they affect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_luigi
+from tests.integration.mlflow_queries import client, parents, runs, sqlite_uri, step_runs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory, jet_sample: Path) -> tuple[dict[str, str], str]:
+    work = tmp_path_factory.mktemp("example") / "work"
+    env = {"MLTF_FLOW_WORK_DIR": str(work)}
+    result = run_luigi("--module", "pipelines", "Train", "--dataset", str(jet_sample), "--epochs", "2", env=env)
+    assert result.returncode == 0, result.output
+    return env, sqlite_uri(work)
+
+
+def train_args(jet_sample: Path, *extra: str) -> list[str]:
+    return ["--module", "pipelines", "Train", "--dataset", str(jet_sample), "--epochs", "2", *extra]
+
+
+def test_first_run_records_parent_children_metrics_and_model(first_run: tuple[dict[str, str], str]) -> None:
+    _, uri = first_run
+    parent = parents(uri)[0]
+    assert parent.info.status == "FINISHED"
+    children = [r for r in runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["mltf.step"] for r in children) == ["features", "train"]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mltf.complete"] == "true"
+        assert run.data.tags["mltf.exit_code"] == "0"
+        for tag in ("mltf.cache_key", "mltf.code_hash", "mltf.env_hash", "mltf.inputs", "mltf.task_id"):
+            assert run.data.tags[tag], tag
+    train = next(r for r in children if r.data.tags["mltf.step"] == "train")
+    features = next(r for r in children if r.data.tags["mltf.step"] == "features")
+    assert train.data.params["epochs"] == "2"
+    assert '"features": "' + features.info.run_id in train.data.tags["mltf.upstream_run_ids"]
+    assert "digest" in features.data.tags["mltf.inputs"]
+    history = client(uri).get_metric_history(train.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [0, 1]
+    assert history[-1].value > 0.7  # well above chance (0.5) on the synthetic quark/gluon sample
+    models = client(uri).search_logged_models(
+        experiment_ids=[train.info.experiment_id], filter_string=f"source_run_id = '{train.info.run_id}'"
+    )
+    assert [m.name for m in models] == ["jet_tagger"]
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        signature = mlflow.models.get_model_info(f"models:/{models[0].model_id}").signature
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert signature is not None and signature.inputs.to_dict()[0]["type"] == "tensor"
+    artifacts = {a.path for a in client(uri).list_artifacts(train.info.run_id)}
+    assert {"metrics.json", "mltf"} <= artifacts
+    logs = {a.path for a in client(uri).list_artifacts(features.info.run_id, "mltf")}
+    assert {"mltf/step.log", "mltf/inputs"} <= logs
+
+
+def test_rerun_creates_no_run(first_run: tuple[dict[str, str], str], jet_sample: Path) -> None:
+    env, uri = first_run
+    before = len(runs(uri))
+    result = run_luigi(*train_args(jet_sample), env=env)
+    assert result.returncode == 0, result.output
+    assert "Did not run any tasks" in result.output
+    assert len(runs(uri)) == before
+
+
+def test_changed_parameters_rerun_exactly_the_affected_steps(
+    first_run: tuple[dict[str, str], str], jet_sample: Path
+) -> None:
+    env, uri = first_run
+    manifest = next((Path(env["MLTF_FLOW_WORK_DIR"]) / "datasets").glob("*/manifest.json"))
+    staged_at = manifest.stat().st_mtime_ns
+    n_features, n_train = len(step_runs(uri, "features")), len(step_runs(uri, "train"))
+
+    result = run_luigi(*train_args(jet_sample, "--lr", "0.01"), env=env)
+    assert result.returncode == 0, result.output
+    assert (len(step_runs(uri, "features")), len(step_runs(uri, "train"))) == (n_features, n_train + 1)
+
+    # The same value spelled differently is the same key: no new run.
+    result = run_luigi(*train_args(jet_sample, "--lr", "1e-2"), env=env)
+    assert result.returncode == 0, result.output
+    assert len(step_runs(uri, "train")) == n_train + 1
+
+    result = run_luigi(*train_args(jet_sample, "--ExtractFeatures-max-constituents", "16"), env=env)
+    assert result.returncode == 0, result.output
+    assert (len(step_runs(uri, "features")), len(step_runs(uri, "train"))) == (n_features + 1, n_train + 2)
+    assert manifest.stat().st_mtime_ns == staged_at  # StageDataset did not run again
+
+
+def test_fresh_runs_give_bit_identical_weights(
+    first_run: tuple[dict[str, str], str], jet_sample: Path, tmp_path: Path
+) -> None:
+    _, uri = first_run
+    first = next(r for r in step_runs(uri, "train") if r.data.params["lr"] == "0.003"
+                 and r.data.tags.get("mltf.complete") == "true")
+    env = {"MLTF_FLOW_WORK_DIR": str(tmp_path / "other-work")}
+    result = run_luigi(*train_args(jet_sample), env=env)
+    assert result.returncode == 0, result.output
+    second = step_runs(sqlite_uri(tmp_path / "other-work"), "train")[0]
+    assert second.data.tags["weights_sha256"] == first.data.tags["weights_sha256"]
+    assert second.data.tags["mltf.cache_key"] == first.data.tags["mltf.cache_key"]
