@@ -84,7 +84,13 @@ def _git_files(root: Path, paths: Sequence[str]) -> list[Path] | None:
         return None
     files = {(root / name) for name in out.split("\0") if name}
     # Deleted-but-tracked files are listed by --cached; they are simply absent from the worktree.
-    return [f for f in files if f.is_file() and not f.name.endswith(_SKIP_SUFFIXES)]
+    # Work dirs and caches are never code, even when no .gitignore says so (.mltf/mlflow.db changes
+    # after every run and would make every key new).
+    return [
+        f for f in files
+        if f.is_file() and not f.name.endswith(_SKIP_SUFFIXES)
+        and not _SKIP_DIRS.intersection(f.relative_to(root).parts[:-1])
+    ]
 
 
 def code_hash(root: Path, paths: Sequence[str] = (".",)) -> CodeVersion:
@@ -96,12 +102,15 @@ def code_hash(root: Path, paths: Sequence[str] = (".",)) -> CodeVersion:
     that does not touch these files, does not invalidate the step.
     """
     root = root.resolve()
+    missing = [p for p in paths if not (root / p).exists()]
+    if missing:
+        raise ConfigError(
+            f"code path(s) {missing} do not exist under {root}. List files or directories of the project."
+        )
     files = _git_files(root, paths)
     in_git = files is not None
     if files is None:
         files = _walk(root, paths)
-    elif not files and any(not (root / p).exists() for p in paths):
-        raise ConfigError(f"code paths {list(paths)} match no file under {root}.")
     digest = hashlib.sha256()
     for path in sorted(set(files)):
         digest.update(str(path.relative_to(root)).encode() + b"\0")

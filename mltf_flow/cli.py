@@ -29,9 +29,10 @@ def _parse_params(items: Sequence[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for item in items:
         key, eq, value = item.partition("=")
+        key = key.strip()
         if not eq or not key:
             raise ConfigError(f"-P {item!r}: expected KEY=VALUE or STEP.KEY=VALUE, e.g. -P epochs=3.")
-        params[key.strip()] = value
+        params[key] = value
     return params
 
 

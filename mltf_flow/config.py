@@ -100,7 +100,7 @@ def load_settings(**overrides: Any) -> Settings:
     for path in files:
         if path.is_file():
             _merge(values, _read_file(path), str(path))
-    if "tracking_uri" not in overrides and values.get("tracking_uri") is None and os.environ.get(
+    if overrides.get("tracking_uri") is None and values.get("tracking_uri") is None and os.environ.get(
         "MLFLOW_TRACKING_URI"
     ):
         values["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]

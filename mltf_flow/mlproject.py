@@ -132,7 +132,8 @@ def _parameter(name: str, spec: Any, where: str) -> Parameter:
     param = Parameter(name=name, type=ptype, default=None, declared_type=declared)
     if default is not None:
         try:
-            default = param.normalise(default) if ptype not in ("path",) else str(default)
+            # MLflow str()s whatever YAML made of a default (true, 2024-01-01, ...) for non-numbers.
+            default = param.normalise(default) if ptype in ("int", "float") else str(default)
         except ParameterError as exc:
             raise ConfigError(f"{where}: default of {exc}") from None
         param = Parameter(name=name, type=ptype, default=default, declared_type=declared)

@@ -101,6 +101,8 @@ def load_pipeline(project_dir: str | Path) -> PipelineSpec:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping with 'name' and 'steps', found {type(data).__name__}.")
     raw_steps = data.get("steps")
     if not isinstance(raw_steps, Mapping) or not raw_steps:
         raise ConfigError(f"{path}: needs a 'steps' mapping (step name -> entry_point/dataset, inputs, outputs).")
@@ -128,7 +130,10 @@ def load_pipeline(project_dir: str | Path) -> PipelineSpec:
             requires=tuple(str(r) for r in requires),
         )
         if spec.is_stage:
-            parse_dataset_uri(spec.dataset or "")
+            try:
+                parse_dataset_uri(spec.dataset or "")
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
             if spec.inputs or spec.outputs:
                 raise ConfigError(f"{where}: a stage step has no inputs or outputs (its output is the manifest).")
         else:

@@ -60,6 +60,6 @@ def read_manifest(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise StagingError(f"manifest {path} cannot be read ({exc}); delete it to stage again.") from exc
-    if data.get("version") != MANIFEST_VERSION or "digest" not in data:
+    if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION or "digest" not in data:
         raise StagingError(f"manifest {path} has an unknown format; delete it to stage again.")
     return dict(data)

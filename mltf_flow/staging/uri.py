@@ -48,11 +48,17 @@ def parse_dataset_uri(text: str) -> DatasetURI:
         return DatasetURI("rucio", f"rucio://{did}", scope=match["scope"], name=match["name"])
     parsed = urllib.parse.urlparse(raw)
     if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
+        # Not parsed.path: '?' and '#' would start a query/fragment and cut off a glob like run_?.root.
+        rest = raw[len("file:") :]
+        host = ""
+        if rest.startswith("//"):
+            host, slash, path_part = rest[2:].partition("/")
+            rest = slash + path_part
+        if host not in ("", "localhost"):
             raise ConfigError(
-                f"dataset URI {raw!r} names host {parsed.netloc!r}; file URIs must be local: file:///ABS/PATH."
+                f"dataset URI {raw!r} names host {host!r}; file URIs must be local: file:///ABS/PATH."
             )
-        local = urllib.parse.unquote(parsed.path)
+        local = urllib.parse.unquote(rest)
     elif parsed.scheme and len(parsed.scheme) > 1:
         raise ConfigError(
             f"dataset URI {raw!r}: scheme {parsed.scheme!r} is not supported. Use a local path, "

@@ -229,15 +229,11 @@ def test_nonexistent_code_path_is_a_config_error(repo: Path, tmp_path: Path, in_
         code_hash(root, ("missing.py",))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in git, a missing code path next to an existing one is ignored "
-                   "(cache_key.py code_hash only checks paths when no file matched)")
 def test_nonexistent_code_path_next_to_existing_one_in_git(repo: Path) -> None:
     with pytest.raises(ConfigError, match=r"missing\.py"):
         code_hash(repo, ("train.py", "missing.py"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in git, untracked files under _SKIP_DIRS (.mltf, mlruns) are "
-                   "hashed (cache_key.py _git_files does not apply _SKIP_DIRS)")
 def test_work_dir_inside_git_project_is_not_code(repo: Path) -> None:
     original = code_hash(repo)
     (repo / ".mltf").mkdir()

@@ -120,8 +120,6 @@ def test_mlflow_tracking_uri_loses_to_our_settings(
     assert load_settings(tracking_uri="http://kwarg:5000").tracking_uri == "http://kwarg:5000"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_settings(tracking_uri=None) ignores MLFLOW_TRACKING_URI "
-                   "though None kwargs mean 'not given' (config.py, 'tracking_uri' not in overrides)")
 def test_none_kwarg_is_not_given_for_mlflow_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://theirs:5000")
     assert load_settings(tracking_uri=None).tracking_uri == load_settings().tracking_uri

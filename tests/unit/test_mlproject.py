@@ -122,8 +122,6 @@ def test_unknown_type_warns_and_is_a_string_like_mlflow(tmp_path: Path) -> None:
     assert project.entry_points["main"].parameters["flag"].type == "string"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: YAML booleans as defaults of string params are rejected, MLflow "
-                   "accepts them (mlproject.py Parameter.normalise)")
 def test_boolean_default_of_string_param_is_accepted_like_mlflow(tmp_path: Path) -> None:
     root = write_project(
         tmp_path / "p",

@@ -124,8 +124,6 @@ def test_invalid_dataset_is_a_config_error(project: Path) -> None:
         load_pipeline(project)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an invalid dataset in pipeline.yaml is reported without file "
-                   "or step (pipeline.py load_pipeline does not wrap parse_dataset_uri's ConfigError)")
 def test_invalid_dataset_error_says_where(project: Path) -> None:
     with_pipeline(project, VALID.replace("dataset: data/jet_sample", "dataset: s3://bucket/jets"))
     with pytest.raises(ConfigError) as info:
@@ -143,8 +141,6 @@ def test_invalid_pipeline_files(project: Path, text: str, message: str) -> None:
         load_pipeline(with_pipeline(project, text))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a pipeline.yaml that is not a mapping raises AttributeError "
-                   "(pipeline.py load_pipeline calls data.get without a type check)")
 @pytest.mark.parametrize("text", ["- stage\n- train\n", "just text\n"])
 def test_pipeline_file_that_is_not_a_mapping(project: Path, text: str) -> None:
     with pytest.raises(ConfigError, match=r"pipeline\.yaml"):
@@ -208,8 +204,6 @@ def test_parse_params_rejects_items_without_key_or_equals(item: str) -> None:
         _parse_params([item])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a blank key passes the check and becomes '' after strip "
-                   "(cli.py _parse_params checks `not key` before `key.strip()`)")
 def test_parse_params_rejects_blank_key() -> None:
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         _parse_params(["  =3"])

@@ -85,8 +85,6 @@ def test_malformed_rucio_dids(text: str) -> None:
         parse_dataset_uri(text)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in file:// URIs '?' and '#' start a query/fragment, so a glob "
-                   "or name after them is silently dropped (staging/uri.py uses parsed.path only)")
 @pytest.mark.parametrize("path", ["/data/jets/run_?.root", "/data/run#1/*.root"])
 def test_file_uri_never_drops_part_of_the_path(path: str) -> None:
     # Either fix is fine: keep '?'/'#' as part of the path, or refuse the URI. Silently staging
@@ -265,8 +263,6 @@ def test_read_manifest_missing_file(tmp_path: Path) -> None:
         read_manifest(tmp_path / "absent.json")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: valid JSON that is not an object raises AttributeError, not "
-                   "StagingError (staging/manifest.py read_manifest calls data.get on a list/null)")
 @pytest.mark.parametrize("value", [[], None, "text", 1])
 def test_read_manifest_rejects_json_that_is_not_an_object(tmp_path: Path, value: object) -> None:
     path = tmp_path / "manifest.json"
