@@ -24,11 +24,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mltf_flow.run_index import RestRunIndex, RunIndex, SqliteRunIndex
 
-from mltf_flow.run_index import RunIndex, run_index  # noqa: E402
-from mltf_flow.run_index import RestRunIndex, SqliteRunIndex  # noqa: E402
-
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 EXPERIMENT = "completeness-bench"
 
 
@@ -46,7 +44,8 @@ def seed(uri: str, n: int) -> list[str]:
         if i < n:
             client.log_batch(run.info.run_id, tags=[RunTag("mltf.complete", "true")])
             keys.append(key)
-        client.set_terminated(run.info.run_id, "FINISHED" if i % 10 else "FAILED")
+        # Noise: FAILED runs, and FINISHED runs without mltf.complete (a script that did sys.exit(3)).
+        client.set_terminated(run.info.run_id, "FAILED" if i >= n and i % 2 else "FINISHED")
     return keys[: n]
 
 
@@ -103,7 +102,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--no-server", action="store_true")
     args = parser.parse_args()
-    del run_index  # the benchmark builds fresh indexes itself
     with tempfile.TemporaryDirectory(prefix="mltf-bench-") as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         print(f"seeding {args.runs} complete runs (+20% noise) into sqlite ...", flush=True)

@@ -108,3 +108,34 @@ def test_fresh_runs_give_bit_identical_weights(
     second = step_runs(sqlite_uri(tmp_path / "other-work"), "train")[0]
     assert second.data.tags["weights_sha256"] == first.data.tags["weights_sha256"]
     assert second.data.tags["mltf.cache_key"] == first.data.tags["mltf.cache_key"]
+
+
+def test_uncommitted_edit_reruns_only_the_edited_step(jet_sample: Path, tmp_path: Path) -> None:
+    """Through pipeline.yaml (`mltf-flow run`) on a git checkout of the example project."""
+    from tests.conftest import EXAMPLE, git_project, run_mltf
+
+    project = git_project(EXAMPLE, tmp_path / "checkout")
+    uri = sqlite_uri(tmp_path / "work")
+    args = ["run", str(project), "--step", "train", "-P", f"stage.dataset={jet_sample}", "-P", "epochs=1"]
+    result = run_mltf(*args)
+    assert result.returncode == 0, result.output
+    with open(project / "train.py", "a") as handle:
+        handle.write("# a one-line uncommitted edit\n")
+    result = run_mltf(*args)
+    assert result.returncode == 0, result.output
+    assert (len(step_runs(uri, "features")), len(step_runs(uri, "train"))) == (1, 2)
+    edited = step_runs(uri, "train")[-1]
+    assert edited.data.tags["mltf.git_dirty"] == "true"
+    assert edited.data.tags["mltf.upstream_run_ids"] == step_runs(uri, "train")[0].data.tags["mltf.upstream_run_ids"]
+
+
+def test_example_project_still_runs_under_plain_mlflow_run(tmp_path: Path) -> None:
+    from tests.conftest import EXAMPLE, run_cmd
+
+    result = run_cmd(
+        ["mlflow", "run", str(EXAMPLE), "-e", "generate", "--env-manager", "local", "-P", f"out_dir={tmp_path}/d",
+         "-P", "n_files=1", "-P", "events_per_file=20"],
+        env={"MLFLOW_TRACKING_URI": sqlite_uri(tmp_path)},
+    )
+    assert result.returncode == 0, result.output
+    assert (tmp_path / "d" / "jets_000.root").is_file()
