@@ -28,6 +28,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "experiment": (str, type(None)),
     "prefetch_limit": (int,),
     "stderr_tail_lines": (int,),
+    "profile": (str,),
 }
 
 
@@ -41,6 +42,7 @@ class Settings:
     experiment: str | None
     prefetch_limit: int
     stderr_tail_lines: int
+    profile: str = "local"
 
     @property
     def is_local_store(self) -> bool:
@@ -127,4 +129,5 @@ def load_settings(**overrides: Any) -> Settings:
         experiment=values.get("experiment"),
         prefetch_limit=values["prefetch_limit"],
         stderr_tail_lines=values["stderr_tail_lines"],
+        profile=values.get("profile", "local"),
     )

@@ -9,6 +9,9 @@ one class. A message says what failed, what was found, where it came from and wh
     ├── StagingError           an input dataset cannot be staged or verified
     │   └── RucioNotConfigured a rucio:// URI was given but no Rucio client is configured
     ├── TrackingError          the MLflow tracking store cannot be reached or answers unexpectedly
+    ├── ClusterError           a Dask cluster could not be started or lost its workers
+    │   ├── SlurmRejected      `sbatch --test-only` rejected a profile's job script (also a ConfigError)
+    │   └── WorkersTimeout     the requested workers did not arrive in time
     ├── StepError              a pipeline step did not produce a complete, verified run
     │   ├── StepFailed         the entry point exited non-zero (carries exit code and stderr tail)
     │   ├── OutputMissing      the entry point exited 0 but a declared output is missing
@@ -43,6 +46,18 @@ class RucioNotConfigured(StagingError, ConfigError):
 
 class TrackingError(MltfFlowError):
     """The MLflow tracking store failed or answered something unexpected."""
+
+
+class ClusterError(MltfFlowError):
+    """A Dask cluster for a profile could not be started, reached or kept."""
+
+
+class SlurmRejected(ClusterError, ConfigError):
+    """SLURM rejected the worker job script of a profile (bad partition, account, gres, memory...)."""
+
+
+class WorkersTimeout(ClusterError):
+    """The cluster did not reach the requested number of workers in time."""
 
 
 class StepError(MltfFlowError):

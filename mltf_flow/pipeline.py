@@ -16,6 +16,8 @@ The file is a sidecar: MLflow ignores it, so ``mlflow run`` keeps working on the
         inputs: {features: features.features}     # parameter <- step.output
         outputs: {model: "model:jet_tagger"}
         requires: []                    # extra ordering-only dependencies
+        gpu: true                       # use the profile's gpu_profile
+        run_on: worker                  # run the command on a cluster worker (default: driver)
 
 A project without ``pipeline.yaml`` is a pipeline of independent single steps, one per entry point
 (and any ``.py``/``.sh`` script), so every project ``mlflow run`` accepts runs here too.
@@ -42,7 +44,7 @@ from mltf_flow.staging.uri import parse_dataset_uri
 from mltf_flow.step import MLflowStep
 
 PIPELINE_FILE = "pipeline.yaml"
-_STEP_KEYS = {"entry_point", "inputs", "outputs", "code", "requires", "dataset"}
+_STEP_KEYS = {"entry_point", "inputs", "outputs", "code", "requires", "dataset", "gpu", "run_on"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class StepSpec:
     outputs: dict[str, str] = field(default_factory=dict)
     code: tuple[str, ...] = (".",)
     requires: tuple[str, ...] = ()
+    gpu: bool = False
+    run_on: str = "driver"
 
     @property
     def is_stage(self) -> bool:
@@ -120,6 +124,8 @@ def load_pipeline(project_dir: str | Path) -> PipelineSpec:
         requires = raw.get("requires", [])
         if not isinstance(code, list) or not isinstance(requires, list):
             raise ConfigError(f"{where}: 'code' and 'requires' must be lists.")
+        if raw.get("run_on", "driver") not in ("driver", "worker") or not isinstance(raw.get("gpu", False), bool):
+            raise ConfigError(f"{where}: run_on must be 'driver' or 'worker' and gpu true or false.")
         spec = StepSpec(
             name=str(name),
             entry_point=str(raw["entry_point"]) if "entry_point" in raw else None,
@@ -128,6 +134,8 @@ def load_pipeline(project_dir: str | Path) -> PipelineSpec:
             outputs=_mapping(raw.get("outputs"), f"{where}: outputs"),
             code=tuple(str(c) for c in code),
             requires=tuple(str(r) for r in requires),
+            gpu=bool(raw.get("gpu", False)),
+            run_on=str(raw.get("run_on", "driver")),
         )
         if spec.is_stage:
             try:
@@ -186,7 +194,10 @@ def scoped_overrides(overrides: Mapping[str, Any], step: str, target: str, steps
     return out
 
 
-def make_task(project_dir: str, step: str, overrides: Mapping[str, Any], allow_extra: bool = False) -> luigi.Task:
+def make_task(
+    project_dir: str, step: str, overrides: Mapping[str, Any], allow_extra: bool = False,
+    pipeline_profile: str | None = None, profile: str | None = None,
+) -> luigi.Task:
     """The Luigi task for ``step`` of the pipeline in ``project_dir``."""
     spec = load_pipeline(project_dir)
     step_spec = spec.step(step)
@@ -197,7 +208,8 @@ def make_task(project_dir: str, step: str, overrides: Mapping[str, Any], allow_e
             raise ConfigError(f"stage step {step!r} takes only 'dataset', not {sorted(unknown)}.")
         return StageStep(dataset=str(mine.get("dataset", step_spec.dataset)))
     return PipelineStep(
-        project_dir=str(spec.root), run_step=step, overrides=dict(overrides), allow_extra=allow_extra
+        project_dir=str(spec.root), run_step=step, overrides=dict(overrides), allow_extra=allow_extra,
+        pipeline_profile=pipeline_profile, profile=profile,
     )
 
 
@@ -228,14 +240,17 @@ class PipelineStep(MLflowStep):
         self.step = step.name  # type: ignore[misc]
         self.pipeline = self.spec.name  # type: ignore[misc]
         self.allow_extra_params = bool(self.allow_extra)  # type: ignore[misc]
+        self.needs_gpu = step.gpu  # type: ignore[misc]
+        self.run_on = step.run_on  # type: ignore[misc]
 
     def given_params(self) -> dict[str, Any]:
         return scoped_overrides(self.overrides, self.run_step, self.run_step, self.spec.steps)
 
     def requires(self) -> dict[str, luigi.Task]:
         step = self.spec.step(self.run_step)
+        inherited = self.profile or self.pipeline_profile
         return {
-            dep: make_task(self.project_dir, dep, self._upstream_overrides(), self.allow_extra)
+            dep: make_task(self.project_dir, dep, self._upstream_overrides(), self.allow_extra, inherited)
             for dep in step.dependencies()
         }
 

@@ -17,3 +17,53 @@ def report_status(
     ):
         if value is not None and callable(callback):
             callback(value)
+
+
+class ClusterProgress:
+    """While a step runs, report the share of finished Dask tasks (since the step started) and the
+    dashboard link as the Luigi task's status. Polls the scheduler every ``interval`` seconds."""
+
+    def __init__(self, task: luigi.Task, client: object, label: str, interval: float = 2.0) -> None:
+        import threading
+
+        self.task, self.client, self.label, self.interval = task, client, label, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="mltf-progress")
+        self._baseline: tuple[int, int] | None = None
+
+    @staticmethod
+    def _counts(dask_scheduler: object) -> tuple[int, int]:
+        done = total = 0
+        for group in getattr(dask_scheduler, "task_groups", {}).values():
+            for state, count in group.states.items():
+                total += count
+                if state in ("memory", "released", "forgotten", "erred"):
+                    done += count
+        return done, total
+
+    def _poll(self) -> tuple[int, int]:
+        counts = self.client.run_on_scheduler(self._counts)  # type: ignore[attr-defined]
+        return int(counts[0]), int(counts[1])
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                done, total = self._poll()
+            except Exception:  # the cluster may be going away; progress is best effort
+                return
+            base_done, base_total = self._baseline or (0, 0)
+            new_total, new_done = total - base_total, done - base_done
+            percent = int(100 * new_done / new_total) if new_total > 0 else 0
+            report_status(self.task, f"{self.label}: {new_done}/{new_total} Dask tasks", percent=percent)
+
+    def __enter__(self) -> ClusterProgress:
+        try:
+            self._baseline = self._poll()
+        except Exception:
+            self._baseline = None
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

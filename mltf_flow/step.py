@@ -25,18 +25,23 @@ import shlex
 import sys
 import uuid
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import luigi
 
 from mltf_flow.cache_key import CodeVersion, cache_key, code_hash
+from mltf_flow.clusters.session import is_main_process, mark_main_process
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.errors import ConfigError, ParameterError
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
 from mltf_flow.targets.mlflow_run import MLflowRunTarget
 
+if TYPE_CHECKING:
+    from mltf_flow.clusters.profiles import Profile
+
 INVOCATION_ENV = "MLTF_INVOCATION_ID"
 _MODEL_PREFIX = "model:"
+_OWN_PARAMS = ("profile", "pipeline_profile")
 
 
 def invocation_id() -> str:
@@ -86,10 +91,24 @@ class MLflowStep(luigi.Task):
     pass_through: ClassVar[tuple[str, ...]] = ()
     #: Pass Luigi parameters unknown to the entry point as ``--key value`` (like ``mlflow run``).
     allow_extra_params: ClassVar[bool] = False
+    #: Steps that need GPUs use their profile's ``gpu_profile`` when it has none itself.
+    needs_gpu: ClassVar[bool] = False
+    #: Where the command runs: "driver" = on this machine, with DASK_SCHEDULER_ADDRESS for fan-out;
+    #: "worker" = as one task on a worker of the profile's cluster (a GPU node for GPU steps).
+    run_on: ClassVar[str] = "driver"
+
+    profile: str | None = luigi.OptionalParameter(
+        default=None, significant=False, description="cluster profile of this step (default: the pipeline's)"
+    )
+    pipeline_profile: str | None = luigi.OptionalParameter(
+        default=None, significant=False, visibility=luigi.parameter.ParameterVisibility.HIDDEN,
+        description="profile inherited from the step that requires this one",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         invocation_id()
+        mark_main_process()
         self._memo: dict[str, Any] = {}
 
     # -- what the step is -----------------------------------------------------------------------
@@ -114,7 +133,7 @@ class MLflowStep(luigi.Task):
         given: dict[str, Any] = {}
         stray: list[str] = []
         for name, value in self.param_kwargs.items():
-            if name in self.pass_through or value is None:
+            if name in self.pass_through or name in _OWN_PARAMS or value is None:
                 continue
             if name in ep.parameters or ep.is_script or self.allow_extra_params:
                 given[name] = value
@@ -198,7 +217,36 @@ class MLflowStep(luigi.Task):
         self._memo["key"] = (invocation_id(), key)
         return key
 
+    # -- where it runs ----------------------------------------------------------------------------
+    def profile_name(self) -> str:
+        """This step's profile, else the one inherited from downstream, else the configured default."""
+        return self.profile or self.pipeline_profile or load_settings().profile
+
+    def cluster_profile(self) -> Profile:
+        """The resolved profile (its GPU variant for steps that need GPUs)."""
+        from mltf_flow.clusters.profiles import get_profile, gpu_variant
+
+        profile = get_profile(self.profile_name())
+        return gpu_variant(profile) if self.needs_gpu else profile
+
+    def upstream(self, cls: type[luigi.Task], **params: Any) -> luigi.Task:
+        """Instantiate a requirement, handing down this pipeline's profile (use it in ``requires()``)."""
+        if issubclass(cls, MLflowStep):
+            params.setdefault("pipeline_profile", self.profile or self.pipeline_profile)
+        return cls(**params)
+
     # -- Luigi contract ----------------------------------------------------------------------------
+    def complete(self) -> bool:
+        done = bool(super().complete())  # type: ignore[no-untyped-call]
+        if not done and is_main_process():
+            # Start (and pre-flight) the cluster now, in the process that runs Luigi: task processes
+            # forked for --workers N must find it running, and a profile SLURM rejects fails at once.
+            from mltf_flow.clusters.session import prepare
+
+            prepare(self.cluster_profile(), scale=os.environ.get("MLTF_SCALE_AT_SCHEDULING") == "1"
+                    or _luigi_workers() > 1)
+        return done
+
     def output(self) -> MLflowRunTarget:
         settings = load_settings()
         return MLflowRunTarget(
@@ -239,8 +287,12 @@ class MLflowStep(luigi.Task):
         return str(tracker.artifact_local_path(run_id, spec, settings.work_dir / "inputs"))
 
     # -- running -----------------------------------------------------------------------------------
-    def launcher(self) -> Any:
-        """The launcher for this step's command (the extension point for Dask/SLURM/DDP)."""
+    def launcher(self, client: Any, profile: Profile) -> Any:
+        """The launcher for this step's command (the extension point for DDP and others)."""
+        if self.run_on == "worker":
+            from mltf_flow.launch.dask_worker import DaskWorkerLauncher
+
+            return DaskWorkerLauncher(client, profile)
         from mltf_flow.launch.local import LocalLauncher
 
         return LocalLauncher()
@@ -278,6 +330,14 @@ class MLflowStep(luigi.Task):
             if not ok:
                 missing.append(f"{name} ({spec})")
         return missing
+
+
+def _luigi_workers() -> int:
+    """Luigi worker processes of this invocation (``--workers``), 1 when unknown."""
+    try:
+        return int(luigi.interface.core().workers)
+    except Exception:  # outside a luigi command line
+        return 1
 
 
 def display_command(command: str, params: Mapping[str, Any]) -> str:

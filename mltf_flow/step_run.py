@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mltf_flow.cache_key import git_state
+from mltf_flow.clusters import session
 from mltf_flow.config import load_settings
 from mltf_flow.errors import OutputMissing, StepError, StepFailed
 from mltf_flow.launch.base import LaunchRequest
 from mltf_flow.mlproject import mlflow_command
-from mltf_flow.progress import report_status
+from mltf_flow.progress import ClusterProgress, report_status
 from mltf_flow.run_index import RunRef, run_index
 from mltf_flow.step import Upstream, display_command, invocation_id
 from mltf_flow.tracking import Tracker, lineage_key_tags
@@ -71,6 +72,15 @@ def execute_step(step: MLflowStep) -> None:
     storage = settings.work_dir / "storage" / invocation_id() / name
     command = mlflow_command(project, step.entry_point, all_params, storage)
 
+    # 2. The profile's cluster: started by the Luigi process, reached here through our own Client.
+    profile = step.cluster_profile()
+    address = session.address(profile)
+    client = session.get_client(address)
+    report_status(step, f"waiting for {profile.expected_workers} Dask worker(s) of profile {profile.name!r}")
+    session.wait_for_workers(client, profile)
+    dashboard = session.dashboard_link(profile) or str(getattr(client, "dashboard_link", "") or "")
+    job_ids = session.worker_job_ids(client) if profile.kind == "slurm" else []
+
     tracker = Tracker(settings)
     pipeline = step.pipeline_name()
     experiment = settings.experiment_for(pipeline)
@@ -86,8 +96,10 @@ def execute_step(step: MLflowStep) -> None:
         "mltf.env_hash": project.env_hash(),
         "mltf.upstream_run_ids": json.dumps(upstream_runs, sort_keys=True),
         "mltf.inputs": json.dumps(datasets, sort_keys=True),
-        "mltf.profile": "local",
-        "mltf.launcher": "local",
+        "mltf.profile": profile.name,
+        "mltf.launcher": step.run_on,
+        "mltf.dask_dashboard": dashboard,
+        "mltf.dask_scheduler": address,
         "mltf.invocation_id": invocation_id(),
         "mlflow.runName": name,
         "mlflow.source.type": "PROJECT",
@@ -102,9 +114,11 @@ def execute_step(step: MLflowStep) -> None:
         tags["mltf.git_dirty"] = str(dirty).lower()
     if reaped:
         tags["mltf.replaces_run_ids"] = ",".join(reaped)
+    if job_ids:
+        tags["mltf.slurm_job_ids"] = ",".join(job_ids)
     run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name=name, tags=tags, params=all_params)
     url = _tracking_url(settings.tracking_uri, experiment_id, run_id)
-    report_status(step, f"running: MLflow run {run_id} in experiment {experiment!r}", url=url, percent=0)
+    report_status(step, f"running: MLflow run {run_id}; Dask dashboard {dashboard}", url=url or dashboard, percent=0)
 
     log_path = settings.work_dir / "logs" / pipeline / f"{name}-{run_id}.log"
     finished = False
@@ -115,18 +129,25 @@ def execute_step(step: MLflowStep) -> None:
         def record_pid(pid: int) -> None:
             tracker.set_tags(run_id, {"mltf.command_pid": str(pid)})
 
-        result = step.launcher().launch(
-            LaunchRequest(
-                step=name,
-                command=command,
-                cwd=project.root,
-                env=step.command_env(settings, run_id, experiment_id),
-                log_path=log_path,
-                stderr_tail_lines=settings.stderr_tail_lines,
-                on_start=record_pid,
-                display_command=display_command(command, all_params),
+        env = step.command_env(settings, run_id, experiment_id)
+        env["DASK_SCHEDULER_ADDRESS"] = address
+        with ClusterProgress(step, client, f"{name} (dashboard {dashboard})"):
+            result = step.launcher(client, profile).launch(
+                LaunchRequest(
+                    step=name,
+                    command=command,
+                    cwd=project.root,
+                    env=env,
+                    log_path=log_path,
+                    stderr_tail_lines=settings.stderr_tail_lines,
+                    on_start=record_pid,
+                    display_command=display_command(command, all_params),
+                )
             )
-        )
+        if profile.kind == "slurm":
+            later = session.worker_job_ids(client)
+            if later and later != job_ids:
+                tracker.set_tags(run_id, {"mltf.slurm_job_ids": ",".join(sorted(set(job_ids) | set(later)))})
         tracker.log_artifact(run_id, log_path, "mltf", name="step.log")
         if result.exit_code != 0:
             tracker.finish_step(run_id, ok=False, exit_code=result.exit_code)

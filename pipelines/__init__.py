@@ -3,6 +3,7 @@
     luigi --module pipelines Train --local-scheduler                 # everything, cached
     luigi --module pipelines Train --epochs 12 --local-scheduler     # only Train reruns
     luigi --module pipelines Train --ExtractFeatures-max-constituents 32 --local-scheduler
+    luigi --module pipelines Train --profile slurm-ci --local-scheduler  # SLURM workers (profiles.yaml)
 
 ``StageDataset`` verifies the input files and writes their manifest, ``ExtractFeatures`` runs the
 MLproject entry point ``features`` on them, ``Train`` runs ``train`` on the features. Importing this
@@ -44,13 +45,17 @@ class ExtractFeatures(MLflowStep):
     max_constituents: int | None = luigi.OptionalIntParameter(default=None)
 
     def requires(self) -> dict[str, luigi.Task]:
-        return {"dataset": StageDataset(dataset=self.dataset)}
+        return {"dataset": self.upstream(StageDataset, dataset=self.dataset)}
 
 
 class Train(MLflowStep):
-    """The quark/gluon classifier (entry point ``train``); ``None`` = the MLproject default."""
+    """The quark/gluon classifier (entry point ``train``); ``None`` = the MLproject default.
+
+    Runs on a worker of its profile's GPU variant (``gpu_profile``); multi-GPU DDP comes later."""
 
     project_dir = PROJECT
+    needs_gpu = True
+    run_on = "worker"
     entry_point = "train"
     code_paths = ("train.py",)
     inputs = {"features": "features.features"}
@@ -65,7 +70,7 @@ class Train(MLflowStep):
     seed: int | None = luigi.OptionalIntParameter(default=None)
 
     def requires(self) -> dict[str, luigi.Task]:
-        return {"features": ExtractFeatures(dataset=self.dataset)}
+        return {"features": self.upstream(ExtractFeatures, dataset=self.dataset)}
 
 
 __all__ = ["ExtractFeatures", "StageDataset", "Train"]

@@ -18,13 +18,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import FrameType
 from typing import IO
 
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
 
 _PR_SET_PDEATHSIG = 1
+
+__all__ = ["LocalLauncher", "run_streaming", "stop_session"]
 
 
 def _die_with_parent() -> None:
@@ -37,76 +40,113 @@ class _Terminated(BaseException):
     """SIGTERM arrived while a command ran (BaseException: must not be swallowed as an error)."""
 
 
+def run_streaming(
+    command: str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    display: str,
+    tail_lines: int,
+    echo_prefix: str | None,
+    on_start: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[int, list[str]]:
+    """Run ``command`` under ``bash -c`` in its own session; every output line goes to ``log_path``
+    (stderr marked ``!``) and, with ``echo_prefix``, to our stdout/stderr. Returns (exit code, stderr
+    tail). ``should_stop`` is polled every second; when it says so the command is stopped. On any
+    exception while waiting (Ctrl-C, SIGTERM) the command is stopped and the exception re-raised."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    lock = threading.Lock()
+    with open(log_path, "a", encoding="utf-8", errors="replace") as log:
+        log.write(f"$ {display}\n")
+        log.flush()
+        proc = subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=cwd,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        if on_start is not None:
+            on_start(proc.pid)
+
+        def pump(stream: IO[bytes], echo: IO[str], is_err: bool) -> None:
+            for raw in iter(stream.readline, b""):
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                with lock:
+                    log.write(("! " if is_err else "  ") + line + "\n")
+                    log.flush()
+                    if is_err:
+                        tail.append(line)
+                if echo_prefix is not None:
+                    echo.write(echo_prefix + line + "\n")
+                    echo.flush()
+
+        assert proc.stdout is not None and proc.stderr is not None
+        threads = [
+            threading.Thread(target=pump, args=(proc.stdout, sys.stdout, False), daemon=True),
+            threading.Thread(target=pump, args=(proc.stderr, sys.stderr, True), daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while True:
+                try:
+                    code = proc.wait(timeout=1.0 if should_stop else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    if should_stop is not None and should_stop():
+                        stop_session(proc)
+        except BaseException:
+            stop_session(proc)
+            raise
+        finally:
+            for thread in threads:
+                thread.join(timeout=10)
+    return code, list(tail)
+
+
+def stop_session(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop the command's whole session: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 class LocalLauncher:
-    """The embedded default: the command runs on this machine."""
+    """The command runs on this machine (with ``DASK_SCHEDULER_ADDRESS`` when the step has a cluster)."""
 
     name = "local"
 
     def launch(self, request: LaunchRequest) -> LaunchResult:
-        request.log_path.parent.mkdir(parents=True, exist_ok=True)
-        tail: collections.deque[str] = collections.deque(maxlen=request.stderr_tail_lines)
-        lock = threading.Lock()
         start = time.monotonic()
-        with open(request.log_path, "a", encoding="utf-8", errors="replace") as log:
-            log.write(f"$ {request.display_command or request.command}\n")
-            log.flush()
-            proc = subprocess.Popen(
-                ["bash", "-c", request.command],
+        previous = self._trap_sigterm()
+        try:
+            code, tail = run_streaming(
+                request.command,
                 cwd=request.cwd,
-                env=dict(request.env),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
+                env=request.env,
+                log_path=request.log_path,
+                display=request.display_command or request.command,
+                tail_lines=request.stderr_tail_lines,
+                echo_prefix=f"[{request.step}] ",
+                on_start=request.on_start,
             )
-            if request.on_start is not None:
-                request.on_start(proc.pid)
-            prefix = f"[{request.step}] "
-
-            def pump(stream: IO[bytes], echo: IO[str], is_err: bool) -> None:
-                for raw in iter(stream.readline, b""):
-                    line = raw.decode("utf-8", errors="replace").rstrip("\n")
-                    with lock:
-                        log.write(("! " if is_err else "  ") + line + "\n")
-                        log.flush()
-                        if is_err:
-                            tail.append(line)
-                    echo.write(prefix + line + "\n")
-                    echo.flush()
-
-            assert proc.stdout is not None and proc.stderr is not None
-            threads = [
-                threading.Thread(target=pump, args=(proc.stdout, sys.stdout, False), daemon=True),
-                threading.Thread(target=pump, args=(proc.stderr, sys.stderr, True), daemon=True),
-            ]
-            for thread in threads:
-                thread.start()
-            previous = self._trap_sigterm()
-            try:
-                code = proc.wait()
-            except BaseException:
-                self._stop(proc)
-                raise
-            finally:
-                self._restore(previous)
-                for thread in threads:
-                    thread.join(timeout=10)
-        return LaunchResult(code, list(tail), request.log_path, time.monotonic() - start)
-
-    @staticmethod
-    def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-        """Stop the command's whole session: SIGTERM, then SIGKILL after ``grace`` seconds."""
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        finally:
+            self._restore(previous)
+        return LaunchResult(code, tail, request.log_path, time.monotonic() - start)
 
     @staticmethod
     def _trap_sigterm() -> Callable[[int, FrameType | None], object] | int | None:

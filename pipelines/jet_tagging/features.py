@@ -1,6 +1,7 @@
 """Entry point ``features``: read the staged ROOT files with uproot and compute per-jet features.
 
-Input: the dataset manifest written by staging (exact files and checksums, in a fixed order).
+Input: the dataset manifest written by staging (exact files and checksums, in a fixed order). With
+``DASK_SCHEDULER_ADDRESS`` set (mltf_flow sets it), files are processed in parallel on the cluster.
 Output: ``features.npz`` (``X`` float32 [n_jets, n_features], ``y`` int64, ``names``), logged as an
 artifact of the MLflow run this process attaches to through ``MLFLOW_RUN_ID``.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -39,6 +41,27 @@ def jet_features(arrays: ak.Array, min_pt: float, max_constituents: int) -> np.n
     return np.stack([ak.to_numpy(c).astype(np.float32) for c in columns], axis=1)
 
 
+def process_file(path: str, min_pt: float, max_constituents: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of one ROOT file (one Dask task per file when a cluster is available)."""
+    with uproot.open(path) as handle:
+        arrays = handle["jets"].arrays(["label", "jet_pt", "c_pt", "c_deta", "c_dphi"])
+    return jet_features(arrays, min_pt, max_constituents), ak.to_numpy(arrays["label"]).astype(np.int64)
+
+
+def extract(paths: list[str], min_pt: float, max_constituents: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Process every file, on the Dask cluster in DASK_SCHEDULER_ADDRESS if there is one; results come
+    back in file order, so the merged output does not depend on which worker finished first."""
+    address = os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if not address:
+        return [process_file(p, min_pt, max_constituents) for p in paths]
+    from distributed import Client
+
+    with Client(address, set_as_default=False) as client:
+        futures = client.map(process_file, paths, min_pt=min_pt, max_constituents=max_constituents,
+                             key=[f"jet-features-{i}-{os.path.basename(p)}" for i, p in enumerate(paths)])
+        return list(client.gather(futures))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--manifest", type=Path, required=True)
@@ -48,15 +71,12 @@ def main() -> None:
 
     manifest = json.loads(args.manifest.read_text())
     files = sorted(manifest["files"], key=lambda f: f["name"])
-    xs, ys = [], []
     with mlflow.start_run():
-        for entry in files:
-            with uproot.open(entry["path"]) as handle:
-                arrays = handle["jets"].arrays(["label", "jet_pt", "c_pt", "c_deta", "c_dphi"])
-            xs.append(jet_features(arrays, args.min_constituent_pt, args.max_constituents))
-            ys.append(ak.to_numpy(arrays["label"]).astype(np.int64))
-            print(f"{entry['name']}: {len(arrays)} jets")
-        x, y = np.concatenate(xs), np.concatenate(ys)
+        results = extract([f["path"] for f in files], args.min_constituent_pt, args.max_constituents)
+        for entry, (_, labels) in zip(files, results, strict=True):
+            print(f"{entry['name']}: {len(labels)} jets")
+        x = np.concatenate([r[0] for r in results])
+        y = np.concatenate([r[1] for r in results])
         mlflow.log_metrics({"n_jets": float(len(y)), "n_files": float(len(files)), "quark_fraction": float(y.mean())})
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "features.npz"

@@ -1,0 +1,1 @@
+"""Profiles -> Dask clusters: LocalCluster (the embedded default) or dask-jobqueue SLURMCluster."""

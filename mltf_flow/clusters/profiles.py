@@ -1,0 +1,281 @@
+"""Cluster profiles: named, layered YAML settings that say where a step's work runs.
+
+Sources, lowest precedence first: the shipped ``mltf_flow/profiles.yaml`` (every key commented),
+``/etc/mltf_flow/profiles.yaml``, ``~/.config/mltf_flow/profiles.yaml``, ``./profiles.yaml``, each file in
+``$MLTF_FLOW_PROFILES`` (colon-separated), then ``MLTF_FLOW_PROFILE__<NAME>__<KEY>=<yaml value>``.
+A profile may ``extends:`` another and then overrides only what differs (unlike dask-jobqueue's
+``config_name``, which needs all ~25 keys). Unknown keys warn; invalid values raise
+:class:`~mltf_flow.errors.ConfigError` naming the file and key. Nothing here imports dask.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mltf_flow.errors import ConfigError
+
+_SHIPPED = Path(__file__).resolve().parent.parent / "profiles.yaml"
+# Like ./luigi.cfg for Luigi, ./profiles.yaml of the directory you run in is read too (a project's own).
+_SITE_FILES = (Path("/etc/mltf_flow/profiles.yaml"), Path("~/.config/mltf_flow/profiles.yaml"), Path("profiles.yaml"))
+_ENV_PREFIX = "MLTF_FLOW_PROFILE__"
+_WALLTIME = re.compile(r"^(?:(\d+)-)?(?:(\d{1,3}):)?(\d{1,2}):(\d{2})$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|seconds|minutes|hours)$")
+_BYTES = re.compile(r"^\d+(\.\d+)?\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+_SECONDS = {"s": 1, "seconds": 1, "m": 60, "minutes": 60, "h": 3600, "hours": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A resolved profile (``extends`` applied, values checked). See ``profiles.yaml`` for meanings."""
+
+    name: str
+    kind: str = "local"
+    workers: int = 2
+    threads_per_worker: int = 1
+    memory: str = "2GB"
+    dashboard_address: str | None = "127.0.0.1:8787"
+    scheduler_address: str | None = None
+    gpu_profile: str | None = None
+    worker_start_timeout: float = 120.0
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    walltime: str = "01:00:00"
+    cores: int = 1
+    gpus_per_node: int = 0
+    gpu_directive: str = "gres"
+    processes: int | None = None
+    lifetime: str | None = None
+    lifetime_stagger: str | None = None
+    interface: str | None = None
+    local_directory: str | None = None
+    log_directory: str | None = None
+    prologue: tuple[str, ...] = ()
+    extra_directives: tuple[str, ...] = ()
+    python: str | None = None
+    job_name: str = "mltf-worker"
+    death_timeout: int = 60
+    #: Where each key's value came from (file or env var), for error messages and `doctor`.
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def worker_processes(self) -> int:
+        """Dask worker processes per job: one per GPU, else ``processes`` or 1."""
+        if self.processes is not None:
+            return self.processes
+        return self.gpus_per_node or 1
+
+    @property
+    def expected_workers(self) -> int:
+        """Workers the cluster should reach: jobs x processes (slurm) or worker processes (local)."""
+        return self.workers * (self.worker_processes if self.kind == "slurm" else 1)
+
+    def source_of(self, key: str) -> str:
+        return self.sources.get(key, "defaults")
+
+
+_FIELDS = {f.name: f for f in fields(Profile) if f.name not in ("name", "sources")}
+_META = {"extends"}
+
+
+def walltime_seconds(value: str) -> int:
+    match = _WALLTIME.match(value)
+    if not match:
+        raise ValueError(value)
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def duration_seconds(value: str) -> float:
+    match = _DURATION.match(value.strip())
+    if not match:
+        raise ValueError(value)
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def _check(name: str, key: str, value: Any, where: str) -> Any:
+    """Validate one value; return it in its stored form."""
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: profile {name!r}, key {key!r}: expected {expected}, found {value!r}.")
+
+    if key == "walltime":
+        if isinstance(value, int):
+            raise ConfigError(
+                f"{where}: profile {name!r}, key 'walltime' is the number {value} (YAML reads an unquoted "
+                f"10:00:00 as sexagesimal {36000}). Quote it: walltime: \"10:00:00\"."
+            )
+        if not isinstance(value, str) or not _WALLTIME.match(value):
+            raise fail('a quoted SLURM time like "02:00:00" or "1-00:00:00"')
+        return value
+    if key == "kind":
+        if value not in ("local", "slurm"):
+            raise fail("'local' or 'slurm'")
+        return value
+    if key == "gpu_directive":
+        if value not in ("gres", "gpus-per-node"):
+            raise fail("'gres' or 'gpus-per-node'")
+        return value
+    if key == "memory":
+        if not isinstance(value, str) or not _BYTES.match(value.strip()):
+            raise fail("a size like '4GB' or '16GiB'")
+        return value.strip()
+    if key in ("lifetime", "lifetime_stagger"):
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _DURATION.match(value.strip()):
+            raise fail("a duration like '55m', '4m', '1h' or '30s'")
+        return value.strip()
+    if key in ("prologue", "extra_directives"):
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise fail("a list of strings")
+        return tuple(value)
+    if key in ("workers", "threads_per_worker", "cores", "death_timeout"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise fail("a whole number >= 1")
+        return value
+    if key in ("gpus_per_node", "processes"):
+        if value is None and key == "processes":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise fail("a whole number >= 0")
+        return value
+    if key == "worker_start_timeout":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise fail("a number of seconds > 0")
+        return float(value)
+    # remaining keys: optional strings
+    if value is not None and not isinstance(value, str):
+        raise fail("a string or null")
+    return value
+
+
+@dataclass
+class _Raw:
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(f"{path}: expected a mapping of profile name -> settings.")
+    return data
+
+
+def _profile_files() -> list[Path]:
+    files = [_SHIPPED, *(p.expanduser() for p in _SITE_FILES)]
+    for entry in filter(None, os.environ.get("MLTF_FLOW_PROFILES", "").split(os.pathsep)):
+        path = Path(entry).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"MLTF_FLOW_PROFILES names {path}, which does not exist.")
+        files.append(path)
+    return [f for f in files if f.is_file()]
+
+
+def load_raw() -> dict[str, _Raw]:
+    """Every profile as merged raw key/values with their sources (``extends`` not applied)."""
+    raw: dict[str, _Raw] = {}
+    for path in _profile_files():
+        for name, settings in _read(path).items():
+            entry = raw.setdefault(str(name), _Raw())
+            for key, value in settings.items():
+                if key not in _FIELDS and key not in _META:
+                    warnings.warn(
+                        f"{path}: profile {name!r}: unknown key {key!r} ignored "
+                        f"(known: {', '.join(sorted(_FIELDS))})",
+                        stacklevel=3,
+                    )
+                    continue
+                entry.values[key] = value
+                entry.sources[key] = str(path.resolve())
+    normalised = {n.upper().replace("-", "_"): n for n in raw}
+    for env, text in os.environ.items():
+        if not env.startswith(_ENV_PREFIX):
+            continue
+        target, _, raw_key = env[len(_ENV_PREFIX) :].partition("__")
+        found, key = normalised.get(target), raw_key.lower()
+        if found is None or (key not in _FIELDS and key not in _META):
+            raise ConfigError(f"{env}: no profile {target!r} or no key {key!r} to override.")
+        try:
+            raw[found].values[key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{env}: value is not valid YAML: {exc}") from exc
+        raw[found].sources[key] = f"${env}"
+    return raw
+
+
+def profile_names() -> list[str]:
+    return sorted(load_raw())
+
+
+def get_profile(name: str) -> Profile:
+    """Resolve profile ``name``: apply ``extends`` chains, check every value."""
+    raw = load_raw()
+    if name not in raw:
+        raise ConfigError(
+            f"no profile {name!r}; known profiles: {', '.join(sorted(raw))}. Define it in "
+            "~/.config/mltf_flow/profiles.yaml or a file listed in MLTF_FLOW_PROFILES."
+        )
+    chain: list[str] = []
+    current: str | None = name
+    while current is not None:
+        if current in chain:
+            raise ConfigError(f"profiles extend each other in a cycle: {' -> '.join([*chain, current])}.")
+        if current not in raw:
+            raise ConfigError(f"profile {chain[-1]!r} extends unknown profile {current!r}.")
+        chain.append(current)
+        parent = raw[current].values.get("extends")
+        current = str(parent) if parent is not None else None
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for link in reversed(chain):
+        for key, value in raw[link].values.items():
+            if key in _META:
+                continue
+            values[key] = _check(link, key, value, raw[link].sources.get(key, "?"))
+            sources[key] = raw[link].sources.get(key, "?")
+    profile = Profile(name=name, sources=sources, **values)
+    _check_consistency(profile)
+    return profile
+
+
+def _check_consistency(p: Profile) -> None:
+    def where(key: str) -> str:
+        return f"{p.source_of(key)}: profile {p.name!r}"
+
+    if p.kind == "slurm" and p.lifetime and duration_seconds(p.lifetime) >= walltime_seconds(p.walltime):
+        raise ConfigError(
+            f"{where('lifetime')}: lifetime {p.lifetime} is not below walltime {p.walltime}; workers would "
+            "be killed by SLURM mid-task. Use e.g. lifetime: 55m with walltime: \"01:00:00\"."
+        )
+    if p.kind == "slurm" and p.gpus_per_node and p.processes not in (None, p.gpus_per_node):
+        raise ConfigError(
+            f"{where('processes')}: processes={p.processes} with gpus_per_node={p.gpus_per_node}: GPU jobs run one "
+            "worker per GPU. Remove 'processes'."
+        )
+    if p.kind == "slurm" and p.cores < p.worker_processes:
+        raise ConfigError(
+            f"{where('cores')}: cores={p.cores} is fewer than the {p.worker_processes} worker processes per job."
+        )
+
+
+def gpu_variant(profile: Profile) -> Profile:
+    """The profile a GPU step uses under ``profile``: itself if it has GPUs, else its ``gpu_profile``."""
+    if profile.gpus_per_node or profile.gpu_profile is None:
+        return profile
+    return get_profile(profile.gpu_profile)

@@ -1,0 +1,212 @@
+"""One Dask cluster per profile per pipeline invocation: who starts it, who may use it, who stops it.
+
+* The process that runs Luigi (the *main* process: the one that built the DAG) owns the clusters. It
+  creates a profile's cluster lazily, when a step that needs the profile turns out to be incomplete
+  (so also before Luigi forks per-task workers for ``--workers N``), pre-flights SLURM jobs with
+  ``sbatch --test-only``, and exports the scheduler address in ``MLTF_DASK_ADDRESS__<PROFILE>``.
+* Every process (the main one, or a forked task process) talks to a cluster through its own
+  ``Client(address)``: a Client inherited across ``fork`` hangs forever.
+* The main process closes every cluster (SLURM jobs are cancelled) at exit: success, failure, Ctrl-C,
+  and SIGTERM (turned into an orderly exit).
+* A profile with ``scheduler_address`` attaches to an existing scheduler and never starts or stops it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from mltf_flow.clusters.profiles import Profile
+from mltf_flow.config import load_settings
+from mltf_flow.errors import ClusterError, WorkersTimeout
+
+MAIN_PID_ENV = "MLTF_MAIN_PID"
+_ADDRESS_ENV = "MLTF_DASK_ADDRESS__"
+_DASHBOARD_ENV = "MLTF_DASK_DASHBOARD__"
+_lock = threading.RLock()
+
+
+def mark_main_process() -> None:
+    """Remember the DAG-building process (forked task processes inherit the variable, not the pid)."""
+    os.environ.setdefault(MAIN_PID_ENV, str(os.getpid()))
+
+
+def is_main_process() -> bool:
+    return os.environ.get(MAIN_PID_ENV) == str(os.getpid())
+
+
+def _env_name(prefix: str, profile: str) -> str:
+    return prefix + re.sub(r"[^A-Za-z0-9]", "_", profile).upper()
+
+
+@dataclass
+class _Owned:
+    profile: Profile
+    cluster: Any
+    scaled: bool = False
+
+
+class _Registry:
+    """Clusters owned by this (main) process."""
+
+    def __init__(self) -> None:
+        self.owned: dict[str, _Owned] = {}
+        self.hooks_installed = False
+
+    def install_hooks(self) -> None:
+        if self.hooks_installed:
+            return
+        self.hooks_installed = True
+        # distributed registers its own atexit cluster shutdown at import; atexit runs handlers in
+        # reverse order, so importing it first makes ours run first (clients before clusters).
+        import distributed  # noqa: F401
+
+        atexit.register(close_all)
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+            signal.SIG_DFL,
+            None,
+        ):
+
+            def on_term(signum: int, frame: FrameType | None) -> None:
+                # An orderly exit runs atexit (close_all): SLURM jobs are cancelled, not orphaned.
+                raise SystemExit(128 + signum)
+
+            signal.signal(signal.SIGTERM, on_term)
+
+
+_REGISTRY = _Registry()
+_CLIENTS: dict[tuple[int, str], Any] = {}
+
+
+def _start(profile: Profile) -> _Owned:
+    settings = load_settings()
+    cluster: Any
+    if profile.kind == "local":
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(
+            n_workers=profile.workers,
+            threads_per_worker=profile.threads_per_worker,
+            memory_limit=profile.memory,
+            dashboard_address=profile.dashboard_address,
+            host="127.0.0.1",
+            processes=True,
+        )
+        owned = _Owned(profile, cluster, scaled=True)
+    else:
+        from mltf_flow.clusters.slurm import make_slurm_cluster, preflight
+
+        cluster = make_slurm_cluster(profile, settings.work_dir / "slurm-logs" / profile.name)
+        try:
+            preflight(profile, str(cluster.job_script()))
+        except BaseException:
+            cluster.close()
+            raise
+        owned = _Owned(profile, cluster)
+    link = getattr(cluster, "dashboard_link", "") or ""
+    os.environ[_env_name(_ADDRESS_ENV, profile.name)] = str(cluster.scheduler_address)
+    os.environ[_env_name(_DASHBOARD_ENV, profile.name)] = link
+    print(f"mltf_flow: Dask cluster for profile {profile.name!r} ({profile.kind}) at {cluster.scheduler_address}; "
+          f"dashboard: {link or 'disabled'}", file=sys.stderr, flush=True)
+    return owned
+
+
+def prepare(profile: Profile, *, scale: bool) -> None:
+    """Main process: make sure the profile's cluster exists (and, with ``scale``, that its jobs are
+    requested). Raises :class:`~mltf_flow.errors.SlurmRejected` if SLURM would reject the jobs."""
+    if profile.scheduler_address or not is_main_process():
+        return
+    with _lock:
+        _REGISTRY.install_hooks()
+        owned = _REGISTRY.owned.get(profile.name)
+        if owned is None:
+            owned = _REGISTRY.owned[profile.name] = _start(profile)
+        if scale and not owned.scaled:
+            owned.cluster.scale(jobs=profile.workers)
+            owned.scaled = True
+
+
+def address(profile: Profile) -> str:
+    """The scheduler address for ``profile`` in this process (starting the cluster if we own it)."""
+    if profile.scheduler_address:
+        return profile.scheduler_address
+    if is_main_process():
+        prepare(profile, scale=True)
+    found = os.environ.get(_env_name(_ADDRESS_ENV, profile.name))
+    if not found:
+        raise ClusterError(
+            f"no Dask cluster for profile {profile.name!r} in this process (pid {os.getpid()}): clusters are "
+            "started by the process that runs Luigi. Run the pipeline through `luigi`/`mltf-flow run`, or set "
+            "scheduler_address in the profile to attach to a running scheduler."
+        )
+    return found
+
+
+def dashboard_link(profile: Profile) -> str:
+    return os.environ.get(_env_name(_DASHBOARD_ENV, profile.name), "")
+
+
+def get_client(addr: str) -> Any:
+    """A Client for this process (never one inherited across fork: that one hangs)."""
+    from distributed import Client
+
+    slot = (os.getpid(), addr)
+    with _lock:
+        client = _CLIENTS.get(slot)
+        if client is None or client.status != "running":
+            client = Client(addr, set_as_default=False, timeout="60s")
+            _CLIENTS[slot] = client
+        return client
+
+
+def wait_for_workers(client: Any, profile: Profile) -> None:
+    """Block until the profile's workers are connected, or fail with what SLURM says."""
+    wanted = profile.expected_workers
+    try:
+        client.wait_for_workers(wanted, timeout=profile.worker_start_timeout)
+    except (TimeoutError, OSError) as exc:
+        got = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        hint = "check `squeue --me` (pending? why?) and the job logs under <work_dir>/slurm-logs" \
+            if profile.kind == "slurm" else "check memory and the worker logs"
+        raise WorkersTimeout(
+            f"profile {profile.name!r}: only {got} of {wanted} Dask workers arrived within "
+            f"{profile.worker_start_timeout:.0f} s; {hint}."
+        ) from exc
+
+
+def worker_job_ids(client: Any) -> list[str]:
+    """SLURM job ids of the connected workers (read from each worker's environment)."""
+
+    def job_id() -> str:
+        return os.environ.get("SLURM_JOB_ID", "")
+
+    ids = {v for v in client.run(job_id).values() if v}
+    return sorted(ids, key=lambda j: (len(j), j))
+
+
+def close_all() -> None:
+    """Close every cluster this process owns (cancels their SLURM jobs). Idempotent."""
+    if not is_main_process():
+        return
+    with _lock:
+        owned, _REGISTRY.owned = _REGISTRY.owned, {}
+        for slot, client in list(_CLIENTS.items()):
+            if slot[0] == os.getpid():
+                with contextlib.suppress(Exception):  # best effort; the clusters below matter
+                    client.close(timeout=5)
+        _CLIENTS.clear()
+        for entry in owned.values():
+            try:
+                entry.cluster.close(timeout=20)
+            except Exception as exc:  # keep closing the others
+                print(f"mltf_flow: closing the {entry.profile.name!r} cluster failed: {exc}", file=sys.stderr)
+            os.environ.pop(_env_name(_ADDRESS_ENV, entry.profile.name), None)
+            os.environ.pop(_env_name(_DASHBOARD_ENV, entry.profile.name), None)

@@ -1,0 +1,136 @@
+"""SLURM profiles -> dask-jobqueue ``SLURMCluster``: keyword arguments, rendered job scripts, pre-flight.
+
+:func:`slurm_cluster_kwargs` is pure (profile in, kwargs out) and is what tests pin down.
+:func:`preflight` runs ``sbatch --test-only`` on the exact script: dask-jobqueue only *logs* a rejected
+``sbatch`` and the user then waits for a worker timeout; SLURM's own message arrives in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mltf_flow.clusters.profiles import Profile
+from mltf_flow.errors import ConfigError, SlurmRejected
+
+if TYPE_CHECKING:
+    from dask_jobqueue.slurm import SLURMCluster
+
+#: Environment every worker job exports before the worker starts (read once per process).
+WORKER_ENV = {
+    # Ranks and DataLoader workers need to start child processes: daemonic workers cannot.
+    "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+}
+
+
+def slurm_cluster_kwargs(profile: Profile, log_directory: Path) -> dict[str, Any]:
+    """Keyword arguments for ``dask_jobqueue.SLURMCluster`` from a slurm profile."""
+    if profile.kind != "slurm":
+        raise ConfigError(f"profile {profile.name!r} is of kind {profile.kind!r}, not slurm.")
+    directives: list[str] = []
+    worker_args: list[str] = []
+    if profile.gpus_per_node:
+        if profile.gpu_directive == "gres":
+            directives.append(f"--gres=gpu:{profile.gpus_per_node}")
+        else:
+            directives.append(f"--gpus-per-node={profile.gpus_per_node}")
+        # One worker per GPU: a logical resource for scheduling, and a preload that pins each worker
+        # process to its own device before anything initialises CUDA.
+        worker_args += ["--resources", "GPU=1", "--preload", "mltf_flow.clusters.gpu_pin"]
+    if profile.qos:
+        directives.append(f"--qos={profile.qos}")
+    directives.extend(profile.extra_directives)
+    if profile.lifetime:
+        worker_args += ["--lifetime", profile.lifetime]
+        if profile.lifetime_stagger:
+            worker_args += ["--lifetime-stagger", profile.lifetime_stagger]
+    env = {**WORKER_ENV, "MLTF_WORKERS_PER_JOB": str(profile.worker_processes)}
+    if profile.gpus_per_node:
+        env["MLTF_GPUS_PER_JOB"] = str(profile.gpus_per_node)
+    prologue = [*profile.prologue, *(f"export {k}={shlex.quote(v)}" for k, v in env.items())]
+    scheduler_options: dict[str, Any] = {"dashboard_address": profile.dashboard_address}
+    kwargs: dict[str, Any] = {
+        "cores": profile.cores,
+        "processes": profile.worker_processes,
+        "memory": profile.memory,
+        "queue": profile.partition,
+        "account": profile.account,
+        "walltime": profile.walltime,
+        "job_name": profile.job_name,
+        "interface": profile.interface,
+        "death_timeout": profile.death_timeout,
+        "local_directory": os.path.expandvars(profile.local_directory) if profile.local_directory else None,
+        "log_directory": str(Path(profile.log_directory or log_directory).expanduser()),
+        "python": profile.python or sys.executable,
+        "job_extra_directives": directives,
+        "job_script_prologue": prologue,
+        "worker_extra_args": worker_args,
+        "scheduler_options": scheduler_options,
+    }
+    return kwargs
+
+
+def make_slurm_cluster(profile: Profile, log_directory: Path, **overrides: Any) -> SLURMCluster:
+    """A ``SLURMCluster`` for ``profile`` (starts the Dask scheduler in this process; submits nothing)."""
+    from dask_jobqueue.slurm import SLURMCluster
+
+    kwargs = slurm_cluster_kwargs(profile, log_directory)
+    kwargs.update(overrides)
+    Path(kwargs["log_directory"]).mkdir(parents=True, exist_ok=True)
+    return SLURMCluster(**kwargs)
+
+
+def render_job_script(profile: Profile, log_directory: Path) -> str:
+    """The exact job script a profile submits (the scheduler address is this render's own)."""
+    cluster = make_slurm_cluster(profile, log_directory, scheduler_options={"dashboard_address": None})
+    try:
+        return str(cluster.job_script())
+    finally:
+        cluster.close()
+
+
+def preflight(profile: Profile, script: str) -> str:
+    """Ask SLURM whether it would accept ``script`` (``sbatch --test-only``); return its answer.
+
+    Raises :class:`SlurmRejected` carrying SLURM's own message and the profile's origin.
+    """
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise ConfigError(
+            f"profile {profile.name!r} submits to SLURM, but `sbatch` is not on PATH. Run on a SLURM login "
+            "node, load the SLURM module, or choose a local profile (--profile local)."
+        )
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="mltf-preflight-", delete=False) as handle:
+        handle.write(script)
+        path = handle.name
+    try:
+        proc = subprocess.run([sbatch, "--test-only", path], capture_output=True, text=True, timeout=30)
+    finally:
+        os.unlink(path)
+    answer = (proc.stderr or proc.stdout).strip()
+    if proc.returncode != 0:
+        origins = sorted({profile.source_of(k) for k in ("partition", "account", "gpus_per_node", "memory", "cores")})
+        raise SlurmRejected(
+            f"SLURM rejects the worker job of profile {profile.name!r} (defined in {', '.join(origins)}):\n"
+            f"    {answer}\n"
+            f"  Check partition={profile.partition!r}, account={profile.account!r}, gpus_per_node="
+            f"{profile.gpus_per_node}, cores={profile.cores}, memory={profile.memory!r} against `sinfo -o "
+            f"'%P %c %m %G'`. See the script with: mltf-flow render --profile {profile.name}"
+        )
+    return answer
+
+
+def job_ids(cluster: Any) -> list[str]:
+    """SLURM job ids of the cluster's current worker jobs."""
+    ids = []
+    for job in getattr(cluster, "workers", {}).values():
+        job_id = getattr(job, "job_id", None)
+        if job_id:
+            ids.append(str(job_id))
+    return sorted(set(ids), key=lambda j: (len(j), j))
