@@ -4,6 +4,9 @@
     mltf-flow status PROJECT_DIR --step train [-P ...]     cache keys and which steps are complete
     mltf-flow ui [--port 5000]                              MLflow UI on the configured store
     mltf-flow config                                        the resolved settings
+    mltf-flow profiles                                      the cluster profiles and where they come from
+    mltf-flow render --profile NAME                         the exact SLURM job script, not submitted
+    mltf-flow doctor --profile NAME                         check a profile (incl. sbatch --test-only)
 
 Exit codes of ``run`` follow ``configs/luigi.cfg``'s ``[retcode]``: 0 success, 30 a step failed,
 35 scheduling error, 25 not run, 20 missing input; 2 for bad input detected before anything ran.
@@ -44,7 +47,8 @@ def _build_target(args: argparse.Namespace) -> Any:
     unknown_steps = {k.partition(".")[0] for k in overrides if "." in k} - set(spec.steps) - {args.step}
     if unknown_steps and spec.declared:
         raise ConfigError(f"-P names unknown step(s) {sorted(unknown_steps)}; steps are: {', '.join(spec.steps)}.")
-    task = make_task(str(spec.root), args.step, overrides, allow_extra=args.allow_extra_params)
+    task = make_task(str(spec.root), args.step, overrides, allow_extra=args.allow_extra_params,
+                     profile=getattr(args, "profile", None))
     _validate_tree(task)
     return task
 
@@ -73,6 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     task = _build_target(args)
     new_invocation()
+    if args.workers > 1:
+        os.environ["MLTF_SCALE_AT_SCHEDULING"] = "1"  # forked task processes cannot scale clusters
     result = luigi.build(
         [task], local_scheduler=not args.scheduler_host, scheduler_host=args.scheduler_host or "localhost",
         workers=args.workers, detailed_summary=True, log_level=args.log_level,
@@ -119,6 +125,47 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from mltf_flow.clusters.profiles import get_profile, profile_names
+
+    for name in profile_names():
+        try:
+            p = get_profile(name)
+        except ConfigError as exc:
+            print(f"{name:<16} INVALID: {exc}")
+            continue
+        where = p.origin
+        gpu = f", {p.gpus_per_node} GPU/job" if p.gpus_per_node else ""
+        extra = f" -> GPU steps: {p.gpu_profile}" if p.gpu_profile else ""
+        print(f"{name:<16} {p.kind:<6} {p.workers} x {p.cores if p.kind == 'slurm' else p.threads_per_worker} "
+              f"cores{gpu}{extra}  ({where})")
+    return 0
+
+
+def _slurm_profile(name: str) -> Any:
+    from mltf_flow.clusters.profiles import get_profile
+
+    profile = get_profile(name)
+    if profile.kind != "slurm":
+        raise ConfigError(f"profile {name!r} is a {profile.kind} profile: it has no job script.")
+    return profile
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from mltf_flow.clusters.slurm import render_job_script
+    from mltf_flow.config import load_settings
+
+    profile = _slurm_profile(args.profile)
+    print(render_job_script(profile, load_settings().work_dir / "slurm-logs" / profile.name), end="")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from mltf_flow.clusters.doctor import run_doctor
+
+    return run_doctor(args.profile)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from mltf_flow.config import load_settings
 
@@ -137,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--step", "-e", required=True, help="step (or entry point) to run")
         p.add_argument("-P", "--param", action="append", default=[], help="KEY=VALUE or STEP.KEY=VALUE")
         p.add_argument("--allow-extra-params", action="store_true", help="pass unknown -P as --key value")
+        p.add_argument("--profile", default=None, help="cluster profile (mltf-flow profiles lists them)")
         if name == "run":
             p.add_argument("--workers", type=int, default=1, help="Luigi worker processes")
             p.add_argument("--scheduler-host", default=None, help="central luigid (default: local scheduler)")
@@ -145,12 +193,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     sub.add_parser("config", help="print the resolved settings")
+    sub.add_parser("profiles", help="list cluster profiles")
+    for name, helptext in (("render", "print a profile's SLURM job script without submitting it"),
+                           ("doctor", "check a profile and print a report")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--profile", required=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "status": cmd_status, "ui": cmd_ui, "config": cmd_config}[args.command]
+    handler = {"run": cmd_run, "status": cmd_status, "ui": cmd_ui, "config": cmd_config, "profiles": cmd_profiles,
+               "render": cmd_render, "doctor": cmd_doctor}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

@@ -179,7 +179,7 @@ def execute_step(step: MLflowStep) -> None:
     except BaseException as exc:
         if not finished:
             # Interrupted (Ctrl-C, SIGTERM) or an error of ours: never leave the run RUNNING.
-            killed = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "_Terminated"
+            killed = isinstance(exc, KeyboardInterrupt | SystemExit) or type(exc).__name__ == "_Terminated"
             try:
                 if log_path.exists():
                     tracker.log_artifact(run_id, log_path, "mltf", name="step.log")

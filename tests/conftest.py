@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,3 +129,36 @@ def git_project(src: Path, dest: Path) -> Path:
                  ["add", "-A"], ["commit", "-qm", "init"]):
         subprocess.run(["git", "-C", str(dest), *args], check=True, capture_output=True)
     return dest
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
+    """Poll ``predicate`` until it returns something truthy (a readiness check, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def slurm_available() -> bool:
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def worker_jobs(name: str = "mltf-worker") -> list[str]:
+    """Ids of our Dask worker jobs that SLURM still lists as pending/running/completing."""
+    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i %T"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def slurm() -> None:
+    if not slurm_available():
+        pytest.skip("no SLURM cluster: run `tests/infra/slurm.sh up` as root (make test does)")

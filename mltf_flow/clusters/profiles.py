@@ -25,10 +25,13 @@ _SHIPPED = Path(__file__).resolve().parent.parent / "profiles.yaml"
 # Like ./luigi.cfg for Luigi, ./profiles.yaml of the directory you run in is read too (a project's own).
 _SITE_FILES = (Path("/etc/mltf_flow/profiles.yaml"), Path("~/.config/mltf_flow/profiles.yaml"), Path("profiles.yaml"))
 _ENV_PREFIX = "MLTF_FLOW_PROFILE__"
-_WALLTIME = re.compile(r"^(?:(\d+)-)?(?:(\d{1,3}):)?(\d{1,2}):(\d{2})$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|seconds|minutes|hours)$")
+# SLURM time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
+_WALLTIME = re.compile(r"^(?:(\d+)-(\d{1,2})(?::(\d{1,2}))?(?::(\d{1,2}))?|(?:(\d+):)?(\d+):(\d{1,2})|(\d+))$")
+# One number and one unit, no spaces: Dask's parse_timedelta takes exactly that, and the value is
+# written unquoted into the job script's worker command line.
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _BYTES = re.compile(r"^\d+(\.\d+)?\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
-_SECONDS = {"s": 1, "seconds": 1, "m": 60, "minutes": 60, "h": 3600, "hours": 3600, "d": 86400}
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -80,17 +83,27 @@ class Profile:
     def source_of(self, key: str) -> str:
         return self.sources.get(key, "defaults")
 
+    @property
+    def origin(self) -> str:
+        """The file (or variable) that defines this profile."""
+        return self.sources.get("(defined in)", "?")
+
 
 _FIELDS = {f.name: f for f in fields(Profile) if f.name not in ("name", "sources")}
 _META = {"extends"}
 
 
 def walltime_seconds(value: str) -> int:
-    match = _WALLTIME.match(value)
+    """Seconds in a SLURM time limit (``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``)."""
+    match = _WALLTIME.match(value.strip())
     if not match:
         raise ValueError(value)
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    g = [int(x) if x else 0 for x in match.groups()]
+    if match.group(1) is not None:  # D-H[:M[:S]]
+        return ((g[0] * 24 + g[1]) * 60 + g[2]) * 60 + g[3]
+    if match.group(8) is not None:  # minutes only
+        return g[7] * 60
+    return (g[4] * 60 + g[5]) * 60 + g[6]  # [H:]M:S
 
 
 def duration_seconds(value: str) -> float:
@@ -131,7 +144,7 @@ def _check(name: str, key: str, value: Any, where: str) -> Any:
         if value is None:
             return None
         if not isinstance(value, str) or not _DURATION.match(value.strip()):
-            raise fail("a duration like '55m', '4m', '1h' or '30s'")
+            raise fail("a duration like '55m', '4m', '1h' or '30s' (one number, one unit, no space)")
         return value.strip()
     if key in ("prologue", "extra_directives"):
         if value is None:
@@ -143,9 +156,13 @@ def _check(name: str, key: str, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise fail("a whole number >= 1")
         return value
-    if key in ("gpus_per_node", "processes"):
-        if value is None and key == "processes":
+    if key == "processes":
+        if value is None:
             return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise fail("a whole number >= 1, or null")
+        return value
+    if key == "gpus_per_node":
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise fail("a whole number >= 0")
         return value
@@ -163,6 +180,7 @@ def _check(name: str, key: str, value: Any, where: str) -> Any:
 class _Raw:
     values: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    defined_in: str = "?"
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -184,7 +202,8 @@ def _profile_files() -> list[Path]:
         if not path.is_file():
             raise ConfigError(f"MLTF_FLOW_PROFILES names {path}, which does not exist.")
         files.append(path)
-    return [f for f in files if f.is_file()]
+    # Absolute paths, so every message says which profiles.yaml is meant.
+    return [f.resolve() for f in files if f.is_file()]
 
 
 def load_raw() -> dict[str, _Raw]:
@@ -192,7 +211,9 @@ def load_raw() -> dict[str, _Raw]:
     raw: dict[str, _Raw] = {}
     for path in _profile_files():
         for name, settings in _read(path).items():
-            entry = raw.setdefault(str(name), _Raw())
+            if str(name) not in raw:
+                raw[str(name)] = _Raw(defined_in=str(path))
+            entry = raw[str(name)]
             for key, value in settings.items():
                 if key not in _FIELDS and key not in _META:
                     warnings.warn(
@@ -202,7 +223,7 @@ def load_raw() -> dict[str, _Raw]:
                     )
                     continue
                 entry.values[key] = value
-                entry.sources[key] = str(path.resolve())
+                entry.sources[key] = str(path)
     normalised = {n.upper().replace("-", "_"): n for n in raw}
     for env, text in os.environ.items():
         if not env.startswith(_ENV_PREFIX):
@@ -249,6 +270,7 @@ def get_profile(name: str) -> Profile:
                 continue
             values[key] = _check(link, key, value, raw[link].sources.get(key, "?"))
             sources[key] = raw[link].sources.get(key, "?")
+    sources["(defined in)"] = raw[name].defined_in
     profile = Profile(name=name, sources=sources, **values)
     _check_consistency(profile)
     return profile
@@ -258,10 +280,13 @@ def _check_consistency(p: Profile) -> None:
     def where(key: str) -> str:
         return f"{p.source_of(key)}: profile {p.name!r}"
 
-    if p.kind == "slurm" and p.lifetime and duration_seconds(p.lifetime) >= walltime_seconds(p.walltime):
+    # Dask retires a worker after lifetime +/- stagger: the latest retirement must precede the walltime.
+    stagger = duration_seconds(p.lifetime_stagger) if p.lifetime_stagger else 0.0
+    if p.kind == "slurm" and p.lifetime and duration_seconds(p.lifetime) + stagger >= walltime_seconds(p.walltime):
         raise ConfigError(
-            f"{where('lifetime')}: lifetime {p.lifetime} is not below walltime {p.walltime}; workers would "
-            "be killed by SLURM mid-task. Use e.g. lifetime: 55m with walltime: \"01:00:00\"."
+            f"{where('lifetime')}: lifetime {p.lifetime} (+ stagger {p.lifetime_stagger or '0s'}) is not below "
+            f"walltime {p.walltime}; workers would be killed by SLURM mid-task. Use e.g. lifetime: 50m, "
+            "lifetime_stagger: 4m with walltime: \"01:00:00\"."
         )
     if p.kind == "slurm" and p.gpus_per_node and p.processes not in (None, p.gpus_per_node):
         raise ConfigError(

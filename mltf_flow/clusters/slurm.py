@@ -88,7 +88,11 @@ def make_slurm_cluster(profile: Profile, log_directory: Path, **overrides: Any) 
 
 def render_job_script(profile: Profile, log_directory: Path) -> str:
     """The exact job script a profile submits (the scheduler address is this render's own)."""
-    cluster = make_slurm_cluster(profile, log_directory, scheduler_options={"dashboard_address": None})
+    # The scheduler of a render only needs an address: loopback works on any host (the worker's
+    # --interface from the profile is still written into the script).
+    cluster = make_slurm_cluster(
+        profile, log_directory, scheduler_options={"dashboard_address": None, "host": "127.0.0.1"}
+    )
     try:
         return str(cluster.job_script())
     finally:

@@ -1,0 +1,113 @@
+"""``mltf-flow doctor --profile NAME``: check a profile the way a submission would, and say what is wrong.
+
+Checks, in order: the profile resolves (extends, types); for SLURM profiles the client commands exist,
+the partition exists (``sinfo``), the network interface exists here, the node python exists, the
+rendered job script is accepted by ``sbatch --test-only``; for every profile whether the dashboard
+address is free. Exit code 0 when every check passed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+
+from mltf_flow.config import load_settings
+from mltf_flow.errors import MltfFlowError
+
+
+def _check(label: str, fn: Callable[[], str], results: list[bool]) -> None:
+    try:
+        detail = fn()
+    except MltfFlowError as exc:
+        results.append(False)
+        print(f"  FAIL  {label}\n        " + str(exc).replace("\n", "\n        "))
+        return
+    except Exception as exc:  # any failing check is a finding, not a crash of the report
+        results.append(False)
+        print(f"  FAIL  {label}: {type(exc).__name__}: {exc}")
+        return
+    results.append(True)
+    print(f"  ok    {label}{': ' + detail if detail else ''}")
+
+
+def run_doctor(name: str) -> int:
+    from mltf_flow.clusters.profiles import get_profile
+
+    print(f"mltf-flow doctor: profile {name!r}")
+    results: list[bool] = []
+    holder: dict[str, object] = {}
+
+    def resolve() -> str:
+        profile = get_profile(name)
+        holder["p"] = profile
+        files = sorted(set(profile.sources.values()))
+        return f"{profile.kind}, from {', '.join(files)}"
+
+    _check("profile resolves", resolve, results)
+    profile = holder.get("p")
+    if profile is None:
+        return 1
+    from mltf_flow.clusters.profiles import Profile
+
+    assert isinstance(profile, Profile)
+    print(f"        workers={profile.workers} cores={profile.cores} memory={profile.memory} "
+          f"gpus_per_node={profile.gpus_per_node} walltime={profile.walltime} lifetime={profile.lifetime}")
+
+    def dashboard() -> str:
+        if not profile.dashboard_address:
+            return "disabled"
+        host, _, port = profile.dashboard_address.rpartition(":")
+        with socket.socket() as sock:
+            if sock.connect_ex((host or "127.0.0.1", int(port))) == 0:
+                return f"{profile.dashboard_address} is in use: Dask will pick another port (the run records it)"
+        return f"{profile.dashboard_address} is free"
+
+    _check("dashboard address", dashboard, results)
+    if profile.kind == "slurm":
+        from mltf_flow.clusters.slurm import preflight, render_job_script
+
+        def commands() -> str:
+            missing = [c for c in ("sbatch", "squeue", "scancel", "sinfo") if shutil.which(c) is None]
+            if missing:
+                raise MltfFlowError(f"not on PATH: {', '.join(missing)} (load the SLURM module?)")
+            return "sbatch, squeue, scancel, sinfo found"
+
+        def partition() -> str:
+            out = subprocess.run(["sinfo", "-h", "-o", "%P %a %D %c %m %G"], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout
+            names = {line.split()[0].rstrip("*"): line for line in out.splitlines() if line.strip()}
+            wanted = profile.partition or next((n for n, line in names.items() if "*" in line.split()[0]), "")
+            if profile.partition and profile.partition not in names:
+                raise MltfFlowError(f"partition {profile.partition!r} not found; partitions: {', '.join(names)}")
+            return f"{wanted}: {names.get(wanted, '?')}"
+
+        def interface() -> str:
+            if not profile.interface:
+                return "not set (Dask picks the default route's address)"
+            import psutil
+
+            if profile.interface not in psutil.net_if_addrs():
+                raise MltfFlowError(f"interface {profile.interface!r} does not exist on this host "
+                                    f"({', '.join(psutil.net_if_addrs())})")
+            return f"{profile.interface} exists here"
+
+        def python() -> str:
+            path = profile.python
+            if path and not os.access(path, os.X_OK):
+                raise MltfFlowError(f"python {path} is not executable here (is it on a shared filesystem?)")
+            return path or "this interpreter"
+
+        def test_only() -> str:
+            script = render_job_script(profile, load_settings().work_dir / "slurm-logs" / profile.name)
+            return preflight(profile, script)
+
+        for label, fn in (("SLURM commands", commands), ("partition", partition), ("network interface", interface),
+                          ("python on the nodes", python), ("sbatch --test-only", test_only)):
+            _check(label, fn, results)
+        print(f"  see the job script: mltf-flow render --profile {name}")
+    ok = all(results)
+    print("all checks passed" if ok else f"{results.count(False)} check(s) failed")
+    return 0 if ok else 1

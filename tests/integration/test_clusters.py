@@ -1,0 +1,188 @@
+"""Steps on Dask clusters from profiles: LocalCluster (embedded default) and real SLURM jobs from the
+single-node test cluster (tests/infra/slurm.sh). No job may outlive the `luigi` process that made it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import BIN, REPO, git_project, run_luigi, wait_until, worker_jobs
+from tests.integration.mlflow_queries import runs, sqlite_uri, step_runs
+
+pytestmark = pytest.mark.slow
+PROJECTS = Path(__file__).parent / "projects"
+
+
+def store() -> str:
+    return sqlite_uri(os.environ["MLTF_FLOW_WORK_DIR"])
+
+
+def popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    return subprocess.Popen([str(BIN / "luigi"), *args, "--local-scheduler", "--no-lock"], cwd=REPO, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def read_until(proc: subprocess.Popen[str], marker: str) -> str:
+    """Read the process output until a line contains ``marker`` (the event we wait for)."""
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    raise AssertionError(f"process ended without printing {marker!r}:\n{''.join(seen)[-3000:]}")
+
+
+def no_worker_jobs() -> None:
+    wait_until(lambda: not worker_jobs(), 30, "SLURM to list no mltf-worker job")
+
+
+def test_example_pipeline_on_slurm_workers(slurm: None, jet_sample: Path) -> None:
+    proc = popen("--module", "pipelines", "Train", "--profile", "slurm-ci", "--dataset", str(jet_sample),
+                 "--epochs", "1")
+    seen = wait_until(worker_jobs, 60, "the features workers to appear in squeue")
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    assert seen  # the workers were real SLURM jobs while the pipeline ran
+    no_worker_jobs()
+    (features,) = step_runs(store(), "features")
+    (train,) = step_runs(store(), "train")
+    assert features.data.tags["mltf.profile"] == "slurm-ci"
+    assert len(features.data.tags["mltf.slurm_job_ids"].split(",")) == 2
+    assert train.data.tags["mltf.profile"] == "slurm-ci-gpu"  # Train needs a GPU: the profile's gpu_profile
+    assert train.data.tags["mltf.launcher"] == "worker" and train.data.tags["mltf.slurm_job_ids"]
+    for run in (features, train):
+        assert run.data.tags["mltf.dask_dashboard"].startswith("http://127.0.0.1:")
+        assert run.data.tags["mltf.complete"] == "true"
+
+
+def _flaky(tmp_path: Path, run_on: str = "driver") -> Path:
+    project = git_project(PROJECTS / "flaky", tmp_path / "flaky")
+    if run_on != "driver":
+        spec = project / "pipeline.yaml"
+        spec.write_text(spec.read_text() + f"    run_on: {run_on}\n")
+    return project
+
+
+def test_failing_step_on_slurm_cancels_the_workers(slurm: None, tmp_path: Path) -> None:
+    project = _flaky(tmp_path)
+    result = run_luigi("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(project),
+                       "--run-step", "main", "--overrides", '{"mode": "exit3"}', "--profile", "slurm-ci")
+    assert result.returncode == 30, result.output
+    no_worker_jobs()
+
+
+def test_sigint_mid_step_on_a_slurm_worker(slurm: None, tmp_path: Path) -> None:
+    project = _flaky(tmp_path, run_on="worker")
+    proc = popen("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(project), "--run-step",
+                 "main", "--overrides", '{"mode": "hang"}', "--profile", "slurm-ci")
+    read_until(proc, "[main@worker] READY")
+    assert worker_jobs()
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0, out
+    (run,) = [r for r in runs(store(), "flaky") if r.data.tags.get("mltf.role") == "step"]
+    assert run.info.status == "KILLED"
+    no_worker_jobs()
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm-ci"])
+def test_two_independent_branches_run_in_parallel(profile: str, tmp_path: Path, request: Any) -> None:
+    if profile.startswith("slurm"):
+        request.getfixturevalue("slurm")
+    rendezvous = tmp_path / "rendezvous"
+    rendezvous.mkdir()
+    overrides = {"left.rendezvous": str(rendezvous), "right.rendezvous": str(rendezvous)}
+    result = run_luigi("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(PROJECTS / "branches"),
+                       "--run-step", "join", "--overrides", json.dumps(overrides), "--profile", profile,
+                       "--workers", "2")
+    assert result.returncode == 0, result.output
+    done = {r.data.tags["mltf.step"] for r in runs(store(), "branches") if r.data.tags.get("mltf.complete") == "true"}
+    assert done == {"left", "right", "join"}
+    parents = [r for r in runs(store(), "branches") if r.data.tags.get("mltf.role") == "pipeline"]
+    assert len(parents) == 1  # forked task processes share one parent run
+    if profile.startswith("slurm"):
+        no_worker_jobs()
+
+
+def test_dashboard_answers_while_a_step_runs(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    proc = popen("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(PROJECTS / "branches"),
+                 "--run-step", "gate", "--overrides", json.dumps({"gate_file": str(gate)}))
+    read_until(proc, "gate: waiting")
+    (run,) = [r for r in runs(store(), "branches") if r.data.tags.get("mltf.step") == "gate"]
+    assert run.info.status == "RUNNING"
+    link = run.data.tags["mltf.dask_dashboard"]
+    with urllib.request.urlopen(link, timeout=10) as response:
+        assert response.status == 200 and link.endswith("/status")
+    gate.touch()
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out
+
+
+def _bad_profiles(tmp_path: Path) -> dict[str, str]:
+    path = tmp_path / "bad-profiles.yaml"
+    path.write_text(
+        "ci-gpu8:\n  extends: slurm-ci\n  gpus_per_node: 8\n  cores: 8\n  gpu_profile: null\n"
+        "ci-nopart:\n  extends: slurm-ci\n  partition: nosuch\n"
+    )
+    return {"MLTF_FLOW_PROFILES": str(path)}
+
+
+@pytest.mark.parametrize(("profile", "message"), [
+    ("ci-gpu8", "Requested node configuration is not available"),
+    ("ci-nopart", "invalid partition specified: nosuch"),
+])
+def test_slurm_rejection_is_reported_before_anything_runs(
+    slurm: None, tmp_path: Path, jet_sample: Path, profile: str, message: str
+) -> None:
+    start = time.monotonic()
+    result = run_luigi("--module", "pipelines", "Train", "--dataset", str(jet_sample), "--profile", profile,
+                       env=_bad_profiles(tmp_path))
+    elapsed = time.monotonic() - start
+    assert result.returncode == 35, result.output  # scheduling error: nothing ran
+    assert message in result.output and f"profile {profile!r}" in result.output
+    # A bound against hanging until the worker-start timeout, not a performance check.
+    assert elapsed < 60
+    assert not runs(store()) and not worker_jobs()
+
+
+def test_attach_to_an_existing_scheduler(tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        profiles = tmp_path / "attach.yaml"
+        profiles.write_text(f"attached:\n  extends: local\n  workers: 1\n  scheduler_address: {cluster.scheduler_address}\n")
+        gate = tmp_path / "gate"
+        gate.touch()
+        result = run_luigi("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir",
+                           str(PROJECTS / "branches"), "--run-step", "gate", "--overrides",
+                           json.dumps({"gate_file": str(gate)}), "--profile", "attached",
+                           env={"MLTF_FLOW_PROFILES": str(profiles)})
+        assert result.returncode == 0, result.output
+        (run,) = [r for r in runs(store(), "branches") if r.data.tags.get("mltf.step") == "gate"]
+        assert run.data.tags["mltf.dask_scheduler"] == cluster.scheduler_address
+        with Client(cluster.scheduler_address, set_as_default=False) as client:  # not closed by the pipeline
+            assert client.submit(sum, [2, 3], pure=False).result(timeout=30) == 5
+
+
+def test_render_prints_the_job_script_without_submitting(slurm: None) -> None:
+    from tests.conftest import run_mltf
+
+    before = set(worker_jobs())
+    result = run_mltf("render", "--profile", "slurm-ci-gpu")
+    assert result.returncode == 0, result.output
+    assert "#SBATCH --gres=gpu:1" in result.stdout and "--resources GPU=1" in result.stdout
+    assert set(worker_jobs()) == before
+    assert shutil.which("sbatch")
