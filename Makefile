@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make run    venv + install + sample data + the example pipeline on the embedded default store
-#   make test   venv + install + lint + type check + the whole test suite
+#   make test   venv + install + lint + type check + a single-node SLURM (as root) + the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Luigi exits 0 on failure unless [retcode] is configured: always use ours.
 export LUIGI_CONFIG_PATH := $(CURDIR)/configs/luigi.cfg
 
-.PHONY: run install data test test-fast lint ui bench clean
+.PHONY: run install data test test-fast lint slurm ui bench clean
 
 run: install data
 	$(BIN)/luigi --module pipelines Train --local-scheduler
@@ -33,8 +33,14 @@ lint: install
 	$(BIN)/ruff check mltf_flow pipelines tests benchmarks
 	$(BIN)/mypy
 
-test: install lint
+test: install lint slurm
 	$(PY) -m pytest
+
+# A real single-node SLURM (Debian slurm-wlm + munge) for the cluster tests; needs root. Without it
+# the SLURM tests are skipped with a reason, everything else still runs.
+slurm:
+	@if [ "$$(id -u)" = 0 ]; then tests/infra/slurm.sh up; \
+	else echo "not root: SLURM tests will be skipped (sudo tests/infra/slurm.sh up to run them)"; fi
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
@@ -45,6 +51,9 @@ ui: install
 bench: install data
 	$(PY) benchmarks/cached_rerun.py
 	$(PY) benchmarks/completeness_check.py
+	$(PY) benchmarks/dispatch_overhead.py
+	$(PY) benchmarks/features_throughput.py
+	$(PY) benchmarks/slurm_worker_start.py
 
 clean:
 	rm -rf .mltf data/jet_sample

@@ -98,12 +98,14 @@ class Tracker:
             os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             from mlflow.tracking import MlflowClient
 
-            client = MlflowClient(tracking_uri=self.settings.tracking_uri)
             if self.settings.is_local_store:
                 # The first use of a fresh sqlite store runs MLflow's migrations; two forked Luigi
                 # workers doing that at once collide ("duplicate column name"). One at a time.
                 with file_lock(self.settings.work_dir / "locks" / "store-init.lock"):
+                    client = MlflowClient(tracking_uri=self.settings.tracking_uri)
                     client.search_experiments(max_results=1)
+            else:
+                client = MlflowClient(tracking_uri=self.settings.tracking_uri)
             self._client = client
         return self._client
 

@@ -2,8 +2,10 @@
 
 * The process that runs Luigi (the *main* process: the one that built the DAG) owns the clusters. It
   creates a profile's cluster lazily, when a step that needs the profile turns out to be incomplete
-  (so also before Luigi forks per-task workers for ``--workers N``), pre-flights SLURM jobs with
-  ``sbatch --test-only``, and exports the scheduler address in ``MLTF_DASK_ADDRESS__<PROFILE>``.
+  (so also before Luigi forks per-task workers for ``--workers N``), and exports the scheduler address in
+  ``MLTF_DASK_ADDRESS__<PROFILE>``. The cluster itself lives in a keeper process
+  (:mod:`mltf_flow.clusters.keeper`), which pre-flights SLURM jobs with ``sbatch --test-only``: the main
+  process holds no Dask threads, so forking it for task processes is safe.
 * Every process (the main one, or a forked task process) talks to a cluster through its own
   ``Client(address)``: a Client inherited across ``fork`` hangs forever.
 * The main process closes every cluster (SLURM jobs are cancelled) at exit: success, failure, Ctrl-C,
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -25,8 +29,7 @@ from types import FrameType
 from typing import Any
 
 from mltf_flow.clusters.profiles import Profile
-from mltf_flow.config import load_settings
-from mltf_flow.errors import ClusterError, WorkersTimeout
+from mltf_flow.errors import ClusterError, ConfigError, SlurmRejected, WorkersTimeout
 
 MAIN_PID_ENV = "MLTF_MAIN_PID"
 _ADDRESS_ENV = "MLTF_DASK_ADDRESS__"
@@ -50,12 +53,27 @@ def _env_name(prefix: str, profile: str) -> str:
 @dataclass
 class _Owned:
     profile: Profile
-    cluster: Any
+    keeper: subprocess.Popen[str]
+    address: str
+    dashboard: str
     scaled: bool = False
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.keeper.stdin is not None and self.keeper.stdout is not None
+        self.keeper.stdin.write(command + "\n")
+        self.keeper.stdin.flush()
+        answer = self.keeper.stdout.readline()
+        if not answer:
+            raise ClusterError(f"the cluster keeper of profile {self.profile.name!r} died (exit code "
+                               f"{self.keeper.poll()}); see its messages above.")
+        reply: dict[str, Any] = json.loads(answer)
+        if not reply.get("ok"):
+            raise ClusterError(f"cluster keeper of {self.profile.name!r}: {reply.get('message')}")
+        return reply
 
 
 class _Registry:
-    """Clusters owned by this (main) process."""
+    """Clusters owned by this (main) process, each held by a keeper process."""
 
     def __init__(self) -> None:
         self.owned: dict[str, _Owned] = {}
@@ -65,10 +83,6 @@ class _Registry:
         if self.hooks_installed:
             return
         self.hooks_installed = True
-        # distributed registers its own atexit cluster shutdown at import; atexit runs handlers in
-        # reverse order, so importing it first makes ours run first (clients before clusters).
-        import distributed  # noqa: F401
-
         atexit.register(close_all)
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
             signal.SIG_DFL,
@@ -87,35 +101,24 @@ _CLIENTS: dict[tuple[int, str], Any] = {}
 
 
 def _start(profile: Profile) -> _Owned:
-    settings = load_settings()
-    cluster: Any
-    if profile.kind == "local":
-        from distributed import LocalCluster
-
-        cluster = LocalCluster(
-            n_workers=profile.workers,
-            threads_per_worker=profile.threads_per_worker,
-            memory_limit=profile.memory,
-            dashboard_address=profile.dashboard_address,
-            host="127.0.0.1",
-            processes=True,
-        )
-        owned = _Owned(profile, cluster, scaled=True)
-    else:
-        from mltf_flow.clusters.slurm import make_slurm_cluster, preflight
-
-        cluster = make_slurm_cluster(profile, settings.work_dir / "slurm-logs" / profile.name)
-        try:
-            preflight(profile, str(cluster.job_script()))
-        except BaseException:
-            cluster.close()
-            raise
-        owned = _Owned(profile, cluster)
-    link = getattr(cluster, "dashboard_link", "") or ""
-    os.environ[_env_name(_ADDRESS_ENV, profile.name)] = str(cluster.scheduler_address)
-    os.environ[_env_name(_DASHBOARD_ENV, profile.name)] = link
-    print(f"mltf_flow: Dask cluster for profile {profile.name!r} ({profile.kind}) at {cluster.scheduler_address}; "
-          f"dashboard: {link or 'disabled'}", file=sys.stderr, flush=True)
+    """Start the profile's keeper process and wait for its cluster (or for SLURM's rejection)."""
+    keeper = subprocess.Popen(
+        [sys.executable, "-m", "mltf_flow.clusters.keeper", profile.name, os.getcwd()],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    assert keeper.stdout is not None
+    first = keeper.stdout.readline()
+    reply: dict[str, Any] = json.loads(first) if first else {
+        "ok": False, "error": "ClusterError", "message": f"keeper exited with code {keeper.wait()}"}
+    if not reply.get("ok"):
+        keeper.wait(timeout=60)
+        errors: dict[str, type[Exception]] = {"SlurmRejected": SlurmRejected, "ConfigError": ConfigError}
+        raise errors.get(str(reply.get("error")), ClusterError)(str(reply.get("message")))
+    owned = _Owned(profile, keeper, str(reply["address"]), str(reply["dashboard"]))
+    os.environ[_env_name(_ADDRESS_ENV, profile.name)] = owned.address
+    os.environ[_env_name(_DASHBOARD_ENV, profile.name)] = owned.dashboard
+    print(f"mltf_flow: Dask cluster for profile {profile.name!r} ({profile.kind}) at {owned.address}; "
+          f"dashboard: {owned.dashboard or 'disabled'}", file=sys.stderr, flush=True)
     return owned
 
 
@@ -130,7 +133,7 @@ def prepare(profile: Profile, *, scale: bool) -> None:
         if owned is None:
             owned = _REGISTRY.owned[profile.name] = _start(profile)
         if scale and not owned.scaled:
-            owned.cluster.scale(jobs=profile.workers)
+            owned.ask("scale")
             owned.scaled = True
 
 
@@ -192,8 +195,14 @@ def worker_job_ids(client: Any) -> list[str]:
     return sorted(ids, key=lambda j: (len(j), j))
 
 
+def owned_job_ids(profile: Profile) -> list[str]:
+    """SLURM job ids the keeper of ``profile`` submitted (main process only; else empty)."""
+    owned = _REGISTRY.owned.get(profile.name)
+    return list(owned.ask("jobs")["jobs"]) if owned is not None and is_main_process() else []
+
+
 def close_all() -> None:
-    """Close every cluster this process owns (cancels their SLURM jobs). Idempotent."""
+    """Close every cluster this process owns (their SLURM jobs are cancelled). Idempotent."""
     if not is_main_process():
         return
     with _lock:
@@ -204,9 +213,17 @@ def close_all() -> None:
                     client.close(timeout=5)
         _CLIENTS.clear()
         for entry in owned.values():
+            keeper = entry.keeper
+            with contextlib.suppress(OSError):
+                if keeper.stdin is not None:
+                    keeper.stdin.close()  # EOF: the keeper closes its cluster and exits
             try:
-                entry.cluster.close(timeout=20)
-            except Exception as exc:  # keep closing the others
-                print(f"mltf_flow: closing the {entry.profile.name!r} cluster failed: {exc}", file=sys.stderr)
+                keeper.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                print(f"mltf_flow: the {entry.profile.name!r} cluster keeper did not stop; terminating it",
+                      file=sys.stderr)
+                keeper.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    keeper.wait(timeout=30)
             os.environ.pop(_env_name(_ADDRESS_ENV, entry.profile.name), None)
             os.environ.pop(_env_name(_DASHBOARD_ENV, entry.profile.name), None)

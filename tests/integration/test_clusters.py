@@ -163,7 +163,9 @@ def test_attach_to_an_existing_scheduler(tmp_path: Path) -> None:
     with LocalCluster(n_workers=1, processes=False, protocol="tcp://", host="127.0.0.1",
                       dashboard_address=None) as cluster:
         profiles = tmp_path / "attach.yaml"
-        profiles.write_text(f"attached:\n  extends: local\n  workers: 1\n  scheduler_address: {cluster.scheduler_address}\n")
+        profiles.write_text(
+            f"attached:\n  extends: local\n  workers: 1\n  scheduler_address: {cluster.scheduler_address}\n"
+        )
         gate = tmp_path / "gate"
         gate.touch()
         result = run_luigi("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir",

@@ -1,0 +1,109 @@
+"""The cluster keeper: a small process that owns one profile's Dask cluster for a pipeline invocation.
+
+Why a process: dask's SLURMCluster/LocalCluster run an event loop in a thread of whoever creates them.
+Luigi forks a process per task for ``--workers N``; forking a process that has such threads can copy
+locks held mid-operation and hang the child. So the process that runs Luigi holds no Dask threads: it
+starts ``python -m mltf_flow.clusters.keeper PROFILE`` and talks to it over pipes (one JSON line per
+message). The keeper dies with its parent (``PR_SET_PDEATHSIG``) and closes the cluster (cancelling
+SLURM jobs) on EOF, SIGTERM or its parent's death.
+
+Protocol: the keeper answers its start with ``{"ok": true, "address", "dashboard"}`` or
+``{"ok": false, "error": CLASS, "message"}``; then reads commands ``scale`` and ``jobs``, one per line,
+answering each with one JSON line; EOF on stdin means: close and exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _start_cluster(name: str) -> tuple[Any, Any]:
+    from mltf_flow.clusters.profiles import get_profile
+    from mltf_flow.config import load_settings
+
+    profile = get_profile(name)
+    cluster: Any
+    if profile.kind == "local":
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(
+            n_workers=profile.workers,
+            threads_per_worker=profile.threads_per_worker,
+            memory_limit=profile.memory,
+            dashboard_address=profile.dashboard_address,
+            host="127.0.0.1",
+            processes=True,
+        )
+        return profile, cluster
+    from mltf_flow.clusters.slurm import make_slurm_cluster, preflight
+
+    cluster = make_slurm_cluster(profile, load_settings().work_dir / "slurm-logs" / profile.name)
+    try:
+        preflight(profile, str(cluster.job_script()))
+    except BaseException:
+        cluster.close()
+        raise
+    return profile, cluster
+
+
+def serve(name: str, commands: IO[str], answers: IO[str]) -> int:
+    def send(message: dict[str, Any]) -> None:
+        answers.write(json.dumps(message) + "\n")
+        answers.flush()
+
+    try:
+        profile, cluster = _start_cluster(name)
+    except Exception as exc:
+        send({"ok": False, "error": type(exc).__name__, "message": str(exc)})
+        return 1
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
+    try:
+        send({"ok": True, "address": cluster.scheduler_address, "dashboard": cluster.dashboard_link or ""})
+        for line in commands:
+            command = line.strip()
+            if command == "scale":
+                if profile.kind == "slurm":
+                    cluster.scale(jobs=profile.workers)
+                send({"ok": True})
+            elif command == "jobs":
+                from mltf_flow.clusters.slurm import job_ids
+
+                send({"ok": True, "jobs": job_ids(cluster)})
+            else:
+                send({"ok": False, "error": "ValueError", "message": f"unknown command {command!r}"})
+    finally:
+        cluster.close(timeout=30)
+    return 0
+
+
+def main() -> int:
+    _die_with_parent()
+    # The protocol owns stdout; everything else the keeper (or dask) prints goes to stderr.
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    name = sys.argv[1]
+    if len(sys.argv) > 2:
+        os.chdir(Path(sys.argv[2]))  # resolve ./profiles.yaml like the parent does
+    return serve(name, sys.stdin, answers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
