@@ -33,13 +33,15 @@ class ClusterProgress:
 
     @staticmethod
     def _counts(dask_scheduler: object) -> tuple[int, int]:
+        # Task prefixes keep cumulative per-state transition counts for the scheduler's lifetime
+        # (task groups vanish once their tasks are forgotten): every task waits once, and ends in
+        # memory or erred once.
         done = total = 0
-        for group in getattr(dask_scheduler, "task_groups", {}).values():
-            for state, count in group.states.items():
-                total += count
-                if state in ("memory", "released", "forgotten", "erred"):
-                    done += count
-        return done, total
+        for prefix in getattr(dask_scheduler, "task_prefixes", {}).values():
+            counts = prefix.state_counts
+            total += counts.get("waiting", 0)
+            done += counts.get("memory", 0) + counts.get("erred", 0)
+        return min(done, total), total
 
     def _poll(self) -> tuple[int, int]:
         counts = self.client.run_on_scheduler(self._counts)  # type: ignore[attr-defined]

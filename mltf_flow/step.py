@@ -300,7 +300,10 @@ class MLflowStep(luigi.Task):
     def command_env(self, settings: Settings, run_id: str, experiment_id: str) -> dict[str, str]:
         """Environment of the command: ours plus MLflow's run variables, with this interpreter first
         on PATH so ``python`` in the MLproject command is the one mltf_flow runs in."""
-        env = dict(os.environ)
+        # Our own invocation bookkeeping must not leak into the command: a command that runs a
+        # pipeline itself starts an invocation of its own.
+        env = {k: v for k, v in os.environ.items()
+               if k not in (INVOCATION_ENV, "MLTF_MAIN_PID") and not k.startswith("MLTF_DASK_")}
         env.update(
             MLFLOW_TRACKING_URI=settings.tracking_uri,
             MLFLOW_RUN_ID=run_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLTF_FLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLTF_INVOCATION_ID", raising=False)
+    monkeypatch.delenv("MLTF_MAIN_PID", raising=False)
     monkeypatch.setenv("LUIGI_CONFIG_PATH", str(REPO / "configs" / "luigi.cfg"))
 
 
@@ -59,8 +61,19 @@ def run_cmd(args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
-    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    # Own session: on a timeout the whole tree (Luigi's forked task processes too) is killed, so a hung
+    # test leaves nothing behind.
+    proc = subprocess.Popen(args, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"{' '.join(args)} did not finish in {timeout:.0f} s:\n{stdout[-3000:]}{stderr[-3000:]}"
+        ) from None
+    return Result(proc.returncode, stdout, stderr)
 
 
 def run_luigi(*args: str, env: dict[str, str] | None = None) -> Result:

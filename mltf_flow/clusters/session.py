@@ -38,8 +38,18 @@ _lock = threading.RLock()
 
 
 def mark_main_process() -> None:
-    """Remember the DAG-building process (forked task processes inherit the variable, not the pid)."""
-    os.environ.setdefault(MAIN_PID_ENV, str(os.getpid()))
+    """Remember the DAG-building process. Task processes that Luigi forks from it inherit the variable
+    and stay non-main; any other process (one started with exec, e.g. a step command that itself runs
+    a pipeline) becomes the main process of its own invocation."""
+    import multiprocessing
+
+    current = os.environ.get(MAIN_PID_ENV)
+    if current == str(os.getpid()):
+        return
+    parent = multiprocessing.parent_process()
+    if current and parent is not None and str(parent.pid) == current:
+        return  # a task process forked by the main process
+    os.environ[MAIN_PID_ENV] = str(os.getpid())
 
 
 def is_main_process() -> bool:

@@ -1,0 +1,85 @@
+"""A real `luigid`: a running step shows the Dask dashboard link and progress as its Luigi status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import BIN, REPO, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+PROJECTS = Path(__file__).parent / "projects"
+
+
+def api(base: str, method: str, data: dict[str, Any]) -> Any:
+    url = f"{base}/api/{method}?" + urllib.parse.urlencode({"data": json.dumps(data)})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)["response"]
+
+
+@pytest.fixture
+def luigid(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    (tmp_path / "luigid").mkdir()  # luigid does not create its log directory
+    proc = subprocess.Popen(
+        [str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(tmp_path / "luigid"),
+         "--state-path", str(tmp_path / "luigid-state.pickle")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            api(base, "task_list", {"status": "RUNNING", "upstream_status": "", "search": ""})
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 60, "luigid to answer")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_running_step_reports_dashboard_and_progress_to_luigid(luigid: str, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    port = urllib.parse.urlsplit(luigid).port
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        [str(BIN / "luigi"), "--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir",
+         str(PROJECTS / "branches"), "--run-step", "gate", "--overrides", json.dumps({"gate_file": str(gate)}),
+         "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port), "--no-lock"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        def running_status() -> dict[str, Any] | None:
+            tasks = api(luigid, "task_list", {"status": "RUNNING", "upstream_status": "", "search": ""})
+            for task in tasks.values():
+                # The gate step submits one Dask task, then waits: progress must reach 1/1.
+                if "1/1 Dask tasks" in (task.get("status_message") or ""):
+                    return dict(task)
+            return None
+
+        try:
+            task = wait_until(running_status, 30, "the step's Dask progress in luigid")
+        except AssertionError:
+            print(api(luigid, "task_list", {"status": "RUNNING", "upstream_status": "", "search": ""}))
+            raise
+        assert isinstance(task, dict)
+        assert "dashboard http://127.0.0.1:" in task["status_message"]
+        assert task["progress_percentage"] == 100  # the gate step's one Dask task is done
+        assert task["tracking_url"].startswith("http://127.0.0.1:")
+    finally:
+        gate.touch()
+        out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out
