@@ -65,7 +65,8 @@ def main() -> None:
         full = full_step(Path(tmp))
         session.close_all()
     r, m = statistics.median(raw), statistics.median(mltf)
-    print(f"raw client.submit(...).result():          {r * 1000:7.2f} ms per task (median of {args.repeats} x {args.tasks})")
+    print(f"raw client.submit(...).result():          {r * 1000:7.2f} ms per task "
+          f"(median of {args.repeats} x {args.tasks})")
     print(f"Luigi step -> mltf_flow session -> submit: {m * 1000:7.2f} ms per task")
     print(f"ratio: {m / r:.2f}x; overhead {1000 * (m - r):.2f} ms per step (Luigi scheduling + client lookup)")
     print(f"one full MLflowStep with a trivial entry point (MLflow run + process launch): {full:.2f} s")
