@@ -54,7 +54,8 @@ class Settings:
         return self.experiment or pipeline
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (empty file: empty mapping); errors name the file."""
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -92,7 +93,7 @@ def _env_value(key: str, raw: str) -> Any:
 def load_settings(**overrides: Any) -> Settings:
     """Resolve settings from every source (see the module docstring)."""
     values: dict[str, Any] = {}
-    _merge(values, _read_file(_DEFAULTS), str(_DEFAULTS))
+    _merge(values, read_yaml_mapping(_DEFAULTS), str(_DEFAULTS))
     files = [p.expanduser() for p in _SITE_FILES]
     if os.environ.get("MLTF_FLOW_CONFIG"):
         explicit = Path(os.environ["MLTF_FLOW_CONFIG"]).expanduser()
@@ -101,7 +102,7 @@ def load_settings(**overrides: Any) -> Settings:
         files.append(explicit)
     for path in files:
         if path.is_file():
-            _merge(values, _read_file(path), str(path))
+            _merge(values, read_yaml_mapping(path), str(path))
     if overrides.get("tracking_uri") is None and values.get("tracking_uri") is None and os.environ.get(
         "MLFLOW_TRACKING_URI"
     ):

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from mltf_flow.config import read_yaml_mapping
 from mltf_flow.errors import ConfigError
 
 _SHIPPED = Path(__file__).resolve().parent.parent / "profiles.yaml"
@@ -184,13 +185,8 @@ class _Raw:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+    data = read_yaml_mapping(path)
+    if not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError(f"{path}: expected a mapping of profile name -> settings.")
     return data
 
