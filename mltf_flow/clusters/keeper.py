@@ -8,8 +8,8 @@ message). The keeper dies with its parent (``PR_SET_PDEATHSIG``) and closes the 
 SLURM jobs) on EOF, SIGTERM or its parent's death.
 
 Protocol: the keeper answers its start with ``{"ok": true, "address", "dashboard"}`` or
-``{"ok": false, "error": CLASS, "message"}``; then reads commands ``scale`` and ``jobs``, one per line,
-answering each with one JSON line; EOF on stdin means: close and exit.
+``{"ok": false, "error": CLASS, "message"}``; then reads commands (``scale``), one per line, answering
+each with one JSON line; EOF on stdin means: close and exit.
 """
 
 from __future__ import annotations
@@ -83,10 +83,6 @@ def serve(name: str, commands: IO[str], answers: IO[str]) -> int:
                 if profile.kind == "slurm":
                     cluster.scale(jobs=profile.workers)
                 send({"ok": True})
-            elif command == "jobs":
-                from mltf_flow.clusters.slurm import job_ids
-
-                send({"ok": True, "jobs": job_ids(cluster)})
             else:
                 send({"ok": False, "error": "ValueError", "message": f"unknown command {command!r}"})
     finally:

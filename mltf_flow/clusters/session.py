@@ -205,12 +205,6 @@ def worker_job_ids(client: Any) -> list[str]:
     return sorted(ids, key=lambda j: (len(j), j))
 
 
-def owned_job_ids(profile: Profile) -> list[str]:
-    """SLURM job ids the keeper of ``profile`` submitted (main process only; else empty)."""
-    owned = _REGISTRY.owned.get(profile.name)
-    return list(owned.ask("jobs")["jobs"]) if owned is not None and is_main_process() else []
-
-
 def close_all() -> None:
     """Close every cluster this process owns (their SLURM jobs are cancelled). Idempotent."""
     if not is_main_process():

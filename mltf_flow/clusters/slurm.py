@@ -128,13 +128,3 @@ def preflight(profile: Profile, script: str) -> str:
             f"'%P %c %m %G'`. See the script with: mltf-flow render --profile {profile.name}"
         )
     return answer
-
-
-def job_ids(cluster: Any) -> list[str]:
-    """SLURM job ids of the cluster's current worker jobs."""
-    ids = []
-    for job in getattr(cluster, "workers", {}).values():
-        job_id = getattr(job, "job_id", None)
-        if job_id:
-            ids.append(str(job_id))
-    return sorted(set(ids), key=lambda j: (len(j), j))

@@ -6,13 +6,12 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from dask.utils import parse_timedelta
 
 from mltf_flow.clusters.profiles import Profile, get_profile
-from mltf_flow.clusters.slurm import job_ids, preflight, render_job_script, slurm_cluster_kwargs
+from mltf_flow.clusters.slurm import preflight, render_job_script, slurm_cluster_kwargs
 from mltf_flow.errors import ConfigError, SlurmRejected
 
 # Rendering starts a Dask scheduler whose HTTP server may find 8787 taken (another cluster on this machine).
@@ -248,19 +247,3 @@ def test_preflight_accepts_a_fitting_job(tmp_path: Path, write_cwd_profiles: Wri
 
 
 # --------------------------------------------------------------------------------------------- job ids
-
-
-def test_job_ids() -> None:
-    cluster = SimpleNamespace(
-        workers={
-            "a": SimpleNamespace(job_id="10"),
-            "b": SimpleNamespace(job_id="9"),
-            "c": SimpleNamespace(job_id=None),
-            "d": SimpleNamespace(job_id="10"),
-            "e": SimpleNamespace(),
-            "f": SimpleNamespace(job_id=101),
-        }
-    )
-    assert job_ids(cluster) == ["9", "10", "101"]
-    assert job_ids(SimpleNamespace(workers={})) == []
-    assert job_ids(object()) == []
