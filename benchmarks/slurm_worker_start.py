@@ -1,6 +1,7 @@
 """SLURM worker start: mltf_flow's cluster (profile -> pre-flight -> scale -> wait) vs plain dask-jobqueue
 (``SLURMCluster(...)`` -> ``scale(jobs=2)`` -> ``wait_for_workers(2)``) with the same job shape, interleaved,
-in this run. Needs a SLURM cluster (tests/infra/slurm.sh up) and the `slurm-ci` profile.
+in this run; and how fast SLURM's rejection of an impossible profile reaches the user. Needs a SLURM
+cluster (tests/infra/slurm.sh up) and the `slurm-ci` profile.
 
     python benchmarks/slurm_worker_start.py [--repeats 3]
 """
@@ -48,6 +49,26 @@ def ours() -> float:
     return elapsed
 
 
+def rejection(tmp: Path) -> float:
+    """Seconds until SLURM's rejection of a profile asking for 8 GPUs on the 4-GPU node reaches us."""
+    from mltf_flow.clusters import session
+    from mltf_flow.clusters.profiles import get_profile
+    from mltf_flow.errors import SlurmRejected
+
+    path = tmp / "bad.yaml"
+    path.write_text("ci-gpu8:\n  extends: slurm-ci\n  gpus_per_node: 8\n  cores: 8\n  gpu_profile: null\n")
+    os.environ["MLTF_FLOW_PROFILES"] = str(path)
+    start = time.perf_counter()
+    try:
+        session.prepare(get_profile("ci-gpu8"), scale=False)
+    except SlurmRejected:
+        return time.perf_counter() - start
+    finally:
+        session.close_all()
+        del os.environ["MLTF_FLOW_PROFILES"]
+    raise SystemExit("SLURM accepted an 8-GPU job on the 4-GPU test node?")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -62,10 +83,13 @@ def main() -> None:
         for _ in range(args.repeats):
             b.append(plain(Path(tmp) / "plain-logs"))
             a.append(ours())
+        rejected = statistics.median(rejection(Path(tmp)) for _ in range(args.repeats))
     ma, mb = statistics.median(a), statistics.median(b)
     print(f"plain dask-jobqueue scale(jobs=2) -> 2 workers: {mb:6.2f} s (median of {args.repeats})")
     print(f"mltf_flow slurm-ci (pre-flight + scale + wait):  {ma:6.2f} s")
     print(f"ratio mltf_flow/plain: {ma / mb:.2f}x")
+    print(f"SLURM's rejection of a gpu:8 profile reaches the user after {rejected:.2f} s (goal < 2 s, "
+          "including the keeper's start and Dask import)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The cluster keeper: a small process that owns one profile's Dask cluster for a pipeline invocation.
+"""The cluster keeper: a small process that owns the Dask clusters of one pipeline invocation.
 
 Why a process: dask's SLURMCluster/LocalCluster run an event loop in a thread of whoever creates them.
 Luigi forks a process per task for ``--workers N``; forking a process that has such threads can copy
@@ -59,34 +59,43 @@ def _start_cluster(name: str) -> tuple[Any, Any]:
     return profile, cluster
 
 
-def serve(name: str, commands: IO[str], answers: IO[str]) -> int:
+def serve(commands: IO[str], answers: IO[str]) -> int:
+    """Answer commands until EOF, then close every cluster started here."""
+    clusters: dict[str, tuple[Any, Any]] = {}
+
     def send(message: dict[str, Any]) -> None:
         answers.write(json.dumps(message) + "\n")
         answers.flush()
-
-    try:
-        profile, cluster = _start_cluster(name)
-    except Exception as exc:
-        send({"ok": False, "error": type(exc).__name__, "message": str(exc)})
-        return 1
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
+    send({"ok": True, "ready": True})
     try:
-        send({"ok": True, "address": cluster.scheduler_address, "dashboard": cluster.dashboard_link or ""})
         for line in commands:
-            command = line.strip()
-            if command == "scale":
-                if profile.kind == "slurm":
-                    cluster.scale(jobs=profile.workers)
-                send({"ok": True})
-            else:
-                send({"ok": False, "error": "ValueError", "message": f"unknown command {command!r}"})
+            try:
+                request = json.loads(line)
+                name = str(request["profile"])
+                if request["cmd"] == "start":
+                    if name not in clusters:
+                        clusters[name] = _start_cluster(name)
+                    cluster = clusters[name][1]
+                    send({"ok": True, "address": cluster.scheduler_address, "dashboard": cluster.dashboard_link or ""})
+                elif request["cmd"] == "scale":
+                    profile, cluster = clusters[name]
+                    if profile.kind == "slurm":
+                        cluster.scale(jobs=profile.workers)
+                    send({"ok": True})
+                else:
+                    send({"ok": False, "error": "ValueError", "message": f"unknown command {request['cmd']!r}"})
+            except Exception as exc:  # reported to the parent, which raises it where it matters
+                send({"ok": False, "error": type(exc).__name__, "message": str(exc)})
     finally:
-        cluster.close(timeout=30)
+        for _, cluster in clusters.values():
+            with contextlib.suppress(Exception):  # close the others even if one fails
+                cluster.close(timeout=30)
     return 0
 
 
@@ -95,10 +104,13 @@ def main() -> int:
     # The protocol owns stdout; everything else the keeper (or dask) prints goes to stderr.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    name = sys.argv[1]
-    if len(sys.argv) > 2:
-        os.chdir(Path(sys.argv[2]))  # resolve ./profiles.yaml like the parent does
-    return serve(name, sys.stdin, answers)
+    if len(sys.argv) > 1:
+        os.chdir(Path(sys.argv[1]))  # resolve ./profiles.yaml like the parent does
+    # Import the Dask stack now, while the parent is still scheduling: the first cluster starts faster.
+    import dask_jobqueue  # noqa: F401
+    import distributed  # noqa: F401
+
+    return serve(sys.stdin, answers)
 
 
 if __name__ == "__main__":

@@ -63,23 +63,51 @@ def _env_name(prefix: str, profile: str) -> str:
 @dataclass
 class _Owned:
     profile: Profile
-    keeper: subprocess.Popen[str]
     address: str
     dashboard: str
     scaled: bool = False
 
-    def ask(self, command: str) -> dict[str, Any]:
-        assert self.keeper.stdin is not None and self.keeper.stdout is not None
-        self.keeper.stdin.write(command + "\n")
-        self.keeper.stdin.flush()
-        answer = self.keeper.stdout.readline()
+
+class _Keeper:
+    """The keeper process of this invocation (see :mod:`mltf_flow.clusters.keeper`)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mltf_flow.clusters.keeper", os.getcwd()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        self._read()  # {"ready": true}
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        answer = self.proc.stdout.readline()
         if not answer:
-            raise ClusterError(f"the cluster keeper of profile {self.profile.name!r} died (exit code "
-                               f"{self.keeper.poll()}); see its messages above.")
+            raise ClusterError(f"the cluster keeper process died (exit code {self.proc.wait()}); see its "
+                               "messages above.")
         reply: dict[str, Any] = json.loads(answer)
-        if not reply.get("ok"):
-            raise ClusterError(f"cluster keeper of {self.profile.name!r}: {reply.get('message')}")
         return reply
+
+    def ask(self, cmd: str, profile: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"cmd": cmd, "profile": profile}) + "\n")
+        self.proc.stdin.flush()
+        reply = self._read()
+        if not reply.get("ok"):
+            errors: dict[str, type[Exception]] = {"SlurmRejected": SlurmRejected, "ConfigError": ConfigError}
+            raise errors.get(str(reply.get("error")), ClusterError)(str(reply.get("message")))
+        return reply
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()  # EOF: the keeper closes its clusters and exits
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            print("mltf_flow: the cluster keeper did not stop; terminating it", file=sys.stderr)
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
 
 
 class _Registry:
@@ -87,6 +115,7 @@ class _Registry:
 
     def __init__(self) -> None:
         self.owned: dict[str, _Owned] = {}
+        self.keeper: _Keeper | None = None
         self.hooks_installed = False
 
     def install_hooks(self) -> None:
@@ -111,20 +140,11 @@ _CLIENTS: dict[tuple[int, str], Any] = {}
 
 
 def _start(profile: Profile) -> _Owned:
-    """Start the profile's keeper process and wait for its cluster (or for SLURM's rejection)."""
-    keeper = subprocess.Popen(
-        [sys.executable, "-m", "mltf_flow.clusters.keeper", profile.name, os.getcwd()],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    assert keeper.stdout is not None
-    first = keeper.stdout.readline()
-    reply: dict[str, Any] = json.loads(first) if first else {
-        "ok": False, "error": "ClusterError", "message": f"keeper exited with code {keeper.wait()}"}
-    if not reply.get("ok"):
-        keeper.wait(timeout=60)
-        errors: dict[str, type[Exception]] = {"SlurmRejected": SlurmRejected, "ConfigError": ConfigError}
-        raise errors.get(str(reply.get("error")), ClusterError)(str(reply.get("message")))
-    owned = _Owned(profile, keeper, str(reply["address"]), str(reply["dashboard"]))
+    """Have the keeper start the profile's cluster (or report SLURM's rejection)."""
+    if _REGISTRY.keeper is None:
+        _REGISTRY.keeper = _Keeper()
+    reply = _REGISTRY.keeper.ask("start", profile.name)
+    owned = _Owned(profile, str(reply["address"]), str(reply["dashboard"]))
     os.environ[_env_name(_ADDRESS_ENV, profile.name)] = owned.address
     os.environ[_env_name(_DASHBOARD_ENV, profile.name)] = owned.dashboard
     print(f"mltf_flow: Dask cluster for profile {profile.name!r} ({profile.kind}) at {owned.address}; "
@@ -143,7 +163,8 @@ def prepare(profile: Profile, *, scale: bool) -> None:
         if owned is None:
             owned = _REGISTRY.owned[profile.name] = _start(profile)
         if scale and not owned.scaled:
-            owned.ask("scale")
+            assert _REGISTRY.keeper is not None
+            _REGISTRY.keeper.ask("scale", profile.name)
             owned.scaled = True
 
 
@@ -216,18 +237,9 @@ def close_all() -> None:
                 with contextlib.suppress(Exception):  # best effort; the clusters below matter
                     client.close(timeout=5)
         _CLIENTS.clear()
+        keeper, _REGISTRY.keeper = _REGISTRY.keeper, None
+        if keeper is not None:
+            keeper.close()
         for entry in owned.values():
-            keeper = entry.keeper
-            with contextlib.suppress(OSError):
-                if keeper.stdin is not None:
-                    keeper.stdin.close()  # EOF: the keeper closes its cluster and exits
-            try:
-                keeper.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                print(f"mltf_flow: the {entry.profile.name!r} cluster keeper did not stop; terminating it",
-                      file=sys.stderr)
-                keeper.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    keeper.wait(timeout=30)
             os.environ.pop(_env_name(_ADDRESS_ENV, entry.profile.name), None)
             os.environ.pop(_env_name(_DASHBOARD_ENV, entry.profile.name), None)
