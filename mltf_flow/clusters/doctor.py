@@ -1,6 +1,7 @@
 """``mltf-flow doctor --profile NAME``: check a profile the way a submission would, and say what is wrong.
 
-Checks, in order: the profile resolves (extends, types); for SLURM profiles the client commands exist,
+Checks, in order: the profile resolves (extends, types); the RDMA fabric seen from this host (sysfs) and
+the NCCL environment it implies; for SLURM profiles the client commands exist,
 the partition exists (``sinfo``), the network interface exists here, the node python exists, the
 rendered job script is accepted by ``sbatch --test-only``; for every profile whether the dashboard
 address is free. Exit code 0 when every check passed, 1 otherwise.
@@ -66,6 +67,20 @@ def run_doctor(name: str) -> int:
         return f"{profile.dashboard_address} is free"
 
     _check("dashboard address", dashboard, results)
+
+    def fabric() -> str:
+        from mltf_flow.fabric.nccl import detect_roce, fabric_from_sysfs, nccl_env
+
+        ports = detect_roce(os.environ.get("MLTF_SYSFS_ROOT", "/sys"))
+        if not ports:
+            return "no RDMA ports here (no /sys/class/infiniband): NCCL would use sockets"
+        lines = [f"{p.device}:{p.port} {p.link_layer} {p.state} netdevs={','.join(p.netdevs) or '-'} "
+                 f"ipv4-RoCEv2={p.ipv4_v2_gids()}" for p in ports]
+        found = fabric_from_sysfs(os.environ.get("MLTF_SYSFS_ROOT", "/sys"))
+        env = " ".join(f"{k}={v}" for k, v in nccl_env(found).items()) if found else "(no active RoCE v2 port)"
+        return "\n        " + "\n        ".join([*lines, f"NCCL environment: {env}"])
+
+    _check("RDMA fabric (this host)", fabric, results)
     if profile.kind == "slurm":
         from mltf_flow.clusters.slurm import preflight, render_job_script
 
