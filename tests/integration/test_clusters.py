@@ -188,3 +188,21 @@ def test_render_prints_the_job_script_without_submitting(slurm: None) -> None:
     assert "#SBATCH --gres=gpu:1" in result.stdout and "--resources GPU=1" in result.stdout
     assert set(worker_jobs()) == before
     assert shutil.which("sbatch")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_luigi_process_leaves_no_slurm_jobs(slurm: None, tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGTERM: an orderly exit closes the clusters. SIGKILL: nothing runs in the Luigi process, but the
+    keeper dies with it (PR_SET_PDEATHSIG) and cancels the jobs on its way out."""
+    project = _flaky(tmp_path)
+    proc = popen("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(project), "--run-step",
+                 "main", "--overrides", '{"mode": "hang"}', "--profile", "slurm-ci")
+    read_until(proc, "[main] READY")
+    assert worker_jobs()
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    no_worker_jobs()
+    if sig == signal.SIGTERM:
+        (run,) = [r for r in runs(store(), "flaky") if r.data.tags.get("mltf.role") == "step"]
+        assert run.info.status == "KILLED"
