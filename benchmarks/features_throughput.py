@@ -4,7 +4,7 @@ The same files are processed by the example's own `extract()` (one Dask task per
 merged in file order) on a LocalCluster with 1 and with 2 single-threaded worker processes, interleaved,
 in this run. Goal: 2 workers >= 1.7x the throughput of 1. Also checks both give identical features.
 
-    python benchmarks/features_throughput.py [--files 8] [--events 50000] [--repeats 3]
+    python benchmarks/features_throughput.py [--files 8] [--events 50000] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--events", type=int, default=50000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     import os
 
@@ -71,7 +71,10 @@ def main() -> None:
     print(f"1 worker:  {t1:6.2f} s  ({jets / t1:9.0f} jets/s)")
     print(f"2 workers: {t2:6.2f} s  ({jets / t2:9.0f} jets/s)")
     speedup = t1 / t2
-    print(f"speed-up 2 vs 1 workers: {speedup:.2f}x (goal >= {GOAL}x) -> {'OK' if speedup >= GOAL else 'MISSED'}")
+    best = min(times[1]) / min(times[2])
+    # On a shared 2-core machine the medians move with other load; the best-of ratio shows the capacity.
+    print(f"speed-up 2 vs 1 workers: {speedup:.2f}x of medians, {best:.2f}x of best runs "
+          f"(goal >= {GOAL}x) -> {'OK' if speedup >= GOAL else 'MISSED'}")
 
 
 if __name__ == "__main__":
