@@ -61,7 +61,7 @@ class ClusterProgress:
     def __enter__(self) -> ClusterProgress:
         try:
             self._baseline = self._poll()
-        except Exception:
+        except Exception:  # no baseline: progress then counts from the scheduler's start (best effort)
             self._baseline = None
         self._thread.start()
         return self

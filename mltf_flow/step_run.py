@@ -14,6 +14,7 @@ Order matters and is chosen so that nothing is half-done:
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,8 +187,9 @@ def execute_step(step: MLflowStep) -> None:
                 tracker.set_tags(run_id, {"mltf.error": f"{type(exc).__name__}: {exc}"[:5000]})
                 tracker.finish_step(run_id, ok=False, exit_code=None, status="KILLED" if killed else "FAILED")
                 tracker.settle_parent(parent_id, step=name, ok=False)
-            except Exception:  # the original error matters more than a failed bookkeeping call
-                pass
+            except Exception as bookkeeping:  # the original error matters more; still say what else failed
+                print(f"mltf_flow: could not mark MLflow run {run_id} as ended after {type(exc).__name__}: "
+                      f"{bookkeeping}", file=sys.stderr)
         raise
 
 
