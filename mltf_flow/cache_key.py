@@ -11,7 +11,9 @@ The key is the sha256 of canonical JSON (sorted keys, no whitespace) over:
 * ``code``       :func:`code_hash` of the files the step depends on (committed or not),
 * ``env``        the project's environment spec hash,
 * ``upstream``   the cache keys of upstream steps, by the parameter they feed,
-* ``inputs``     dataset URIs and their manifest digests.
+* ``inputs``     dataset URIs and their manifest digests,
+* ``execution``  only when a step declares it: how the run executes where that changes the result
+                 (the world size of distributed training: the global batch grows with it).
 
 Nothing here imports mlflow, dask or torch: Luigi computes keys in every ``complete()`` call.
 """
@@ -138,6 +140,7 @@ def cache_key(
     env: str,
     upstream: Mapping[str, str],
     inputs: Iterable[Mapping[str, str]] = (),
+    execution: Mapping[str, Any] | None = None,
 ) -> str:
     """The step's cache key (see the module docstring for what each field means)."""
     doc = {
@@ -151,4 +154,6 @@ def cache_key(
         "upstream": dict(upstream),
         "inputs": sorted((dict(i) for i in inputs), key=canonical_json),
     }
+    if execution:  # absent otherwise: keys of steps without it stay what they were
+        doc["execution"] = dict(execution)
     return hashlib.sha256(canonical_json(doc).encode()).hexdigest()

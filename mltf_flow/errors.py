@@ -73,18 +73,24 @@ class StepFailed(StepError):
     """The step's command exited with a non-zero code."""
 
     def __init__(
-        self, *, step: str, run_id: str | None, exit_code: int, stderr_tail: Sequence[str], log_path: str
+        self, *, step: str, run_id: str | None, exit_code: int, stderr_tail: Sequence[str], log_path: str,
+        summary: str | None = None,
     ) -> None:
         tail = "\n".join(f"    {line}" for line in stderr_tail) or "    (no stderr output)"
+        if summary:  # several processes (ranks): the summary says how each ended, with its stderr
+            what = f"{summary}\n  (MLflow run {run_id}, marked FAILED)\n  full log: {log_path}\n"
+        else:
+            what = (f"its command exited with code {exit_code} (MLflow run {run_id}, marked FAILED).\n"
+                    f"  last lines of stderr:\n{tail}\n  full log: {log_path}\n")
         message = (
-            f"step '{step}' failed: its command exited with code {exit_code} (MLflow run {run_id}, "
-            f"marked FAILED).\n  last lines of stderr:\n{tail}\n  full log: {log_path}\n"
+            f"step '{step}' failed: {what}"
             "  Fix the cause and run the same command again: completed steps are not repeated."
         )
         super().__init__(message, step=step, run_id=run_id)
         self.exit_code = exit_code
         self.stderr_tail = list(stderr_tail)
         self.log_path = log_path
+        self.summary = summary
 
 
 class OutputMissing(StepError):

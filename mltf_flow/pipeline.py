@@ -17,7 +17,9 @@ The file is a sidecar: MLflow ignores it, so ``mlflow run`` keeps working on the
         outputs: {model: "model:jet_tagger"}
         requires: []                    # extra ordering-only dependencies
         gpu: true                       # use the profile's gpu_profile
-        run_on: worker                  # run the command on a cluster worker (default: driver)
+        run_on: ddp                     # driver (default) | worker: one task on a cluster worker |
+                                        # ddp: one process per rank on the workers (torchrun variables)
+        world_size: 2                   # ddp only; default: every worker of the profile
 
 A project without ``pipeline.yaml`` is a pipeline of independent single steps, one per entry point
 (and any ``.py``/``.sh`` script), so every project ``mlflow run`` accepts runs here too.
@@ -44,7 +46,7 @@ from mltf_flow.staging.uri import parse_dataset_uri
 from mltf_flow.step import MLflowStep
 
 PIPELINE_FILE = "pipeline.yaml"
-_STEP_KEYS = {"entry_point", "inputs", "outputs", "code", "requires", "dataset", "gpu", "run_on"}
+_STEP_KEYS = {"entry_point", "inputs", "outputs", "code", "requires", "dataset", "gpu", "run_on", "world_size"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class StepSpec:
     requires: tuple[str, ...] = ()
     gpu: bool = False
     run_on: str = "driver"
+    world_size: int | None = None
 
     @property
     def is_stage(self) -> bool:
@@ -124,8 +127,13 @@ def load_pipeline(project_dir: str | Path) -> PipelineSpec:
         requires = raw.get("requires", [])
         if not isinstance(code, list) or not isinstance(requires, list):
             raise ConfigError(f"{where}: 'code' and 'requires' must be lists.")
-        if raw.get("run_on", "driver") not in ("driver", "worker") or not isinstance(raw.get("gpu", False), bool):
-            raise ConfigError(f"{where}: run_on must be 'driver' or 'worker' and gpu true or false.")
+        run_on, gpu = raw.get("run_on", "driver"), raw.get("gpu", False)
+        if run_on not in ("driver", "worker", "ddp") or not isinstance(gpu, bool):
+            raise ConfigError(f"{where}: run_on must be 'driver', 'worker' or 'ddp', and gpu true or false.")
+        world = raw.get("world_size")
+        if world is not None and (raw.get("run_on") != "ddp" or isinstance(world, bool) or not isinstance(world, int)
+                                  or world < 1):
+            raise ConfigError(f"{where}: world_size must be a whole number >= 1, on a step with run_on: ddp.")
         spec = StepSpec(
             name=str(name),
             entry_point=str(raw["entry_point"]) if "entry_point" in raw else None,
@@ -136,6 +144,7 @@ def load_pipeline(project_dir: str | Path) -> PipelineSpec:
             requires=tuple(str(r) for r in requires),
             gpu=bool(raw.get("gpu", False)),
             run_on=str(raw.get("run_on", "driver")),
+            world_size=world,
         )
         if spec.is_stage:
             try:
@@ -242,6 +251,7 @@ class PipelineStep(MLflowStep):
         self.allow_extra_params = bool(self.allow_extra)  # type: ignore[misc]
         self.needs_gpu = step.gpu  # type: ignore[misc]
         self.run_on = step.run_on  # type: ignore[misc]
+        self.default_world_size = step.world_size  # type: ignore[misc]
 
     def given_params(self) -> dict[str, Any]:
         return scoped_overrides(self.overrides, self.run_step, self.run_step, self.spec.steps)

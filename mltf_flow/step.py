@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 INVOCATION_ENV = "MLTF_INVOCATION_ID"
 _MODEL_PREFIX = "model:"
-_OWN_PARAMS = ("profile", "pipeline_profile")
+_OWN_PARAMS = ("profile", "pipeline_profile", "world_size")
 
 
 def invocation_id() -> str:
@@ -94,8 +94,11 @@ class MLflowStep(luigi.Task):
     #: Steps that need GPUs use their profile's ``gpu_profile`` when it has none itself.
     needs_gpu: ClassVar[bool] = False
     #: Where the command runs: "driver" = on this machine, with DASK_SCHEDULER_ADDRESS for fan-out;
-    #: "worker" = as one task on a worker of the profile's cluster (a GPU node for GPU steps).
+    #: "worker" = as one task on a worker of the profile's cluster (a GPU node for GPU steps);
+    #: "ddp" = once per rank on the cluster's workers with the torchrun variables (mltf_flow.ddp).
     run_on: ClassVar[str] = "driver"
+    #: Ranks of a "ddp" step when no ``world_size`` parameter says otherwise; None = every worker.
+    default_world_size: ClassVar[int | None] = None
 
     profile: str | None = luigi.OptionalParameter(
         default=None, significant=False, description="cluster profile of this step (default: the pipeline's)"
@@ -213,9 +216,28 @@ class MLflowStep(luigi.Task):
             env=project.env_hash(),
             upstream=upstream,
             inputs=datasets,
+            execution=self.execution_key(),
         )
         self._memo["key"] = (invocation_id(), key)
         return key
+
+    def execution_key(self) -> dict[str, Any]:
+        """How the run executes, where that changes its result (part of the key; {} = nothing).
+
+        For DDP the world size: the global batch grows with it, so the weights differ."""
+        return {"world_size": self.ddp_world_size()} if self.run_on == "ddp" else {}
+
+    def ddp_world_size(self) -> int:
+        """Ranks of a DDP step: the ``world_size`` parameter, else the class default, else every
+        worker the profile gives (checked against the profile before anything is submitted)."""
+        from mltf_flow.ddp.launcher import check_world_size
+
+        profile = self.cluster_profile()
+        given = getattr(self, "world_size", None)
+        size = given if given is not None else self.default_world_size
+        size = size if size is not None else profile.expected_workers
+        check_world_size(profile, size)
+        return int(size)
 
     # -- where it runs ----------------------------------------------------------------------------
     def profile_name(self) -> str:
@@ -289,6 +311,10 @@ class MLflowStep(luigi.Task):
     # -- running -----------------------------------------------------------------------------------
     def launcher(self, client: Any, profile: Profile) -> Any:
         """The launcher for this step's command (the extension point for DDP and others)."""
+        if self.run_on == "ddp":
+            from mltf_flow.ddp.launcher import DDPLauncher
+
+            return DDPLauncher(client, profile, self.ddp_world_size())
         if self.run_on == "worker":
             from mltf_flow.launch.dask_worker import DaskWorkerLauncher
 

@@ -117,12 +117,23 @@ def execute_step(step: MLflowStep) -> None:
         tags["mltf.replaces_run_ids"] = ",".join(reaped)
     if job_ids:
         tags["mltf.slurm_job_ids"] = ",".join(job_ids)
-    run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name=name, tags=tags, params=all_params)
+    resumable = tracker.resumable_run(experiment_id, key)
+    if resumable is not None:
+        # A failed attempt left checkpoints: continue that run (epochs done are not repeated).
+        run_id = resumable[0]
+        attempt = tracker.reopen_run(run_id, resumable[1], parent_id=parent_id, tags=tags)
+        print(f"mltf_flow: step '{name}' resumes MLflow run {run_id} (attempt {attempt}) from its checkpoint "
+              f"after epoch {resumable[1].get('mltf.checkpoint.epoch')}", file=sys.stderr, flush=True)
+    else:
+        run_id = tracker.create_step_run(
+            experiment_id, parent_id=parent_id, run_name=name, tags=tags, params=all_params
+        )
     url = _tracking_url(settings.tracking_uri, experiment_id, run_id)
     report_status(step, f"running: MLflow run {run_id}; Dask dashboard {dashboard}", url=url or dashboard, percent=0)
 
     log_path = settings.work_dir / "logs" / pipeline / f"{name}-{run_id}.log"
     finished = False
+    extra_logs: tuple[tuple[str, Path], ...] = ()
     try:
         for req_name, path in manifests.items():
             tracker.log_artifact(run_id, path, "mltf/inputs", name=f"{req_name}.manifest.json")
@@ -142,21 +153,26 @@ def execute_step(step: MLflowStep) -> None:
                     log_path=log_path,
                     stderr_tail_lines=settings.stderr_tail_lines,
                     on_start=record_pid,
+                    on_tags=lambda more: tracker.set_tags(run_id, more),
                     display_command=display_command(command, all_params),
                 )
             )
+        extra_logs = result.extra_logs
         if profile.kind == "slurm":
             later = session.worker_job_ids(client)
             if later and later != job_ids:
                 tracker.set_tags(run_id, {"mltf.slurm_job_ids": ",".join(sorted(set(job_ids) | set(later)))})
         tracker.log_artifact(run_id, log_path, "mltf", name="step.log")
+        for artifact, path in extra_logs:
+            if path.exists():
+                tracker.log_artifact(run_id, path, "mltf", name=artifact)
         if result.exit_code != 0:
             tracker.finish_step(run_id, ok=False, exit_code=result.exit_code)
             finished = True
             tracker.settle_parent(parent_id, step=name, ok=False)
             raise StepFailed(
                 step=name, run_id=run_id, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
-                log_path=str(log_path),
+                log_path=str(log_path), summary=result.summary,
             )
         missing = step.missing_outputs(tracker, experiment_id, run_id)
         if missing:

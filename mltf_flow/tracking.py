@@ -235,6 +235,42 @@ class Tracker:
             self.client.log_batch(run_id, params=items[start : start + 100])
         return run_id
 
+    def resumable_run(self, experiment_id: str, key: str) -> tuple[str, dict[str, str]] | None:
+        """The newest FAILED or KILLED run with this key that holds a checkpoint: a retry continues it."""
+        from mltf_flow.checkpoint import TAG_LATEST
+
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{TAG_KEY}` = '{key}'",
+            order_by=["attributes.start_time DESC"], max_results=20,
+        )
+        for run in runs:
+            tags = dict(run.data.tags)
+            if run.info.status in ("FAILED", "KILLED") and TAG_LATEST in tags and tags.get(TAG_COMPLETE) != "true":
+                return str(run.info.run_id), tags
+        return None
+
+    def reopen_run(self, run_id: str, previous: Mapping[str, str], *, parent_id: str | None,
+                   tags: Mapping[str, str]) -> int:
+        """Set a failed run RUNNING again for this process (a resumed attempt); return the attempt number."""
+        from mltf_flow.checkpoint import TAG_EPOCH
+
+        host, pid, started = process_identity()
+        attempt = int(previous.get("mltf.attempt", "1")) + 1
+        for stale in ("mltf.error", "mltf.exit_code", "mltf.reaped", "mltf.command_pid"):
+            if stale in previous:
+                self.client.delete_tag(run_id, stale)
+        fresh = {**tags, TAG_HOST: host, TAG_PID: pid, TAG_PID_START: started, "mltf.attempt": str(attempt),
+                 "mltf.resumed_from_epoch": previous.get(TAG_EPOCH, "")}
+        if parent_id:
+            fresh["mlflow.parentRunId"] = parent_id
+            parents = [p for p in previous.get("mltf.previous_parent_run_ids", "").split(",") if p]
+            if previous.get("mlflow.parentRunId"):
+                parents.append(previous["mlflow.parentRunId"])
+            fresh["mltf.previous_parent_run_ids"] = ",".join(parents)
+        self.set_tags(run_id, fresh)
+        self.client.update_run(run_id, status="RUNNING")
+        return attempt
+
     def finish_step(self, run_id: str, *, ok: bool, exit_code: int | None, status: str | None = None) -> None:
         """Set the final status; ``mltf.complete=true`` only for a verified success."""
         if exit_code is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import luigi
 
+from mltf_flow.ddp.step import DDPStep
 from mltf_flow.staging.step import StageStep
 from mltf_flow.step import MLflowStep
 
@@ -48,14 +49,13 @@ class ExtractFeatures(MLflowStep):
         return {"dataset": self.upstream(StageDataset, dataset=self.dataset)}
 
 
-class Train(MLflowStep):
+class Train(DDPStep):
     """The quark/gluon classifier (entry point ``train``); ``None`` = the MLproject default.
 
-    Runs on a worker of its profile's GPU variant (``gpu_profile``); multi-GPU DDP comes later."""
+    Trains as a DDP job on the workers of its profile's GPU variant (``gpu_profile``): one rank per
+    worker (``--world-size`` to use fewer), gloo on CPU, NCCL on GPUs."""
 
     project_dir = PROJECT
-    needs_gpu = True
-    run_on = "worker"
     entry_point = "train"
     code_paths = ("train.py",)
     inputs = {"features": "features.features"}

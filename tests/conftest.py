@@ -165,8 +165,8 @@ def slurm_available() -> bool:
         return False
 
 
-def worker_jobs(name: str = "mltf-worker") -> list[str]:
-    """Ids of our Dask worker jobs that SLURM still lists as pending/running/completing."""
+def worker_jobs(name: str = "mltf-worker,mltf-gpu") -> list[str]:
+    """Ids of our Dask worker jobs (CPU and GPU profiles) that SLURM still lists as pending/running/completing."""
     out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i %T"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
@@ -175,3 +175,24 @@ def worker_jobs(name: str = "mltf-worker") -> list[str]:
 def slurm() -> None:
     if not slurm_available():
         pytest.skip("no SLURM cluster: run `tests/infra/slurm.sh up` as root (make test does)")
+
+
+def popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    return subprocess.Popen([str(BIN / "luigi"), *args, "--local-scheduler", "--no-lock"], cwd=REPO, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def read_until(proc: subprocess.Popen[str], marker: str) -> str:
+    """Read the process output until a line contains ``marker`` (the event we wait for)."""
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    raise AssertionError(f"process ended without printing {marker!r}:\n{''.join(seen)[-3000:]}")
+
+
+def no_worker_jobs() -> None:
+    wait_until(lambda: not worker_jobs(), 30, "SLURM to list no mltf-worker job")

@@ -37,8 +37,12 @@ def _start_cluster(name: str) -> tuple[Any, Any]:
     profile = get_profile(name)
     cluster: Any
     if profile.kind == "local":
+        import dask
         from distributed import LocalCluster
 
+        # Ranks and DataLoader workers start child processes: daemonic worker processes cannot (the
+        # SLURM job script exports the same setting for its workers).
+        dask.config.set({"distributed.worker.daemon": False})
         cluster = LocalCluster(
             n_workers=profile.workers,
             threads_per_worker=profile.threads_per_worker,

@@ -66,6 +66,8 @@ class Profile:
     python: str | None = None
     job_name: str = "mltf-worker"
     death_timeout: int = 60
+    #: The network for multi-node training (NCCL/gloo); see mltf_flow.fabric.spec.
+    fabric: dict[str, Any] | None = None
     #: Where each key's value came from (file or env var), for error messages and `doctor`.
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -129,6 +131,10 @@ def _check(name: str, key: str, value: Any, where: str) -> Any:
         if not isinstance(value, str) or not _WALLTIME.match(value):
             raise fail('a quoted SLURM time like "02:00:00" or "1-00:00:00"')
         return value
+    if key == "fabric":
+        from mltf_flow.fabric.spec import check_fabric
+
+        return check_fabric(value, f"{where}: profile {name!r}")
     if key == "kind":
         if value not in ("local", "slurm"):
             raise fail("'local' or 'slurm'")
@@ -288,6 +294,12 @@ def _check_consistency(p: Profile) -> None:
         raise ConfigError(
             f"{where('processes')}: processes={p.processes} with gpus_per_node={p.gpus_per_node}: GPU jobs run one "
             "worker per GPU. Remove 'processes'."
+        )
+    fabric = p.fabric or {}
+    if fabric.get("kind") in ("roce", "socket") and not fabric.get("socket_ifname") and not p.interface:
+        raise ConfigError(
+            f"{where('fabric')}: fabric kind {fabric['kind']} needs socket_ifname (or the profile's interface): "
+            "NCCL would otherwise guess the bootstrap interface."
         )
     if p.kind == "slurm" and p.cores < p.worker_processes:
         raise ConfigError(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mltf_flow.clusters.profiles import Profile
 from mltf_flow.errors import ConfigError, SlurmRejected
+from mltf_flow.fabric.spec import static_env
 
 if TYPE_CHECKING:
     from dask_jobqueue.slurm import SLURMCluster
@@ -53,6 +54,11 @@ def slurm_cluster_kwargs(profile: Profile, log_directory: Path) -> dict[str, Any
     env = {**WORKER_ENV, "MLTF_WORKERS_PER_JOB": str(profile.worker_processes)}
     if profile.gpus_per_node:
         env["MLTF_GPUS_PER_JOB"] = str(profile.gpus_per_node)
+        # CUDA numbers devices fastest-first by default, NVML by PCI bus: make them agree.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    # An explicit fabric is exported before the worker starts (NCCL reads it once per process);
+    # `auto` is resolved per rank on the node itself (mltf_flow.ddp).
+    env.update(static_env(profile.fabric, profile.interface))
     prologue = [*profile.prologue, *(f"export {k}={shlex.quote(v)}" for k, v in env.items())]
     scheduler_options: dict[str, Any] = {"dashboard_address": profile.dashboard_address}
     kwargs: dict[str, Any] = {

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mltf_flow.errors import ConfigError
 
+_DEBUG_LEVELS = ("VERSION", "WARN", "INFO", "TRACE")
 _STATE = re.compile(r"^\s*(\d+)\s*:\s*(\S+)")
 _BAD_NAME = re.compile(r"[,:\s^=]")
 #: Variables NCCL documents as "Debugging": allowed only as explicit, validated overrides.
@@ -182,9 +183,16 @@ class FabricConfig:
     addr_range: str | None = None
     roce_version: int = 2
     traffic_class: int | None = None
+    fifo_tc: int | None = None
     service_level: int | None = None
+    qps_per_connection: int | None = None
     cross_nic: int | None = None
+    #: Force NCCL onto this network (``NCCL_NET=IB``/``Socket``): a broken RoCE setup fails loudly
+    #: instead of silently falling back to TCP sockets.
+    strict: bool = False
     debug: str = "WARN"
+    debug_subsys: str | None = None
+    debug_file: str | None = None
     overrides: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -206,6 +214,8 @@ def nccl_env(fabric: FabricConfig) -> dict[str, str]:
         raise ConfigError(f"fabric {fabric.kind}: socket_ifname is required (e.g. ens1f0np0), NCCL would guess.")
     if fabric.kind == "socket":
         env["NCCL_IB_DISABLE"] = "1"
+        if fabric.strict:
+            env["NCCL_NET"] = "Socket"
     else:
         env["NCCL_IB_HCA"] = format_ib_hca(fabric.hcas)
         if fabric.kind == "ib" and (fabric.gid_index is not None or fabric.addr_range or fabric.roce_version != 2):
@@ -228,16 +238,34 @@ def nccl_env(fabric: FabricConfig) -> dict[str, str]:
         if fabric.roce_version != 2:
             env["NCCL_IB_ROCE_VERSION_NUM"] = str(fabric.roce_version)
         _in_range("traffic_class", fabric.traffic_class, 0, 255)
+        _in_range("fifo_tc", fabric.fifo_tc, 0, 255)
         _in_range("service_level", fabric.service_level, 0, 15)
+        _in_range("qps_per_connection", fabric.qps_per_connection, 1, 128)
         if fabric.traffic_class is not None:
             env["NCCL_IB_TC"] = str(fabric.traffic_class)
+        if fabric.fifo_tc is not None:
+            env["NCCL_IB_FIFO_TC"] = str(fabric.fifo_tc)
         if fabric.service_level is not None:
             env["NCCL_IB_SL"] = str(fabric.service_level)
+        if fabric.qps_per_connection is not None:
+            env["NCCL_IB_QPS_PER_CONNECTION"] = str(fabric.qps_per_connection)
+        if fabric.strict:
+            env["NCCL_NET"] = "IB"
     if fabric.cross_nic is not None:
         if fabric.cross_nic not in (0, 1, 2):
             raise ConfigError(f"fabric: cross_nic={fabric.cross_nic}: expected 0, 1 or 2.")
         env["NCCL_CROSS_NIC"] = str(fabric.cross_nic)
+    if fabric.debug not in _DEBUG_LEVELS:
+        raise ConfigError(f"fabric: debug={fabric.debug!r}: expected one of {', '.join(_DEBUG_LEVELS)}.")
     env["NCCL_DEBUG"] = fabric.debug
+    if fabric.debug_subsys:
+        env["NCCL_DEBUG_SUBSYS"] = fabric.debug_subsys
+    if fabric.debug_file:
+        # NCCL overwrites the file: one per host and process, or ranks clobber each other's logs.
+        if "%h" not in fabric.debug_file or "%p" not in fabric.debug_file:
+            raise ConfigError(f"fabric: debug_file {fabric.debug_file!r} must contain %h and %p (host, pid), "
+                              "e.g. /scratch/$USER/nccl.%h.%p.log.")
+        env["NCCL_DEBUG_FILE"] = fabric.debug_file
     for name, value in fabric.overrides.items():
         if name not in _DEBUG_OVERRIDES:
             raise ConfigError(f"fabric override {name!r} is not one of {sorted(_DEBUG_OVERRIDES)}.")
@@ -253,10 +281,27 @@ def torch_dist_env(fabric: FabricConfig) -> dict[str, str]:
     return {"GLOO_SOCKET_IFNAME": fabric.socket_ifname} if fabric.socket_ifname else {}
 
 
+def write_nccl_conf(path: str | Path, env: Mapping[str, str]) -> Path:
+    """Write ``env`` as an NCCL configuration file (for ``NCCL_CONF_FILE``): ``KEY=value`` lines, no
+    quotes (NCCL keeps quotes as part of the value)."""
+    target = Path(path)
+    lines = []
+    for key, value in env.items():
+        if not key.startswith("NCCL_") or "\n" in value:
+            raise ConfigError(f"{key}={value!r} cannot go into an NCCL configuration file.")
+        lines.append(f"{key}={value}")
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
 def fabric_from_sysfs(
-    sysfs_root: str | Path = "/sys", *, prefer_netdev: str | None = None, traffic_class: int | None = None
+    sysfs_root: str | Path = "/sys", *, prefer_netdev: str | None = None, traffic_class: int | None = None,
+    nccl_version: tuple[int, int, int] | None = None,
 ) -> FabricConfig | None:
-    """A RoCE fabric from the active RoCE ports that carry an IPv4 RoCE v2 GID; None when there is none."""
+    """A RoCE fabric from the active RoCE ports that carry an IPv4 RoCE v2 GID; None when there is none.
+
+    ``nccl_version`` below 2.21 pins ``NCCL_IB_GID_INDEX`` (older NCCL does not choose the IPv4 RoCE v2
+    GID itself); newer versions, or unknown, leave it to NCCL."""
     chosen: list[tuple[RdmaPort, tuple[int, str, str | None]]] = []
     for port in detect_roce(sysfs_root):
         if not (port.is_roce and port.is_active):
@@ -268,9 +313,13 @@ def fabric_from_sysfs(
     if not chosen:
         return None
     ifname = chosen[0][1][2] or (chosen[0][0].netdevs[0] if chosen[0][0].netdevs else None)
+    gid_index = None
+    if nccl_version is not None and nccl_version < (2, 21, 0):
+        gid_index = nccl_auto_gid_index(chosen[0][0])
     return FabricConfig(
         kind="roce",
         hcas=tuple((port.device, port.port) for port, _ in chosen),
         socket_ifname=ifname,
+        gid_index=gid_index,
         traffic_class=traffic_class,
     )

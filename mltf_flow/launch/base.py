@@ -22,6 +22,8 @@ class LaunchRequest:
     display_command: str | None = None
     #: Called with the command's pid once it started (recorded on the run for reaping).
     on_start: Callable[[int], None] | None = field(default=None, compare=False)
+    #: Called with tags for the step's run while it runs (e.g. where each rank of a DDP job runs).
+    on_tags: Callable[[Mapping[str, str]], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class LaunchResult:
     stderr_tail: list[str]
     log_path: Path
     duration_s: float
+    #: What happened, when one exit code does not say it (e.g. each rank's status in a DDP job).
+    summary: str | None = None
+    #: More logs to keep with the run: (artifact file name, local path), e.g. the other ranks' logs.
+    extra_logs: tuple[tuple[str, Path], ...] = ()
 
 
 class Launcher(Protocol):

@@ -36,14 +36,46 @@ def run_on_worker(
     from mltf_flow.launch.local import run_streaming
 
     event = Event(stop_event, client=get_client())
-    merged = {**os.environ, **env}
-    # `python` in the command is the worker's interpreter (the profile's python on the nodes).
-    merged["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    merged = {**os.environ, **env, "PATH": worker_path()}
     code, tail = run_streaming(
         command, cwd=Path(cwd), env=merged, log_path=Path(log_path), display=display, tail_lines=tail_lines,
         echo_prefix=None, should_stop=event.is_set,
     )
     return {"exit_code": code, "tail": tail, "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
+
+
+def step_env(env: Mapping[str, str]) -> dict[str, str]:
+    """What of the launching process's environment travels to the worker: the step's MLflow and mltf
+    variables and the forwarded credentials (the worker's own environment comes from its job)."""
+    mine = {k: v for k, v in env.items() if k.startswith(("MLFLOW_", "MLTF_", "DASK_SCHEDULER"))}
+    mine.update({k: env[k] for k in _FORWARD if k in env})
+    mine["PYTHONUNBUFFERED"] = "1"
+    return mine
+
+
+def worker_path() -> str:
+    """PATH for a command on this worker: `python` is the worker's interpreter (the profile's python)."""
+    return os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+
+def follow_log(log_path: Path, offset: int, prefix: str) -> int:
+    """Echo new complete lines of a step log written by a worker to our console; return the new offset."""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+    except FileNotFoundError:
+        return offset
+    if b"\n" not in chunk:
+        return offset
+    complete = chunk[: chunk.rindex(b"\n") + 1]
+    for line in complete.decode("utf-8", errors="replace").splitlines():
+        if line.startswith(("  ", "! ")):
+            stream = sys.stderr if line.startswith("!") else sys.stdout
+            stream.write(f"{prefix} {line[2:]}\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return offset + len(complete)
 
 
 class DaskWorkerLauncher:
@@ -56,12 +88,6 @@ class DaskWorkerLauncher:
         self.profile = profile
         self.last: dict[str, Any] = {}
 
-    def _step_env(self, env: Mapping[str, str]) -> dict[str, str]:
-        mine = {k: v for k, v in env.items() if k.startswith(("MLFLOW_", "MLTF_", "DASK_SCHEDULER"))}
-        mine.update({k: env[k] for k in _FORWARD if k in env})
-        mine["PYTHONUNBUFFERED"] = "1"
-        return mine
-
     def launch(self, request: LaunchRequest) -> LaunchResult:
         from distributed import Event
 
@@ -71,7 +97,7 @@ class DaskWorkerLauncher:
         resources = {"GPU": 1} if self.profile.gpus_per_node else None
         request.log_path.parent.mkdir(parents=True, exist_ok=True)
         future = self.client.submit(
-            run_on_worker, request.command, str(request.cwd), self._step_env(request.env), str(request.log_path),
+            run_on_worker, request.command, str(request.cwd), step_env(request.env), str(request.log_path),
             request.display_command or request.command, request.stderr_tail_lines, stop_name,
             resources=resources, pure=False, retries=0, key=f"mltf-step-{request.step}-{stop_name}",
         )
@@ -82,8 +108,8 @@ class DaskWorkerLauncher:
                     result = future.result(timeout=1.0)  # re-raises what the worker raised
                     break
                 except TimeoutError:
-                    offset = self._follow(request, offset)
-            self._follow(request, offset)
+                    offset = follow_log(request.log_path, offset, f"[{request.step}@worker]")
+            follow_log(request.log_path, offset, f"[{request.step}@worker]")
         except BaseException:
             stop.set()
             with contextlib.suppress(Exception):  # the worker may be gone already
@@ -93,24 +119,3 @@ class DaskWorkerLauncher:
         self.last = result
         return LaunchResult(int(result["exit_code"]), list(result["tail"]), request.log_path,
                             time.monotonic() - start)
-
-    @staticmethod
-    def _follow(request: LaunchRequest, offset: int) -> int:
-        """Echo new lines of the step log (written by the worker) to our console."""
-        try:
-            with open(request.log_path, "rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-                if b"\n" not in chunk:
-                    return offset
-                complete = chunk[: chunk.rindex(b"\n") + 1]
-                for line in complete.decode("utf-8", errors="replace").splitlines():
-                    if line.startswith(("  ", "! ")):
-                        stream = sys.stderr if line.startswith("!") else sys.stdout
-                        stream.write(f"[{request.step}@worker] {line[2:]}\n")
-                sys.stdout.flush()
-                sys.stderr.flush()
-                return offset + len(complete)
-        except FileNotFoundError:
-            return offset
-

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BIN, REPO, git_project, run_luigi, wait_until, worker_jobs
+from tests.conftest import git_project, no_worker_jobs, popen, read_until, run_luigi, wait_until, worker_jobs
+from tests.integration.ddp_checks import assert_ddp_run
 from tests.integration.mlflow_queries import runs, sqlite_uri, step_runs
 
 pytestmark = pytest.mark.slow
@@ -26,28 +26,7 @@ def store() -> str:
     return sqlite_uri(os.environ["MLTF_FLOW_WORK_DIR"])
 
 
-def popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    full = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
-    return subprocess.Popen([str(BIN / "luigi"), *args, "--local-scheduler", "--no-lock"], cwd=REPO, env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def read_until(proc: subprocess.Popen[str], marker: str) -> str:
-    """Read the process output until a line contains ``marker`` (the event we wait for)."""
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if marker in line:
-            return "".join(seen)
-    raise AssertionError(f"process ended without printing {marker!r}:\n{''.join(seen)[-3000:]}")
-
-
-def no_worker_jobs() -> None:
-    wait_until(lambda: not worker_jobs(), 30, "SLURM to list no mltf-worker job")
-
-
-def test_example_pipeline_on_slurm_workers(slurm: None, jet_sample: Path) -> None:
+def test_example_pipeline_on_slurm_workers(slurm: None, jet_sample: Path, tmp_path: Path) -> None:
     proc = popen("--module", "pipelines", "Train", "--profile", "slurm-ci", "--dataset", str(jet_sample),
                  "--epochs", "1")
     seen = wait_until(worker_jobs, 60, "the features workers to appear in squeue")
@@ -60,7 +39,12 @@ def test_example_pipeline_on_slurm_workers(slurm: None, jet_sample: Path) -> Non
     assert features.data.tags["mltf.profile"] == "slurm-ci"
     assert len(features.data.tags["mltf.slurm_job_ids"].split(",")) == 2
     assert train.data.tags["mltf.profile"] == "slurm-ci-gpu"  # Train needs a GPU: the profile's gpu_profile
-    assert train.data.tags["mltf.launcher"] == "worker" and train.data.tags["mltf.slurm_job_ids"]
+    assert train.data.tags["mltf.launcher"] == "ddp" and train.data.tags["mltf.slurm_job_ids"]
+    # 2-rank DDP across the GPU profile's 2 SLURM jobs: one rank per job, identical weights.
+    assert_ddp_run(store(), train, tmp_path)
+    placement = json.loads(train.data.tags["mltf.ddp.ranks"])
+    assert len({p["slurm_job"] for p in placement}) == 2 and all(p["slurm_job"] for p in placement)
+    assert [p["local_rank"] for p in placement] == [0, 0]  # each job is its own node
     for run in (features, train):
         assert run.data.tags["mltf.dask_dashboard"].startswith("http://127.0.0.1:")
         assert run.data.tags["mltf.complete"] == "true"

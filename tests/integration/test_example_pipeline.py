@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_luigi
+from tests.integration.ddp_checks import assert_ddp_run
 from tests.integration.mlflow_queries import client, parents, runs, sqlite_uri, step_runs
 
 pytestmark = pytest.mark.slow
@@ -62,6 +63,18 @@ def test_first_run_records_parent_children_metrics_and_model(first_run: tuple[di
     assert {"metrics.json", "mltf"} <= artifacts
     logs = {a.path for a in client(uri).list_artifacts(features.info.run_id, "mltf")}
     assert {"mltf/step.log", "mltf/inputs"} <= logs
+
+
+def test_train_ran_as_two_rank_ddp_with_identical_weights(
+    first_run: tuple[dict[str, str], str], tmp_path: Path
+) -> None:
+    _, uri = first_run
+    (train,) = step_runs(uri, "train")
+    digest = assert_ddp_run(uri, train, tmp_path)  # the local profile's 2 workers are the 2 ranks
+    assert train.data.tags["weights_sha256"] == digest
+    assert train.data.tags["weights_identical_across_ranks"] == "true"
+    assert train.data.tags["mltf.launcher"] == "ddp"
+    assert train.data.tags["mltf.checkpoint.epoch"] == "1"  # one checkpoint per epoch (epochs 0 and 1)
 
 
 def test_rerun_creates_no_run(first_run: tuple[dict[str, str], str], jet_sample: Path) -> None:

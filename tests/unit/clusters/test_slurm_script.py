@@ -69,6 +69,7 @@ def test_gpu_profile_kwargs(tmp_path: Path, write_cwd_profiles: WriteCwd) -> Non
         "export DASK_DISTRIBUTED__WORKER__DAEMON=False",
         "export MLTF_WORKERS_PER_JOB=4",
         "export MLTF_GPUS_PER_JOB=4",
+        "export CUDA_DEVICE_ORDER=PCI_BUS_ID",
     ]
     assert kwargs["python"] == sys.executable
     assert kwargs["log_directory"] == str(tmp_path / "logs")
