@@ -69,16 +69,17 @@ def run_doctor(name: str) -> int:
     _check("dashboard address", dashboard, results)
 
     def fabric() -> str:
-        from mltf_flow.fabric.nccl import detect_roce, fabric_from_sysfs, nccl_env
+        from mltf_flow.fabric.nccl import detect_roce
+        from mltf_flow.fabric.spec import resolve_fabric
 
-        ports = detect_roce(os.environ.get("MLTF_SYSFS_ROOT", "/sys"))
-        if not ports:
-            return "no RDMA ports here (no /sys/class/infiniband): NCCL would use sockets"
+        root = os.environ.get("MLTF_SYSFS_ROOT", "/sys")
+        ports = detect_roce(root)
         lines = [f"{p.device}:{p.port} {p.link_layer} {p.state} netdevs={','.join(p.netdevs) or '-'} "
-                 f"ipv4-RoCEv2={p.ipv4_v2_gids()}" for p in ports]
-        found = fabric_from_sysfs(os.environ.get("MLTF_SYSFS_ROOT", "/sys"))
-        env = " ".join(f"{k}={v}" for k, v in nccl_env(found).items()) if found else "(no active RoCE v2 port)"
-        return "\n        " + "\n        ".join([*lines, f"NCCL environment: {env}"])
+                 f"ipv4-RoCEv2={p.ipv4_v2_gids()}" for p in ports] or ["no RDMA ports here (no class/infiniband)"]
+        # What a rank on a node like this one would get from the profile's fabric section.
+        resolved = resolve_fabric(profile.fabric, interface=profile.interface, sysfs_root=root)
+        env = " ".join(f"{k}={v}" for k, v in resolved.env.items()) or "(none: NCCL and gloo choose)"
+        return "\n        " + "\n        ".join([*lines, resolved.note, f"rank environment: {env}"])
 
     _check("RDMA fabric (this host)", fabric, results)
     if profile.kind == "slurm":

@@ -122,3 +122,29 @@ def test_world_size_beyond_the_profile_is_refused_before_anything_runs(project: 
     assert "world_size=3 but profile 'local' gives 2 workers" in result.output
     assert not step_runs(os.environ["MLTF_FLOW_WORK_DIR"], "plain")
 
+
+
+def _start_a_child() -> tuple[bool, int | None]:
+    """Runs on a worker: is this worker process daemonic, and can it start a child (as DataLoader does)?"""
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=abs, args=(-1,))
+    child.start()
+    child.join(timeout=60)
+    return multiprocessing.current_process().daemon, child.exitcode
+
+
+def test_local_cluster_workers_can_start_child_processes() -> None:
+    import dask
+    from distributed import Client
+
+    from mltf_flow.clusters.keeper import _start_cluster
+
+    before = dask.config.get("distributed.worker.daemon", default=True)
+    _, cluster = _start_cluster("local")
+    try:
+        with Client(cluster.scheduler_address, set_as_default=False) as client:
+            assert client.submit(_start_a_child, pure=False).result(timeout=120) == (False, 0)
+    finally:
+        cluster.close()
+        dask.config.set({"distributed.worker.daemon": before})
