@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Luigi exits 0 on failure unless [retcode] is configured: always use ours.
 export LUIGI_CONFIG_PATH := $(CURDIR)/configs/luigi.cfg
 
-.PHONY: run install data test test-fast lint slurm ui bench clean
+.PHONY: run install data test test-fast lint slurm rucio-venv rucio-demo ui bench clean
 
 run: install data
 	$(BIN)/luigi --module pipelines Train --local-scheduler
@@ -33,7 +33,7 @@ lint: install
 	$(BIN)/ruff check mltf_flow pipelines tests benchmarks
 	$(BIN)/mypy
 
-test: install lint slurm
+test: install lint slurm rucio-venv
 	$(PY) -m pytest
 
 # A real single-node SLURM (Debian slurm-wlm + munge) for the cluster tests; needs root. Without it
@@ -41,6 +41,19 @@ test: install lint slurm
 slurm:
 	@if [ "$$(id -u)" = 0 ]; then tests/infra/slurm.sh up; \
 	else echo "not root: SLURM tests will be skipped (sudo tests/infra/slurm.sh up to run them)"; fi
+
+# A separate venv with the Rucio server + daemons (package `rucio`) for tests/integration/rucio_env.py.
+# Kept out of $(VENV): `rucio` and `rucio-clients` overlap on disk. Without it the Rucio server tests skip.
+rucio-venv: .venv-rucio/.installed
+
+# The example pipeline from rucio://test:jets_v1 against a local Rucio server (see docs/staging.md).
+rucio-demo: install data rucio-venv
+	tests/infra/rucio/demo.sh
+
+.venv-rucio/.installed: tests/infra/rucio/requirements.txt
+	$(PYTHON) -m venv .venv-rucio
+	.venv-rucio/bin/python -m pip install -q -r tests/infra/rucio/requirements.txt
+	touch $@
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"

@@ -215,7 +215,8 @@ def make_task(
         unknown = set(mine) - {"dataset"}
         if unknown:
             raise ConfigError(f"stage step {step!r} takes only 'dataset', not {sorted(unknown)}.")
-        return StageStep(dataset=str(mine.get("dataset", step_spec.dataset)))
+        return StageStep(dataset=str(mine.get("dataset", step_spec.dataset)), profile=profile,
+                         pipeline_profile=pipeline_profile, pipeline=spec.name)
     return PipelineStep(
         project_dir=str(spec.root), run_step=step, overrides=dict(overrides), allow_extra=allow_extra,
         pipeline_profile=pipeline_profile, profile=profile,

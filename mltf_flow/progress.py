@@ -69,3 +69,48 @@ class ClusterProgress:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+class RuleProgress:
+    """Progress of a Rucio rule (locks OK / replicating / stuck) or download: a rich progress bar when
+    stderr is a terminal, one line per change otherwise, and the Luigi task's status and percentage."""
+
+    def __init__(self, task: luigi.Task, label: str) -> None:
+        self.task, self.label = task, label
+        self._last: tuple[str, int, int, int, int] | None = None
+        self._bar: object | None = None
+        self._bar_task: object | None = None
+
+    def __enter__(self) -> RuleProgress:
+        import sys
+
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           console=Console(stderr=True), transient=False)
+            bar.start()
+            self._bar, self._bar_task = bar, bar.add_task(self.label, total=None)
+        return self
+
+    def update(self, state: str, ok: int, replicating: int, stuck: int, total: int) -> None:
+        import sys
+
+        now = (state, ok, replicating, stuck, total)
+        if now == self._last:
+            return
+        self._last = now
+        text = f"{self.label}: {state}, {ok}/{total} files on the facility storage"
+        if replicating or stuck:
+            text += f" ({replicating} replicating, {stuck} stuck)"
+        if self._bar is not None:
+            self._bar.update(self._bar_task, description=f"{self.label} {state}", completed=ok,  # type: ignore[attr-defined]
+                             total=total)
+        else:
+            print(f"mltf_flow: {text}", file=sys.stderr, flush=True)
+        report_status(self.task, text, percent=int(100 * ok / total) if total else None)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()  # type: ignore[attr-defined]

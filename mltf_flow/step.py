@@ -253,8 +253,12 @@ class MLflowStep(luigi.Task):
 
     def upstream(self, cls: type[luigi.Task], **params: Any) -> luigi.Task:
         """Instantiate a requirement, handing down this pipeline's profile (use it in ``requires()``)."""
-        if issubclass(cls, MLflowStep):
+        from mltf_flow.staging.step import StageStep
+
+        if issubclass(cls, MLflowStep | StageStep):
             params.setdefault("pipeline_profile", self.profile or self.pipeline_profile)
+        if issubclass(cls, StageStep):
+            params.setdefault("pipeline", self.pipeline_name())
         return cls(**params)
 
     # -- Luigi contract ----------------------------------------------------------------------------

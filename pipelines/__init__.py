@@ -4,6 +4,7 @@
     luigi --module pipelines Train --epochs 12 --local-scheduler     # only Train reruns
     luigi --module pipelines Train --ExtractFeatures-max-constituents 32 --local-scheduler
     luigi --module pipelines Train --profile slurm-ci --local-scheduler  # SLURM workers (profiles.yaml)
+    luigi --module pipelines Train --dataset rucio://test:jets_v1 --profile rucio-demo --local-scheduler
 
 ``StageDataset`` verifies the input files and writes their manifest, ``ExtractFeatures`` runs the
 MLproject entry point ``features`` on them, ``Train`` runs ``train`` on the features. Importing this
@@ -26,7 +27,8 @@ DEFAULT_DATASET = "data/jet_sample"
 
 
 class StageDataset(StageStep):
-    """Stage the input dataset (local path or file:// URI now; rucio:// with Rucio configured)."""
+    """Stage the input dataset: a local path, file:// URI, or rucio://scope:name (replicated to the
+    facility RSE of the profile's ``rucio:`` section, verified, recorded in MLflow)."""
 
     dataset: str = luigi.Parameter(default=DEFAULT_DATASET)
 

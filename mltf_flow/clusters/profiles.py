@@ -68,6 +68,8 @@ class Profile:
     death_timeout: int = 60
     #: The network for multi-node training (NCCL/gloo); see mltf_flow.fabric.spec.
     fabric: dict[str, Any] | None = None
+    #: How rucio:// datasets are staged for this facility; see mltf_flow.staging.rucio.
+    rucio: dict[str, Any] | None = None
     #: Where each key's value came from (file or env var), for error messages and `doctor`.
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -135,6 +137,11 @@ def _check(name: str, key: str, value: Any, where: str) -> Any:
         from mltf_flow.fabric.spec import check_fabric
 
         return check_fabric(value, f"{where}: profile {name!r}")
+    if key == "rucio":
+        from mltf_flow.staging.rucio import rucio_settings
+
+        rucio_settings(value, f"{where}: profile {name!r}")  # checked now, parsed where it is used
+        return None if value is None else dict(value)
     if key == "kind":
         if value not in ("local", "slurm"):
             raise fail("'local' or 'slurm'")

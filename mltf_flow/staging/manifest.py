@@ -7,6 +7,9 @@ A manifest is JSON written atomically (temp file + rename, so a half-written man
                 "size": 1234, "mtime_ns": 1700000000000000000, "sha256": "..."}],
      "digest": "<sha256 over (name, size, sha256) of every file>"}
 
+A rucio:// manifest also names the DID, the mode, the RSE expression and the rule id, and its files carry
+Rucio's ``adler32`` instead of ``sha256`` (``mltf_flow.staging.rucio``).
+
 The digest depends on contents only (not on where the files live or when they were touched), and
 feeds the cache keys of every downstream step.
 """
@@ -35,8 +38,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def manifest_digest(files: list[dict[str, Any]]) -> str:
-    """sha256 over the (name, size, checksum) triples, in name order."""
-    entries = sorted((f["name"], f["size"], f["sha256"]) for f in files)
+    """sha256 over the (name, size, checksum) triples, in name order. The checksum is the file's
+    sha256 (local datasets) or Rucio's adler32, written ``adler32:<hex>`` (rucio:// datasets)."""
+    entries = sorted((f["name"], f["size"], f.get("sha256") or f"adler32:{f['adler32']}") for f in files)
     return hashlib.sha256(canonical_json(entries).encode()).hexdigest()
 
 

@@ -1,19 +1,26 @@
 """StageStep: the Luigi task that makes a dataset available and writes its manifest.
 
 Its output is a :class:`~mltf_flow.targets.manifest.ManifestTarget`; downstream steps get the manifest
-path as a parameter and chain the manifest digest into their cache keys.
+path as a parameter and chain the manifest digest into their cache keys. The manifest is written last,
+atomically: a staging that fails at any point leaves none behind.
+
+``rucio://`` staging (rule or download, :mod:`mltf_flow.staging.rucio`) is recorded as an MLflow run of
+its own (role ``stage``, under the invocation's parent run): DID, rule id, RSE expression, the manifest as
+an artifact and as the run's dataset input. Local datasets need no run: their manifest is the record.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import luigi
 
 from mltf_flow.config import Settings, load_settings
-from mltf_flow.errors import RucioNotConfigured
 from mltf_flow.progress import report_status
 from mltf_flow.staging.local import stage_local
 from mltf_flow.staging.manifest import write_manifest
@@ -25,6 +32,17 @@ class StageStep(luigi.Task):
     """Stage ``dataset`` (a local path, ``file://`` or ``rucio://`` URI)."""
 
     dataset: str = luigi.Parameter(description="dataset: /path, file:///path[/*.root] or rucio://scope:name")
+    profile: str | None = luigi.OptionalParameter(
+        default=None, significant=False, description="profile whose rucio: section says how to stage"
+    )
+    pipeline_profile: str | None = luigi.OptionalParameter(
+        default=None, significant=False, visibility=luigi.parameter.ParameterVisibility.HIDDEN,
+        description="profile inherited from the step that requires this one",
+    )
+    pipeline: str | None = luigi.OptionalParameter(
+        default=None, significant=False, visibility=luigi.parameter.ParameterVisibility.HIDDEN,
+        description="pipeline (MLflow experiment) the staging run belongs to",
+    )
 
     def uri(self) -> DatasetURI:
         return parse_dataset_uri(str(self.dataset))
@@ -39,16 +57,88 @@ class StageStep(luigi.Task):
 
     def run(self) -> None:
         uri = self.uri()
-        if uri.scheme == "rucio":
-            raise RucioNotConfigured(
-                f"cannot stage {uri.canonical}: Rucio is not configured in this installation. Stage the "
-                "files another way and pass a local path or file:// URI, or configure Rucio (rucio.cfg, "
-                "RUCIO_CONFIG) once rucio:// staging is enabled."
-            )
+        # run() means the manifest is missing or no longer true: remove it first, so that a staging that
+        # fails now leaves no manifest of an older state behind.
+        self.manifest_path().unlink(missing_ok=True)
         report_status(self, f"staging {uri.canonical}")
-        manifest = stage_local(uri)
+        manifest = self._stage_rucio(uri) if uri.scheme == "rucio" else stage_local(uri)
         write_manifest(self.manifest_path(), manifest)
-        report_status(self, f"staged {len(manifest['files'])} files, digest {manifest['digest'][:12]}")
+        report_status(self, f"staged {len(manifest['files'])} files, digest {manifest['digest'][:12]}", percent=100)
+
+    def _stage_rucio(self, uri: DatasetURI) -> dict[str, Any]:
+        from mltf_flow.clusters.profiles import get_profile
+        from mltf_flow.progress import RuleProgress
+        from mltf_flow.staging.rucio import RucioStager, forget, rucio_settings
+        from mltf_flow.tracking import Tracker
+
+        settings = load_settings()
+        profile = get_profile(self.profile or self.pipeline_profile or settings.profile)
+        rucio = rucio_settings(profile.rucio, f"profile {profile.name!r} ({profile.source_of('rucio')})")
+        progress = RuleProgress(self, uri.canonical)
+        stager = RucioStager(
+            uri, rucio, cache_dir=Path(os.path.expandvars(rucio.download_dir)).expanduser() if rucio.download_dir
+            else settings.work_dir / "rucio-cache", progress=progress.update,
+        )
+        # Settings, credentials and the DID are checked before anything is recorded or requested.
+        files = stager.check()
+        tracker = Tracker(settings)
+        pipeline = self.pipeline or "datasets"
+        experiment_id = tracker.ensure_experiment(settings.experiment_for(pipeline))
+        from mltf_flow.step import invocation_id
+
+        parent_id = tracker.parent_run(experiment_id, pipeline, invocation_id()) if self.pipeline else None
+        run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name="stage", params={}, tags={
+            "mltf.role": "stage", "mltf.step": "stage", "mltf.pipeline": pipeline, "mltf.dataset.uri": uri.canonical,
+            "mltf.rucio.mode": rucio.mode, "mltf.rucio.rse_expression": rucio.rse_expression or "",
+            "mltf.profile": profile.name, "mltf.invocation_id": invocation_id(), "mltf.task_id": self.task_id,
+        })
+        stager.on_rule = lambda rule: tracker.set_tags(run_id, {"mltf.rucio.rule_id": rule})
+        try:
+            with progress:
+                manifest = stager.stage(files)
+            manifest["mlflow_run_id"] = run_id
+            self._record(tracker, run_id, manifest)
+            if parent_id:
+                tracker.settle_parent(parent_id, step="stage", ok=True)
+        except BaseException as exc:
+            try:
+                tracker.set_tags(run_id, {"mltf.error": f"{type(exc).__name__}: {exc}"[:5000]})
+                killed = isinstance(exc, KeyboardInterrupt | SystemExit)
+                tracker.finish_step(run_id, ok=False, exit_code=None, status="KILLED" if killed else "FAILED")
+                if parent_id:
+                    tracker.settle_parent(parent_id, step="stage", ok=False)
+            except Exception as bookkeeping:
+                print(f"mltf_flow: could not mark staging run {run_id} as ended: {bookkeeping}", file=sys.stderr)
+            raise
+        finally:
+            forget(uri)  # complete() lists the DID again after a staging attempt
+        return manifest
+
+    @staticmethod
+    def _record(tracker: Any, run_id: str, manifest: dict[str, Any]) -> None:
+        """The staging run gets the manifest (artifact and dataset input), rule id and digest; FINISHED."""
+        import tempfile
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "manifest.json"
+            path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            tracker.log_artifact(run_id, path, "mltf")
+        did = manifest["did"]
+        dataset = Dataset(
+            name=f"{did['scope']}:{did['name']}", digest=manifest["digest"][:36], source_type="rucio",
+            source=json.dumps({"uri": manifest["uri"], "rule_id": manifest.get("rule_id"),
+                               "rse_expression": manifest.get("rse_expression")}),
+            schema=None, profile=json.dumps({"files": len(manifest["files"]),
+                                             "bytes": sum(f["size"] for f in manifest["files"])}),
+        )
+        tracker.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
+                                                                                         "staging")])])
+        tracker.set_tags(run_id, {"mltf.manifest_digest": manifest["digest"],
+                                  "mltf.rucio.rule_id": str(manifest.get("rule_id") or ""),
+                                  "mltf.dataset.files": str(len(manifest["files"]))})
+        tracker.finish_step(run_id, ok=True, exit_code=None)
 
     # -- as an upstream of MLflow steps ------------------------------------------------------------
     def _manifest(self) -> dict[str, Any] | None:

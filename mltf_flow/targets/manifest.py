@@ -14,8 +14,9 @@ from mltf_flow.staging.uri import DatasetURI
 
 
 class ManifestTarget(luigi.Target):
-    """Exists when the manifest file exists and still matches the dataset (for local datasets:
-    same file list, sizes and modification times)."""
+    """Exists when the manifest file exists and still matches the dataset: for local datasets the same
+    file list, sizes and modification times; for rucio:// datasets the staged files unchanged on disk and
+    the DID still holding exactly these files (a newly attached file means: stage again)."""
 
     def __init__(self, path: Path, uri: DatasetURI) -> None:
         self.path = path
@@ -33,6 +34,11 @@ class ManifestTarget(luigi.Target):
             return None
         if self.uri.scheme == "file" and not still_valid(self.uri, manifest):
             return None
+        if self.uri.scheme == "rucio":
+            from mltf_flow.staging import rucio
+
+            if not rucio.still_valid(self.uri, manifest):
+                return None
         return manifest
 
     def exists(self) -> bool:

@@ -170,11 +170,12 @@ def test_sigterm_mid_step_kills_the_command_and_the_run(flaky: Path) -> None:
     assert rc == 0, out
 
 
-def test_rucio_dataset_fails_clearly_until_rucio_is_configured(tmp_path: Path) -> None:
-    result = run_luigi("--module", "pipelines", "Train", "--dataset", "rucio://user.jdoe:jets_v1")
+def test_rucio_dataset_without_a_rucio_configuration_fails_clearly(tmp_path: Path) -> None:
+    env = {"RUCIO_CONFIG": str(tmp_path / "no-such-rucio.cfg"), "RUCIO_HOME": str(tmp_path / "nowhere")}
+    result = run_luigi("--module", "pipelines", "Train", "--dataset", "rucio://user.jdoe:jets_v1", env=env)
     assert result.returncode == 30, result.output
-    assert "Rucio is not configured" in result.output
-    assert not runs(store())  # nothing was launched
+    assert "Rucio is not configured here" in result.output and "RUCIO_CONFIG" in result.output
+    assert not runs(store())  # nothing was launched or recorded
 
 
 def test_bad_parameter_is_reported_before_anything_runs(flaky: Path) -> None:
