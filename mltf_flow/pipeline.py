@@ -9,7 +9,7 @@ The file is a sidecar: MLflow ignores it, so ``mlflow run`` keeps working on the
       features:
         entry_point: features
         inputs: {manifest: stage}       # parameter <- step (a stage step gives its manifest path)
-        outputs: {features: features.npz}
+        outputs: {features: features.mltft}
         code: [features.py]             # files of the project this step depends on (default: all)
       train:
         entry_point: train

@@ -40,7 +40,7 @@ class ExtractFeatures(MLflowStep):
     entry_point = "features"
     code_paths = ("features.py",)
     inputs = {"manifest": "dataset"}
-    outputs = {"features": "features.npz"}
+    outputs = {"features": "features.mltft"}
     pass_through = ("dataset",)
 
     dataset: str = luigi.Parameter(default=DEFAULT_DATASET)

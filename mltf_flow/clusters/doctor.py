@@ -82,6 +82,17 @@ def run_doctor(name: str) -> int:
         return "\n        " + "\n        ".join([*lines, resolved.note, f"rank environment: {env}"])
 
     _check("RDMA fabric (this host)", fabric, results)
+
+    def gds() -> str:
+        from mltf_flow.fabric.gds import gds_settings, probe_gds
+
+        settings = gds_settings(profile.gds, f"profile {profile.name!r}")
+        status = probe_gds(os.environ.get("MLTF_PROC_ROOT", "/proc"), os.environ.get("MLTF_SYSFS_ROOT", "/sys"))
+        wanted = (f"enabled, backend {settings.backend}, scratch {settings.scratch or 'none'}, allow_compat_mode "
+                  f"{settings.cufile.allow_compat_mode}") if settings.enabled else "not enabled in the profile"
+        return f"{wanted}\n        this host: {status.summary()}"
+
+    _check("GPUDirect Storage", gds, results)
     if profile.kind == "slurm":
         from mltf_flow.clusters.slurm import preflight, render_job_script
 

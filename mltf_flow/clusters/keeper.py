@@ -30,6 +30,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _gds_environment(profile: Any, work_dir: Path) -> None:
+    """LocalCluster workers inherit our environment: give them the profile's cufile.json (and scratch)."""
+    from mltf_flow.fabric.gds import gds_settings, write_cufile_json
+
+    gds = gds_settings(profile.gds, f"profile {profile.name!r}")
+    if not gds.enabled:
+        return
+    config_dir = Path(os.path.expandvars(gds.scratch)) / f"mltf-gds-{os.getpid()}" if gds.scratch \
+        else work_dir / "gds" / profile.name
+    write_cufile_json(config_dir / "cufile.json", gds.cufile)
+    os.environ.update(gds.job_env(str(config_dir)))
+
+
 def _start_cluster(name: str) -> tuple[Any, Any]:
     from mltf_flow.clusters.profiles import get_profile
     from mltf_flow.config import load_settings
@@ -43,6 +56,7 @@ def _start_cluster(name: str) -> tuple[Any, Any]:
         # Ranks and DataLoader workers start child processes: daemonic worker processes cannot (the
         # SLURM job script exports the same setting for its workers).
         dask.config.set({"distributed.worker.daemon": False})
+        _gds_environment(profile, load_settings().work_dir)
         cluster = LocalCluster(
             n_workers=profile.workers,
             threads_per_worker=profile.threads_per_worker,

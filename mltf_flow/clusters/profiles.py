@@ -70,6 +70,8 @@ class Profile:
     fabric: dict[str, Any] | None = None
     #: How rucio:// datasets are staged for this facility; see mltf_flow.staging.rucio.
     rucio: dict[str, Any] | None = None
+    #: GPUDirect Storage for the jobs (cufile.json, node-local scratch); see mltf_flow.fabric.gds.
+    gds: dict[str, Any] | None = None
     #: Where each key's value came from (file or env var), for error messages and `doctor`.
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -137,6 +139,11 @@ def _check(name: str, key: str, value: Any, where: str) -> Any:
         from mltf_flow.fabric.spec import check_fabric
 
         return check_fabric(value, f"{where}: profile {name!r}")
+    if key == "gds":
+        from mltf_flow.fabric.gds import gds_settings
+
+        gds_settings(value, f"{where}: profile {name!r}")
+        return None if value is None else dict(value)
     if key == "rucio":
         from mltf_flow.staging.rucio import rucio_settings
 

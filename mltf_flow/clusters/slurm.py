@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mltf_flow.clusters.profiles import Profile
 from mltf_flow.errors import ConfigError, SlurmRejected
+from mltf_flow.fabric.gds import gds_settings
 from mltf_flow.fabric.spec import static_env
 
 if TYPE_CHECKING:
@@ -60,6 +61,10 @@ def slurm_cluster_kwargs(profile: Profile, log_directory: Path) -> dict[str, Any
     # `auto` is resolved per rank on the node itself (mltf_flow.ddp).
     env.update(static_env(profile.fabric, profile.interface))
     prologue = [*profile.prologue, *(f"export {k}={shlex.quote(v)}" for k, v in env.items())]
+    gds = gds_settings(profile.gds, f"profile {profile.name!r}")
+    if gds.enabled:
+        # cuFile reads its configuration once, at initialisation: it must exist before the worker starts.
+        prologue += gds.prologue()
     scheduler_options: dict[str, Any] = {"dashboard_address": profile.dashboard_address}
     kwargs: dict[str, Any] = {
         "cores": profile.cores,

@@ -2,8 +2,10 @@
 
 Input: the dataset manifest written by staging (exact files and checksums, in a fixed order). With
 ``DASK_SCHEDULER_ADDRESS`` set (mltf_flow sets it), files are processed in parallel on the cluster.
-Output: ``features.npz`` (``X`` float32 [n_jets, n_features], ``y`` int64, ``names``), logged as an
-artifact of the MLflow run this process attaches to through ``MLFLOW_RUN_ID``.
+Output: ``features.mltft``, an aligned tensor file (``X`` float32 [n_jets, n_features], ``y`` int64, the
+feature names in its metadata; 4 KiB-aligned arrays that GPUDirect Storage reads straight into GPU memory,
+see ``mltf_flow.fabric.tensorfile``), logged as an artifact of the MLflow run this process attaches to
+through ``MLFLOW_RUN_ID``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import awkward as ak
 import mlflow
 import numpy as np
 import uproot
+
+from mltf_flow.fabric.tensorfile import write_tensor_file
 
 FEATURES = ("n_constituents", "log_jet_pt", "girth", "pt_d", "leading_fraction", "width_eta")
 
@@ -79,8 +83,9 @@ def main() -> None:
         y = np.concatenate([r[1] for r in results])
         mlflow.log_metrics({"n_jets": float(len(y)), "n_files": float(len(files)), "quark_fraction": float(y.mean())})
         with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "features.npz"
-            np.savez(out, X=x, y=y, names=np.array(FEATURES))
+            out = Path(tmp) / "features.mltft"
+            write_tensor_file(out, {"X": x.astype(np.float32), "y": y.astype(np.int64)},
+                              meta={"features": list(FEATURES), "files": [f["name"] for f in files]})
             mlflow.log_artifact(str(out))
         print(f"features: {x.shape[0]} jets x {x.shape[1]} features ({', '.join(FEATURES)})")
 

@@ -10,7 +10,10 @@ Deterministic on CPU: random choices come from generators seeded by ``--seed``, 
 deterministic algorithms. Rank 0 owns the MLflow run: per-epoch ``train_loss`` (all ranks),
 ``val_loss``, ``val_accuracy``, the model (LoggedModel ``jet_tagger`` with signature and explicit pip
 requirements), ``metrics.json``, the sha256 of the weights (tag ``weights_sha256``), and a checkpoint
-per epoch (``mltf_flow.checkpoint``, when installed): a retried step resumes after the last epoch done.
+per epoch (``mltf_flow.checkpoint``): a retried step resumes after the last epoch done. The features come
+from the aligned tensor file through ``mltf_flow.fabric.tensorfile`` (GPUDirect Storage onto the GPU where the
+node has it, after a copy to node-local scratch when the profile configures one); the backend that ran and
+the load throughput are logged (tag ``mltf.data.backend``, metric ``data_load_gbps``).
 """
 
 from __future__ import annotations
@@ -32,10 +35,8 @@ from mlflow.models import infer_signature
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-try:  # checkpoint-resume when run by mltf_flow; the project still runs under plain `mlflow run` without it
-    from mltf_flow import checkpoint
-except ImportError:  # pragma: no cover
-    checkpoint = None  # type: ignore[assignment]
+from mltf_flow import checkpoint
+from mltf_flow.fabric.tensorfile import load_arrays, local_copy
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -81,14 +82,18 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # reductions split over threads can round differently
     torch.use_deterministic_algorithms(True)
-    data = np.load(args.features)
-    x_all, y_all = data["X"].astype(np.float32), data["y"].astype(np.int64)
-    order = np.random.default_rng(args.seed).permutation(len(y_all))
+    # The features file goes to node-local scratch first when the profile has one (gds.scratch), then
+    # straight onto this rank's device: GPUDirect Storage where the node has it, POSIX reads otherwise.
+    source = local_copy(args.features, os.environ.get("MLTF_GDS_SCRATCH"))
+    arrays, loaded = load_arrays(source, ["X", "y"], device=str(device),
+                                 backend=os.environ.get("MLTF_GDS_BACKEND", "auto"))
+    x_all, y_all = arrays["X"].float(), arrays["y"].long()
+    order = torch.from_numpy(np.random.default_rng(args.seed).permutation(len(y_all))).to(device)
     n_val = len(y_all) // 5
-    val, tr = order[:n_val], order[n_val:]
-    mean, std = x_all[tr].mean(axis=0), x_all[tr].std(axis=0) + 1e-6
-    x = torch.from_numpy((x_all - mean) / std).to(device)
-    y = torch.from_numpy(y_all).to(device)
+    val_t, tr_t = order[:n_val], order[n_val:]
+    mean, std = x_all[tr_t].mean(dim=0), x_all[tr_t].std(dim=0, unbiased=False) + 1e-6
+    x = (x_all - mean) / std
+    y = y_all
 
     model: nn.Module = nn.Sequential(
         nn.Linear(x.shape[1], args.hidden), nn.ReLU(), nn.Linear(args.hidden, args.hidden), nn.ReLU(),
@@ -97,8 +102,7 @@ def main() -> None:
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
     shuffle = torch.Generator().manual_seed(args.seed)
     start = 0
-    found = checkpoint.load_latest(map_location=device) if checkpoint is not None and "MLFLOW_RUN_ID" in os.environ \
-        else None
+    found = checkpoint.load_latest(map_location=device) if "MLFLOW_RUN_ID" in os.environ else None
     if found is not None:  # a retried step: continue after the last epoch done
         model.load_state_dict(found.state["model"])
         optimiser.load_state_dict(found.state["optimiser"])
@@ -107,13 +111,16 @@ def main() -> None:
         print(f"rank {rank}: resuming after epoch {found.epoch} from {found.artifact_path}")
     net: nn.Module = DistributedDataParallel(model) if world > 1 else model
     loss_fn = nn.CrossEntropyLoss()
-    tr_t, val_t = torch.from_numpy(tr).to(device), torch.from_numpy(val).to(device)
 
     run: Any = mlflow.start_run() if rank == 0 else None
     try:
         if rank == 0:
-            mlflow.log_params({"n_train": len(tr), "n_val": len(val), "n_features": int(x.shape[1]),
+            mlflow.log_params({"n_train": len(tr_t), "n_val": len(val_t), "n_features": int(x.shape[1]),
                                "world_size": world})
+            mlflow.set_tags({"mltf.data.backend": loaded.backend, "mltf.data.compat": str(loaded.compat),
+                             "mltf.data.source": str(source),
+                             "mltf.data.cufile_json": os.environ.get("CUFILE_ENV_PATH_JSON", "")})
+            mlflow.log_metrics({"data_load_seconds": loaded.seconds, "data_load_gbps": loaded.gbps})
         for epoch in range(start, args.epochs):
             net.train()
             perm = tr_t[torch.randperm(len(tr_t), generator=shuffle).to(device)]
@@ -136,9 +143,8 @@ def main() -> None:
                                    step=epoch)
                 print(f"epoch {epoch + 1}/{args.epochs}: train_loss={train_loss:.4f} "
                       f"val_loss={val_loss:.4f} val_accuracy={val_acc:.4f}")
-                if checkpoint is not None:
-                    checkpoint.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                                     "shuffle": shuffle.get_state()}, epoch)
+                checkpoint.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                                 "shuffle": shuffle.get_state()}, epoch)
 
         digest = weights_sha256(model)
         print(f"rank {rank} final weights sha256 {digest}")
@@ -149,7 +155,7 @@ def main() -> None:
             digests = [digest]
         if rank == 0:
             val_loss, val_acc = evaluate(model, x[val_t], y[val_t], loss_fn)
-            _log_outputs(model, digest, digests, x_all, val, mean, std, val_acc, val_loss)
+            _log_outputs(model, digest, digests, x[val_t[:8]], mean, std, val_acc, val_loss)
     finally:
         if run is not None:
             mlflow.end_run()
@@ -157,11 +163,11 @@ def main() -> None:
             dist.destroy_process_group()
 
 
-def _log_outputs(model: nn.Module, digest: str, digests: list[Any], x_all: np.ndarray, val: np.ndarray,
-                 mean: np.ndarray, std: np.ndarray, val_acc: float, val_loss: float) -> None:
+def _log_outputs(model: nn.Module, digest: str, digests: list[Any], examples: torch.Tensor,
+                 mean: torch.Tensor, std: torch.Tensor, val_acc: float, val_loss: float) -> None:
     model = model.cpu().eval()
     mlflow.set_tags({"weights_sha256": digest, "weights_identical_across_ranks": str(len(set(digests)) == 1).lower()})
-    example = ((x_all[val[:8]] - mean) / std).astype(np.float32)
+    example = examples.cpu().numpy().astype(np.float32)
     with torch.no_grad():
         signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
     mlflow.pytorch.log_model(
@@ -175,7 +181,7 @@ def _log_outputs(model: nn.Module, digest: str, digests: list[Any], x_all: np.nd
         out = Path(tmp) / "metrics.json"
         out.write_text(json.dumps(
             {"val_accuracy": val_acc, "val_loss": val_loss, "weights_sha256": digest, "rank_digests": digests,
-             "feature_mean": mean.tolist(), "feature_std": std.tolist()}, indent=1))
+             "feature_mean": mean.cpu().tolist(), "feature_std": std.cpu().tolist()}, indent=1))
         mlflow.log_artifact(str(out))
     print(f"final val_accuracy={val_acc:.4f}, weights sha256 {digest}")
 
