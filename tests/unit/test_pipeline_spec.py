@@ -54,9 +54,10 @@ def test_example_pipeline() -> None:
     assert stage.is_stage and stage.dataset == "data/jet_sample" and stage.dependencies() == []
     assert features.entry_point == "features" and not features.is_stage
     assert features.inputs == {"manifest": "stage"} and features.dependencies() == ["stage"]
-    assert features.outputs == {"features": "features.npz"} and features.code == ("features.py",)
+    assert features.outputs == {"features": "features.mltft"} and features.code == ("features.py",)
     assert train.inputs == {"features": "features.features"} and train.dependencies() == ["features"]
     assert train.outputs == {"model": "model:jet_tagger", "metrics": "metrics.json"}
+    assert train.run_on == "ddp" and train.gpu and train.world_size is None  # one rank per worker of the profile
     assert spec.step("train") is train
 
 
