@@ -449,14 +449,13 @@ def read_tensor(
             if name == "posix":
                 tensor = _read_posix(source, offset, n, device, nthreads)
                 return tensor, ReadInfo("posix", n, time.perf_counter() - start, None, tuple(notes))
+            if name == "kvikio" and (why := _kvikio_available()):
+                raise BackendUnavailable(why)
             if not _cuda(device):
                 raise BackendUnavailable(f"{name} reads into GPU memory: device {device!r} is not a CUDA device.")
             if not torch.cuda.is_available():
                 raise BackendUnavailable(f"{name} needs a CUDA GPU; torch sees none here.")
             if name == "kvikio":
-                why = _kvikio_available()
-                if why:
-                    raise BackendUnavailable(why)
                 tensor, compat = _read_kvikio(source, offset, n, device, nthreads)
                 return tensor, ReadInfo("kvikio", n, time.perf_counter() - start, compat, tuple(notes))
             if not hasattr(torch.cuda, "gds"):
