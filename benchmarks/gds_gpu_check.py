@@ -21,16 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gds_read import evict  # the sibling benchmark (this directory is first on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def child(path: Path, backend: str, want: str) -> dict[str, object]:
