@@ -130,6 +130,15 @@ def git_state(root: Path, paths: Sequence[str] = (".",)) -> tuple[str | None, bo
     return head.strip(), bool(status and status.strip())
 
 
+def keyed_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as they enter a key: secret-looking ones (``api_token``, ``password``) by name only. A key
+    is a tag anyone can read, and a hash over a short token would let them test guesses; a new token
+    does not change what a step computes either."""
+    from mltf_flow.tracking import is_secret_name
+
+    return {k: "<secret>" if is_secret_name(k) else v for k, v in params.items()}
+
+
 def cache_key(
     *,
     project: str,
@@ -148,7 +157,7 @@ def cache_key(
         "project": project,
         "entry_point": entry_point,
         "command": command,
-        "params": dict(params),
+        "params": keyed_params(params),
         "code": code,
         "env": env,
         "upstream": dict(upstream),

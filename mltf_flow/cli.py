@@ -6,7 +6,9 @@
     mltf-flow config                                        the resolved settings
     mltf-flow profiles                                      the cluster profiles and where they come from
     mltf-flow render --profile NAME                         the exact SLURM job script, not submitted
+    mltf-flow render --backend-config CFG PROJECT -e EP     the script `mlflow run --backend mltf` would submit
     mltf-flow doctor --profile NAME                         check a profile (incl. sbatch --test-only)
+    mltf-flow job RUN_ID [--wait | --cancel]                a run `mlflow run --backend mltf` submitted
 
 Exit codes of ``run`` follow ``configs/luigi.cfg``'s ``[retcode]``: 0 success, 30 a step failed,
 35 scheduling error, 25 not run, 20 missing input; 2 for bad input detected before anything ran.
@@ -152,12 +154,64 @@ def _slurm_profile(name: str) -> Any:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from mltf_flow.clusters.slurm import render_job_script
     from mltf_flow.config import load_settings
+
+    if args.backend_config is not None:
+        from mltf_flow.jobs.submit import render_for
+
+        if not args.project_dir:
+            raise ConfigError("render --backend-config needs the project: mltf-flow render --backend-config CFG "
+                              "PROJECT_DIR -e ENTRY_POINT [-P key=value ...]")
+        print(render_for(args.project_dir, args.entry_point, _parse_params(args.param),
+                         _backend_config(args.backend_config), args.env_manager), end="")
+        return 0
+    if args.profile is None:
+        raise ConfigError("render needs --profile NAME (a Dask worker job) or --backend-config CFG PROJECT_DIR "
+                          "(an `mlflow run --backend mltf` job).")
+    from mltf_flow.clusters.slurm import render_job_script
 
     profile = _slurm_profile(args.profile)
     print(render_job_script(profile, load_settings().work_dir / "slurm-logs" / profile.name), end="")
     return 0
+
+
+def _backend_config(text: str) -> dict[str, Any]:
+    """A backend config as ``mlflow run -c`` takes it: a ``.json`` file, or inline JSON."""
+    import json
+    from pathlib import Path
+
+    from mltf_flow.jobs.config import load_backend_config_file
+
+    if text.endswith(".json"):
+        return load_backend_config_file(Path(text))
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--backend-config: not a .json file and not valid JSON ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("--backend-config: expected a JSON object of settings.")
+    return data
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from mltf_flow.config import load_settings
+    from mltf_flow.jobs.submitted import SlurmSubmittedRun
+
+    run = SlurmSubmittedRun.from_run(args.run_id, load_settings().tracking_uri, poll_interval=2.0,
+                                     max_poll_interval=30.0)
+    if args.cancel:
+        run.cancel()
+    ok = run.wait() if args.wait else None
+    status = run.get_status()
+    tags = run.client.get_run(args.run_id).data.tags
+    print(f"MLflow run {args.run_id}: {status}" + (" (complete)" if tags.get("mltf.complete") == "true" else ""))
+    print(f"  SLURM job {run.job_id}: {tags.get('mltf.slurm.state', '?')} ({tags.get('mltf.slurm.reason', '?')})")
+    if tags.get("mltf.error"):
+        print("  " + tags["mltf.error"].replace("\n", "\n  "))
+    print(f"  log: {tags.get('mltf.slurm.log', '?')}")
+    if ok is None:
+        return 0
+    return 0 if ok else 1
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -194,17 +248,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     sub.add_parser("config", help="print the resolved settings")
     sub.add_parser("profiles", help="list cluster profiles")
-    for name, helptext in (("render", "print a profile's SLURM job script without submitting it"),
-                           ("doctor", "check a profile and print a report")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--profile", required=True)
+    p = sub.add_parser("render", help="print a SLURM job script without submitting it")
+    p.add_argument("--profile", default=None, help="a profile's Dask worker job")
+    p.add_argument("--backend-config", default=None, metavar="CFG",
+                   help="the job `mlflow run --backend mltf -c CFG` would submit (a .json file or inline JSON)")
+    p.add_argument("project_dir", nargs="?", help="with --backend-config: the MLflow project")
+    p.add_argument("--entry-point", "-e", default="main")
+    p.add_argument("-P", "--param", action="append", default=[], help="KEY=VALUE")
+    p.add_argument("--env-manager", default=None, choices=("local", "virtualenv", "uv", "conda"))
+    p = sub.add_parser("doctor", help="check a profile and print a report")
+    p.add_argument("--profile", required=True)
+    p = sub.add_parser("job", help="state of a run `mlflow run --backend mltf` submitted; wait for or cancel it")
+    p.add_argument("run_id")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--wait", action="store_true", help="wait until it ended (exit 1 unless it completed)")
+    group.add_argument("--cancel", action="store_true", help="scancel the job and mark the run KILLED")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "status": cmd_status, "ui": cmd_ui, "config": cmd_config, "profiles": cmd_profiles,
-               "render": cmd_render, "doctor": cmd_doctor}[args.command]
+               "render": cmd_render, "doctor": cmd_doctor, "job": cmd_job}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

@@ -191,6 +191,20 @@ class Tracker:
         reaped: list[str] = []
         for ref in run_index(self.settings.tracking_uri).find_with_status(experiment, key, "RUNNING"):
             tags = self.client.get_run(ref.run_id).data.tags
+            if tags.get("mltf.slurm.job_dir"):
+                # Submitted by `mlflow run --backend mltf`: alive while SLURM runs its job. A job that is
+                # over gets its real final status (reconciled), so it is neither reaped nor in progress.
+                from mltf_flow.jobs.submitted import SlurmSubmittedRun
+
+                status = SlurmSubmittedRun.from_run(ref.run_id, self.settings.tracking_uri).get_status()
+                if status not in ("SCHEDULED", "RUNNING"):
+                    continue
+                raise StepInProgress(
+                    f"step '{step}' is already running with the same inputs: MLflow run {ref.run_id}, SLURM job "
+                    f"{tags.get('mltf.slurm_job_ids')} (`mlflow run --backend mltf`). Wait for it (mltf-flow job "
+                    f"{ref.run_id} --wait) or cancel it (mltf-flow job {ref.run_id} --cancel).",
+                    step=step, run_id=ref.run_id,
+                )
             alive = process_alive(tags.get(TAG_HOST, ""), tags.get(TAG_PID, "0"), tags.get(TAG_PID_START, ""))
             if alive:
                 raise StepInProgress(

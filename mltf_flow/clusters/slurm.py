@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,21 +112,12 @@ def preflight(profile: Profile, script: str) -> str:
 
     Raises :class:`SlurmRejected` carrying SLURM's own message and the profile's origin.
     """
-    sbatch = shutil.which("sbatch")
-    if sbatch is None:
-        raise ConfigError(
-            f"profile {profile.name!r} submits to SLURM, but `sbatch` is not on PATH. Run on a SLURM login "
-            "node, load the SLURM module, or choose a local profile (--profile local)."
-        )
-    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="mltf-preflight-", delete=False) as handle:
-        handle.write(script)
-        path = handle.name
-    try:
-        proc = subprocess.run([sbatch, "--test-only", path], capture_output=True, text=True, timeout=30)
-    finally:
-        os.unlink(path)
-    answer = (proc.stderr or proc.stdout).strip()
-    if proc.returncode != 0:
+    from mltf_flow.jobs.sbatch import would_accept
+
+    accepted, answer = would_accept(
+        script, hint=f"profile {profile.name!r} submits to SLURM; elsewhere choose a local profile (--profile local)"
+    )
+    if not accepted:
         origins = sorted({profile.source_of(k) for k in ("partition", "account", "gpus_per_node", "memory", "cores")})
         raise SlurmRejected(
             f"SLURM rejects the worker job of profile {profile.name!r} (defined in {', '.join(origins)}):\n"

@@ -93,18 +93,22 @@ def plan_ranks(workers: Iterable[WorkerSlot], world_size: int) -> list[RankAssig
     return plan
 
 
-def torchrun_env(ra: RankAssignment, master_addr: str, master_port: int, run_id: str) -> dict[str, str]:
-    """The variables ``torchrun`` gives each worker process (``torch.distributed.run``), for this rank."""
-    env = {
-        "RANK": str(ra.rank),
-        "WORLD_SIZE": str(ra.world_size),
-        "LOCAL_RANK": str(ra.local_rank),
-        "LOCAL_WORLD_SIZE": str(ra.local_world_size),
-        "GROUP_RANK": str(ra.node_rank),
-        "GROUP_WORLD_SIZE": str(ra.nodes),
+def contract_env(
+    *, rank: int, world_size: int, local_rank: int, local_world_size: int, node_rank: int, nodes: int,
+    master_addr: str, master_port: int, run_id: str,
+) -> dict[str, str]:
+    """The variables ``torchrun`` gives each worker process (``torch.distributed.run``): the one contract
+    every launcher of mltf_flow honours (Dask ranks here, ``srun`` tasks in :mod:`mltf_flow.jobs.task`)."""
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_RANK": str(local_rank),
+        "LOCAL_WORLD_SIZE": str(local_world_size),
+        "GROUP_RANK": str(node_rank),
+        "GROUP_WORLD_SIZE": str(nodes),
         "ROLE_NAME": "default",
-        "ROLE_RANK": str(ra.rank),
-        "ROLE_WORLD_SIZE": str(ra.world_size),
+        "ROLE_RANK": str(rank),
+        "ROLE_WORLD_SIZE": str(world_size),
         "MASTER_ADDR": master_addr,
         "MASTER_PORT": str(master_port),
         "TORCHELASTIC_RUN_ID": run_id,
@@ -113,6 +117,14 @@ def torchrun_env(ra: RankAssignment, master_addr: str, master_port: int, run_id:
         # torchrun's own default for several processes per node; Dask's nanny sets the same.
         "OMP_NUM_THREADS": "1",
     }
+
+
+def torchrun_env(ra: RankAssignment, master_addr: str, master_port: int, run_id: str) -> dict[str, str]:
+    """The torchrun contract of one planned rank (see :func:`contract_env`)."""
+    env = contract_env(
+        rank=ra.rank, world_size=ra.world_size, local_rank=ra.local_rank, local_world_size=ra.local_world_size,
+        node_rank=ra.node_rank, nodes=ra.nodes, master_addr=master_addr, master_port=master_port, run_id=run_id,
+    )
     if ra.node_devices:
         # Every GPU of the node visible, in local-rank order: `torch.cuda.set_device(LOCAL_RANK)`
         # opens this rank's own device, as under torchrun.

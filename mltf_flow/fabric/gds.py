@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -138,18 +137,9 @@ def cufile_config(section: Mapping[str, Any] | None, where: str = "cufile") -> C
 
 def write_cufile_json(path: str | os.PathLike[str], config: CufileConfig) -> Path:
     """Write ``cufile.json`` atomically (sorted keys, UTF-8); returns its path."""
-    target = Path(path)
-    text = json.dumps(config.as_json(), indent=1, sort_keys=True) + "\n"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".cufile-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    from mltf_flow.atomic import write_atomic
+
+    return write_atomic(path, json.dumps(config.as_json(), indent=1, sort_keys=True) + "\n")
 
 
 def cufile_env(path: str | os.PathLike[str]) -> dict[str, str]:

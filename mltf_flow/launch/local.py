@@ -51,11 +51,13 @@ def run_streaming(
     echo_prefix: str | None,
     on_start: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    stop_grace: float = 10.0,
 ) -> tuple[int, list[str]]:
     """Run ``command`` under ``bash -c`` in its own session; every output line goes to ``log_path``
     (stderr marked ``!``) and, with ``echo_prefix``, to our stdout/stderr. Returns (exit code, stderr
     tail). ``should_stop`` is polled every second; when it says so the command is stopped. On any
-    exception while waiting (Ctrl-C, SIGTERM) the command is stopped and the exception re-raised."""
+    exception while waiting (Ctrl-C, SIGTERM) the command is stopped (SIGTERM, then SIGKILL after
+    ``stop_grace`` seconds) and the exception re-raised."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     lock = threading.Lock()
@@ -101,9 +103,9 @@ def run_streaming(
                     break
                 except subprocess.TimeoutExpired:
                     if should_stop is not None and should_stop():
-                        stop_session(proc)
+                        stop_session(proc, stop_grace)
         except BaseException:
-            stop_session(proc)
+            stop_session(proc, stop_grace)
             raise
         finally:
             for thread in threads:

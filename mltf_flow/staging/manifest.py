@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from mltf_flow.atomic import write_json
 from mltf_flow.cache_key import canonical_json
 from mltf_flow.errors import StagingError
 
@@ -46,17 +45,7 @@ def manifest_digest(files: list[dict[str, Any]]) -> str:
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     """Write ``manifest`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(manifest, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, manifest)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -1,0 +1,80 @@
+"""What one job runs: ``spec.json`` in the job's directory, written at submission, read by the wrapper.
+
+Nothing secret is in it (it is also kept as an MLflow artifact): the command refers to secret-looking
+parameters as ``"$MLTF_SECRET_<NAME>"``, whose values reach the job through sbatch's environment.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mltf_flow.atomic import write_json
+from mltf_flow.errors import ConfigError
+
+SPEC_VERSION = 1
+SECRET_PREFIX = "MLTF_SECRET_"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    project_dir: str
+    #: The entry point's command as ``mlflow run`` computes it (run with ``bash -c``).
+    command: str
+    #: The command as logs show it (secret values masked).
+    display_command: str
+    job_dir: str
+    #: ``local`` (the submitting interpreter's environment) or ``virtualenv`` (built on the node).
+    env_manager: str = "local"
+    #: Directory of the interpreter whose environment ``local`` means (first on PATH).
+    local_bin: str = ""
+    #: The project's python_env.yaml contents (for ``virtualenv``), its hash and where envs are cached.
+    python_env: dict[str, Any] | None = None
+    env_hash: str = ""
+    env_root: str = ""
+    #: Processes: more than one runs the command once per ``srun`` task with the torchrun variables.
+    tasks: int = 1
+    fabric: dict[str, Any] | None = None
+    interface: str | None = None
+    kill_grace: float = 10.0
+    forward_pre_timeout_signal: bool = False
+    system_metrics: bool = True
+    stderr_tail_lines: int = 30
+    #: Extra environment of the command (never secrets).
+    env: dict[str, str] = field(default_factory=dict)
+    #: Directory holding the mltf_flow package, made importable in built environments (its job-side
+    #: helpers: checkpoint, ddp, tensorfile).
+    helpers_dir: str = ""
+    version: int = SPEC_VERSION
+
+    @property
+    def record_path(self) -> Path:
+        return Path(self.job_dir) / "status.json"
+
+    def log_path(self, job_id: str) -> Path:
+        """The SLURM output file of job ``job_id`` (``#SBATCH --output`` with ``%j``)."""
+        return Path(self.job_dir) / f"slurm-{job_id}.out"
+
+    def write(self, path: Path) -> None:
+        write_json(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: Path) -> JobSpec:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"job spec {path} cannot be read: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"job spec {path} is not a job spec (a JSON object); resubmit the run.")
+        if data.get("version") != SPEC_VERSION:
+            raise ConfigError(f"job spec {path} has version {data.get('version')}, expected {SPEC_VERSION}: "
+                              "submitted by another mltf_flow version; resubmit the run.")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # missing or unknown fields
+            raise ConfigError(f"job spec {path} is incomplete or damaged ({exc}); resubmit the run.") from exc

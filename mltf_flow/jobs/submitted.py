@@ -1,0 +1,222 @@
+"""``SlurmSubmittedRun``: what ``mlflow.projects.run(..., backend="mltf")`` returns.
+
+* ``get_status()`` -> an MLflow run status string (``SCHEDULED`` while SLURM lists the job as pending,
+  ``RUNNING``, then the run's final ``FINISHED`` / ``FAILED`` / ``KILLED``);
+* ``wait()`` polls with backoff (``poll_interval`` doubling by 1.5 up to ``max_poll_interval``, back to the
+  start whenever the state changes) and returns True only for a run that ended FINISHED with
+  ``mltf.complete=true`` (exit code 0, as the job's wrapper recorded);
+* ``cancel()`` runs ``scancel``, waits until SLURM has ended the job and marks the run KILLED.
+
+States come from :mod:`mltf_flow.jobs.query` (batched across every run this process watches). While the
+job is pending or running, changes of its SLURM state and reason are kept on the run
+(``mltf.slurm.state``, ``mltf.slurm.reason``: ``PENDING`` / ``Resources``). Once the job is over, or has
+left every view SLURM offers, the run is *reconciled*: the wrapper normally set its final status itself;
+if it could not (the job was killed with SIGKILL, never started, or the tracking server was down), the
+final status comes from the wrapper's record, else from SLURM's final state, and the reason is written on
+the run. Nothing here raises because SLURM forgot a job.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.projects.submitted_run import SubmittedRun
+
+from mltf_flow.errors import ConfigError
+from mltf_flow.jobs.query import SlurmUnavailable, monitor
+from mltf_flow.jobs.record import ENDED, JobRecord, read_record
+from mltf_flow.jobs.states import FAILED, FINISHED, KILLED, RUNNING, TERMINAL_RUN_STATUSES, JobState
+
+#: A state SLURM may requeue from (preemption, node failure) is final after this long, or when the job is gone.
+REQUEUE_GRACE_S = 60.0
+#: How long ``cancel()`` waits for SLURM to end the job (its KillWait is 30 s by default).
+CANCEL_TIMEOUT_S = 120.0
+
+
+class SlurmSubmittedRun(SubmittedRun):
+    """A submitted ``mlflow run --backend mltf`` job (see the module docstring). Not thread-safe, like
+    every ``SubmittedRun``."""
+
+    def __init__(self, run_id: str, job_id: str, job_dir: str | Path, tracking_uri: str, *,
+                 poll_interval: float = 2.0, max_poll_interval: float = 30.0) -> None:
+        super().__init__()
+        self._run_id = run_id
+        self.job_id = job_id
+        self.job_dir = Path(job_dir)
+        self.tracking_uri = tracking_uri
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self._client: Any = None
+        self._seen: tuple[str, str | None] | None = None
+        self._requeueable_since: float | None = None
+        self._final: str | None = None
+        self._cancelled = False
+        monitor().watch([job_id])
+
+    @classmethod
+    def from_run(cls, run_id: str, tracking_uri: str, **kwargs: Any) -> SlurmSubmittedRun:
+        """The submitted job of an existing run (e.g. one the ``mlflow run`` CLI submitted and left)."""
+        from mlflow.tracking import MlflowClient
+
+        tags = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags
+        job_ids = [j for j in tags.get("mltf.slurm_job_ids", "").split(",") if j]
+        if not job_ids or "mltf.slurm.job_dir" not in tags:
+            raise ConfigError(f"MLflow run {run_id} was not submitted by `mlflow run --backend mltf` "
+                              "(it has no mltf.slurm_job_ids / mltf.slurm.job_dir tags).")
+        return cls(run_id, job_ids[-1], tags["mltf.slurm.job_dir"], tracking_uri, **kwargs)
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    # -- SubmittedRun ---------------------------------------------------------------------------------------
+    def get_status(self) -> str:
+        if self._final is not None:
+            return self._final
+        status = self._step(max_age=self.poll_interval / 2)
+        return status if status is not None else str(self.client.get_run(self._run_id).info.status)
+
+    def wait(self) -> bool:
+        interval = self.poll_interval
+        while self._final is None:
+            before = self._seen
+            self._step(max_age=0.0)
+            if self._final is not None:
+                break
+            interval = self.poll_interval if self._seen != before else min(interval * 1.5, self.max_poll_interval)
+            time.sleep(interval)
+        return self.succeeded()
+
+    def cancel(self) -> None:
+        from mltf_flow.jobs.sbatch import scancel
+
+        if self._final is not None:
+            return
+        self._cancelled = True
+        scancel([self.job_id])
+        self.client.set_tag(self._run_id, "mltf.slurm.cancelled_by",
+                            f"SubmittedRun.cancel() in pid {os.getpid()} on {socket.gethostname()}")
+        deadline = time.monotonic() + CANCEL_TIMEOUT_S
+        while self._final is None and time.monotonic() < deadline:
+            self._step(max_age=0.0)
+            if self._final is None:
+                time.sleep(0.5)
+        if self._final is None:  # SLURM still lists it after the grace: record what was done anyway
+            self.reconcile(None, note=f"scancel sent; SLURM still listed the job after {CANCEL_TIMEOUT_S:.0f} s")
+
+    # -- results ----------------------------------------------------------------------------------------------
+    def succeeded(self) -> bool:
+        run = self.client.get_run(self._run_id)
+        return bool(run.info.status == FINISHED and run.data.tags.get("mltf.complete") == "true")
+
+    def _step(self, max_age: float) -> str | None:
+        """One look at the job; returns the run status it implies (None when SLURM could not be asked)."""
+        try:
+            state = monitor().states([self.job_id], max_age=max_age)[self.job_id]
+        except SlurmUnavailable as exc:
+            print(f"mltf_flow: cannot ask SLURM about job {self.job_id} ({exc}); trying again", file=sys.stderr)
+            return None
+        if state is None:
+            return self.reconcile(None)
+        if not state.terminal:
+            self._requeueable_since = None
+            self._observe(state)
+            return state.run_status
+        if state.info.requeueable:
+            # A preempted or node-failed job may be requeued: final once the state lasts or the job is gone.
+            self._requeueable_since = self._requeueable_since or time.monotonic()
+            if time.monotonic() - self._requeueable_since < REQUEUE_GRACE_S:
+                self._observe(state)
+                return RUNNING
+        return self.reconcile(state)
+
+    def _observe(self, state: JobState) -> None:
+        key = (state.state, state.reason)
+        if key == self._seen:
+            return
+        self._seen = key
+        try:
+            self.client.set_tag(self._run_id, "mltf.slurm.state", state.state)
+            self.client.set_tag(self._run_id, "mltf.slurm.reason", state.reason or "None")
+        except Exception as exc:  # the tracking server is down: keep polling, the job does not care
+            print(f"mltf_flow: cannot tag run {self._run_id}: {exc}", file=sys.stderr)
+
+    def reconcile(self, state: JobState | None, note: str | None = None) -> str:
+        """Make the run's status final (see the module docstring); returns it."""
+        from mlflow.entities import RunTag
+
+        record = read_record(self.job_dir / "status.json")
+        run = self.client.get_run(self._run_id)
+        tags: dict[str, str] = {}
+        if state is not None:
+            # SLURM's own final word (e.g. OUT_OF_MEMORY where the wrapper only saw a SIGKILL) is kept.
+            tags["mltf.slurm.state"] = state.state
+            if state.reason and state.reason != "None":
+                tags["mltf.slurm.reason"] = state.reason
+        status = str(run.info.status)
+        if status not in TERMINAL_RUN_STATUSES:
+            status, more = self._decide(state, record, note)
+            tags = {**more, **tags} if state is not None else {**tags, **more}
+            self._upload_log()
+        if tags:
+            self.client.log_batch(self._run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if status != run.info.status:
+            self.client.set_terminated(self._run_id, status)
+        monitor().unwatch([self.job_id])
+        self._final = status
+        return status
+
+    def _decide(self, state: JobState | None, record: JobRecord | None, note: str | None) -> tuple[str, dict[str, str]]:
+        """The final status of a run its wrapper did not end, and the tags that say why."""
+        if record is not None and record.phase == ENDED and record.status:
+            tags = {"mltf.exit_code": str(record.exit_code), "mltf.slurm.state": record.slurm_state or "",
+                    "mltf.slurm.reason": record.reason or ""}
+            if record.status == FINISHED:
+                tags["mltf.complete"] = "true"
+            else:
+                tags["mltf.error"] = f"{record.slurm_state}: {record.reason} (from the job's record)"
+            return record.status, tags
+        where = f"job {self.job_id}"
+        if self._cancelled:
+            return KILLED, {"mltf.error": note or f"{where} was cancelled (SubmittedRun.cancel)",
+                            "mltf.slurm.reason": "cancelled by SubmittedRun.cancel()"}
+        if state is not None:
+            status = state.run_status if state.run_status != FINISHED else FAILED
+            error = f"{where} ended {state.describe()}" + (
+                "" if record is None else "; its wrapper did not finish (killed before it could record)")
+            tags = {"mltf.error": error}
+            if state.exit_code is not None:
+                tags["mltf.exit_code"] = str(state.exit_code)
+            return status, tags
+        if record is not None:  # started, never finished, and SLURM forgot it
+            return FAILED, {"mltf.slurm.state": "UNKNOWN", "mltf.slurm.reason": "wrapper did not finish",
+                            "mltf.error": f"{where} ended without its wrapper finishing (killed with SIGKILL, or its "
+                            "node failed); SLURM no longer lists it."}
+        return FAILED, {"mltf.slurm.state": "UNKNOWN", "mltf.slurm.reason": "never started",
+                        "mltf.error": note or f"{where} left SLURM's views without ever starting (no record in "
+                        f"{self.job_dir}): it failed before the wrapper ran, or SLURM lost it."}
+
+    def _upload_log(self) -> None:
+        log = self.job_dir / f"slurm-{self.job_id}.out"
+        if not log.is_file():
+            return
+        try:
+            names = {Path(a.path).name for a in self.client.list_artifacts(self._run_id, "mltf")}
+            if log.name not in names:
+                self.client.log_artifact(self._run_id, str(log), "mltf")
+        except Exception as exc:
+            print(f"mltf_flow: could not upload {log}: {exc}", file=sys.stderr)
+

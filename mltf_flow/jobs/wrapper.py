@@ -1,0 +1,362 @@
+"""Inside the job, around the command: ``python -m mltf_flow.jobs.wrapper SPEC [--abort MESSAGE]``.
+
+The job script ``exec``s this as its last line, so SLURM's signals reach it and its exit code is the job's.
+It owns the MLflow run's status from here on, because MLflow alone gets it wrong (a script that calls
+``sys.exit(3)`` after ``start_run()`` ends FINISHED; one killed by SIGTERM stays RUNNING forever):
+
+1. it writes the job's record (:mod:`mltf_flow.jobs.record`) and, in a thread while the command starts,
+   marks the run RUNNING with the node and job id;
+2. it builds or activates the Python environment (:mod:`mltf_flow.jobs.pyenv` for ``virtualenv``);
+3. it runs the command (once, or once per ``srun`` task with the torchrun variables when the job has
+   several tasks), its output going to the job's log;
+4. SIGUSR1 (``--signal=B:USR1@N``, SLURM's warning before the time limit) is noted and, if configured,
+   passed on to the command; SIGTERM/SIGINT/SIGHUP (scancel, time limit, preemption) stop the command
+   (SIGTERM, then SIGKILL after ``kill_grace``) and SLURM is asked why;
+5. the outcome goes to the record first, then to the run: ``FINISHED`` + ``mltf.complete=true`` only for
+   exit code 0 (and only if the command did not end the run FAILED itself), ``FAILED`` for a non-zero
+   exit or a time limit, ``KILLED`` for a cancellation; tags ``mltf.exit_code``, ``mltf.slurm.state``,
+   ``mltf.slurm.reason`` and ``mltf.error``; the job's log is uploaded as ``mltf/slurm-<jobid>.out``.
+
+All of this stays well inside SLURM's ``KillWait`` (30 s by default) between SIGTERM and SIGKILL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from mltf_flow.jobs.record import ENDED, RUNNING, JobRecord
+from mltf_flow.jobs.spec import JobSpec
+from mltf_flow.jobs.states import FAILED, FINISHED, KILLED
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Tags a requeued attempt must not inherit from the one before.
+_STALE_TAGS = ("mltf.error", "mltf.exit_code", "mltf.slurm.state", "mltf.slurm.reason", "mltf.complete")
+
+
+class _Stopped(BaseException):
+    """A stop signal arrived (BaseException: nothing may swallow it as an ordinary error)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@dataclass
+class Outcome:
+    status: str
+    exit_code: int
+    slurm_state: str
+    reason: str
+    error: str | None = None
+
+
+def _say(message: str) -> None:
+    print(f"mltf_flow: {message}", flush=True)
+
+
+def _signal_state(job_id: str, pre_timeout: bool) -> tuple[str, str]:
+    """(SLURM state, reason) behind a stop signal. At SIGTERM time SLURM shows the job as COMPLETING and
+    keeps the cause in its reason (``TimeLimit`` for a time limit, ``None`` for scancel)."""
+    from mltf_flow.jobs.query import job_state_now
+
+    state = job_state_now(job_id) if job_id != "local" else None
+    if state is None:  # SLURM cannot be asked: the pre-timeout warning is the only clue
+        return ("TIMEOUT", "TimeLimit") if pre_timeout else ("CANCELLED", "stopped by a signal (SLURM not asked)")
+    if state.terminal:
+        return state.state, state.reason or state.info.meaning
+    reason = state.reason if state.reason and state.reason != "None" else ""
+    lowered = reason.lower()
+    if "timelimit" in lowered:
+        return "TIMEOUT", reason
+    if "preempt" in lowered:
+        return "PREEMPTED", reason
+    if "node" in lowered and "fail" in lowered:
+        return "NODE_FAIL", reason
+    return "CANCELLED", reason or "cancelled (scancel, or an administrator)"
+
+
+def _outcome_of_signal(signum: int, job_id: str, pre_timeout: bool) -> Outcome:
+    from mltf_flow.jobs.states import info
+
+    state, reason = _signal_state(job_id, pre_timeout)
+    status = info(state).run_status if info(state).terminal else KILLED
+    name = signal.Signals(signum).name
+    return Outcome(status, 128 + signum, state, reason, f"the job received {name}: {state} ({reason})")
+
+
+def _outcome_of_exit(code: int, tail: Sequence[str]) -> Outcome:
+    if code == 0:
+        return Outcome(FINISHED, 0, "COMPLETED", "None")
+    if code < 0:  # killed by a signal nobody sent us: the kernel's OOM killer, most often
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        error = f"the command was killed by {name} (out of memory?)"
+        return Outcome(FAILED, 128 - code, "FAILED", f"killed by {name}", _with_tail(error, tail))
+    return Outcome(FAILED, code, "FAILED", "NonZeroExitCode", _with_tail(f"the command exited with code {code}", tail))
+
+
+def _with_tail(text: str, tail: Sequence[str]) -> str:
+    lines = "\n".join(f"  {line}" for line in list(tail)[-20:])
+    return f"{text}; last lines of stderr:\n{lines}" if lines else text
+
+
+class Wrapper:
+    def __init__(self, spec_path: Path) -> None:
+        self.spec_path = spec_path
+        self.spec = JobSpec.read(spec_path)
+        self.job_id = os.environ.get("SLURM_JOB_ID", "local")
+        self.host = socket.gethostname()
+        self.child_pid: int | None = None
+        self.pre_timeout_at: float | None = None
+        self.stopping = False
+        self._client: Any = None
+        self._client_ready = threading.Event()
+        self._client_error: BaseException | None = None
+
+    # -- MLflow (imported in a thread: the command need not wait for it) -----------------------------------
+    def _connect(self) -> None:
+        try:
+            # A tracking server that is down must not keep the job past SLURM's KillWait.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.spec.tracking_uri)
+            self._start_run(client)
+            self._client = client
+        except BaseException as exc:  # recorded; the command runs anyway and the record still tells
+            self._client_error = exc
+            _say(f"cannot update MLflow run {self.spec.run_id} ({type(exc).__name__}: {exc}); the job's record "
+                 f"{self.spec.record_path} keeps its outcome")
+        finally:
+            self._client_ready.set()
+
+    def _start_run(self, client: Any) -> None:
+        from mlflow.entities import RunTag
+
+        run = client.get_run(self.spec.run_id)
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+        for key in _STALE_TAGS:
+            if key in run.data.tags:  # a requeued attempt: the previous one's outcome no longer applies
+                client.delete_tag(self.spec.run_id, key)
+        tags = {"mltf.slurm.job_id": self.job_id, "mltf.slurm.batch_host": self.host,
+                "mltf.slurm.nodes": os.environ.get("SLURM_JOB_NODELIST", self.host),
+                "mltf.slurm.restarts": restarts, "mltf.slurm.state": "RUNNING"}
+        client.log_batch(self.spec.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        client.update_run(self.spec.run_id, status="RUNNING")
+
+    def client(self, timeout: float = 60.0) -> Any:
+        self._client_ready.wait(timeout)
+        return self._client
+
+    # -- signals ---------------------------------------------------------------------------------------
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return  # already stopping (SLURM may signal every process of the job, and repeat)
+        self.stopping = True
+        raise _Stopped(signum)
+
+    def _on_usr1(self, signum: int, frame: FrameType | None) -> None:
+        self.pre_timeout_at = time.time()
+        _say(f"SLURM's pre-timeout signal arrived at {time.strftime('%H:%M:%S')}: the time limit is near")
+        if self.spec.forward_pre_timeout_signal and self.child_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child_pid, signal.SIGUSR1)
+
+    def _install(self) -> None:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGUSR1, self._on_usr1)
+
+    # -- the command -------------------------------------------------------------------------------------
+    def command_env(self) -> dict[str, str]:
+        from mltf_flow.fabric.spec import resolve_fabric
+
+        spec = self.spec
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("MLTF_INVOCATION_ID", "MLTF_MAIN_PID") and not k.startswith("MLTF_DASK_")
+               and not k.startswith("MLFLOW_HTTP_REQUEST_")}
+        env.update(spec.env)
+        env.update(MLFLOW_TRACKING_URI=spec.tracking_uri, MLFLOW_RUN_ID=spec.run_id,
+                   MLFLOW_EXPERIMENT_ID=spec.experiment_id, MLTF_SLURM_JOB_DIR=spec.job_dir)
+        if spec.env_manager == "virtualenv":
+            from mltf_flow.jobs.pyenv import PythonEnv, ensure_env
+
+            target = ensure_env(PythonEnv.from_mapping(spec.python_env or {}, "python_env"), spec.env_hash,
+                                Path(spec.env_root), Path(spec.project_dir), log=_say)
+            env["PATH"] = f"{target / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+            env["VIRTUAL_ENV"] = str(target)
+            env.pop("PYTHONHOME", None)
+            helpers = self._helpers_overlay()
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, (helpers, env.get("PYTHONPATH"))))
+        else:
+            env["PATH"] = f"{spec.local_bin}{os.pathsep}{env.get('PATH', '')}"
+            prefix = Path(spec.local_bin).parent
+            if (prefix / "pyvenv.cfg").is_file():
+                env["VIRTUAL_ENV"] = str(prefix)
+        if spec.tasks == 1:
+            env.update(resolve_fabric(spec.fabric, interface=spec.interface).env)
+        return env
+
+    def _helpers_overlay(self) -> str:
+        """A directory holding only ``mltf_flow`` (a link to this package), for built environments: scripts
+        may use its job-side helpers (checkpoint, ddp, tensorfile) without the rest of this venv."""
+        if not self.spec.helpers_dir:
+            return ""
+        overlay = Path(self.spec.job_dir) / "pylib"
+        overlay.mkdir(parents=True, exist_ok=True)
+        link = overlay / "mltf_flow"
+        if not link.exists():
+            link.symlink_to(Path(self.spec.helpers_dir) / "mltf_flow", target_is_directory=True)
+        return str(overlay)
+
+    def command(self, env: dict[str, str]) -> str:
+        """The command line to run: the entry point's, or ``srun`` of it once per task."""
+        import shlex
+        import shutil
+
+        if self.spec.tasks == 1:
+            return self.spec.command
+        from mltf_flow.ddp.launcher import free_port
+
+        srun = shutil.which("srun") or "srun"
+        env["MLTF_MASTER_ADDR"] = self._master_addr()
+        env["MLTF_MASTER_PORT"] = str(free_port())
+        args = [srun, f"--ntasks={self.spec.tasks}", "--kill-on-bad-exit=1", "--label"]
+        if os.environ.get("SLURM_CPUS_PER_TASK"):  # srun no longer inherits it from sbatch (SLURM 22.05)
+            args.append(f"--cpus-per-task={os.environ['SLURM_CPUS_PER_TASK']}")
+        args += [sys.executable, "-m", "mltf_flow.jobs.task", str(self.spec_path)]
+        _say(f"{self.spec.tasks} tasks, rank 0 at {env['MLTF_MASTER_ADDR']}:{env['MLTF_MASTER_PORT']}")
+        return shlex.join(args)
+
+    def _master_addr(self) -> str:
+        """The allocation's first host (the batch host), on the profile's interface when it names one."""
+        if self.spec.interface:
+            import psutil
+
+            for addr in psutil.net_if_addrs().get(self.spec.interface, []):
+                if addr.family == socket.AF_INET:
+                    return str(addr.address)
+        import subprocess
+
+        nodelist = os.environ.get("SLURM_JOB_NODELIST")
+        if nodelist:
+            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                                 check=False, timeout=30)
+            if out.returncode == 0 and out.stdout.split():
+                return out.stdout.split()[0]
+        return self.host
+
+    # -- the run -----------------------------------------------------------------------------------------
+    def run(self) -> int:
+        from mltf_flow.launch.local import run_streaming
+
+        self._install()
+        try:
+            JobRecord(self.job_id, RUNNING, host=self.host).write(self.spec.record_path)
+            threading.Thread(target=self._connect, name="mltf-mlflow", daemon=True).start()
+            _say(f"job {self.job_id} on {self.host}: MLflow run {self.spec.run_id}; "
+                 f"command: {self.spec.display_command}")
+            env = self.command_env()
+            command = self.command(env)
+            # The run is marked RUNNING before the command starts: a quick command that ends its own run
+            # must not find it set RUNNING again afterwards (the import behind it overlaps the env build).
+            self._client_ready.wait(120)
+
+            def started(pid: int) -> None:
+                self.child_pid = pid
+
+            code, tail = run_streaming(
+                command, cwd=Path(self.spec.project_dir), env=env,
+                log_path=Path(self.spec.job_dir) / f"command-{self.job_id}.log",
+                display=self.spec.display_command, tail_lines=self.spec.stderr_tail_lines, echo_prefix="",
+                on_start=started, stop_grace=self.spec.kill_grace,
+            )
+            outcome = _outcome_of_exit(code, tail)
+        except _Stopped as stop:
+            outcome = _outcome_of_signal(stop.signum, self.job_id, self.pre_timeout_at is not None)
+        except Exception as exc:
+            from mltf_flow.jobs.pyenv import EnvBuildError
+
+            what = "building the environment failed" if isinstance(exc, EnvBuildError) else "the wrapper failed"
+            outcome = Outcome(FAILED, 1, "FAILED", what, f"{what}: {type(exc).__name__}: {exc}")
+        return self.finish(outcome)
+
+    def abort(self, message: str) -> int:
+        """A setup line of the job script failed (``mltf_abort``): record that, end the job."""
+        JobRecord(self.job_id, RUNNING, host=self.host).write(self.spec.record_path)
+        self._connect()
+        return self.finish(Outcome(FAILED, 1, "FAILED", message, f"the job script failed: {message}"))
+
+    def finish(self, outcome: Outcome) -> int:
+        # Signals from here on must not interrupt the bookkeeping (SLURM repeats SIGTERM to every process).
+        self.stopping = True
+        if outcome.error:
+            _say(outcome.error)
+        _say(f"ending MLflow run {self.spec.run_id} as {outcome.status} (exit code {outcome.exit_code}, "
+             f"{outcome.slurm_state}: {outcome.reason})")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        record = JobRecord(self.job_id, ENDED, outcome.status, outcome.exit_code, outcome.slurm_state,
+                           outcome.reason, tracked=False, host=self.host)
+        record.write(self.spec.record_path)
+        client = self.client()
+        if client is not None:
+            try:
+                self._track(client, outcome)
+                JobRecord(**{**record.__dict__, "tracked": True}).write(self.spec.record_path)
+            except Exception as exc:
+                _say(f"could not record the outcome on MLflow run {self.spec.run_id}: {type(exc).__name__}: {exc}")
+        return outcome.exit_code
+
+    def _track(self, client: Any, outcome: Outcome) -> None:
+        from mlflow.entities import RunTag
+
+        run = client.get_run(self.spec.run_id)
+        status = outcome.status
+        if status == FINISHED and run.info.status in (FAILED, KILLED):
+            # The command ended its own run FAILED/KILLED and then exited 0: its word stands.
+            status = run.info.status
+            outcome.error = f"the command exited 0 but ended its MLflow run {run.info.status}"
+        tags = {"mltf.exit_code": str(outcome.exit_code), "mltf.slurm.state": outcome.slurm_state,
+                "mltf.slurm.reason": outcome.reason}
+        if outcome.error:
+            tags["mltf.error"] = outcome.error[:5000]
+        if self.pre_timeout_at is not None:
+            tags["mltf.slurm.pre_timeout_signal_at"] = time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                                     time.localtime(self.pre_timeout_at))
+        log = self.spec.log_path(self.job_id)
+        if log.is_file():
+            try:
+                client.log_artifact(self.spec.run_id, str(log), "mltf")
+            except Exception as exc:  # the outcome matters more than the log
+                _say(f"could not upload {log}: {exc}")
+        client.log_batch(self.spec.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        client.set_terminated(self.spec.run_id, status)
+        if status == FINISHED:
+            # Last: a run is complete only once everything else about it is recorded (pipelines trust this tag).
+            client.set_tag(self.spec.run_id, "mltf.complete", "true")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mltf_flow.jobs.wrapper")
+    parser.add_argument("spec", type=Path)
+    parser.add_argument("--abort", default=None, help="a setup line failed: record this message and end the job")
+    args = parser.parse_args(argv)
+    wrapper = Wrapper(args.spec)
+    return wrapper.abort(args.abort) if args.abort is not None else wrapper.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
