@@ -67,6 +67,7 @@ bench: install data
 	$(PY) benchmarks/dispatch_overhead.py
 	$(PY) benchmarks/features_throughput.py
 	$(PY) benchmarks/slurm_worker_start.py
+	$(PY) benchmarks/backend_jobs.py
 
 clean:
 	rm -rf .mltf data/jet_sample

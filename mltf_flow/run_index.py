@@ -196,7 +196,9 @@ class RestRunIndex(RunIndex):
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """One REST call (``path`` below ``/api/2.0/mlflow/``); None for 404. Also used for the few writes
+        that must not wait for ``import mlflow`` (a job's wrapper marking its run RUNNING)."""
         url = f"{self.tracking_uri}/api/2.0/mlflow/{path}"
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, method=method, headers=self._headers())
@@ -219,7 +221,7 @@ class RestRunIndex(RunIndex):
 
     def _experiment_id(self, name: str) -> str | None:
         query = urllib.parse.urlencode({"experiment_name": name})
-        answer = self._call("GET", f"experiments/get-by-name?{query}")
+        answer = self.call("GET", f"experiments/get-by-name?{query}")
         if not answer:
             return None
         exp = answer["experiment"]
@@ -246,7 +248,7 @@ class RestRunIndex(RunIndex):
             }
             if token:
                 body["page_token"] = token
-            answer = self._call("POST", "runs/search", body) or {}
+            answer = self.call("POST", "runs/search", body) or {}
             for run in answer.get("runs", []):
                 tags = {t["key"]: t.get("value", "") for t in run.get("data", {}).get("tags", [])}
                 info = run["info"]

@@ -79,9 +79,10 @@ def parse_scontrol(text: str) -> JobState | None:
         return None
     code, sig = parse_exit_code(fields.get("ExitCode"))
     nodes = fields.get("NodeList")
+    restarts = fields.get("Restarts", "")
     return JobState(fields["JobId"], normalise_state(fields["JobState"]), reason=fields.get("Reason") or None,
                     exit_code=code, signal=sig, nodes=None if nodes in (None, "", "(null)") else nodes,
-                    source="scontrol")
+                    source="scontrol", restarts=int(restarts) if restarts.isdigit() else None)
 
 
 def parse_sacct(text: str) -> dict[str, JobState]:
@@ -138,14 +139,14 @@ class JobMonitor:
         result: dict[str, JobState | None] = {j: found.get(j) for j in job_ids}
         missing = [j for j in job_ids if result[j] is None]
         for job_id in missing:
-            result[job_id] = self._scontrol(job_id)
+            result[job_id] = self.scontrol(job_id)
         missing = [j for j in missing if result[j] is None]
         if missing:
             result.update(self._sacct(missing))
         # A terminal state from squeue lacks the exit code: scontrol has it while the job is remembered.
         for job_id, state in list(result.items()):
             if state is not None and state.source == "squeue" and state.terminal:
-                detailed = self._scontrol(job_id)
+                detailed = self.scontrol(job_id)
                 if detailed is not None:
                     result[job_id] = JobState(job_id, state.state, state.reason or detailed.reason,
                                               detailed.exit_code, detailed.signal, state.nodes or detailed.nodes,
@@ -162,7 +163,7 @@ class JobMonitor:
             raise SlurmUnavailable(f"squeue failed (exit code {proc.returncode}): {proc.stderr.strip()}")
         return parse_squeue(proc.stdout)
 
-    def _scontrol(self, job_id: str) -> JobState | None:
+    def scontrol(self, job_id: str) -> JobState | None:
         proc = self.runner([_tool("scontrol"), "show", "job", "-o", job_id])
         if proc.returncode != 0:
             if any(marker in proc.stderr for marker in _GONE):
@@ -197,8 +198,10 @@ def monitor() -> JobMonitor:
 
 
 def job_state_now(job_id: str) -> JobState | None:
-    """One unbatched lookup (the wrapper asks for its own job when a signal arrives); None on any error."""
+    """One unbatched lookup (the wrapper asks for its own job when a signal arrives): scontrol first, for its
+    reason and restart count; None on any error."""
     try:
-        return JobMonitor().lookup([job_id]).get(job_id)
+        monitor = JobMonitor()
+        return monitor.scontrol(job_id) or monitor.lookup([job_id]).get(job_id)
     except (ClusterError, OSError, subprocess.SubprocessError):
         return None

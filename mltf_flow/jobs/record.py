@@ -7,6 +7,7 @@ the shared filesystem needs no network). A job that SLURM no longer lists is res
 * ``phase: running`` the wrapper started but never finished: the job was killed with SIGKILL or its
   node died (SLURM sends SIGTERM first for scancel, time limits and preemption, and the wrapper records
   those);
+* ``phase: requeued`` SLURM stopped this attempt to run the job again (the next attempt starts over);
 * no file            the job never reached the wrapper (it failed before starting, or never ran).
 
 ``tracked`` says whether the wrapper also set the MLflow run's status; if not (tracking server down),
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from mltf_flow.atomic import write_json
 
-RUNNING, ENDED = "running", "ended"
+RUNNING, ENDED, REQUEUED = "running", "ended", "requeued"
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,8 @@ class JobState:
     nodes: str | None = None
     #: Which view answered: squeue, scontrol, sacct or wrapper.
     source: str = "squeue"
+    #: How often SLURM requeued the job (scontrol's ``Restarts``), where known.
+    restarts: int | None = None
 
     @property
     def info(self) -> StateInfo:

@@ -289,7 +289,7 @@ def submit_job(plan: JobPlan) -> Any:
     active = mlflow.active_run()
     if active is not None:  # MLflow's own rule: a project run from inside a run is its child
         tags["mlflow.parentRunId"] = active.info.run_id
-    run_id = _own_run(tracker, plan, tags)
+    run_id, plan.experiment_id = _own_run(tracker, plan, tags)
     job_dir = plan.job_dir(run_id)
     spec = plan.spec(run_id)
     try:
@@ -318,15 +318,17 @@ def submit_job(plan: JobPlan) -> Any:
                              max_poll_interval=plan.config.max_poll_interval)
 
 
-def _own_run(tracker: Any, plan: JobPlan, tags: Mapping[str, str]) -> str:
-    """A new run, or the pre-created one named by the config's ``run_id`` (its tags and params added)."""
+def _own_run(tracker: Any, plan: JobPlan, tags: Mapping[str, str]) -> tuple[str, str]:
+    """(run id, experiment id) of a new run, or of the pre-created one named by the config's ``run_id``
+    (its tags and params added; it stays in its own experiment)."""
     from mlflow.entities import Param
 
     from mltf_flow.tracking import redact
 
     if plan.config.run_id is None:
-        return str(tracker.create_step_run(plan.experiment_id, parent_id=tags.get("mlflow.parentRunId"),
-                                           run_name=plan.entry_point, tags=tags, params=plan.params))
+        run_id = tracker.create_step_run(plan.experiment_id, parent_id=tags.get("mlflow.parentRunId"),
+                                         run_name=plan.entry_point, tags=tags, params=plan.params)
+        return str(run_id), plan.experiment_id
     run_id = plan.config.run_id
     try:
         run = tracker.client.get_run(run_id)
@@ -338,7 +340,7 @@ def _own_run(tracker: Any, plan: JobPlan, tags: Mapping[str, str]) -> str:
     items = [Param(k, v[:6000]) for k, v in sorted(redact(plan.params).items()) if k not in run.data.params]
     if items:
         tracker.client.log_batch(run_id, params=items)
-    return run_id
+    return run_id, str(run.info.experiment_id)
 
 
 def submit_project(project_uri: str, entry_point: str, params: Mapping[str, Any] | None, version: str | None,

@@ -29,7 +29,7 @@ from mlflow.projects.submitted_run import SubmittedRun
 
 from mltf_flow.errors import ConfigError
 from mltf_flow.jobs.query import SlurmUnavailable, monitor
-from mltf_flow.jobs.record import ENDED, JobRecord, read_record
+from mltf_flow.jobs.record import ENDED, REQUEUED, JobRecord, read_record
 from mltf_flow.jobs.states import FAILED, FINISHED, KILLED, RUNNING, TERMINAL_RUN_STATUSES, JobState
 
 #: A state SLURM may requeue from (preemption, node failure) is final after this long, or when the job is gone.
@@ -201,6 +201,9 @@ class SlurmSubmittedRun(SubmittedRun):
             if state.exit_code is not None:
                 tags["mltf.exit_code"] = str(state.exit_code)
             return status, tags
+        if record is not None and record.phase == REQUEUED:
+            return FAILED, {"mltf.slurm.state": "UNKNOWN", "mltf.slurm.reason": "requeued, never ran again",
+                            "mltf.error": f"{where} was requeued and then left SLURM's views without running again."}
         if record is not None:  # started, never finished, and SLURM forgot it
             return FAILED, {"mltf.slurm.state": "UNKNOWN", "mltf.slurm.reason": "wrapper did not finish",
                             "mltf.error": f"{where} ended without its wrapper finishing (killed with SIGKILL, or its "

@@ -36,9 +36,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from mltf_flow.jobs.record import ENDED, RUNNING, JobRecord
+from mltf_flow.jobs.record import ENDED, REQUEUED, RUNNING, JobRecord
 from mltf_flow.jobs.spec import JobSpec
-from mltf_flow.jobs.states import FAILED, FINISHED, KILLED
+from mltf_flow.jobs.states import FAILED, FINISHED, KILLED, SCHEDULED
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Tags a requeued attempt must not inherit from the one before.
@@ -76,6 +76,9 @@ def _signal_state(job_id: str, pre_timeout: bool) -> tuple[str, str]:
         return ("TIMEOUT", "TimeLimit") if pre_timeout else ("CANCELLED", "stopped by a signal (SLURM not asked)")
     if state.terminal:
         return state.state, state.reason or state.info.meaning
+    if state.restarts is not None and state.restarts > int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+        # SLURM counted one more start than this attempt's: the job goes back to the queue.
+        return "REQUEUED", "requeued (scontrol requeue, preemption or node failure): it will run again"
     reason = state.reason if state.reason and state.reason != "None" else ""
     lowered = reason.lower()
     if "timelimit" in lowered:
@@ -91,6 +94,8 @@ def _outcome_of_signal(signum: int, job_id: str, pre_timeout: bool) -> Outcome:
     from mltf_flow.jobs.states import info
 
     state, reason = _signal_state(job_id, pre_timeout)
+    if state == "REQUEUED":  # not an end: the run waits for the next attempt
+        return Outcome(SCHEDULED, 128 + signum, state, reason)
     status = info(state).run_status if info(state).terminal else KILLED
     name = signal.Signals(signum).name
     return Outcome(status, 128 + signum, state, reason, f"the job received {name}: {state} ({reason})")
@@ -125,7 +130,7 @@ class Wrapper:
         self._client_error: BaseException | None = None
 
     # -- MLflow (imported in a thread: the command need not wait for it) -----------------------------------
-    def _connect(self) -> None:
+    def _connect(self, started: bool = False) -> None:
         try:
             # A tracking server that is down must not keep the job past SLURM's KillWait.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
@@ -133,7 +138,8 @@ class Wrapper:
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient(tracking_uri=self.spec.tracking_uri)
-            self._start_run(client)
+            if not started:
+                self._start_run(client)
             self._client = client
         except BaseException as exc:  # recorded; the command runs anyway and the record still tells
             self._client_error = exc
@@ -142,19 +148,33 @@ class Wrapper:
         finally:
             self._client_ready.set()
 
+    def _running_tags(self) -> dict[str, str]:
+        return {"mltf.slurm.job_id": self.job_id, "mltf.slurm.batch_host": self.host,
+                "mltf.slurm.nodes": os.environ.get("SLURM_JOB_NODELIST", self.host),
+                "mltf.slurm.restarts": os.environ.get("SLURM_RESTART_COUNT", "0"), "mltf.slurm.state": "RUNNING"}
+
     def _start_run(self, client: Any) -> None:
         from mlflow.entities import RunTag
 
         run = client.get_run(self.spec.run_id)
-        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         for key in _STALE_TAGS:
             if key in run.data.tags:  # a requeued attempt: the previous one's outcome no longer applies
                 client.delete_tag(self.spec.run_id, key)
-        tags = {"mltf.slurm.job_id": self.job_id, "mltf.slurm.batch_host": self.host,
-                "mltf.slurm.nodes": os.environ.get("SLURM_JOB_NODELIST", self.host),
-                "mltf.slurm.restarts": restarts, "mltf.slurm.state": "RUNNING"}
-        client.log_batch(self.spec.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        client.log_batch(self.spec.run_id, tags=[RunTag(k, v) for k, v in self._running_tags().items()])
         client.update_run(self.spec.run_id, status="RUNNING")
+
+    def _start_run_fast(self) -> bool:
+        """Mark the run RUNNING over REST, before the command starts and without waiting for ``import
+        mlflow`` (a first attempt has no stale tags to delete); False where that is not possible."""
+        from mltf_flow.tracking import mark_running_over_rest
+
+        if os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0"):
+            return False
+        try:
+            return mark_running_over_rest(self.spec.tracking_uri, self.spec.run_id, self._running_tags())
+        except Exception as exc:  # the MLflow client in the thread tries again, and says why if it fails too
+            _say(f"could not mark the run RUNNING over REST ({exc}); using MLflow's client")
+            return False
 
     def client(self, timeout: float = 60.0) -> Any:
         self._client_ready.wait(timeout)
@@ -265,23 +285,25 @@ class Wrapper:
         self._install()
         try:
             JobRecord(self.job_id, RUNNING, host=self.host).write(self.spec.record_path)
-            threading.Thread(target=self._connect, name="mltf-mlflow", daemon=True).start()
+            started = self._start_run_fast()
+            threading.Thread(target=self._connect, args=(started,), name="mltf-mlflow", daemon=True).start()
             _say(f"job {self.job_id} on {self.host}: MLflow run {self.spec.run_id}; "
                  f"command: {self.spec.display_command}")
             env = self.command_env()
             command = self.command(env)
             # The run is marked RUNNING before the command starts: a quick command that ends its own run
             # must not find it set RUNNING again afterwards (the import behind it overlaps the env build).
-            self._client_ready.wait(120)
+            if not started:
+                self._client_ready.wait(120)
 
-            def started(pid: int) -> None:
+            def remember(pid: int) -> None:
                 self.child_pid = pid
 
             code, tail = run_streaming(
                 command, cwd=Path(self.spec.project_dir), env=env,
                 log_path=Path(self.spec.job_dir) / f"command-{self.job_id}.log",
                 display=self.spec.display_command, tail_lines=self.spec.stderr_tail_lines, echo_prefix="",
-                on_start=started, stop_grace=self.spec.kill_grace,
+                on_start=remember, stop_grace=self.spec.kill_grace,
             )
             outcome = _outcome_of_exit(code, tail)
         except _Stopped as stop:
@@ -308,7 +330,8 @@ class Wrapper:
              f"{outcome.slurm_state}: {outcome.reason})")
         sys.stdout.flush()
         sys.stderr.flush()
-        record = JobRecord(self.job_id, ENDED, outcome.status, outcome.exit_code, outcome.slurm_state,
+        phase = REQUEUED if outcome.status == SCHEDULED else ENDED
+        record = JobRecord(self.job_id, phase, outcome.status, outcome.exit_code, outcome.slurm_state,
                            outcome.reason, tracked=False, host=self.host)
         record.write(self.spec.record_path)
         client = self.client()
@@ -323,6 +346,11 @@ class Wrapper:
     def _track(self, client: Any, outcome: Outcome) -> None:
         from mlflow.entities import RunTag
 
+        if outcome.status == SCHEDULED:  # requeued: queued again, and the next attempt takes over
+            tags = {"mltf.slurm.state": outcome.slurm_state, "mltf.slurm.reason": outcome.reason}
+            client.log_batch(self.spec.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            client.update_run(self.spec.run_id, status=SCHEDULED)
+            return
         run = client.get_run(self.spec.run_id)
         status = outcome.status
         if status == FINISHED and run.info.status in (FAILED, KILLED):

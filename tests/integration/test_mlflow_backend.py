@@ -92,6 +92,12 @@ def slurm_remembers(job_id: str) -> bool:
     return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
+def queued() -> set[str]:
+    """Ids of every job SLURM knows now (the module's time-limit job among them)."""
+    out = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], capture_output=True, text=True).stdout
+    return set(out.split())
+
+
 def project_run(entry_point: str, parameters: dict[str, Any], config: dict[str, Any], experiment: str,
                 project: Path = FLAKY, **kwargs: Any) -> Any:
     import mlflow
@@ -119,8 +125,23 @@ def time_limit_job(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPat
                         "backend-timeout", "-e", "main", "-P", "mode=hang", str(FLAKY), env=env)
     assert result.returncode == 0, result.output
     run_id, job_id = submitted(result)
+    _KEEP.add(job_id)
     yield run_id
     subprocess.run(["scancel", job_id], capture_output=True)  # a -k selection that never waited for it
+
+
+_KEEP: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left() -> Iterator[None]:
+    """A test that fails half-way must not leave its jobs holding the CI node's CPUs for the tests after it."""
+    before = queued() if slurm_available() else set()
+    yield
+    if slurm_available():
+        left = queued() - before - _KEEP
+        if left:
+            subprocess.run(["scancel", *sorted(left)], capture_output=True)
 
 
 # -- the talk's user story --------------------------------------------------------------------------------------
@@ -234,13 +255,22 @@ def test_scancel_kills_the_run_and_mltf_flow_job_reports_it(backend: dict[str, s
 
 def test_submitted_run_cancel_removes_the_job_and_kills_the_run(backend: dict[str, str],
                                                                 mlflow_server: MlflowServer) -> None:
-    sub = project_run("main", {"mode": "hang"}, {"profile": "slurm-ci"}, "backend-cancel")
+    from mlflow.exceptions import ExecutionException
+
+    # A run made beforehand (by a driver, a gateway) can be handed to the backend to fill.
+    c = client(mlflow_server.uri)
+    made = c.create_run(c.create_experiment("backend-cancel")).info.run_id
+    sub = project_run("main", {"mode": "hang"}, {"profile": "slurm-ci", "run_id": made}, "backend-cancel")
+    assert sub.run_id == made
     _running(sub)
     sub.cancel()
     assert not in_queue(sub.job_id)  # cancel() returns once SLURM has ended the job
-    run = client(mlflow_server.uri).get_run(sub.run_id)
+    run = c.get_run(sub.run_id)
     assert run.info.status == "KILLED" and sub.get_status() == "KILLED" and sub.wait() is False
     assert run.data.tags["mltf.slurm.cancelled_by"].startswith("SubmittedRun.cancel()")
+    assert run.data.params["mode"] == "hang"
+    with pytest.raises(ExecutionException, match="already KILLED"):
+        project_run("main", {"mode": "hang"}, {"profile": "slurm-ci", "run_id": made}, "backend-cancel")
 
 
 def test_a_job_whose_wrapper_was_killed_is_resolved_once_slurm_forgot_it(backend: dict[str, str],
@@ -261,6 +291,31 @@ def test_a_job_whose_wrapper_was_killed_is_resolved_once_slurm_forgot_it(backend
     tags = client(mlflow_server.uri).get_run(sub.run_id).data.tags
     assert "without its wrapper finishing" in tags["mltf.error"]
     assert f"slurm-{sub.job_id}.out" in artifact_names(mlflow_server.uri, sub.run_id)
+
+
+def test_a_requeued_job_runs_again_in_the_same_run(backend: dict[str, str], mlflow_server: MlflowServer,
+                                                   tmp_path: Path) -> None:
+    # What preemption with requeue or a node failure does to a job: stop it, queue it, start it over.
+    project = tmp_path / "requeue"
+    project.mkdir()
+    (project / "MLproject").write_text("name: requeue\nentry_points:\n  main:\n    command: bash attempt.sh\n")
+    (project / "attempt.sh").write_text('if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then echo READY; sleep 600; fi\n'
+                                        'echo "attempt ${SLURM_RESTART_COUNT} done"\n')
+    sub = project_run("main", {}, {"profile": "slurm-ci"}, "backend-requeue", project=project)
+    _running(sub)
+    subprocess.run(["scontrol", "requeue", sub.job_id], check=True)
+    c = client(mlflow_server.uri)
+    wait_until(lambda: c.get_run(sub.run_id).data.tags.get("mltf.slurm.state") == "REQUEUED", 60,
+               "the first attempt's wrapper to record the requeue")
+    assert c.get_run(sub.run_id).info.status == "SCHEDULED"  # queued again, not ended
+    # SLURM holds a requeued job back for a while (reason BeginTime); let it start now.
+    wait_until(lambda: subprocess.run(["squeue", "-h", "-j", sub.job_id, "-o", "%T"], capture_output=True,
+                                      text=True).stdout.strip() == "PENDING", 60, "the requeued job to be pending")
+    subprocess.run(["scontrol", "update", f"jobid={sub.job_id}", "StartTime=now"], check=True)
+    assert sub.wait() is True
+    run = c.get_run(sub.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mltf.slurm.restarts"] == "1"
+    assert "attempt 1 done" in (sub.job_dir / f"slurm-{sub.job_id}.out").read_text()
 
 
 def test_a_job_slurm_never_had_is_failed_not_a_crash(backend: dict[str, str], mlflow_server: MlflowServer,
@@ -311,12 +366,6 @@ def test_a_failing_rank_fails_the_job(backend: dict[str, str], mlflow_server: Ml
 
 
 # -- bad requests fail before anything is submitted --------------------------------------------------------------
-
-
-def queued() -> set[str]:
-    """Ids of every job SLURM knows now (the module's time-limit job among them)."""
-    out = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], capture_output=True, text=True).stdout
-    return set(out.split())
 
 
 def _nothing_submitted(uri: str, experiment: str, work: Path, before: set[str]) -> None:

@@ -79,7 +79,7 @@ def test_parse_squeue_two_fields() -> None:
 def test_parse_scontrol_ended_job() -> None:
     state = parse_scontrol(ended_line("31", "FAILED", "NonZeroExitCode", "3:0", "vm"))
     assert state == JobState("31", "FAILED", reason="NonZeroExitCode", exit_code=3, signal=0, nodes="vm",
-                             source="scontrol")
+                             source="scontrol", restarts=0)
     assert state.run_status == FAILED
 
 
@@ -356,3 +356,11 @@ def test_unreachable_slurmdbd_is_asked_again(slurm_tools: None) -> None:
     assert mon.lookup(["123"]) == {"123": None}
     mon.lookup(["123"])
     assert slurm.calls.count("sacct") == 2
+
+
+def test_parse_scontrol_restart_count() -> None:
+    # The wrapper tells a requeue from a cancellation by SLURM's Restarts going past its own attempt's count.
+    held = parse_scontrol(HELD_LINE)
+    assert held is not None and held.restarts == 0
+    requeued = parse_scontrol(HELD_LINE.replace("Restarts=0", "Restarts=2"))
+    assert requeued is not None and requeued.restarts == 2

@@ -4,12 +4,14 @@ limits, srun tasks) is in tests/integration/test_mlflow_backend.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,13 +51,30 @@ def _spec(tmp_path: Path, store: str, command: str, **changes: Any) -> JobSpec:
     return spec
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_wrapper_left() -> Iterator[None]:
+    """A failing test must not leave its wrapper (and the command it holds) running."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
 def _start(spec: JobSpec, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     # The SLURM log of a job is the wrapper's stdout (#SBATCH --output): here a file of the same name.
     log = open(spec.log_path("local"), "ab")  # noqa: SIM115 - the child owns it
     full = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MLFLOW_"))}
     full.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "mltf_flow.jobs.wrapper", str(Path(spec.job_dir) / "spec.json"),
+    proc = subprocess.Popen([sys.executable, "-m", "mltf_flow.jobs.wrapper", str(Path(spec.job_dir) / "spec.json"),
                              *args], stdout=log, stderr=subprocess.STDOUT, env=full, start_new_session=True)
+    _STARTED.append(proc)
+    return proc
 
 
 def _finish(spec: JobSpec, *args: str, env: dict[str, str] | None = None) -> tuple[int, Any, str]:
