@@ -10,8 +10,10 @@ one class. A message says what failed, what was found, where it came from and wh
     │   └── RucioNotConfigured a rucio:// URI was given but no Rucio client is configured
     ├── TrackingError          the MLflow tracking store cannot be reached or answers unexpectedly
     ├── ClusterError           a Dask cluster could not be started or lost its workers
-    │   ├── SlurmRejected      `sbatch --test-only` rejected a profile's job script (also a ConfigError)
+    │   ├── SlurmRejected      `sbatch --test-only` rejected a job script (also a ConfigError)
+    │   ├── SlurmUnavailable   SLURM's controller did not answer (a job's state is unknown, not gone)
     │   └── WorkersTimeout     the requested workers did not arrive in time
+    ├── EnvBuildError          a job could not build the project's Python environment on its node
     ├── StepError              a pipeline step did not produce a complete, verified run
     │   ├── StepFailed         the entry point exited non-zero (carries exit code and stderr tail)
     │   ├── OutputMissing      the entry point exited 0 but a declared output is missing
@@ -56,8 +58,16 @@ class SlurmRejected(ClusterError, ConfigError):
     """SLURM rejected the worker job script of a profile (bad partition, account, gres, memory...)."""
 
 
+class SlurmUnavailable(ClusterError):
+    """SLURM's controller did not answer (the job's state is unknown, not gone)."""
+
+
 class WorkersTimeout(ClusterError):
     """The cluster did not reach the requested number of workers in time."""
+
+
+class EnvBuildError(MltfFlowError):
+    """A job could not build the project's environment (python_env.yaml) on its node."""
 
 
 class StepError(MltfFlowError):

@@ -32,13 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mltf_flow.errors import ConfigError, MltfFlowError
+from mltf_flow.errors import ConfigError, EnvBuildError
 
 _MARKER = ".mltf-env-complete"
-
-
-class EnvBuildError(MltfFlowError):
-    """The job could not build the project's environment."""
 
 
 @dataclass(frozen=True)

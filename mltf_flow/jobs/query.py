@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from mltf_flow.errors import ClusterError
+from mltf_flow.errors import ClusterError, SlurmUnavailable
 from mltf_flow.jobs.states import JobState, normalise_state, parse_exit_code
 
 _SEP = "\x1f"  # reasons can hold spaces, commas and parentheses: use a separator no field contains
@@ -41,10 +41,6 @@ _NO_ACCOUNTING = ("accounting storage is disabled", "Accounting storage is disab
 _KV = re.compile(r"(\w[\w:/]*)=(\S*)")
 
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
-
-
-class SlurmUnavailable(ClusterError):
-    """SLURM's controller did not answer (the job's state is unknown, not gone)."""
 
 
 def _run(args: Sequence[str]) -> subprocess.CompletedProcess[str]:

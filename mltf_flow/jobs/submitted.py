@@ -27,8 +27,8 @@ from typing import Any
 
 from mlflow.projects.submitted_run import SubmittedRun
 
-from mltf_flow.errors import ConfigError
-from mltf_flow.jobs.query import SlurmUnavailable, monitor
+from mltf_flow.errors import ConfigError, SlurmUnavailable
+from mltf_flow.jobs.query import monitor
 from mltf_flow.jobs.record import ENDED, REQUEUED, JobRecord, read_record
 from mltf_flow.jobs.states import FAILED, FINISHED, KILLED, RUNNING, TERMINAL_RUN_STATUSES, JobState
 

@@ -309,7 +309,7 @@ class Wrapper:
         except _Stopped as stop:
             outcome = _outcome_of_signal(stop.signum, self.job_id, self.pre_timeout_at is not None)
         except Exception as exc:
-            from mltf_flow.jobs.pyenv import EnvBuildError
+            from mltf_flow.errors import EnvBuildError
 
             what = "building the environment failed" if isinstance(exc, EnvBuildError) else "the wrapper failed"
             outcome = Outcome(FAILED, 1, "FAILED", what, f"{what}: {type(exc).__name__}: {exc}")

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from mltf_flow.errors import SlurmUnavailable
 from mltf_flow.jobs.query import (
     JobMonitor,
-    SlurmUnavailable,
     job_state_now,
     monitor,
     parse_sacct,
