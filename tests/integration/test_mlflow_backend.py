@@ -406,8 +406,6 @@ def test_bad_configs_on_the_command_line(backend: dict[str, str], mlflow_server:
     broken.write_text('{"partition": "debug",, }')
     result = mlflow_run("--backend", "mltf", "-c", str(broken), *common, env=backend)
     assert result.returncode != 0 and str(broken) in result.output and "JSON" in result.output
-    result = mlflow_run("--backend", "mltf", "-c", '{"partition": ', *common, env=backend)
-    assert result.returncode != 0 and "Invalid backend config JSON" in result.output
     _nothing_submitted(mlflow_server.uri, "backend-bad-cli", tmp_path / "work", before)
 
 
@@ -426,13 +424,17 @@ def test_virtualenv_is_built_in_the_job_once_and_reused(backend: dict[str, str],
         "import sys\nimport mltf_envprobe\nfrom mltf_flow.ddp import rank\n"  # the job-side helpers are importable
         "print(f'PREFIX={sys.prefix} ANSWER={mltf_envprobe.ANSWER} RANK={rank()}')\n"
         "try:\n    import luigi\nexcept ImportError:\n    print('ISOLATED')\n")
-    config = json.dumps({"profile": "slurm-ci", "env_root": str(tmp_path / "envs"), **FAST})
+    config = {"profile": "slurm-ci", "env_root": str(tmp_path / "envs"), **FAST}
+    result = mlflow_run("--backend", "mltf", "-c", json.dumps(config), "--env-manager", "virtualenv",
+                        "--experiment-name", "backend-venv", str(project), env=backend)
+    assert result.returncode == 0, result.output
+    import mlflow
+
+    # Again, without an env manager: MLflow's default for a python_env project is virtualenv too.
+    again = mlflow.projects.run(str(project), backend="mltf", backend_config=config, synchronous=False,
+                                experiment_name="backend-venv")
     logs = []
-    for manager in (["--env-manager", "virtualenv"], []):  # no --env-manager: MLflow's default, virtualenv
-        result = mlflow_run("--backend", "mltf", "-c", config, *manager, "--experiment-name", "backend-venv",
-                            str(project), env=backend)
-        assert result.returncode == 0, result.output
-        run_id, job_id = submitted(result)
+    for run_id, job_id in (submitted(result), (again.run_id, again.job_id)):
         run = ended(mlflow_server.uri, run_id)
         assert run.info.status == "FINISHED" and run.data.tags["mltf.complete"] == "true", run.data.tags
         assert run.data.tags["mlflow.project.env"] == "virtualenv"

@@ -163,7 +163,7 @@ def test_pre_timeout_warning_then_sigterm_is_a_timeout(tmp_path: Path, store: st
 
 def test_pre_timeout_warning_is_not_forwarded_by_default(tmp_path: Path, store: str) -> None:
     # SIGUSR1's default action ends a process: a script that does not expect it must not get it.
-    spec = _spec(tmp_path, store, "trap 'exit 7' USR1; echo READY; for i in $(seq 40); do sleep 0.05; done; "
+    spec = _spec(tmp_path, store, "trap 'exit 7' USR1; echo READY; for i in $(seq 20); do sleep 0.05; done; "
                                   "echo survived")
     proc = _start(spec)
     _ready(spec)
