@@ -7,7 +7,8 @@ The key is the sha256 of canonical JSON (sorted keys, no whitespace) over:
 * ``command``    the entry point's command template,
 * ``params``     parameters normalised to their MLproject types, defaults merged (see
                  :meth:`mltf_flow.mlproject.EntryPoint.normalise`); parameters filled from upstream
-                 outputs are left out, because the upstream keys below already pin them,
+                 outputs are left out, because the upstream keys below already pin them, and
+                 secret-looking ones enter by name only (:func:`keyed_params`),
 * ``code``       :func:`code_hash` of the files the step depends on (committed or not),
 * ``env``        the project's environment spec hash,
 * ``upstream``   the cache keys of upstream steps, by the parameter they feed,
