@@ -17,11 +17,14 @@ run: install data
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch==2.13.0 (pinned in the example extra) installs the local CPU wheel on these machines.
-	$(PY) -m pip install -q -e '.[example,dev]'
+	# constraints.txt: the exact versions CI tests (torch==2.13.0 is the local CPU wheel on these machines).
+	$(PY) -m pip install -q -c constraints.txt -e '.[example,dev]'
+	# The repo's example Luigi module `pipelines` is not installed (a top-level `pipelines` would shadow a
+	# user's own): the repository root goes on this venv's sys.path so `luigi --module pipelines` finds it.
+	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "mltf_flow_repo.pth").write_text("$(CURDIR)\n")'
 	touch $@
 
 data: install data/jet_sample/jets_003.root
@@ -34,7 +37,7 @@ lint: install
 	$(BIN)/mypy
 
 test: install lint slurm rucio-venv
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # A real single-node SLURM (Debian slurm-wlm + munge) for the cluster tests; needs root. Without it
 # the SLURM tests are skipped with a reason, everything else still runs.

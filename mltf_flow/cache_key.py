@@ -6,12 +6,14 @@ The key is the sha256 of canonical JSON (sorted keys, no whitespace) over:
 * ``project``    project name and entry point name,
 * ``command``    the entry point's command template,
 * ``params``     parameters normalised to their MLproject types, defaults merged (see
-                 :meth:`mltf_flow.mlproject.EntryPoint.normalise`); parameters filled from upstream
-                 outputs are left out, because the upstream keys below already pin them, and
-                 secret-looking ones enter by name only (:func:`keyed_params`),
-* ``code``       :func:`code_hash` of the files the step depends on (committed or not),
+                 :meth:`mltf_flow.mlproject.EntryPoint.normalise`); a parameter filled from an upstream
+                 output enters as ``{"from": <that step's key>, "output": <its artifact path>}``, and
+                 secret-looking ones by name only (:func:`keyed_params`),
+* ``code``       :func:`code_hash` of the step's code (committed or not, never its outputs:
+                 :mod:`mltf_flow.code_set`),
 * ``env``        the project's environment spec hash,
-* ``upstream``   the cache keys of upstream steps, by the parameter they feed,
+* ``upstream``   the cache keys of upstream steps, sorted: what a requirement is called in one front end
+                 or the other (``dataset`` in Python, ``stage`` in pipeline.yaml) does not matter,
 * ``inputs``     dataset URIs and their manifest digests,
 * ``execution``  only when a step declares it: how the run executes where that changes the result
                  (the world size of distributed training: the global batch grows with it).
@@ -23,20 +25,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mltf_flow.errors import ConfigError
+from mltf_flow.code_set import AUTO, CodeSet, select_code
 
-KEY_VERSION = 1
-
-# Never part of a step's code: caches, build output, VCS metadata and our own work dirs.
-_SKIP_DIRS = {".git", "__pycache__", ".mltf", "mlruns", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".venv"}
-_SKIP_SUFFIXES = (".pyc", ".pyo")
+KEY_VERSION = 2  # 2: code = code_set.select_code (never outputs); upstream by key, not requirement name
 
 
 def canonical_json(obj: Any) -> str:
@@ -51,6 +48,18 @@ class CodeVersion:
     hash: str
     files: int
     in_git: bool
+    #: Which files, and what was left out (large untracked files, recorded outputs).
+    selection: CodeSet | None = field(default=None, compare=False, repr=False)
+    #: (relative path, sha256 of its contents) per file, as hashed.
+    digests: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+
+    def without(self, drop: Iterable[str]) -> CodeVersion:
+        """This version minus files found to be outputs, with the contents *as hashed* (not as now):
+        the code that ran, so a file edited while the step ran still counts as changed later."""
+        gone = set(drop)
+        kept = tuple((rel, sha) for rel, sha in self.digests if rel not in gone)
+        return CodeVersion(hash=_digest(kept), files=len(kept), in_git=self.in_git, selection=self.selection,
+                           digests=kept)
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -63,62 +72,28 @@ def _git(root: Path, *args: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-def _walk(root: Path, paths: Sequence[str]) -> list[Path]:
-    found: list[Path] = []
-    for rel in paths:
-        start = (root / rel).resolve()
-        if start.is_file():
-            found.append(start)
-            continue
-        if not start.is_dir():
-            raise ConfigError(
-                f"code path {rel!r} does not exist under {root}. List files or directories of the project."
-            )
-        for dirpath, dirnames, filenames in os.walk(start):
-            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-            found.extend(Path(dirpath) / f for f in filenames if not f.endswith(_SKIP_SUFFIXES))
-    return found
+def code_hash(
+    root: Path, paths: Sequence[str] = (AUTO,), *, command: str = "", outputs: Iterable[str] = ()
+) -> CodeVersion:
+    """Hash the *working tree* contents of the project's code (:func:`mltf_flow.code_set.select_code`).
 
-
-def _git_files(root: Path, paths: Sequence[str]) -> list[Path] | None:
-    """Tracked plus untracked-but-not-ignored files under ``paths``, or None outside git."""
-    out = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *paths)
-    if out is None:
-        return None
-    files = {(root / name) for name in out.split("\0") if name}
-    # Deleted-but-tracked files are listed by --cached; they are simply absent from the worktree.
-    # Work dirs and caches are never code, even when no .gitignore says so (.mltf/mlflow.db changes
-    # after every run and would make every key new).
-    return [
-        f for f in files
-        if f.is_file() and not f.name.endswith(_SKIP_SUFFIXES)
-        and not _SKIP_DIRS.intersection(f.relative_to(root).parts[:-1])
-    ]
-
-
-def code_hash(root: Path, paths: Sequence[str] = (".",)) -> CodeVersion:
-    """Hash the *working tree* contents of ``paths`` under project ``root``.
-
-    Inside git this covers the committed files and every uncommitted edit or new untracked file
-    (ignored files are left out); outside git it hashes every file below the paths. Hashing
-    contents rather than the commit id means an edit elsewhere in the repository, or a commit
-    that does not touch these files, does not invalidate the step.
+    Committed files and every uncommitted edit count alike; hashing contents rather than the commit id
+    means an edit elsewhere in the repository, or a commit that does not touch these files, does not
+    invalidate the step. The hash covers relative paths and contents only, so a git checkout and a plain
+    copy of the same files hash alike.
     """
-    root = root.resolve()
-    missing = [p for p in paths if not (root / p).exists()]
-    if missing:
-        raise ConfigError(
-            f"code path(s) {missing} do not exist under {root}. List files or directories of the project."
-        )
-    files = _git_files(root, paths)
-    in_git = files is not None
-    if files is None:
-        files = _walk(root, paths)
+    selection = select_code(root, paths, command=command, outputs=outputs)
+    digests = tuple((rel, hashlib.sha256((selection.root / rel).read_bytes()).hexdigest()) for rel in selection.files)
+    return CodeVersion(hash=_digest(digests), files=len(digests), in_git=selection.in_git, selection=selection,
+                       digests=digests)
+
+
+def _digest(digests: Iterable[tuple[str, str]]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(set(files)):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return CodeVersion(hash=digest.hexdigest(), files=len(files), in_git=in_git)
+    for rel, sha in digests:
+        digest.update(rel.encode() + b"\0")
+        digest.update(bytes.fromhex(sha))
+    return digest.hexdigest()
 
 
 def git_state(root: Path, paths: Sequence[str] = (".",)) -> tuple[str | None, bool]:
@@ -148,7 +123,7 @@ def cache_key(
     params: Mapping[str, Any],
     code: str,
     env: str,
-    upstream: Mapping[str, str],
+    upstream: Iterable[str],
     inputs: Iterable[Mapping[str, str]] = (),
     execution: Mapping[str, Any] | None = None,
 ) -> str:
@@ -161,7 +136,7 @@ def cache_key(
         "params": keyed_params(params),
         "code": code,
         "env": env,
-        "upstream": dict(upstream),
+        "upstream": sorted(upstream),
         "inputs": sorted((dict(i) for i in inputs), key=canonical_json),
     }
     if execution:  # absent otherwise: keys of steps without it stay what they were

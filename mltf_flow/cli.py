@@ -9,6 +9,9 @@
     mltf-flow render --backend-config CFG PROJECT -e EP     the script `mlflow run --backend mltf` would submit
     mltf-flow doctor --profile NAME                         check a profile (incl. sbatch --test-only)
     mltf-flow job RUN_ID [--wait | --cancel]                a run `mlflow run --backend mltf` submitted
+    mltf-flow init DIR [--module NAME] [--force]            pipeline.yaml + Luigi module for DIR's MLproject
+                                                            (or a copy of the example project)
+    mltf-flow --version
 
 Exit codes of ``run`` follow ``configs/luigi.cfg``'s ``[retcode]``: 0 success, 30 a step failed,
 35 scheduling error, 25 not run, 20 missing input; 2 for bad input detected before anything ran.
@@ -23,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from mltf_flow import __version__
 from mltf_flow.errors import ConfigError, MltfFlowError
 
 EXIT_BAD_INPUT = 2
@@ -50,7 +54,7 @@ def _build_target(args: argparse.Namespace) -> Any:
     if unknown_steps and spec.declared:
         raise ConfigError(f"-P names unknown step(s) {sorted(unknown_steps)}; steps are: {', '.join(spec.steps)}.")
     task = make_task(str(spec.root), args.step, overrides, allow_extra=args.allow_extra_params,
-                     profile=getattr(args, "profile", None))
+                     profile=getattr(args, "profile", None), env_manager=getattr(args, "env_manager", None))
     _validate_tree(task)
     return task
 
@@ -66,6 +70,9 @@ def _validate_tree(task: Any, seen: set[str] | None = None) -> None:
     seen.add(task.task_id)
     if isinstance(task, MLflowStep):
         task.params()
+        # A docker_env project, conda without conda, a requirement pip cannot install: say so before
+        # anything runs (the environment is built here, once, and reused by the step).
+        task.environment()
         for dep in task.requirements().values():
             _validate_tree(dep, seen)
     elif isinstance(task, StageStep):
@@ -106,12 +113,39 @@ def cmd_status(args: argparse.Namespace) -> int:
             ref = current.output().run_ref()
             state = f"complete (run {ref.run_id})" if ref else "to run"
             print(f"{current.step_name():<20} {state:<45} key {key[:16] if key else '(after upstream)'}")
+            if args.files:
+                _print_code(current)
             todo.extend(current.requirements().values())
         elif isinstance(current, StageStep):
             manifest = current.output().read()
             state = f"staged ({len(manifest['files'])} files)" if manifest else "to stage"
             print(f"{'stage':<20} {state:<45} {current.uri().canonical}")
     return 0
+
+
+def _print_code(step: Any) -> None:
+    """What a step's key covers: its code files, and what was left out on purpose."""
+    from mltf_flow.config import load_settings
+    from mltf_flow.project_outputs import record_path
+
+    version = step.code_version()
+    selection = version.selection
+    environment = step.environment()
+    print(f"  code ({', '.join(step.code_paths)}): {version.files} file(s) in {selection.root}"
+          f"{' (git)' if selection.in_git else ''}")
+    for rel in selection.files:
+        print(f"    {rel}")
+    if selection.large:
+        print("  not hashed, large untracked files (list them in code: to make them part of the key):")
+        for rel in selection.large:
+            print(f"    {rel}")
+    if selection.outputs:
+        record = record_path(load_settings().work_dir, selection.root)
+        print(f"  not hashed, written by earlier step runs (record: {record}):")
+        for rel in selection.outputs:
+            print(f"    {rel}")
+    where = f" at {environment.prefix}" if environment.prefix else ""
+    print(f"  environment: {environment.manager}{where}")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -229,8 +263,16 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from mltf_flow.scaffold import init_project, report
+
+    print(report(init_project(args.directory, args.module, force=args.force), args.directory))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mltf-flow", description="MLflow projects as cached pipelines.")
+    parser.add_argument("--version", action="version", version=f"mltf-flow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (("run", "run a step and everything it needs"), ("status", "show what would run")):
         p = sub.add_parser(name, help=helptext)
@@ -239,6 +281,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-P", "--param", action="append", default=[], help="KEY=VALUE or STEP.KEY=VALUE")
         p.add_argument("--allow-extra-params", action="store_true", help="pass unknown -P as --key value")
         p.add_argument("--profile", default=None, help="cluster profile (mltf-flow profiles lists them)")
+        p.add_argument("--env-manager", default=None, choices=("local", "virtualenv", "uv", "conda"),
+                       help="the steps' environment, as for `mlflow run` (default: MLflow's for the project)")
+        if name == "status":
+            p.add_argument("--files", action="store_true", help="list the files each step's key covers")
         if name == "run":
             p.add_argument("--workers", type=int, default=1, help="Luigi worker processes")
             p.add_argument("--scheduler-host", default=None, help="central luigid (default: local scheduler)")
@@ -263,13 +309,18 @@ def _parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--wait", action="store_true", help="wait until it ended (exit 1 unless it completed)")
     group.add_argument("--cancel", action="store_true", help="scancel the job and mark the run KILLED")
+    p = sub.add_parser("init", help="start a pipeline in DIR: for its MLproject, or a copy of the example project")
+    p.add_argument("directory", metavar="DIR", help="a directory with your MLproject (kept), or a new/empty one")
+    p.add_argument("--module", default="pipeline_steps", help="name of the Luigi module to write (default: "
+                   "pipeline_steps)")
+    p.add_argument("--force", action="store_true", help="overwrite files that exist")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "status": cmd_status, "ui": cmd_ui, "config": cmd_config, "profiles": cmd_profiles,
-               "render": cmd_render, "doctor": cmd_doctor, "job": cmd_job}[args.command]
+               "render": cmd_render, "doctor": cmd_doctor, "job": cmd_job, "init": cmd_init}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

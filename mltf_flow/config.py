@@ -29,6 +29,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "prefetch_limit": (int,),
     "stderr_tail_lines": (int,),
     "profile": (str,),
+    "env_manager": (str, type(None)),
+    "env_root": (str, type(None)),
 }
 
 
@@ -43,6 +45,10 @@ class Settings:
     prefetch_limit: int
     stderr_tail_lines: int
     profile: str = "local"
+    #: --env-manager of steps that do not choose one; None = MLflow's default for the project.
+    env_manager: str | None = None
+    #: Where built environments live (shared by the nodes); default $MLFLOW_ENV_ROOT or ~/.mlflow/envs.
+    env_root: Path | None = None
 
     @property
     def is_local_store(self) -> bool:
@@ -131,4 +137,15 @@ def load_settings(**overrides: Any) -> Settings:
         prefetch_limit=values["prefetch_limit"],
         stderr_tail_lines=values["stderr_tail_lines"],
         profile=values.get("profile", "local"),
+        env_manager=_env_manager(values.get("env_manager")),
+        env_root=Path(values["env_root"]).expanduser().resolve() if values.get("env_root") else None,
     )
+
+
+def _env_manager(value: str | None) -> str | None:
+    from mltf_flow.environment import MANAGERS
+
+    if value is not None and value not in MANAGERS:
+        raise ConfigError(f"setting env_manager={value!r} (MLTF_FLOW_ENV_MANAGER or a config file) must be one of "
+                          f"{', '.join(MANAGERS)}, or unset for MLflow's default.")
+    return value

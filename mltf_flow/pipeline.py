@@ -10,7 +10,8 @@ The file is a sidecar: MLflow ignores it, so ``mlflow run`` keeps working on the
         entry_point: features
         inputs: {manifest: stage}       # parameter <- step (a stage step gives its manifest path)
         outputs: {features: features.mltft}
-        code: [features.py]             # files of the project this step depends on (default: all)
+        code: [features.py]             # the files its key covers (default: auto = the project's code,
+                                        # never its outputs; paths, globs, !glob: mltf_flow.code_set)
       train:
         entry_point: train
         inputs: {features: features.features}     # parameter <- step.output
@@ -56,7 +57,7 @@ class StepSpec:
     dataset: str | None = None
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
-    code: tuple[str, ...] = (".",)
+    code: tuple[str, ...] = ("auto",)
     requires: tuple[str, ...] = ()
     gpu: bool = False
     run_on: str = "driver"
@@ -123,10 +124,11 @@ def load_pipeline(project_dir: str | Path) -> PipelineSpec:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_STEP_KEYS)}.")
         if ("entry_point" in raw) == ("dataset" in raw):
             raise ConfigError(f"{where}: give either 'entry_point' (an MLproject step) or 'dataset' (a stage step).")
-        code = raw.get("code", ["."])
+        code = raw.get("code", ["auto"])
+        code = [code] if isinstance(code, str) else code
         requires = raw.get("requires", [])
         if not isinstance(code, list) or not isinstance(requires, list):
-            raise ConfigError(f"{where}: 'code' and 'requires' must be lists.")
+            raise ConfigError(f"{where}: 'code' must be 'auto' or a list of paths/globs, and 'requires' a list.")
         run_on, gpu = raw.get("run_on", "driver"), raw.get("gpu", False)
         if run_on not in ("driver", "worker", "ddp") or not isinstance(gpu, bool):
             raise ConfigError(f"{where}: run_on must be 'driver', 'worker' or 'ddp', and gpu true or false.")
@@ -205,7 +207,7 @@ def scoped_overrides(overrides: Mapping[str, Any], step: str, target: str, steps
 
 def make_task(
     project_dir: str, step: str, overrides: Mapping[str, Any], allow_extra: bool = False,
-    pipeline_profile: str | None = None, profile: str | None = None,
+    pipeline_profile: str | None = None, profile: str | None = None, env_manager: str | None = None,
 ) -> luigi.Task:
     """The Luigi task for ``step`` of the pipeline in ``project_dir``."""
     spec = load_pipeline(project_dir)
@@ -219,7 +221,7 @@ def make_task(
                          pipeline_profile=pipeline_profile, pipeline=spec.name)
     return PipelineStep(
         project_dir=str(spec.root), run_step=step, overrides=dict(overrides), allow_extra=allow_extra,
-        pipeline_profile=pipeline_profile, profile=profile,
+        pipeline_profile=pipeline_profile, profile=profile, env_manager=env_manager,
     )
 
 
@@ -261,7 +263,8 @@ class PipelineStep(MLflowStep):
         step = self.spec.step(self.run_step)
         inherited = self.profile or self.pipeline_profile
         return {
-            dep: make_task(self.project_dir, dep, self._upstream_overrides(), self.allow_extra, inherited)
+            dep: make_task(self.project_dir, dep, self._upstream_overrides(), self.allow_extra, inherited,
+                           env_manager=self.env_manager)
             for dep in step.dependencies()
         }
 

@@ -34,14 +34,20 @@ from mltf_flow.clusters.session import is_main_process, mark_main_process
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.errors import ConfigError, ParameterError
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
+from mltf_flow.project_outputs import load_outputs
+from mltf_flow.retcodes import apply_default_retcodes
 from mltf_flow.targets.mlflow_run import MLflowRunTarget
 
 if TYPE_CHECKING:
     from mltf_flow.clusters.profiles import Profile
+    from mltf_flow.environment import StepEnvironment
+
+# `luigi --module M` reads [retcode] right after importing M: failures must exit non-zero anywhere.
+apply_default_retcodes()
 
 INVOCATION_ENV = "MLTF_INVOCATION_ID"
 _MODEL_PREFIX = "model:"
-_OWN_PARAMS = ("profile", "pipeline_profile", "world_size")
+_OWN_PARAMS = ("profile", "pipeline_profile", "world_size", "env_manager")
 
 
 def invocation_id() -> str:
@@ -81,8 +87,9 @@ class MLflowStep(luigi.Task):
     pipeline: ClassVar[str | None] = None
     #: Step name in tags and logs; default: the entry point name.
     step: ClassVar[str | None] = None
-    #: Files/directories of the project this step's code depends on (all of it by default).
-    code_paths: ClassVar[tuple[str, ...]] = (".",)
+    #: The project's files this step's key covers: "auto" (its code, never its outputs), paths, globs,
+    #: "!glob" to leave files out (see mltf_flow.code_set).
+    code_paths: ClassVar[tuple[str, ...]] = ("auto",)
     #: Declared outputs: name -> artifact path in the run, or ``model:NAME`` for a logged model.
     outputs: ClassVar[Mapping[str, str]] = {}
     #: Parameters filled from requirements: param -> ``requirement`` or ``requirement.output``.
@@ -106,6 +113,11 @@ class MLflowStep(luigi.Task):
     pipeline_profile: str | None = luigi.OptionalParameter(
         default=None, significant=False, visibility=luigi.parameter.ParameterVisibility.HIDDEN,
         description="profile inherited from the step that requires this one",
+    )
+    env_manager: str | None = luigi.OptionalParameter(
+        default=None, significant=False,
+        description="local | virtualenv | uv | conda, like `mlflow run` (default: setting env_manager, else "
+                    "MLflow's default for the project); handed down to the steps this one requires",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -171,17 +183,44 @@ class MLflowStep(luigi.Task):
 
     # -- cache key ---------------------------------------------------------------------------------
     def code_version(self) -> CodeVersion:
+        """The step's code (``code_paths``), without the files earlier runs of the project wrote."""
         memo = self._memo.get("code")
         if memo is None or memo[0] != invocation_id():
-            memo = (invocation_id(), code_hash(self.project().root, self.code_paths))
+            root = self.project().root
+            outputs = load_outputs(load_settings().work_dir, root)
+            memo = (invocation_id(), code_hash(root, self.code_paths, command=self.entry().command, outputs=outputs))
             self._memo["code"] = memo
         version: CodeVersion = memo[1]
         return version
 
-    def cache_key(self) -> str | None:
-        """This step's cache key, or None while an upstream result does not exist yet."""
+    def env_manager_name(self) -> str:
+        """The env manager this step runs with (checked: a conda project without conda fails here)."""
+        from mltf_flow.environment import choose_manager
+
+        return choose_manager(self.project(), self.env_manager or load_settings().env_manager)
+
+    def environment(self) -> StepEnvironment:
+        """The step's software environment, built now if it does not exist yet (once per process)."""
+        if "env" not in self._memo:
+            from mltf_flow.environment import default_env_root, prepare
+
+            settings = load_settings()
+            self._memo["env"] = prepare(self.project(), self.env_manager_name(),
+                                        settings.env_root or default_env_root(),
+                                        log=lambda line: print(line, file=sys.stderr, flush=True))
+        environment: StepEnvironment = self._memo["env"]
+        return environment
+
+    def forget_key(self) -> None:
+        """Drop the memoised code version and key (after a run taught us which files are outputs)."""
+        self._memo.pop("code", None)
+        self._memo.pop("key", None)
+
+    def cache_key(self, code: CodeVersion | None = None) -> str | None:
+        """This step's cache key, or None while an upstream result does not exist yet. With ``code``:
+        the key this step has for that code version (used once a run showed which files are outputs)."""
         memo = self._memo.get("key")
-        if memo is not None and memo[0] == invocation_id():
+        if code is None and memo is not None and memo[0] == invocation_id():
             return str(memo[1])
         project, ep = self.project(), self.entry()
         values: dict[str, Any] = dict(self.params())
@@ -192,7 +231,6 @@ class MLflowStep(luigi.Task):
                     f"{self.task_family}.inputs maps {param!r} to {source!r}, but requires() has no "
                     f"{source.partition('.')[0]!r} (it has: {', '.join(requirements) or 'nothing'})."
                 )
-            values[param] = {"from": source}
         upstream: dict[str, str] = {}
         datasets: list[dict[str, str]] = []
         for name, task in requirements.items():
@@ -207,18 +245,23 @@ class MLflowStep(luigi.Task):
                 if not task.complete():
                     return None
                 upstream[name] = task.task_id
+        for param, source in self.inputs.items():
+            req_name, _, output = source.partition(".")
+            # What feeds the parameter, not what the requirement is called here: both front ends agree.
+            values[param] = {"from": upstream[req_name], "output": _output_spec(requirements[req_name], output)}
         key = cache_key(
             project=project.name,
             entry_point=ep.name,
             command=ep.command,
             params=values,
-            code=self.code_version().hash,
-            env=project.env_hash(),
-            upstream=upstream,
+            code=(code or self.code_version()).hash,
+            env=self.environment().key(),
+            upstream=upstream.values(),
             inputs=datasets,
             execution=self.execution_key(),
         )
-        self._memo["key"] = (invocation_id(), key)
+        if code is None:
+            self._memo["key"] = (invocation_id(), key)
         return key
 
     def execution_key(self) -> dict[str, Any]:
@@ -257,6 +300,8 @@ class MLflowStep(luigi.Task):
 
         if issubclass(cls, MLflowStep | StageStep):
             params.setdefault("pipeline_profile", self.profile or self.pipeline_profile)
+        if issubclass(cls, MLflowStep):
+            params.setdefault("env_manager", self.env_manager)
         if issubclass(cls, StageStep):
             params.setdefault("pipeline", self.pipeline_name())
         return cls(**params)
@@ -284,6 +329,11 @@ class MLflowStep(luigi.Task):
 
     # -- as an upstream of other steps -------------------------------------------------------------
     def upstream_key(self) -> str | None:
+        if self.output().exists():
+            return self.cache_key()
+        # Our run may have completed in another process of this invocation and learnt that some files of
+        # the project are outputs (its key then leaves them out): look again with a fresh key.
+        self.forget_key()
         return self.cache_key() if self.output().exists() else None
 
     def dataset_inputs(self) -> list[dict[str, str]]:
@@ -328,8 +378,9 @@ class MLflowStep(luigi.Task):
         return LocalLauncher()
 
     def command_env(self, settings: Settings, run_id: str, experiment_id: str) -> dict[str, str]:
-        """Environment of the command: ours plus MLflow's run variables, with this interpreter first
-        on PATH so ``python`` in the MLproject command is the one mltf_flow runs in."""
+        """Environment of the command: ours plus MLflow's run variables, with the step's environment
+        (:meth:`environment`) first on PATH, so ``python`` in the MLproject command is the one it built
+        (or, with ``local``, the one mltf_flow runs in)."""
         # Our own invocation bookkeeping must not leak into the command: a command that runs a
         # pipeline itself starts an invocation of its own.
         env = {k: v for k, v in os.environ.items()
@@ -344,8 +395,11 @@ class MLflowStep(luigi.Task):
             MLTF_WORK_DIR=str(settings.work_dir),
             PYTHONUNBUFFERED="1",
         )
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-        return env
+        from mltf_flow.pyenv import helpers_overlay
+
+        environment = self.environment()
+        overlay = helpers_overlay(settings.work_dir / "pylib") if environment.prefix is not None else None
+        return environment.command_env(env, overlay)
 
     def run(self) -> None:
         from mltf_flow.step_run import execute_step
@@ -363,6 +417,14 @@ class MLflowStep(luigi.Task):
             if not ok:
                 missing.append(f"{name} ({spec})")
         return missing
+
+
+def _output_spec(task: luigi.Task, output: str) -> str:
+    """The artifact path (or ``model:NAME``) behind output ``output`` of an upstream task, for keys."""
+    if isinstance(task, MLflowStep):
+        name = output or (next(iter(task.outputs)) if len(task.outputs) == 1 else "")
+        return task.outputs.get(name, name)
+    return output or "manifest"  # a stage step has one output, its manifest
 
 
 def _luigi_workers() -> int:

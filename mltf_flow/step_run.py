@@ -19,14 +19,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mltf_flow.cache_key import git_state
+from mltf_flow.cache_key import CodeVersion, git_state
 from mltf_flow.clusters import session
+from mltf_flow.code_set import command_files
 from mltf_flow.config import load_settings
 from mltf_flow.errors import OutputMissing, StepError, StepFailed
 from mltf_flow.launch.base import LaunchRequest
 from mltf_flow.mlproject import mlflow_command
 from mltf_flow.progress import ClusterProgress, report_status
-from mltf_flow.run_index import RunRef, run_index
+from mltf_flow.project_outputs import remember_outputs, snapshot, written
+from mltf_flow.run_index import TAG_KEY, RunRef, run_index
 from mltf_flow.step import Upstream, display_command, invocation_id
 from mltf_flow.tracking import Tracker, lineage_key_tags
 
@@ -40,6 +42,33 @@ def _tracking_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | N
     return None
 
 
+def _settle_key(step: MLflowStep, tracker: Tracker, run_id: str, key: str, code: CodeVersion,
+                wrote: list[str]) -> str:
+    """The run's final key. If the command wrote files the key had counted as code (a tracked file it
+    rewrites, an output left by a hand run) and the step's code rules leave them out now that they are
+    known outputs, the run is keyed without them (contents as hashed before the run), so the next
+    identical invocation finds it. Files an explicit ``code:`` list still covers are warned about."""
+    hashed = {rel for rel, _ in code.digests}
+    if not set(wrote) & hashed:
+        return key
+    step.forget_key()
+    fresh = step.code_version().selection
+    still = sorted(set(wrote) & set(fresh.files if fresh else ()))
+    if still:
+        print(f"mltf_flow: warning: step '{step.step_name()}' wrote {len(still)} file(s) that its code list "
+              f"{list(step.code_paths)} covers ({', '.join(still[:5])}{', ...' if len(still) > 5 else ''}): its key "
+              "changes with every run, so every invocation runs it again. Leave them out ('!out/*') or use "
+              "code: auto.", file=sys.stderr, flush=True)
+    dropped = (set(wrote) & hashed) - set(still)
+    settled = step.cache_key(code.without(dropped)) if dropped else key
+    step.forget_key()
+    if settled is None or settled == key:
+        return key
+    tracker.set_tags(run_id, {TAG_KEY: settled, "mltf.code_hash": code.without(dropped).hash,
+                              "mltf.key_before_run": key})
+    return settled
+
+
 def execute_step(step: MLflowStep) -> None:
     settings = load_settings()
     name = step.step_name()
@@ -49,6 +78,7 @@ def execute_step(step: MLflowStep) -> None:
     project = step.project()
     values = step.params()
     code = step.code_version()
+    environment = step.environment()
 
     # 1. Resolve upstream outputs into parameters and compute the command before creating a run.
     requirements = step.requirements()
@@ -94,7 +124,9 @@ def execute_step(step: MLflowStep) -> None:
         "mltf.role": "step",
         "mltf.task_id": step.task_id,
         "mltf.code_hash": code.hash,
-        "mltf.env_hash": project.env_hash(),
+        "mltf.env_hash": environment.key(),
+        "mltf.env_manager": environment.manager,
+        "mltf.code_files": str(code.files),
         "mltf.upstream_run_ids": json.dumps(upstream_runs, sort_keys=True),
         "mltf.inputs": json.dumps(datasets, sort_keys=True),
         "mltf.profile": profile.name,
@@ -109,7 +141,14 @@ def execute_step(step: MLflowStep) -> None:
         "mlflow.project.backend": "mltf-local",
         "mlflow.project.env": project.env_type or "local",
     }
-    commit, dirty = git_state(project.root, step.code_paths) if code.in_git else (None, False)
+    if environment.prefix is not None:
+        tags["mltf.env_prefix"] = str(environment.prefix)
+    if code.selection is not None and code.selection.large:
+        # Reported, never silently hashed: the run says which big files its key does not cover.
+        tags["mltf.code_not_hashed"] = ",".join(code.selection.large)[:4000]
+    # "auto" is no path for git: ask about the project directory then (its untracked outputs count as dirty).
+    git_paths = ["."] if "auto" in step.code_paths else [p for p in step.code_paths if not p.startswith("!")]
+    commit, dirty = git_state(project.root, git_paths) if code.in_git else (None, False)
     if commit:
         tags["mlflow.source.git.commit"] = commit
         tags["mltf.git_dirty"] = str(dirty).lower()
@@ -137,12 +176,18 @@ def execute_step(step: MLflowStep) -> None:
     try:
         for req_name, path in manifests.items():
             tracker.log_artifact(run_id, path, "mltf/inputs", name=f"{req_name}.manifest.json")
+        if environment.packages:
+            packages = settings.work_dir / "storage" / invocation_id() / name / "environment.txt"
+            packages.parent.mkdir(parents=True, exist_ok=True)
+            packages.write_text(environment.packages)
+            tracker.log_artifact(run_id, packages, "mltf", name="environment.txt")
 
         def record_pid(pid: int) -> None:
             tracker.set_tags(run_id, {"mltf.command_pid": str(pid)})
 
         env = step.command_env(settings, run_id, experiment_id)
         env["DASK_SCHEDULER_ADDRESS"] = address
+        before = snapshot(project.root)
         with ClusterProgress(step, client, f"{name} (dashboard {dashboard})"):
             result = step.launcher(client, profile).launch(
                 LaunchRequest(
@@ -158,6 +203,8 @@ def execute_step(step: MLflowStep) -> None:
                 )
             )
         extra_logs = result.extra_logs
+        wrote = written(before, snapshot(project.root), keep=command_files(project.root, step.entry().command))
+        remember_outputs(settings.work_dir, project.root, wrote, name, run_id)
         if profile.kind == "slurm":
             later = session.worker_job_ids(client)
             if later and later != job_ids:
@@ -186,6 +233,7 @@ def execute_step(step: MLflowStep) -> None:
                 step=name,
                 run_id=run_id,
             )
+        key = _settle_key(step, tracker, run_id, key, code, wrote)
         tracker.finish_step(run_id, ok=True, exit_code=0)
         finished = True
         tracker.settle_parent(parent_id, step=name, ok=True)

@@ -22,6 +22,23 @@ EXAMPLE = REPO / "pipelines" / "jet_tagging"
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture(scope="session")
+def env_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built environments, shared by the session's tests (each is built once, as on a real machine)."""
+    return tmp_path_factory.mktemp("envs")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_env(env_root: Path) -> Iterator[None]:
+    """Set before any fixture of any scope (module-scoped pipeline runs too): steps run in this venv
+    (``local``) unless a test asks for a built environment (the example declares torch & co.), and built
+    environments go to the session's env root, never to ~/.mlflow/envs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLTF_FLOW_ENV_MANAGER", "local")
+        patch.setenv("MLTF_FLOW_ENV_ROOT", str(env_root))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads the developer's settings or writes outside its tmp dir."""

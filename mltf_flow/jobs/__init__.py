@@ -11,7 +11,7 @@ reports its own outcome:
 * :mod:`~mltf_flow.jobs.submit`     project + parameters + config -> a submitted job and its MLflow run;
 * :mod:`~mltf_flow.jobs.wrapper`    runs inside the job around the command and records how it ended;
 * :mod:`~mltf_flow.jobs.task`       one ``srun`` task of a multi-task job, with the torchrun variables;
-* :mod:`~mltf_flow.jobs.pyenv`      the project's ``python_env.yaml`` environment, built on the node;
+* :mod:`~mltf_flow.pyenv`      the project's ``python_env.yaml`` environment, built on the node;
 * :mod:`~mltf_flow.jobs.record`     the wrapper's status record (read back when SLURM forgot the job);
 * :mod:`~mltf_flow.jobs.states`     every SLURM job state and what it means for the MLflow run;
 * :mod:`~mltf_flow.jobs.query`      batched ``squeue`` / ``scontrol`` / ``sacct`` polling;

@@ -134,7 +134,7 @@ def _fetch(project_uri: str, version: str | None, entry_point: str, params: Mapp
 
 
 def _env_manager(config: BackendConfig, project: Project) -> tuple[str, dict[str, Any] | None]:
-    from mltf_flow.jobs.pyenv import PythonEnv, read_python_env
+    from mltf_flow.pyenv import PythonEnv, read_python_env
 
     wanted = config.env_manager
     where = project.mlproject_path or project.root
@@ -228,9 +228,13 @@ def plan_job(project_uri: str, entry_point: str, params: Mapping[str, Any] | Non
 
     keyed = keyed_params(values)
     execution = {"world_size": config.tasks} if config.tasks > 1 else None
-    code = code_hash(project.root)
+    from mltf_flow.project_outputs import load_outputs
+
+    # The same code rules as pipeline steps (mltf_flow.code_set), so both find each other's runs. The
+    # environment enters as its declaration: a virtualenv is built later, in the job.
+    code = code_hash(project.root, command=ep.command, outputs=load_outputs(settings.work_dir, project.root))
     key = cache_key(project=project.name, entry_point=ep.name, command=ep.command, params=keyed, code=code.hash,
-                    env=project.env_hash(), upstream={}, execution=execution)
+                    env=project.env_hash(), upstream=(), execution=execution)
     from mltf_flow.tracking import lineage_key_tags
 
     tags = {

@@ -6,7 +6,7 @@ It owns the MLflow run's status from here on, because MLflow alone gets it wrong
 
 1. it writes the job's record (:mod:`mltf_flow.jobs.record`) and, in a thread while the command starts,
    marks the run RUNNING with the node and job id;
-2. it builds or activates the Python environment (:mod:`mltf_flow.jobs.pyenv` for ``virtualenv``);
+2. it builds or activates the Python environment (:mod:`mltf_flow.pyenv` for ``virtualenv``);
 3. it runs the command (once, or once per ``srun`` task with the torchrun variables when the job has
    several tasks), its output going to the job's log;
 4. SIGUSR1 (``--signal=B:USR1@N``, SLURM's warning before the time limit) is noted and, if configured,
@@ -211,7 +211,7 @@ class Wrapper:
         env.update(MLFLOW_TRACKING_URI=spec.tracking_uri, MLFLOW_RUN_ID=spec.run_id,
                    MLFLOW_EXPERIMENT_ID=spec.experiment_id, MLTF_SLURM_JOB_DIR=spec.job_dir)
         if spec.env_manager == "virtualenv":
-            from mltf_flow.jobs.pyenv import PythonEnv, ensure_env
+            from mltf_flow.pyenv import PythonEnv, ensure_env
 
             target = ensure_env(PythonEnv.from_mapping(spec.python_env or {}, "python_env"), spec.env_hash,
                                 Path(spec.env_root), Path(spec.project_dir), log=_say)
@@ -230,16 +230,12 @@ class Wrapper:
         return env
 
     def _helpers_overlay(self) -> str:
-        """A directory holding only ``mltf_flow`` (a link to this package), for built environments: scripts
-        may use its job-side helpers (checkpoint, ddp, tensorfile) without the rest of this venv."""
+        """``mltf_flow`` alone, for built environments (see :func:`mltf_flow.pyenv.helpers_overlay`)."""
         if not self.spec.helpers_dir:
             return ""
-        overlay = Path(self.spec.job_dir) / "pylib"
-        overlay.mkdir(parents=True, exist_ok=True)
-        link = overlay / "mltf_flow"
-        if not link.exists():
-            link.symlink_to(Path(self.spec.helpers_dir) / "mltf_flow", target_is_directory=True)
-        return str(overlay)
+        from mltf_flow.pyenv import helpers_overlay
+
+        return str(helpers_overlay(Path(self.spec.job_dir) / "pylib"))
 
     def command(self, env: dict[str, str]) -> str:
         """The command line to run: the entry point's, or ``srun`` of it once per task."""

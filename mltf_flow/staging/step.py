@@ -22,10 +22,13 @@ import luigi
 
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.progress import report_status
+from mltf_flow.retcodes import apply_default_retcodes
 from mltf_flow.staging.local import stage_local
 from mltf_flow.staging.manifest import write_manifest
 from mltf_flow.staging.uri import DatasetURI, parse_dataset_uri
 from mltf_flow.targets.manifest import ManifestTarget
+
+apply_default_retcodes()  # see mltf_flow.retcodes: failures exit non-zero wherever luigi runs
 
 
 class StageStep(luigi.Task):

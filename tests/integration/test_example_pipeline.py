@@ -152,3 +152,28 @@ def test_example_project_still_runs_under_plain_mlflow_run(tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.output
     assert (tmp_path / "d" / "jets_000.root").is_file()
+
+
+def test_luigi_and_pipeline_yaml_reuse_each_others_runs(
+    first_run: tuple[dict[str, str], str], jet_sample: Path
+) -> None:
+    """`luigi --module pipelines Train` (Python classes) and `mltf-flow run pipelines/jet_tagging --step train`
+    (pipeline.yaml) describe the same steps: each finds the runs the other made."""
+    from tests.conftest import EXAMPLE, run_mltf
+
+    env, uri = first_run
+    before = len(runs(uri))
+    yaml_args = ["run", str(EXAMPLE), "--step", "train", "-P", f"stage.dataset={jet_sample}"]
+    result = run_mltf(*yaml_args, "-P", "epochs=2", env=env)
+    assert result.returncode == 0, result.output
+    assert "Did not run any tasks" in result.output
+    assert len(runs(uri)) == before
+
+    n_features, n_train = len(step_runs(uri, "features")), len(step_runs(uri, "train"))
+    result = run_mltf(*yaml_args, "-P", "epochs=3", env=env)  # new: made by the pipeline.yaml front end
+    assert result.returncode == 0, result.output
+    assert (len(step_runs(uri, "features")), len(step_runs(uri, "train"))) == (n_features, n_train + 1)
+    result = run_luigi("--module", "pipelines", "Train", "--dataset", str(jet_sample), "--epochs", "3", env=env)
+    assert result.returncode == 0, result.output
+    assert "Did not run any tasks" in result.output
+    assert len(step_runs(uri, "train")) == n_train + 1

@@ -25,7 +25,7 @@ BASE: dict[str, Any] = {
     "params": {"epochs": 3, "lr": 0.001},
     "code": "c" * 64,
     "env": "e" * 64,
-    "upstream": {"features": "k" * 64},
+    "upstream": ["k" * 64],
     "inputs": [{"uri": "file:///data/a", "digest": "1" * 64}],
 }
 
@@ -35,7 +35,7 @@ def key(**changes: Any) -> str:
 
 
 def test_key_is_sha256_of_the_documented_canonical_json() -> None:
-    doc = {**BASE, "v": KEY_VERSION}
+    doc = {**BASE, "v": KEY_VERSION, "upstream": sorted(BASE["upstream"])}
     expected = hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert key() == expected
 
@@ -60,9 +60,9 @@ def test_key_equal_for_equal_normalised_inputs() -> None:
         ("params", {"epochs": 3, "lr": 0.001, "seed": 1}),
         ("code", "d" * 64),
         ("env", "f" * 64),
-        ("upstream", {"features": "j" * 64}),
-        ("upstream", {"feats": "k" * 64}),
-        ("upstream", {}),
+        ("upstream", ["j" * 64]),
+        ("upstream", ["k" * 64, "j" * 64]),
+        ("upstream", []),
         ("inputs", [{"uri": "file:///data/a", "digest": "2" * 64}]),
         ("inputs", [{"uri": "file:///data/b", "digest": "1" * 64}]),
         ("inputs", []),
@@ -123,7 +123,7 @@ def repo(tmp_path: Path, isolated_git: None) -> Path:
 def test_code_hash_in_git(repo: Path) -> None:
     version = code_hash(repo)
     assert version.in_git
-    assert version.files == 4
+    assert version.files == 3  # train.py, features.py, lib/util.py: .gitignore is VCS metadata
     assert len(version.hash) == 64
 
 
@@ -203,7 +203,7 @@ def test_outside_git_hashes_contents_and_skips_caches(tmp_path: Path, isolated_g
     root = make_tree(tmp_path / "plain")
     original = code_hash(root)
     assert not original.in_git
-    assert original.files == 4
+    assert original.files == 3
     (root / "lib" / "__pycache__").mkdir()
     (root / "lib" / "__pycache__" / "util.cpython-311.pyc").write_bytes(b"\0")
     (root / "lib" / "__pycache__" / "notes.txt").write_text("cache dir\n")
@@ -264,3 +264,134 @@ def test_git_state_reports_head_and_dirty(repo: Path) -> None:
     (repo / "lib" / "untracked.py").write_text("z = 0\n")
     assert git_state(repo) == (new_head, True)
     assert git_state(repo, ("train.py",)) == (new_head, False)
+
+
+# -- what is code: outputs written into the project never change the key (mltf_flow.code_set) ----------
+OUTPUTS = {
+    "out/model.pkl": b"\x80pickle",
+    "plot.png": b"\x89PNG",
+    "metrics.json": b'{"loss": 1}',
+    "train.log": b"epoch 1\n",
+    "results.csv": b"a,b\n1,2\n",
+    "lightning_logs/version_0/hparams.yaml": b"lr: 1\n",
+    "mlruns/0/meta.yaml": b"x: 1\n",
+}
+
+
+def write_outputs(root: Path, files: dict[str, bytes] = OUTPUTS) -> None:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
+@pytest.mark.parametrize("in_git", [True, False])
+def test_data_like_outputs_are_not_code(repo: Path, tmp_path: Path, in_git: bool) -> None:
+    root = repo if in_git else make_tree(tmp_path / "plain")
+    original = code_hash(root)
+    write_outputs(root)
+    after = code_hash(root)
+    assert after == original
+    assert after.selection is not None and "out/model.pkl" not in after.selection.files
+
+
+@pytest.mark.parametrize("in_git", [True, False])
+def test_new_source_and_config_files_are_code(repo: Path, tmp_path: Path, in_git: bool) -> None:
+    root = repo if in_git else make_tree(tmp_path / "plain")
+    original = code_hash(root)
+    (root / "config.yaml").write_text("lr: 0.1\n")
+    with_config = code_hash(root)
+    assert with_config.hash != original.hash
+    (root / "run.sh").write_text("echo hi\n")
+    assert code_hash(root).hash != with_config.hash
+
+
+def test_large_untracked_files_are_reported_not_hashed(repo: Path) -> None:
+    original = code_hash(repo)
+    (repo / "weights.py").write_bytes(b"#" * (2 * 1024 * 1024))  # even with a source suffix
+    (repo / "sample.root").write_bytes(b"\0" * (2 * 1024 * 1024))
+    after = code_hash(repo)
+    assert after == original
+    assert after.selection is not None and after.selection.large == ("sample.root", "weights.py")
+
+
+def test_large_tracked_file_is_code(repo: Path) -> None:
+    (repo / "calib.dat").write_bytes(b"\1" * (2 * 1024 * 1024))
+    git(repo, "add", "calib.dat")
+    git(repo, "commit", "-qm", "calibration")
+    original = code_hash(repo)
+    assert original.selection is not None and "calib.dat" in original.selection.files
+    (repo / "calib.dat").write_bytes(b"\2" * (2 * 1024 * 1024))
+    assert code_hash(repo).hash != original.hash
+
+
+def test_files_the_command_names_are_code_whatever_their_suffix(tmp_path: Path, isolated_git: None) -> None:
+    root = make_tree(tmp_path / "plain")
+    (root / "cuts.dat").write_text("pt > 1\n")
+    command = "python train.py --cuts cuts.dat --threshold={threshold}"
+    original = code_hash(root, command=command)
+    assert original.selection is not None and "cuts.dat" in original.selection.files
+    (root / "cuts.dat").write_text("pt > 2\n")
+    assert code_hash(root, command=command).hash != original.hash
+    assert code_hash(root).hash == code_hash(root, command="python train.py").hash  # .dat: not code otherwise
+
+
+@pytest.mark.parametrize("in_git", [True, False])
+def test_recorded_outputs_are_not_code_but_scripts_always_are(repo: Path, tmp_path: Path, in_git: bool) -> None:
+    """Config-like files (yaml, toml, ...) are code until a step run of the project is seen writing them."""
+    root = repo if in_git else make_tree(tmp_path / "plain")
+    (root / "summary.yaml").write_text("loss: 1\n")
+    (root / "metrics.json").write_text("{}\n")  # never code when untracked and unnamed: no record needed
+    with_summary = code_hash(root)
+    recorded = {"summary.yaml", "train.py"}
+    baseline = code_hash(root, outputs=recorded)
+    assert baseline.selection is not None
+    assert baseline.selection.outputs == ("summary.yaml",)
+    assert "metrics.json" not in baseline.selection.files
+    assert "train.py" in baseline.selection.files  # a script a run "wrote" is still code: users edit them
+    (root / "summary.yaml").write_text("loss: 0.5\n")
+    assert code_hash(root, outputs=recorded) == baseline
+    assert code_hash(root).hash != with_summary.hash
+
+
+def test_recorded_tracked_output_is_not_code(repo: Path) -> None:
+    (repo / "results").mkdir()
+    (repo / "results" / "latest.yaml").write_text("acc: 0.5\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "results")
+    before = code_hash(repo, outputs={"results/latest.yaml"})
+    (repo / "results" / "latest.yaml").write_text("acc: 0.9\n")
+    assert code_hash(repo, outputs={"results/latest.yaml"}) == before
+
+
+def test_explicit_lists_globs_and_exclusions(repo: Path) -> None:
+    write_outputs(repo)
+    explicit = code_hash(repo, ("train.py", "metrics.json"))
+    assert explicit.selection is not None and explicit.selection.files == ("metrics.json", "train.py")
+    globbed = code_hash(repo, ("lib/*.py",))
+    assert globbed.selection is not None and globbed.selection.files == ("lib/util.py",)
+    auto_minus = code_hash(repo, ("auto", "!lib/*"))
+    assert auto_minus.selection is not None and auto_minus.selection.files == ("features.py", "train.py")
+    auto_plus = code_hash(repo, ("auto", "results.csv"))
+    assert auto_plus.selection is not None and "results.csv" in auto_plus.selection.files
+    with pytest.raises(ConfigError, match=r"nothing\*"):
+        code_hash(repo, ("nothing*",))
+
+
+def test_project_outputs_record_learns_what_a_run_wrote(tmp_path: Path) -> None:
+    from mltf_flow.project_outputs import load_outputs, remember_outputs, snapshot, written
+
+    root = make_tree(tmp_path / "plain")
+    (root / "summary.yaml").write_text("loss: 1\n")
+    before = snapshot(root)
+    (root / "summary.yaml").write_text("loss: 0.5, longer\n")
+    (root / "train.py").write_text("EPOCHS = 1\n")
+    (root / "cfg.json").write_text("{}\n")
+    (root / "out").mkdir()
+    (root / "out" / "new.yaml").write_text("a: 1\n")
+    changed = written(before, snapshot(root), keep={"cfg.json"})
+    assert changed == ["out/new.yaml", "summary.yaml"]
+    work = tmp_path / "work"
+    assert load_outputs(work, root) == frozenset()
+    remember_outputs(work, root, changed, "train", "r1")
+    remember_outputs(work, root, ["more.json"], "eval", "r2")
+    assert load_outputs(work, root) == {"out/new.yaml", "summary.yaml", "more.json"}

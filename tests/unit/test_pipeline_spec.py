@@ -102,7 +102,7 @@ INVALID = [
      "requires unknown step 'lint'"),
     ("    dataset: data/jet_sample\n", "    dataset: data/jet_sample\n    inputs: {x: train}\n",
      "a stage step has no inputs or outputs"),
-    ("code: [train.py]", "code: train.py", "'code' and 'requires' must be lists"),
+    ("code: [train.py]", "code: {train.py: 1}", "'code' must be 'auto' or a list"),
     ("inputs: {manifest: stage}", "inputs: [stage]", "inputs must be a mapping"),
     ("  stage:\n    dataset: data/jet_sample\n", "  stage: data/jet_sample\n",
      "step 'stage' must be a mapping"),
@@ -152,7 +152,7 @@ def test_project_without_pipeline_file_has_one_step_per_entry_point(project: Pat
     spec = load_pipeline(project)
     assert not spec.declared and spec.name == "jet_tagging"
     assert spec.steps == {n: StepSpec(name=n, entry_point=n) for n in ("generate", "features", "train")}
-    assert all(s.dependencies() == [] and s.code == (".",) for s in spec.steps.values())
+    assert all(s.dependencies() == [] and s.code == ("auto",) for s in spec.steps.values())
     assert spec.step("train.py") == StepSpec(name="train.py", entry_point="train.py")
     with pytest.raises(ConfigError, match="entry points are: features, generate, train"):
         spec.step("evaluate")

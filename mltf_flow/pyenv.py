@@ -1,14 +1,18 @@
-"""A project's ``python_env.yaml`` environment, built inside the job on the compute node, cached, shared.
+"""A project's ``python_env.yaml`` environment, built where the command runs, once, cached, shared.
 
-``--env-manager virtualenv`` asks for the environment the project declares. mlflow-slurm builds it on
-the login node (another CPU architecture or glibc than the GPU node, and a Python that may not exist
-there); here the job builds it where it runs, once:
+One builder for both front ends: pipeline steps build it on the machine that runs Luigi (before the key
+is computed: the resolved packages are part of it), ``mlflow run --backend mltf`` jobs build it inside
+the job on the compute node. ``--env-manager virtualenv`` builds with ``venv`` + pip, ``uv`` with
+``uv venv`` + ``uv pip``. mlflow-slurm builds it on the login node (another CPU architecture or glibc
+than the GPU node, and a Python that may not exist there); here it is built where it runs:
 
 * the environment's name covers the declaration (and the requirement files it names), the node's machine
   type and the Python it is built with, so x86_64 and aarch64 nodes never share one;
 * builds are serialised by a lock file next to it (jobs starting together wait for the first one);
 * a marker file is written last, so a build that was killed half-way is removed and redone, never used
   (MLflow's own ``_create_virtualenv`` reuses any directory that exists);
+* the resolved packages (``pip freeze``) are written next to the marker (:func:`frozen_packages`): runs
+  record them, and a step's cache key covers them;
 * the environment lives under the env root (``env_root`` in the backend config, else ``MLFLOW_ENV_ROOT``,
   else ``~/.mlflow/envs``), which must be on a filesystem the nodes share.
 
@@ -35,6 +39,8 @@ from typing import Any
 from mltf_flow.errors import ConfigError, EnvBuildError
 
 _MARKER = ".mltf-env-complete"
+_FREEZE = ".mltf-freeze.txt"
+TOOLS = ("pip", "uv")
 
 
 @dataclass(frozen=True)
@@ -118,8 +124,41 @@ def find_python(wanted: str) -> tuple[str, str]:
     )
 
 
-def env_name(env_hash: str, version: str) -> str:
-    return f"mltf-{env_hash[:16]}-{platform.machine()}-py{version}"
+def env_name(env_hash: str, version: str, tool: str = "pip") -> str:
+    kind = "" if tool == "pip" else f"-{tool}"
+    return f"mltf-{env_hash[:16]}{kind}-{platform.machine()}-py{version}"
+
+
+def _freeze(target: Path, tool: str) -> str:
+    python = str(target / "bin" / "python")
+    args = [_uv(), "pip", "freeze", "--python", python] if tool == "uv" else [python, "-m", "pip", "freeze", "--all"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    if proc.returncode != 0:
+        raise EnvBuildError(f"listing the packages of {target} failed (exit code {proc.returncode}): "
+                            f"{proc.stderr.strip()[-500:]}")
+    return "".join(sorted(line + "\n" for line in proc.stdout.splitlines() if line.strip()))
+
+
+def frozen_packages(target: Path) -> str:
+    """The resolved packages of a built environment (``name==version`` lines, sorted)."""
+    return (target / _FREEZE).read_text()
+
+
+def _uv() -> str:
+    found = shutil.which("uv") or shutil.which("uv", path=os.path.dirname(sys.executable))
+    if found is None:
+        raise EnvBuildError("--env-manager uv needs the `uv` command: pip install uv, or use --env-manager virtualenv.")
+    return found
+
+
+def helpers_overlay(directory: Path) -> Path:
+    """A directory holding only ``mltf_flow`` (a link to this package), for built environments: scripts
+    may use its helpers (checkpoint, ddp, tensorfile) without the rest of mltf_flow's environment."""
+    directory.mkdir(parents=True, exist_ok=True)
+    link = directory / "mltf_flow"
+    if not link.exists():
+        link.symlink_to(Path(__file__).resolve().parent, target_is_directory=True)
+    return directory
 
 
 def _run(args: list[str], cwd: Path, log: Callable[[str], None], what: str) -> None:
@@ -133,11 +172,13 @@ def _run(args: list[str], cwd: Path, log: Callable[[str], None], what: str) -> N
 
 
 def ensure_env(spec: PythonEnv, env_hash: str, root: Path, project_dir: Path,
-               log: Callable[[str], None] = print) -> Path:
-    """The directory of the built environment (built now if missing or incomplete)."""
+               log: Callable[[str], None] = print, tool: str = "pip") -> Path:
+    """The directory of the built environment (built now if missing or incomplete); ``tool`` is pip
+    (``--env-manager virtualenv``) or uv."""
     python, version = find_python(spec.python)
     # The project's env hash covers its files; the spec adds what was derived (MLflow's default env).
-    name = env_name(hashlib.sha256(f"{env_hash}:{sorted(spec.as_dict().items())}".encode()).hexdigest(), version)
+    name = env_name(hashlib.sha256(f"{env_hash}:{sorted(spec.as_dict().items())}".encode()).hexdigest(), version,
+                    tool)
     target = root / name
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{name}.lock", "a+") as lock:
@@ -147,13 +188,20 @@ def ensure_env(spec: PythonEnv, env_hash: str, root: Path, project_dir: Path,
         try:
             if (target / _MARKER).exists():
                 log(f"mltf_flow: reusing environment {target}")
+                if not (target / _FREEZE).exists():  # built by an older mltf_flow
+                    (target / _FREEZE).write_text(_freeze(target, tool))
                 return target
             if target.exists():
                 log(f"mltf_flow: removing the incomplete environment {target} (a build was interrupted)")
                 shutil.rmtree(target)
             log(f"mltf_flow: building environment {target} with Python {version} ({python}) on {platform.node()}")
-            _run([python, "-m", "venv", str(target)], project_dir, log, "creating the virtualenv")
-            pip = [str(target / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
+            if tool == "uv":
+                _run([_uv(), "venv", "--quiet", "--python", python, str(target)], project_dir, log,
+                     "creating the virtualenv (uv)")
+                pip = [_uv(), "pip", "install", "--python", str(target / "bin" / "python")]
+            else:
+                _run([python, "-m", "venv", str(target)], project_dir, log, "creating the virtualenv")
+                pip = [str(target / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
             if spec.build_dependencies:
                 _run([*pip, *spec.build_dependencies], project_dir, log, "installing build_dependencies")
             if spec.dependencies:
@@ -161,6 +209,7 @@ def ensure_env(spec: PythonEnv, env_hash: str, root: Path, project_dir: Path,
                 # project directory, as MLflow does.
                 args = [part for dep in spec.dependencies for part in shlex.split(dep)]
                 _run([*pip, *args], project_dir, log, "installing dependencies")
+            (target / _FREEZE).write_text(_freeze(target, tool))
             (target / _MARKER).write_text(f"{spec.as_dict()}\n")
             return target
         except BaseException:

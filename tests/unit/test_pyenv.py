@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mltf_flow.errors import EnvBuildError
-from mltf_flow.jobs.pyenv import PythonEnv, ensure_env, find_python, read_python_env
+from mltf_flow.pyenv import PythonEnv, ensure_env, find_python, read_python_env
 from tests.conftest import make_wheel
 
 HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
