@@ -192,7 +192,7 @@ def test_cli_trains_the_example_with_our_profile_and_mlflow_slurm_configs(
     # mlflow-slurm's keys reached the script, which also landed where sbatch-script-file asked.
     script = script_copy.read_text()
     assert "#SBATCH --gpus-per-node=1" in script and "export MLTF_TEST_MARK=from-environment" in script
-    assert f"#SBATCH --chdir={EXAMPLE}" in script  # the project, not the submit directory
+    assert f"#SBATCH --chdir={EXAMPLE.resolve()}" in script  # the project, not the submit directory
     assert not in_queue(job_id)
 
 
