@@ -48,9 +48,9 @@ def _settle_key(step: MLflowStep, tracker: Tracker, run_id: str, key: str, code:
     rewrites, an output left by a hand run) and the step's code rules leave them out now that they are
     known outputs, the run is keyed without them (contents as hashed before the run), so the next
     identical invocation finds it. Files an explicit ``code:`` list still covers are warned about."""
-    hashed = {rel for rel, _ in code.digests}
-    if not set(wrote) & hashed:
+    if not wrote:
         return key
+    hashed = {rel for rel, _ in code.digests}
     step.forget_key()
     fresh = step.code_version().selection
     still = sorted(set(wrote) & set(fresh.files if fresh else ()))

@@ -39,6 +39,15 @@ class MLflowRunTarget(luigi.Target):
     def exists(self) -> bool:
         return self.run_ref() is not None
 
+    def __repr__(self) -> str:
+        # Luigi prints targets in "Unfulfilled dependency" messages: say which run was looked for.
+        try:
+            key = self._key()
+        except Exception as exc:  # a repr must not raise; say why the key is unknown
+            key = f"<key unavailable: {type(exc).__name__}>"
+        shown = key[:16] if key and not key.startswith("<") else key or "<after upstream steps>"
+        return f"MLflowRunTarget(experiment={self.experiment!r}, cache key {shown})"
+
     @property
     def run_id(self) -> str:
         ref = self.run_ref()
