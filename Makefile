@@ -36,17 +36,23 @@ lint: install
 	$(BIN)/ruff check mltf_flow pipelines tests benchmarks
 	$(BIN)/mypy
 
-test: install lint slurm rucio-venv
-	$(PY) -m pytest --durations=25
+# The test environments the run asks for (pytest -E NAME, tests/environments.py): tests marked with one of
+# them run, and fail if it is missing; tests of the others are skipped. As root `make test` starts SLURM and
+# asks for it; it always builds .venv-rucio and asks for rucio. Add gpu on a machine with a CUDA GPU:
+#   make test TEST_ENVIRONMENTS="slurm rucio gpu"
+TEST_ENVIRONMENTS ?= $(if $(filter 0,$(shell id -u)),slurm rucio,rucio)
 
-# A real single-node SLURM (Debian slurm-wlm + munge) for the cluster tests; needs root. Without it
-# the SLURM tests are skipped with a reason, everything else still runs.
+test: install lint slurm rucio-venv
+	$(PY) -m pytest --durations=25 $(addprefix -E ,$(TEST_ENVIRONMENTS))
+
+# A real single-node SLURM (Debian slurm-wlm + munge) for the tests marked `slurm`; needs root. Without it
+# those tests are skipped unless the run asks for the slurm environment (then they fail).
 slurm:
 	@if [ "$$(id -u)" = 0 ]; then tests/infra/slurm.sh up; \
-	else echo "not root: SLURM tests will be skipped (sudo tests/infra/slurm.sh up to run them)"; fi
+	else echo "not root: SLURM tests will be skipped (sudo tests/infra/slurm.sh up, then make test TEST_ENVIRONMENTS='slurm rucio')"; fi
 
-# A separate venv with the Rucio server + daemons (package `rucio`) for tests/integration/rucio_env.py.
-# Kept out of $(VENV): `rucio` and `rucio-clients` overlap on disk. Without it the Rucio server tests skip.
+# A separate venv with the Rucio server + daemons (package `rucio`) for the tests marked `rucio`
+# (tests/integration/rucio_env.py). Kept out of $(VENV): `rucio` and `rucio-clients` overlap on disk.
 rucio-venv: .venv-rucio/.installed
 
 # The example pipeline from rucio://test:jets_v1 against a local Rucio server (see docs/staging.md).

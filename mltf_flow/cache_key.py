@@ -73,7 +73,8 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def code_hash(
-    root: Path, paths: Sequence[str] = (AUTO,), *, command: str = "", outputs: Iterable[str] = ()
+    root: Path, paths: Sequence[str] = (AUTO,), *, command: str = "", outputs: Iterable[str] = (),
+    named: Iterable[str] = (),
 ) -> CodeVersion:
     """Hash the *working tree* contents of the project's code (:func:`mltf_flow.code_set.select_code`).
 
@@ -82,7 +83,7 @@ def code_hash(
     invalidate the step. The hash covers relative paths and contents only, so a git checkout and a plain
     copy of the same files hash alike.
     """
-    selection = select_code(root, paths, command=command, outputs=outputs)
+    selection = select_code(root, paths, command=command, outputs=outputs, named=named)
     digests = tuple((rel, hashlib.sha256((selection.root / rel).read_bytes()).hexdigest()) for rel in selection.files)
     return CodeVersion(hash=_digest(digests), files=len(digests), in_git=selection.in_git, selection=selection,
                        digests=digests)

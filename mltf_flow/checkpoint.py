@@ -37,10 +37,12 @@ from typing import Any
 
 from mltf_flow.ddp.rank import is_rank_zero
 from mltf_flow.errors import TrackingError
+from mltf_flow.tags import TAG_CHECKPOINT_EPOCH, TAG_CHECKPOINT_LATEST, TAG_CHECKPOINT_SHA256
 
-TAG_LATEST = "mltf.checkpoint.latest"
-TAG_EPOCH = "mltf.checkpoint.epoch"
-TAG_SHA256 = "mltf.checkpoint.sha256"
+# This module's names for them (in __all__; user scripts read them): see mltf_flow.tags.
+TAG_LATEST = TAG_CHECKPOINT_LATEST
+TAG_EPOCH = TAG_CHECKPOINT_EPOCH
+TAG_SHA256 = TAG_CHECKPOINT_SHA256
 _DIR = "checkpoints"
 
 

@@ -27,7 +27,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from mltf_flow import __version__
+from mltf_flow.console import use_console
 from mltf_flow.errors import ConfigError, MltfFlowError
+from mltf_flow.tags import TAG_COMPLETE, TAG_ERROR, TAG_SLURM_LOG, TAG_SLURM_REASON, TAG_SLURM_STATE
 
 EXIT_BAD_INPUT = 2
 _RETCODES = {"FAILED": 30, "FAILED_AND_SCHEDULING_FAILED": 30, "SCHEDULING_FAILED": 35, "NOT_RUN": 25,
@@ -238,11 +240,11 @@ def cmd_job(args: argparse.Namespace) -> int:
     ok = run.wait() if args.wait else None
     status = run.get_status()
     tags = run.client.get_run(args.run_id).data.tags
-    print(f"MLflow run {args.run_id}: {status}" + (" (complete)" if tags.get("mltf.complete") == "true" else ""))
-    print(f"  SLURM job {run.job_id}: {tags.get('mltf.slurm.state', '?')} ({tags.get('mltf.slurm.reason', '?')})")
-    if tags.get("mltf.error"):
-        print("  " + tags["mltf.error"].replace("\n", "\n  "))
-    print(f"  log: {tags.get('mltf.slurm.log', '?')}")
+    print(f"MLflow run {args.run_id}: {status}" + (" (complete)" if tags.get(TAG_COMPLETE) == "true" else ""))
+    print(f"  SLURM job {run.job_id}: {tags.get(TAG_SLURM_STATE, '?')} ({tags.get(TAG_SLURM_REASON, '?')})")
+    if tags.get(TAG_ERROR):
+        print("  " + tags[TAG_ERROR].replace("\n", "\n  "))
+    print(f"  log: {tags.get(TAG_SLURM_LOG, '?')}")
     if ok is None:
         return 0
     return 0 if ok else 1
@@ -319,6 +321,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    use_console()
     handler = {"run": cmd_run, "status": cmd_status, "ui": cmd_ui, "config": cmd_config, "profiles": cmd_profiles,
                "render": cmd_render, "doctor": cmd_doctor, "job": cmd_job, "init": cmd_init}[args.command]
     try:

@@ -10,10 +10,11 @@ second invocation would see new "code" and run again. A step's code paths are a 
     (:data:`SOURCE_SUFFIXES`), a configuration suffix (:data:`CONFIG_SUFFIXES`) or its name is a
     definition file (:data:`DEFINITION_NAMES`, ``requirements*.txt``), and it is at most
     :data:`MAX_CODE_BYTES` (larger untracked files are *reported*, never silently hashed). Files the
-    entry point's command names (``python train.py --config cfg.json``) are always code. Files that a
-    step run of this project wrote (recorded by :mod:`mltf_flow.project_outputs`) are not code unless
-    they have a source suffix or the command names them: a step that writes ``summary.yaml`` or
-    rewrites a tracked ``results/latest.yaml`` keeps its key.
+    entry point's command names (``python train.py --config cfg.json``) or its ``path`` parameters point
+    at (``-P calib=data/calib.csv``) are code. Files that a step run of this project wrote (recorded by
+    :mod:`mltf_flow.project_outputs`) are not code unless they have a source suffix: a step that writes
+    ``summary.yaml``, rewrites a tracked ``results/latest.yaml`` or creates the ``model.pkl`` its command
+    names (``--out model.pkl``) keeps its key.
 a path (file or directory, relative to the project) or a glob
     Exactly those files (below a directory: all of them, git-ignored ones left out), whatever their
     suffix or size: an explicit list is the user's word.
@@ -30,7 +31,7 @@ import fnmatch
 import os
 import shlex
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,10 @@ SKIP_DIRS = frozenset({
     "multirun", ".hydra", "node_modules", ".eggs",
 })
 _NEVER_SUFFIXES = (".pyc", ".pyo")
-_NEVER_NAMES = frozenset({".gitignore", ".gitattributes", ".gitmodules", ".dockerignore", ".DS_Store"})
+# VCS metadata, and mltf_flow's and Luigi's own configuration: what they say enters keys as the step's
+# description (inputs, outputs, code, parameters), so an edit to a comment in them reruns nothing.
+_NEVER_NAMES = frozenset({".gitignore", ".gitattributes", ".gitmodules", ".dockerignore", ".DS_Store",
+                          "pipeline.yaml", "luigi.cfg", "luigi.toml", "profiles.yaml"})
 
 SOURCE_SUFFIXES = frozenset({
     ".py", ".pyx", ".pxd", ".pyi", ".ipynb", ".sh", ".bash", ".zsh", ".r", ".jl", ".c", ".cc", ".cpp", ".cxx",
@@ -158,11 +162,15 @@ def _size(root: Path, rel: str) -> int:
 
 def _auto(root: Path, listing: dict[str, bool], named: frozenset[str], outputs: frozenset[str],
           chosen: set[str], large: set[str], excluded: set[str]) -> None:
+    for rel in named - listing.keys():  # named but git-ignored: the command still reads it
+        listing = {**listing, rel: False}
     for rel, tracked in listing.items():
-        if rel in named:
+        if rel in outputs and not has_source_suffix(rel):
+            excluded.add(rel)  # even when named: `--out model.pkl` names an output
+        elif rel in named and (tracked or _size(root, rel) <= MAX_CODE_BYTES):
             chosen.add(rel)
-        elif rel in outputs and not has_source_suffix(rel):
-            excluded.add(rel)
+        elif rel in named:
+            large.add(rel)
         elif tracked:
             chosen.add(rel)
         elif _size(root, rel) > MAX_CODE_BYTES:
@@ -192,15 +200,29 @@ def _explicit(root: Path, entry: str, listing: dict[str, bool], chosen: set[str]
         chosen.update(f for f in listing if f.startswith(prefix))
 
 
+def parameter_files(root: Path, types: Mapping[str, str], values: Mapping[str, object]) -> frozenset[str]:
+    """Files of the project that ``path`` parameters point at (a cut file, a calibration table): code like
+    files the command names, since ``--calib {calib}`` is how most commands name them."""
+    named: set[str] = set()
+    for name, value in values.items():
+        if types.get(name) != "path" or not isinstance(value, str) or "://" in value:
+            continue
+        path = (root / value).resolve()
+        if path.is_file() and path.is_relative_to(root):
+            named.add(path.relative_to(root).as_posix())
+    return frozenset(named)
+
+
 def select_code(
-    root: Path, paths: Sequence[str] = (AUTO,), *, command: str = "", outputs: Iterable[str] = ()
+    root: Path, paths: Sequence[str] = (AUTO,), *, command: str = "", outputs: Iterable[str] = (),
+    named: Iterable[str] = (),
 ) -> CodeSet:
     """The code of the project at ``root`` for a step with code ``paths`` (see the module docstring)."""
     root = root.resolve()
     entries = list(paths) or [AUTO]
     git = _git_listing(root)
     listing = git if git is not None else _walk(root)
-    named = command_files(root, command) if command else frozenset()
+    named = (command_files(root, command) if command else frozenset()) | frozenset(named)
     chosen: set[str] = set()
     large: set[str] = set()
     excluded: set[str] = set()
@@ -217,4 +239,4 @@ def select_code(
 
 
 __all__ = ["AUTO", "MAX_CODE_BYTES", "CodeSet", "command_files", "has_source_suffix", "looks_like_code",
-           "select_code", "skipped"]
+           "parameter_files", "select_code", "skipped"]

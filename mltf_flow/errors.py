@@ -5,10 +5,12 @@ one class. A message says what failed, what was found, where it came from and wh
 
     MltfFlowError
     ├── ConfigError            bad settings, MLproject, pipeline.yaml, parameters or URIs (before anything runs)
-    │   └── ParameterError     a parameter is unknown, missing or does not parse as its declared type
+    │   ├── ParameterError     a parameter is unknown, missing or does not parse as its declared type
+    │   └── BackendUnavailable a GDS read backend asked for by name cannot run here (fabric.gds.read_tensor)
     ├── StagingError           an input dataset cannot be staged or verified
     │   └── RucioNotConfigured a rucio:// URI was given but no Rucio client is configured
     ├── TrackingError          the MLflow tracking store cannot be reached or answers unexpectedly
+    ├── RunNotFound            a step's complete run was asked for before it exists (also a LookupError)
     ├── ClusterError           a Dask cluster could not be started or lost its workers
     │   ├── SlurmRejected      `sbatch --test-only` rejected a job script (also a ConfigError)
     │   ├── SlurmUnavailable   SLURM's controller did not answer (a job's state is unknown, not gone)
@@ -19,6 +21,11 @@ one class. A message says what failed, what was found, where it came from and wh
     │   ├── OutputMissing      the entry point exited 0 but a declared output is missing
     │   └── StepInProgress     another live process is running the same step (same cache key)
     └── CommandError           an external command failed (carries command, exit code, stdout, stderr)
+
+Classes with a second, builtin base (``ConfigError`` is a ``ValueError``, ``RunNotFound`` a ``LookupError``)
+keep working where callers catch the builtin. Not in this tree, on purpose: the ``BaseException`` classes
+that carry a stop signal out of a running command (:class:`mltf_flow.launch.local.Stopped` and its
+``_Terminated``): they are control flow, and no ``except Exception`` may swallow them.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ class ParameterError(ConfigError):
     """An entry-point parameter is unknown, missing, or not of its declared type."""
 
 
+class BackendUnavailable(ConfigError):
+    """A read backend that was asked for by name cannot run here (module, GPU or driver missing)."""
+
+
 class StagingError(MltfFlowError):
     """An input dataset could not be staged or verified."""
 
@@ -48,6 +59,10 @@ class RucioNotConfigured(StagingError, ConfigError):
 
 class TrackingError(MltfFlowError):
     """The MLflow tracking store failed or answered something unexpected."""
+
+
+class RunNotFound(MltfFlowError, LookupError):
+    """A step's complete run was asked for (``MLflowRunTarget.run_id``) before one exists."""
 
 
 class ClusterError(MltfFlowError):

@@ -213,6 +213,13 @@ class Project:
         suffix = Path(name).suffix
         if suffix in _SCRIPT_COMMANDS and (self.root / name).is_file():
             return EntryPoint(name=name, command=f"{_SCRIPT_COMMANDS[suffix]} {name}", is_script=True)
+        if self.mlproject_path is None:
+            scripts = sorted(p.name for p in self.root.iterdir() if p.suffix in _SCRIPT_COMMANDS and p.is_file())
+            raise ConfigError(
+                f"{self.root} has no MLproject file, so {name!r} must be a .py/.sh script there, and it is not "
+                f"({'scripts here: ' + ', '.join(scripts) if scripts else 'there are no scripts here'}). Pass the "
+                "directory that holds your MLproject, or run `mltf-flow init DIR` to start one."
+            )
         known = ", ".join(sorted(self.entry_points)) or "none"
         raise ConfigError(
             f"{self.mlproject_path or self.root}: no entry point {name!r}; entry points are: {known} "

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import luigi
+
+_log = logging.getLogger(__name__)
 
 
 def report_status(
@@ -95,8 +99,6 @@ class RuleProgress:
         return self
 
     def update(self, state: str, ok: int, replicating: int, stuck: int, total: int) -> None:
-        import sys
-
         now = (state, ok, replicating, stuck, total)
         if now == self._last:
             return
@@ -108,7 +110,7 @@ class RuleProgress:
             self._bar.update(self._bar_task, description=f"{self.label} {state}", completed=ok,  # type: ignore[attr-defined]
                              total=total)
         else:
-            print(f"mltf_flow: {text}", file=sys.stderr, flush=True)
+            _log.info(text)
         report_status(self.task, text, percent=int(100 * ok / total) if total else None)
 
     def __exit__(self, *exc: object) -> None:

@@ -7,6 +7,11 @@ leaves them out of later keys (except scripts, which users edit while steps run)
 *during* a run is indistinguishable from an output: ``mltf-flow status --files`` lists the recorded
 outputs and the record file, and an explicit ``code:`` entry always wins.
 
+The record also says which run wrote each file and what it looked like afterwards (size, mtime). A step
+whose complete run is reused while its files in the project were since rewritten by another run (other
+parameters, a failed attempt) is not complete (:func:`stale_outputs`): it runs again, so the next step
+never reads another run's files under this run's lineage.
+
 The record is a cache hint like the sqlite store next to it: it lives in the work dir, so two work dirs
 learn a project's outputs separately.
 """
@@ -63,16 +68,47 @@ def snapshot(root: Path) -> Snapshot:
     return seen
 
 
-def written(before: Snapshot, after: Snapshot, keep: Iterable[str] = ()) -> list[str]:
-    """Files new or changed between two snapshots, minus scripts and the files in ``keep`` (those the
-    command names): those stay code whatever happened to them."""
-    protected = set(keep)
+def written(before: Snapshot, after: Snapshot, keep: Iterable[str] = (), known: Iterable[str] = ()) -> list[str]:
+    """Files new or changed between two snapshots, minus scripts (users edit them while steps run) and
+    the files in ``keep`` (those the command names) that existed before and are not ``known`` outputs: a
+    config the command names and the user edited meanwhile stays code, while ``--out model.pkl``, created
+    by the first run, is an output from then on."""
+    protected = set(keep) - set(known)
     return sorted(rel for rel, state in after.items()
-                  if before.get(rel) != state and rel not in protected and not has_source_suffix(rel))
+                  if before.get(rel) != state and not has_source_suffix(rel)
+                  and not (rel in protected and rel in before))
 
 
-def remember_outputs(work_dir: Path, root: Path, files: Iterable[str], step: str, run_id: str) -> None:
-    """Add ``files`` to the project's record (under a file lock: parallel steps share it)."""
+def stale_outputs(work_dir: Path, root: Path, step: str, run_id: str) -> list[str]:
+    """Files this step writes into its project that no longer are what run ``run_id`` left there: last
+    written by another run (another parameter set, a failed attempt), changed since, or gone. A step whose
+    complete run is reused would otherwise leave them for the next step to read (wrong data, wrong lineage)."""
+    path = record_path(work_dir, root)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return []
+    stale = []
+    for rel, entry in files.items():
+        if not isinstance(entry, dict) or entry.get("step") != step:
+            continue
+        try:
+            stat = os.stat(root / rel)
+            now = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            now = None
+        if entry.get("run_id") != run_id or now != entry.get("state", now):
+            stale.append(rel)
+    return sorted(stale)
+
+
+def remember_outputs(work_dir: Path, root: Path, files: Iterable[str], step: str, run_id: str,
+                     states: Snapshot | None = None) -> None:
+    """Add ``files`` to the project's record with the run that wrote them and their (size, mtime) after it
+    (under a file lock: parallel steps share the record)."""
     from filelock import FileLock
 
     files = list(files)
@@ -85,10 +121,13 @@ def remember_outputs(work_dir: Path, root: Path, files: Iterable[str], step: str
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             data = {}
-        known: dict[str, Mapping[str, str]] = dict(data.get("files") or {}) if isinstance(data, dict) else {}
+        known: dict[str, Mapping[str, object]] = dict(data.get("files") or {}) if isinstance(data, dict) else {}
         for rel in files:
-            known[rel] = {"step": step, "run_id": run_id}
+            entry: dict[str, object] = {"step": step, "run_id": run_id}
+            if states is not None and rel in states:
+                entry["state"] = list(states[rel])
+            known[rel] = entry
         write_json(path, {"project": str(root.resolve()), "files": known})
 
 
-__all__ = ["load_outputs", "record_path", "remember_outputs", "snapshot", "written"]
+__all__ = ["load_outputs", "record_path", "remember_outputs", "snapshot", "stale_outputs", "written"]

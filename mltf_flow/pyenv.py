@@ -182,9 +182,11 @@ def ensure_env(spec: PythonEnv, env_hash: str, root: Path, project_dir: Path,
     target = root / name
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{name}.lock", "a+") as lock:
-        if not (target / _MARKER).exists():
-            log(f"mltf_flow: waiting for the environment lock {lock.name}")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process builds it: say why we wait, then wait
+            log(f"mltf_flow: waiting for the environment lock {lock.name} (another build of it is running)")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if (target / _MARKER).exists():
                 log(f"mltf_flow: reusing environment {target}")

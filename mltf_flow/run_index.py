@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mltf_flow.errors import TrackingError
+from mltf_flow.tags import TAG_CACHE_KEY, TAG_COMPLETE
 
-TAG_KEY = "mltf.cache_key"
-TAG_COMPLETE = "mltf.complete"
-_COMPLETE_FILTER = "tags.`mltf.complete` = 'true' and attributes.status = 'FINISHED'"
+TAG_KEY = TAG_CACHE_KEY  # this module's name for it since the start (see mltf_flow.tags)
+_COMPLETE_FILTER = f"tags.`{TAG_COMPLETE}` = 'true' and attributes.status = 'FINISHED'"
 _PAGE = 1000
 
 
@@ -162,7 +162,7 @@ class SqliteRunIndex(RunIndex):
             "JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = ? "
             "WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active'"
         )
-        args: list[Any] = [TAG_KEY, int(exp_id)]
+        args: list[Any] = [TAG_CACHE_KEY, int(exp_id)]
         if complete:
             sql += (
                 " AND r.status = 'FINISHED' AND EXISTS (SELECT 1 FROM tags c WHERE c.run_uuid = r.run_uuid"
@@ -231,12 +231,12 @@ class RestRunIndex(RunIndex):
         self, exp_id: str, *, key: str | None = None, status: str | None = None, complete: bool = False,
         max_results: int,
     ) -> list[RunRef]:
-        clauses = [f"tags.`{TAG_KEY}` = '{key}'"] if key is not None else []
+        clauses = [f"tags.`{TAG_CACHE_KEY}` = '{key}'"] if key is not None else []
         if complete:
             clauses.append(_COMPLETE_FILTER)
         if status is not None:
             clauses.append(f"attributes.status = '{status}'")
-        filter_string = " and ".join(clauses) or f"tags.`{TAG_KEY}` != ''"
+        filter_string = " and ".join(clauses) or f"tags.`{TAG_CACHE_KEY}` != ''"
         refs: list[RunRef] = []
         token: str | None = None
         while len(refs) < max_results:
@@ -253,7 +253,7 @@ class RestRunIndex(RunIndex):
                 tags = {t["key"]: t.get("value", "") for t in run.get("data", {}).get("tags", [])}
                 info = run["info"]
                 refs.append(
-                    RunRef(info["run_id"], info["status"], tags.get(TAG_KEY, ""), info.get("end_time"), tags)
+                    RunRef(info["run_id"], info["status"], tags.get(TAG_CACHE_KEY, ""), info.get("end_time"), tags)
                 )
             token = answer.get("next_page_token")
             if not token:

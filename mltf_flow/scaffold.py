@@ -135,14 +135,20 @@ def _param_line(param: Parameter) -> str:
     return one_line if len(one_line) <= 100 else f"    {head}(\n        {args}\n    )"
 
 
-def _step_class(cls: str, ep: EntryPoint, reserved: set[str], notes: list[str]) -> str:
+def _code_entries(module: str) -> tuple[str, str]:
+    """The steps' code: the project's (auto), but not this generated module, which describes the pipeline
+    like pipeline.yaml does (its edits reach keys through what it declares, not as code)."""
+    return ("auto", f"!{module}.py")
+
+
+def _step_class(cls: str, ep: EntryPoint, reserved: set[str], notes: list[str], module: str) -> str:
     lines = [
         f"class {cls}(MLflowStep):",
         f'    """MLproject entry point {json.dumps(ep.name)}."""',
         "",
         "    project_dir = PROJECT",
         f"    entry_point = {json.dumps(ep.name)}",
-        "    # code_paths = (\"script.py\",)  # the files this step's code is (default: the whole project)",
+        f"    code_paths = {_code_entries(module)!r}  # the project's code, not its outputs; or (\"train.py\",)",
         "    # outputs = {\"model\": \"model:my_model\", \"scores\": \"scores.csv\"}  # checked after exit 0",
         "    # inputs = {\"data\": \"prepare.data\"}  # parameter <- requirement.output (see requires())",
     ]
@@ -175,7 +181,7 @@ def render_module(project: Project, module: str, result: InitResult) -> str:
     for ep in project.entry_points.values():
         cls = class_name(ep.name, taken)
         result.steps[cls] = ep.name
-        classes.append(_step_class(cls, ep, reserved, result.notes))
+        classes.append(_step_class(cls, ep, reserved, result.notes, module))
     first = next(iter(result.steps))
     header = f'''"""Luigi steps of an MLflow project, written by `mltf-flow init` (edit freely).
 
@@ -222,7 +228,7 @@ def _yaml_key(text: str) -> str:
     return text if re.fullmatch(r"[A-Za-z_][\w.-]*", text) else json.dumps(text)
 
 
-def render_pipeline_yaml(project: Project) -> str:
+def render_pipeline_yaml(project: Project, module: str = DEFAULT_MODULE) -> str:
     """``pipeline.yaml`` for a user's project: every entry point an independent step."""
     lines = [
         f"# How mltf_flow chains the entry points of {project.name} (written by `mltf-flow init`; edit freely).",
@@ -233,8 +239,8 @@ def render_pipeline_yaml(project: Project) -> str:
         "#            that step then runs first (a stage step gives the path of its dataset manifest)",
         "#   outputs: {name: file.ext} or {name: \"model:NAME\"}  artifacts / logged models the run must have;",
         "#            checked after exit code 0, and what downstream inputs refer to",
-        "#   code:    [train.py, lib/]   the files this step's code is (default: the whole project); an edit",
-        "#            to them runs the step again, an edit elsewhere does not",
+        "#   code:    [train.py, lib/]   the files this step's code is (default: auto = the project's code,",
+        "#            never its outputs); an edit to them runs the step again, an edit elsewhere does not",
         "#   requires: [step]           run after these steps (ordering only)",
         "#   gpu: true                   use the profile's gpu_profile (mltf-flow profiles lists them)",
         "#   run_on: driver | worker | ddp   driver (default): on this machine, with DASK_SCHEDULER_ADDRESS for",
@@ -251,7 +257,7 @@ def render_pipeline_yaml(project: Project) -> str:
         lines.append(f"    # parameters: {params}")
         lines.append("    # inputs: {param: otherstep.output}")
         lines.append("    # outputs: {name: file.ext}")
-        lines.append("    # code: [script.py]")
+        lines.append(f"    code: [{', '.join(json.dumps(c) for c in _code_entries(module))}]   # or [script.py, lib/]")
         lines.append("    # run_on: driver")
     return "\n".join(lines) + "\n"
 
@@ -272,84 +278,9 @@ LUIGI_CFG = "\n".join([
     "",
 ])
 
-_EXAMPLE_MODULE = '''"""The jet-tagging example pipeline (written by `mltf-flow init`): three cached steps.
-
-    python generate.py --out-dir data/jet_sample        # a small sample dataset (ROOT files)
-    PYTHONPATH=. luigi --module {module} Train --local-scheduler                   # everything, cached
-    PYTHONPATH=. luigi --module {module} Train --epochs 12 --local-scheduler       # only Train reruns
-    PYTHONPATH=. luigi --module {module} Train --dataset /data/jets --local-scheduler
-
-(PYTHONPATH=.: the `luigi` command does not import modules from the current directory by itself.)
-
-``StageDataset`` verifies the input files and writes their manifest, ``ExtractFeatures`` runs the
-MLproject entry point ``features`` on them, ``Train`` runs ``train`` on the features. Importing this
-module is cheap (no mlflow, dask or torch): Luigi imports it for every invocation.
-"""
-
-from __future__ import annotations
-
-from pathlib import Path
-from typing import ClassVar
-
-import luigi
-from mltf_flow.ddp.step import DDPStep
-from mltf_flow.staging.step import StageStep
-from mltf_flow.step import MLflowStep
-
-PROJECT = Path(__file__).resolve().parent
-#: The sample `python generate.py` writes (relative to where luigi runs; pass --dataset to change it).
-DEFAULT_DATASET = "data/jet_sample"
-
-
-class StageDataset(StageStep):
-    """Stage the input dataset: a local path, file:// URI, or rucio://scope:name."""
-
-    dataset: str = luigi.Parameter(default=DEFAULT_DATASET)
-
-
-class ExtractFeatures(MLflowStep):
-    """Per-jet features from the staged ROOT files (entry point ``features``)."""
-
-    project_dir = PROJECT
-    entry_point = "features"
-    code_paths = ("features.py",)
-    inputs: ClassVar[dict[str, str]] = {{"manifest": "dataset"}}
-    outputs: ClassVar[dict[str, str]] = {{"features": "features.mltft"}}
-    pass_through = ("dataset",)
-
-    dataset: str = luigi.Parameter(default=DEFAULT_DATASET)
-    min_constituent_pt: float | None = luigi.OptionalFloatParameter(default=None)
-    max_constituents: int | None = luigi.OptionalIntParameter(default=None)
-
-    def requires(self) -> dict[str, luigi.Task]:
-        return {{"dataset": self.upstream(StageDataset, dataset=self.dataset)}}
-
-
-class Train(DDPStep):
-    """The quark/gluon classifier (entry point ``train``); ``None`` = the MLproject default.
-
-    Trains as a DDP job, one rank per worker of the profile (``--world-size`` to use fewer)."""
-
-    project_dir = PROJECT
-    entry_point = "train"
-    code_paths = ("train.py",)
-    inputs: ClassVar[dict[str, str]] = {{"features": "features.features"}}
-    outputs: ClassVar[dict[str, str]] = {{"model": "model:jet_tagger", "metrics": "metrics.json"}}
-    pass_through = ("dataset",)
-
-    dataset: str = luigi.Parameter(default=DEFAULT_DATASET)
-    epochs: int | None = luigi.OptionalIntParameter(default=None)
-    lr: float | None = luigi.OptionalFloatParameter(default=None)
-    hidden: int | None = luigi.OptionalIntParameter(default=None)
-    batch_size: int | None = luigi.OptionalIntParameter(default=None)
-    seed: int | None = luigi.OptionalIntParameter(default=None)
-
-    def requires(self) -> dict[str, luigi.Task]:
-        return {{"features": self.upstream(ExtractFeatures, dataset=self.dataset)}}
-
-
-__all__ = ["ExtractFeatures", "StageDataset", "Train"]
-'''
+def _example_module(module: str) -> str:
+    """The Luigi module for a copy of the example (a template shipped next to it: ``{module}`` is filled)."""
+    return (example_dir().parent / "jet_tagging_steps.py.in").read_text().format(module=module)
 
 
 def _read_own_project(root: Path) -> Project:
@@ -408,17 +339,30 @@ def init_project(directory: str | os.PathLike[str], module: str = DEFAULT_MODULE
                               f"pick another name, e.g. --module {DEFAULT_MODULE}.")
         result = InitResult(directory=root, module=module, example=False)
         files[f"{module}.py"] = render_module(project, module, result)
-        files["pipeline.yaml"] = render_pipeline_yaml(project)
+        files["pipeline.yaml"] = render_pipeline_yaml(project, module)
         _target_step(project, result)
     else:
         result = InitResult(directory=root, module=module, example=True,
                             steps={"StageDataset": "stage", "ExtractFeatures": "features", "Train": "train"},
                             target="Train", target_entry_point="train")
         files.update(_example_files())
-        files[f"{module}.py"] = _EXAMPLE_MODULE.format(module=module)
+        files[f"{module}.py"] = _example_module(module)
     files["luigi.cfg"] = LUIGI_CFG
     _write(root, files, force, result)
+    _ignore_work_dir(root, result)
     return result
+
+
+def _ignore_work_dir(root: Path, result: InitResult) -> None:
+    """Keep the default work dir (sqlite store, artifacts, logs) out of git: a `git add -A` must not commit
+    it. A new .gitignore is written; an existing one is only read (it is the user's), and a note says what
+    to add."""
+    ignore = root / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# mltf_flow's work dir: the MLflow store, artifacts and logs of the runs here\n.mltf/\n")
+        result.written.append(".gitignore")
+    elif not re.search(r"^/?\.mltf/?\s*$", ignore.read_text(), flags=re.M):
+        result.notes.append(f"add `.mltf/` to {ignore} (mltf_flow's work dir: the MLflow store of these runs).")
 
 
 def _content(source: str | Path) -> bytes:

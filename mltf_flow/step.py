@@ -20,9 +20,9 @@ only after exit code 0 and every declared output verified. ``complete()`` never 
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
-import sys
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -32,6 +32,7 @@ import luigi
 from mltf_flow.cache_key import CodeVersion, cache_key, code_hash
 from mltf_flow.clusters.session import is_main_process, mark_main_process
 from mltf_flow.config import Settings, load_settings
+from mltf_flow.console import use_console
 from mltf_flow.errors import ConfigError, ParameterError
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
 from mltf_flow.project_outputs import load_outputs
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 # `luigi --module M` reads [retcode] right after importing M: failures must exit non-zero anywhere.
 apply_default_retcodes()
 
+_log = logging.getLogger(__name__)
 INVOCATION_ENV = "MLTF_INVOCATION_ID"
 _MODEL_PREFIX = "model:"
 _OWN_PARAMS = ("profile", "pipeline_profile", "world_size", "env_manager")
@@ -124,6 +126,7 @@ class MLflowStep(luigi.Task):
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         invocation_id()
         mark_main_process()
+        use_console()
         self._memo: dict[str, Any] = {}
 
     # -- what the step is -----------------------------------------------------------------------
@@ -188,10 +191,18 @@ class MLflowStep(luigi.Task):
         if memo is None or memo[0] != invocation_id():
             root = self.project().root
             outputs = load_outputs(load_settings().work_dir, root)
-            memo = (invocation_id(), code_hash(root, self.code_paths, command=self.entry().command, outputs=outputs))
+            memo = (invocation_id(), code_hash(root, self.code_paths, command=self.entry().command, outputs=outputs,
+                                               named=self.parameter_files()))
             self._memo["code"] = memo
         version: CodeVersion = memo[1]
         return version
+
+    def parameter_files(self) -> frozenset[str]:
+        """Files of the project this step's ``path`` parameters point at (code, like files its command names)."""
+        from mltf_flow.code_set import parameter_files
+
+        types = {name: param.type for name, param in self.entry().parameters.items()}
+        return parameter_files(self.project().root, types, self.params())
 
     def env_manager_name(self) -> str:
         """The env manager this step runs with (checked: a conda project without conda fails here)."""
@@ -207,7 +218,7 @@ class MLflowStep(luigi.Task):
             settings = load_settings()
             self._memo["env"] = prepare(self.project(), self.env_manager_name(),
                                         settings.env_root or default_env_root(),
-                                        log=lambda line: print(line, file=sys.stderr, flush=True))
+                                        log=_env_log)
         environment: StepEnvironment = self._memo["env"]
         return environment
 
@@ -308,7 +319,7 @@ class MLflowStep(luigi.Task):
 
     # -- Luigi contract ----------------------------------------------------------------------------
     def complete(self) -> bool:
-        done = bool(super().complete())  # type: ignore[no-untyped-call]
+        done = bool(super().complete()) and not self._stale_project_files()  # type: ignore[no-untyped-call]
         if not done and is_main_process():
             # Start (and pre-flight) the cluster now, in the process that runs Luigi: task processes
             # forked for --workers N must find it running, and a profile SLURM rejects fails at once.
@@ -317,6 +328,23 @@ class MLflowStep(luigi.Task):
             prepare(self.cluster_profile(), scale=os.environ.get("MLTF_SCALE_AT_SCHEDULING") == "1"
                     or _luigi_workers() > 1)
         return done
+
+    def _stale_project_files(self) -> bool:
+        """True when files this step writes into its project directory are not the reused run's: then
+        it runs again rather than leave another run's files for the next step (mltf_flow.project_outputs)."""
+        from mltf_flow.project_outputs import stale_outputs
+
+        ref = self.output().run_ref()
+        if ref is None:
+            return False
+        stale = stale_outputs(load_settings().work_dir, self.project().root, self.step_name(), ref.run_id)
+        if stale and self._memo.get("stale_said") != ref.run_id:
+            self._memo["stale_said"] = ref.run_id
+            shown = ", ".join(stale[:5]) + (", ..." if len(stale) > 5 else "")
+            _log.warning(f"step '{self.step_name()}' has a complete run ({ref.run_id}), but its files in "
+                         f"{self.project().root} ({shown}) were since written by another run or changed: running "
+                         "it again so they match.")
+        return bool(stale)
 
     def output(self) -> MLflowRunTarget:
         settings = load_settings()
@@ -433,6 +461,13 @@ def _luigi_workers() -> int:
         return int(luigi.interface.core().workers)
     except Exception:  # outside a luigi command line
         return 1
+
+
+def _env_log(line: str) -> None:
+    """A line of an environment build (its own messages carry the prefix the console handler adds). Reuse
+    is the normal case and is said once per step and process otherwise: only at debug level."""
+    line = line.removeprefix("mltf_flow: ")
+    _log.log(logging.DEBUG if line.startswith("reusing environment") else logging.INFO, line)
 
 
 def display_command(command: str, params: Mapping[str, Any]) -> str:

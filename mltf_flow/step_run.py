@@ -14,7 +14,7 @@ Order matters and is chosen so that nothing is half-done:
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,12 +25,47 @@ from mltf_flow.code_set import command_files
 from mltf_flow.config import load_settings
 from mltf_flow.errors import OutputMissing, StepError, StepFailed
 from mltf_flow.launch.base import LaunchRequest
+from mltf_flow.launch.local import Stopped
 from mltf_flow.mlproject import mlflow_command
 from mltf_flow.progress import ClusterProgress, report_status
-from mltf_flow.project_outputs import remember_outputs, snapshot, written
-from mltf_flow.run_index import TAG_KEY, RunRef, run_index
+from mltf_flow.project_outputs import load_outputs, remember_outputs, snapshot, written
+from mltf_flow.run_index import RunRef, run_index
 from mltf_flow.step import Upstream, display_command, invocation_id
+from mltf_flow.tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PROJECT_BACKEND,
+    MLFLOW_PROJECT_ENTRY_POINT,
+    MLFLOW_PROJECT_ENV,
+    MLFLOW_RUN_NAME,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    TAG_CACHE_KEY,
+    TAG_CHECKPOINT_EPOCH,
+    TAG_CODE_FILES,
+    TAG_CODE_HASH,
+    TAG_CODE_NOT_HASHED,
+    TAG_COMMAND_PID,
+    TAG_DASK_DASHBOARD,
+    TAG_DASK_SCHEDULER,
+    TAG_ENV_HASH,
+    TAG_ENV_MANAGER,
+    TAG_ENV_PREFIX,
+    TAG_ERROR,
+    TAG_GIT_DIRTY,
+    TAG_INPUTS,
+    TAG_INVOCATION_ID,
+    TAG_KEY_BEFORE_RUN,
+    TAG_LAUNCHER,
+    TAG_PROFILE,
+    TAG_REPLACES_RUN_IDS,
+    TAG_ROLE,
+    TAG_SLURM_JOB_IDS,
+    TAG_TASK_ID,
+    TAG_UPSTREAM_RUN_IDS,
+)
 from mltf_flow.tracking import Tracker, lineage_key_tags
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mltf_flow.step import MLflowStep
@@ -55,18 +90,30 @@ def _settle_key(step: MLflowStep, tracker: Tracker, run_id: str, key: str, code:
     fresh = step.code_version().selection
     still = sorted(set(wrote) & set(fresh.files if fresh else ()))
     if still:
-        print(f"mltf_flow: warning: step '{step.step_name()}' wrote {len(still)} file(s) that its code list "
-              f"{list(step.code_paths)} covers ({', '.join(still[:5])}{', ...' if len(still) > 5 else ''}): its key "
-              "changes with every run, so every invocation runs it again. Leave them out ('!out/*') or use "
-              "code: auto.", file=sys.stderr, flush=True)
+        _log.warning(f"warning: step '{step.step_name()}' wrote {len(still)} file(s) that its code list "
+                     f"{list(step.code_paths)} covers ({', '.join(still[:5])}{', ...' if len(still) > 5 else ''}): "
+                     "its key changes with every run, so every invocation runs it again. Leave them out ('!out/*') "
+                     "or use code: auto.")
     dropped = (set(wrote) & hashed) - set(still)
     settled = step.cache_key(code.without(dropped)) if dropped else key
     step.forget_key()
     if settled is None or settled == key:
         return key
-    tracker.set_tags(run_id, {TAG_KEY: settled, "mltf.code_hash": code.without(dropped).hash,
-                              "mltf.key_before_run": key})
+    tracker.set_tags(run_id, {TAG_CACHE_KEY: settled, TAG_CODE_HASH: code.without(dropped).hash,
+                              TAG_KEY_BEFORE_RUN: key})
     return settled
+
+
+def _log_project_outputs(step: MLflowStep, tracker: Tracker, run_id: str, root: Path, wrote: list[str]) -> None:
+    """Declared outputs the command wrote into its project directory instead of logging them (as scripts
+    written for plain ``mlflow run`` do: ``results/events.csv``) become the run's artifacts at that path, so
+    they are tracked with the run and downstream steps receive them like any other output."""
+    fresh = set(wrote)
+    for spec in step.outputs.values():
+        if spec.startswith("model:") or spec not in fresh or tracker.has_artifact(run_id, spec):
+            continue
+        parent = str(Path(spec).parent)
+        tracker.log_artifact(run_id, root / spec, None if parent == "." else parent)
 
 
 def execute_step(step: MLflowStep) -> None:
@@ -121,48 +168,48 @@ def execute_step(step: MLflowStep) -> None:
 
     tags = {
         **lineage_key_tags(key, name, pipeline),
-        "mltf.role": "step",
-        "mltf.task_id": step.task_id,
-        "mltf.code_hash": code.hash,
-        "mltf.env_hash": environment.key(),
-        "mltf.env_manager": environment.manager,
-        "mltf.code_files": str(code.files),
-        "mltf.upstream_run_ids": json.dumps(upstream_runs, sort_keys=True),
-        "mltf.inputs": json.dumps(datasets, sort_keys=True),
-        "mltf.profile": profile.name,
-        "mltf.launcher": step.run_on,
-        "mltf.dask_dashboard": dashboard,
-        "mltf.dask_scheduler": address,
-        "mltf.invocation_id": invocation_id(),
-        "mlflow.runName": name,
-        "mlflow.source.type": "PROJECT",
-        "mlflow.source.name": str(project.root),
-        "mlflow.project.entryPoint": step.entry_point,
-        "mlflow.project.backend": "mltf-local",
-        "mlflow.project.env": project.env_type or "local",
+        TAG_ROLE: "step",
+        TAG_TASK_ID: step.task_id,
+        TAG_CODE_HASH: code.hash,
+        TAG_ENV_HASH: environment.key(),
+        TAG_ENV_MANAGER: environment.manager,
+        TAG_CODE_FILES: str(code.files),
+        TAG_UPSTREAM_RUN_IDS: json.dumps(upstream_runs, sort_keys=True),
+        TAG_INPUTS: json.dumps(datasets, sort_keys=True),
+        TAG_PROFILE: profile.name,
+        TAG_LAUNCHER: step.run_on,
+        TAG_DASK_DASHBOARD: dashboard,
+        TAG_DASK_SCHEDULER: address,
+        TAG_INVOCATION_ID: invocation_id(),
+        MLFLOW_RUN_NAME: name,
+        MLFLOW_SOURCE_TYPE: "PROJECT",
+        MLFLOW_SOURCE_NAME: str(project.root),
+        MLFLOW_PROJECT_ENTRY_POINT: step.entry_point,
+        MLFLOW_PROJECT_BACKEND: "mltf-local",
+        MLFLOW_PROJECT_ENV: project.env_type or "local",
     }
     if environment.prefix is not None:
-        tags["mltf.env_prefix"] = str(environment.prefix)
+        tags[TAG_ENV_PREFIX] = str(environment.prefix)
     if code.selection is not None and code.selection.large:
         # Reported, never silently hashed: the run says which big files its key does not cover.
-        tags["mltf.code_not_hashed"] = ",".join(code.selection.large)[:4000]
+        tags[TAG_CODE_NOT_HASHED] = ",".join(code.selection.large)[:4000]
     # "auto" is no path for git: ask about the project directory then (its untracked outputs count as dirty).
     git_paths = ["."] if "auto" in step.code_paths else [p for p in step.code_paths if not p.startswith("!")]
     commit, dirty = git_state(project.root, git_paths) if code.in_git else (None, False)
     if commit:
-        tags["mlflow.source.git.commit"] = commit
-        tags["mltf.git_dirty"] = str(dirty).lower()
+        tags[MLFLOW_GIT_COMMIT] = commit
+        tags[TAG_GIT_DIRTY] = str(dirty).lower()
     if reaped:
-        tags["mltf.replaces_run_ids"] = ",".join(reaped)
+        tags[TAG_REPLACES_RUN_IDS] = ",".join(reaped)
     if job_ids:
-        tags["mltf.slurm_job_ids"] = ",".join(job_ids)
+        tags[TAG_SLURM_JOB_IDS] = ",".join(job_ids)
     resumable = tracker.resumable_run(experiment_id, key)
     if resumable is not None:
         # A failed attempt left checkpoints: continue that run (epochs done are not repeated).
         run_id = resumable[0]
         attempt = tracker.reopen_run(run_id, resumable[1], parent_id=parent_id, tags=tags)
-        print(f"mltf_flow: step '{name}' resumes MLflow run {run_id} (attempt {attempt}) from its checkpoint "
-              f"after epoch {resumable[1].get('mltf.checkpoint.epoch')}", file=sys.stderr, flush=True)
+        _log.info(f"step '{name}' resumes MLflow run {run_id} (attempt {attempt}) from its checkpoint "
+                  f"after epoch {resumable[1].get(TAG_CHECKPOINT_EPOCH)}")
     else:
         run_id = tracker.create_step_run(
             experiment_id, parent_id=parent_id, run_name=name, tags=tags, params=all_params
@@ -183,7 +230,7 @@ def execute_step(step: MLflowStep) -> None:
             tracker.log_artifact(run_id, packages, "mltf", name="environment.txt")
 
         def record_pid(pid: int) -> None:
-            tracker.set_tags(run_id, {"mltf.command_pid": str(pid)})
+            tracker.set_tags(run_id, {TAG_COMMAND_PID: str(pid)})
 
         env = step.command_env(settings, run_id, experiment_id)
         env["DASK_SCHEDULER_ADDRESS"] = address
@@ -203,12 +250,14 @@ def execute_step(step: MLflowStep) -> None:
                 )
             )
         extra_logs = result.extra_logs
-        wrote = written(before, snapshot(project.root), keep=command_files(project.root, step.entry().command))
-        remember_outputs(settings.work_dir, project.root, wrote, name, run_id)
+        after = snapshot(project.root)
+        named = command_files(project.root, step.entry().command) | step.parameter_files()
+        wrote = written(before, after, keep=named, known=load_outputs(settings.work_dir, project.root))
+        remember_outputs(settings.work_dir, project.root, wrote, name, run_id, after)
         if profile.kind == "slurm":
             later = session.worker_job_ids(client)
             if later and later != job_ids:
-                tracker.set_tags(run_id, {"mltf.slurm_job_ids": ",".join(sorted(set(job_ids) | set(later)))})
+                tracker.set_tags(run_id, {TAG_SLURM_JOB_IDS: ",".join(sorted(set(job_ids) | set(later)))})
         tracker.log_artifact(run_id, log_path, "mltf", name="step.log")
         for artifact, path in extra_logs:
             if path.exists():
@@ -221,6 +270,7 @@ def execute_step(step: MLflowStep) -> None:
                 step=name, run_id=run_id, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
                 log_path=str(log_path), summary=result.summary,
             )
+        _log_project_outputs(step, tracker, run_id, project.root, wrote)
         missing = step.missing_outputs(tracker, experiment_id, run_id)
         if missing:
             tracker.finish_step(run_id, ok=False, exit_code=0)
@@ -229,7 +279,8 @@ def execute_step(step: MLflowStep) -> None:
             raise OutputMissing(
                 f"step '{name}' exited 0 but did not produce declared output(s): {', '.join(missing)} "
                 f"(MLflow run {run_id}, marked FAILED). Log them from the entry point (mlflow.log_artifact / "
-                f"log_model) or fix {step.task_family}.outputs. Log: {log_path}",
+                f"log_model), write them to that path in the project directory ({project.root}), or fix "
+                f"{step.task_family}.outputs. Log: {log_path}",
                 step=name,
                 run_id=run_id,
             )
@@ -244,16 +295,16 @@ def execute_step(step: MLflowStep) -> None:
     except BaseException as exc:
         if not finished:
             # Interrupted (Ctrl-C, SIGTERM) or an error of ours: never leave the run RUNNING.
-            killed = isinstance(exc, KeyboardInterrupt | SystemExit) or type(exc).__name__ == "_Terminated"
+            killed = isinstance(exc, KeyboardInterrupt | SystemExit | Stopped)
             try:
                 if log_path.exists():
                     tracker.log_artifact(run_id, log_path, "mltf", name="step.log")
-                tracker.set_tags(run_id, {"mltf.error": f"{type(exc).__name__}: {exc}"[:5000]})
+                tracker.set_tags(run_id, {TAG_ERROR: f"{type(exc).__name__}: {exc}"[:5000]})
                 tracker.finish_step(run_id, ok=False, exit_code=None, status="KILLED" if killed else "FAILED")
                 tracker.settle_parent(parent_id, step=name, ok=False)
             except Exception as bookkeeping:  # the original error matters more; still say what else failed
-                print(f"mltf_flow: could not mark MLflow run {run_id} as ended after {type(exc).__name__}: "
-                      f"{bookkeeping}", file=sys.stderr)
+                _log.error(f"could not mark MLflow run {run_id} as ended after {type(exc).__name__}: "
+                           f"{bookkeeping}")
         raise
 
 

@@ -28,15 +28,38 @@ from typing import TYPE_CHECKING, Any
 
 from mltf_flow.config import Settings
 from mltf_flow.errors import StepInProgress, TrackingError
-from mltf_flow.run_index import TAG_COMPLETE, TAG_KEY
+from mltf_flow.tags import (
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+    TAG_ATTEMPT,
+    TAG_CACHE_KEY,
+    TAG_CHECKPOINT_EPOCH,
+    TAG_CHECKPOINT_LATEST,
+    TAG_COMMAND_PID,
+    TAG_COMPLETE,
+    TAG_ERROR,
+    TAG_EXIT_CODE,
+    TAG_FAILED_STEPS,
+    TAG_HOST,
+    TAG_INVOCATION_ID,
+    TAG_KEY_VERSION,
+    TAG_PID,
+    TAG_PID_START,
+    TAG_PIPELINE,
+    TAG_PREVIOUS_PARENT_RUN_IDS,
+    TAG_REAPED,
+    TAG_RESUMED_FROM_EPOCH,
+    TAG_ROLE,
+    TAG_SLURM_JOB_DIR,
+    TAG_SLURM_JOB_IDS,
+    TAG_STEP,
+    TAG_STEPS_RUN,
+)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-TAG_INVOCATION = "mltf.invocation_id"
-TAG_HOST = "mltf.host"
-TAG_PID = "mltf.pid"
-TAG_PID_START = "mltf.pid_start"
 _SECRET_WORDS = ("token", "password", "passwd", "secret", "api_key", "apikey", "credential")
 
 
@@ -142,7 +165,7 @@ class Tracker:
         with file_lock(self.settings.work_dir / "locks" / f"parent-{invocation_id}.lock"):
             found = self.client.search_runs(
                 [experiment_id],
-                f"tags.`{TAG_INVOCATION}` = '{invocation_id}' and tags.`mltf.role` = 'pipeline'",
+                f"tags.`{TAG_INVOCATION_ID}` = '{invocation_id}' and tags.`{TAG_ROLE}` = 'pipeline'",
                 max_results=1,
             )
             if found:
@@ -154,14 +177,14 @@ class Tracker:
                 experiment_id,
                 run_name=f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}",
                 tags={
-                    TAG_INVOCATION: invocation_id,
-                    "mltf.pipeline": pipeline,
-                    "mltf.role": "pipeline",
+                    TAG_INVOCATION_ID: invocation_id,
+                    TAG_PIPELINE: pipeline,
+                    TAG_ROLE: "pipeline",
                     TAG_HOST: host,
                     TAG_PID: pid,
                     TAG_PID_START: started,
-                    "mlflow.user": getpass.getuser(),
-                    "mlflow.source.type": "PROJECT",
+                    MLFLOW_USER: getpass.getuser(),
+                    MLFLOW_SOURCE_TYPE: "PROJECT",
                 },
             )
             return str(run.info.run_id)
@@ -170,14 +193,14 @@ class Tracker:
         """Record a step's outcome on the parent run; it is FAILED once any step failed."""
         with file_lock(self.settings.work_dir / "locks" / f"parent-{parent_id}.lock"):
             tags = self.client.get_run(parent_id).data.tags
-            failed = [s for s in tags.get("mltf.failed_steps", "").split(",") if s]
-            done = [s for s in tags.get("mltf.steps_run", "").split(",") if s]
+            failed = [s for s in tags.get(TAG_FAILED_STEPS, "").split(",") if s]
+            done = [s for s in tags.get(TAG_STEPS_RUN, "").split(",") if s]
             if ok:
                 done.append(step)
-                self.client.set_tag(parent_id, "mltf.steps_run", ",".join(done))
+                self.client.set_tag(parent_id, TAG_STEPS_RUN, ",".join(done))
             else:
                 failed.append(step)
-                self.client.set_tag(parent_id, "mltf.failed_steps", ",".join(failed))
+                self.client.set_tag(parent_id, TAG_FAILED_STEPS, ",".join(failed))
             self.client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
 
     # -- step runs ----------------------------------------------------------------------------
@@ -191,7 +214,7 @@ class Tracker:
         reaped: list[str] = []
         for ref in run_index(self.settings.tracking_uri).find_with_status(experiment, key, "RUNNING"):
             tags = self.client.get_run(ref.run_id).data.tags
-            if tags.get("mltf.slurm.job_dir"):
+            if tags.get(TAG_SLURM_JOB_DIR):
                 # Submitted by `mlflow run --backend mltf`: alive while SLURM runs its job. A job that is
                 # over gets its real final status (reconciled), so it is neither reaped nor in progress.
                 from mltf_flow.jobs.submitted import SlurmSubmittedRun
@@ -201,7 +224,7 @@ class Tracker:
                     continue
                 raise StepInProgress(
                     f"step '{step}' is already running with the same inputs: MLflow run {ref.run_id}, SLURM job "
-                    f"{tags.get('mltf.slurm_job_ids')} (`mlflow run --backend mltf`). Wait for it (mltf-flow job "
+                    f"{tags.get(TAG_SLURM_JOB_IDS)} (`mlflow run --backend mltf`). Wait for it (mltf-flow job "
                     f"{ref.run_id} --wait) or cancel it (mltf-flow job {ref.run_id} --cancel).",
                     step=step, run_id=ref.run_id,
                 )
@@ -215,7 +238,7 @@ class Tracker:
                 )
             # alive is False (process gone) or None (another host, no liveness signal yet: the
             # cluster launchers of later issues record SLURM job ids for that case).
-            self.client.set_tag(ref.run_id, "mltf.reaped", "true")
+            self.client.set_tag(ref.run_id, TAG_REAPED, "true")
             self.client.set_terminated(ref.run_id, "KILLED")
             reaped.append(ref.run_id)
         return reaped
@@ -234,14 +257,14 @@ class Tracker:
 
         host, pid, started = process_identity()
         all_tags = {
-            "mlflow.user": getpass.getuser(),
+            MLFLOW_USER: getpass.getuser(),
             TAG_HOST: host,
             TAG_PID: pid,
             TAG_PID_START: started,
             **tags,
         }
         if parent_id:
-            all_tags["mlflow.parentRunId"] = parent_id
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
         run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         run_id = str(run.info.run_id)
         items = [Param(k, v[:6000]) for k, v in sorted(redact(params).items())]
@@ -251,36 +274,33 @@ class Tracker:
 
     def resumable_run(self, experiment_id: str, key: str) -> tuple[str, dict[str, str]] | None:
         """The newest FAILED or KILLED run with this key that holds a checkpoint: a retry continues it."""
-        from mltf_flow.checkpoint import TAG_LATEST
-
         runs = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{TAG_KEY}` = '{key}'",
+            [experiment_id], filter_string=f"tags.`{TAG_CACHE_KEY}` = '{key}'",
             order_by=["attributes.start_time DESC"], max_results=20,
         )
         for run in runs:
             tags = dict(run.data.tags)
-            if run.info.status in ("FAILED", "KILLED") and TAG_LATEST in tags and tags.get(TAG_COMPLETE) != "true":
+            resumable = TAG_CHECKPOINT_LATEST in tags and tags.get(TAG_COMPLETE) != "true"
+            if run.info.status in ("FAILED", "KILLED") and resumable:
                 return str(run.info.run_id), tags
         return None
 
     def reopen_run(self, run_id: str, previous: Mapping[str, str], *, parent_id: str | None,
                    tags: Mapping[str, str]) -> int:
         """Set a failed run RUNNING again for this process (a resumed attempt); return the attempt number."""
-        from mltf_flow.checkpoint import TAG_EPOCH
-
         host, pid, started = process_identity()
-        attempt = int(previous.get("mltf.attempt", "1")) + 1
-        for stale in ("mltf.error", "mltf.exit_code", "mltf.reaped", "mltf.command_pid"):
+        attempt = int(previous.get(TAG_ATTEMPT, "1")) + 1
+        for stale in (TAG_ERROR, TAG_EXIT_CODE, TAG_REAPED, TAG_COMMAND_PID):
             if stale in previous:
                 self.client.delete_tag(run_id, stale)
-        fresh = {**tags, TAG_HOST: host, TAG_PID: pid, TAG_PID_START: started, "mltf.attempt": str(attempt),
-                 "mltf.resumed_from_epoch": previous.get(TAG_EPOCH, "")}
+        fresh = {**tags, TAG_HOST: host, TAG_PID: pid, TAG_PID_START: started, TAG_ATTEMPT: str(attempt),
+                 TAG_RESUMED_FROM_EPOCH: previous.get(TAG_CHECKPOINT_EPOCH, "")}
         if parent_id:
-            fresh["mlflow.parentRunId"] = parent_id
-            parents = [p for p in previous.get("mltf.previous_parent_run_ids", "").split(",") if p]
-            if previous.get("mlflow.parentRunId"):
-                parents.append(previous["mlflow.parentRunId"])
-            fresh["mltf.previous_parent_run_ids"] = ",".join(parents)
+            fresh[MLFLOW_PARENT_RUN_ID] = parent_id
+            parents = [p for p in previous.get(TAG_PREVIOUS_PARENT_RUN_IDS, "").split(",") if p]
+            if previous.get(MLFLOW_PARENT_RUN_ID):
+                parents.append(previous[MLFLOW_PARENT_RUN_ID])
+            fresh[TAG_PREVIOUS_PARENT_RUN_IDS] = ",".join(parents)
         self.set_tags(run_id, fresh)
         self.client.update_run(run_id, status="RUNNING")
         return attempt
@@ -288,7 +308,7 @@ class Tracker:
     def finish_step(self, run_id: str, *, ok: bool, exit_code: int | None, status: str | None = None) -> None:
         """Set the final status; ``mltf.complete=true`` only for a verified success."""
         if exit_code is not None:
-            self.client.set_tag(run_id, "mltf.exit_code", str(exit_code))
+            self.client.set_tag(run_id, TAG_EXIT_CODE, str(exit_code))
         if ok:
             self.client.set_tag(run_id, TAG_COMPLETE, "true")
         self.client.set_terminated(run_id, status or ("FINISHED" if ok else "FAILED"))
@@ -349,9 +369,6 @@ class Tracker:
                 return f"models:/{model.model_id}"
         raise TrackingError(f"run {run_id} has no logged model named {name!r}.")
 
-    def get_tags(self, run_id: str) -> dict[str, str]:
-        return dict(self.client.get_run(run_id).data.tags)
-
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -375,4 +392,4 @@ def lineage_key_tags(key: str, step: str, pipeline: str) -> dict[str, str]:
     """The tags that let a run be found again by its cache key."""
     from mltf_flow.cache_key import KEY_VERSION
 
-    return {TAG_KEY: key, "mltf.key_version": str(KEY_VERSION), "mltf.step": step, "mltf.pipeline": pipeline}
+    return {TAG_CACHE_KEY: key, TAG_KEY_VERSION: str(KEY_VERSION), TAG_STEP: step, TAG_PIPELINE: pipeline}

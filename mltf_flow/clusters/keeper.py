@@ -15,7 +15,6 @@ each with one JSON line; EOF on stdin means: close and exit.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -24,10 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+from mltf_flow.launch.local import die_with_parent
 
 
 def _gds_environment(profile: Any, work_dir: Path) -> None:
@@ -118,7 +114,7 @@ def serve(commands: IO[str], answers: IO[str]) -> int:
 
 
 def main() -> int:
-    _die_with_parent()
+    die_with_parent()
     # The protocol owns stdout; everything else the keeper (or dask) prints goes to stderr.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

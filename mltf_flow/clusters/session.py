@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -30,6 +31,8 @@ from typing import Any
 
 from mltf_flow.clusters.profiles import Profile
 from mltf_flow.errors import ClusterError, ConfigError, SlurmRejected, WorkersTimeout
+
+_log = logging.getLogger(__name__)
 
 MAIN_PID_ENV = "MLTF_MAIN_PID"
 _ADDRESS_ENV = "MLTF_DASK_ADDRESS__"
@@ -104,7 +107,7 @@ class _Keeper:
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            print("mltf_flow: the cluster keeper did not stop; terminating it", file=sys.stderr)
+            _log.warning("the cluster keeper did not stop; terminating it")
             self.proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=30)
@@ -147,8 +150,8 @@ def _start(profile: Profile) -> _Owned:
     owned = _Owned(profile, str(reply["address"]), str(reply["dashboard"]))
     os.environ[_env_name(_ADDRESS_ENV, profile.name)] = owned.address
     os.environ[_env_name(_DASHBOARD_ENV, profile.name)] = owned.dashboard
-    print(f"mltf_flow: Dask cluster for profile {profile.name!r} ({profile.kind}) at {owned.address}; "
-          f"dashboard: {owned.dashboard or 'disabled'}", file=sys.stderr, flush=True)
+    _log.info(f"Dask cluster for profile {profile.name!r} ({profile.kind}) at {owned.address}; "
+              f"dashboard: {owned.dashboard or 'disabled'}")
     return owned
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -35,6 +36,9 @@ from mltf_flow.ddp.plan import RankAssignment, describe, plan_ranks, slots_from_
 from mltf_flow.errors import ConfigError
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
 from mltf_flow.launch.dask_worker import follow_log, step_env, worker_path
+from mltf_flow.tags import TAG_DDP_FABRIC, TAG_DDP_FABRIC_ENV, TAG_DDP_MASTER, TAG_DDP_RANKS, TAG_DDP_WORLD_SIZE
+
+_log = logging.getLogger(__name__)
 
 #: Seconds the other ranks get to stop after one failed, before they are reported as not stopping.
 STOP_GRACE_S = 30.0
@@ -126,7 +130,7 @@ class DDPLauncher:
             result, port_taken = self._launch_once(request, start)
             if not port_taken or attempt == 2:
                 return result
-            print(f"mltf_flow: rank 0 found its port taken; restarting the {self.world_size} ranks on a new port")
+            _log.info(f"rank 0 found its port taken; restarting the {self.world_size} ranks on a new port")
         raise AssertionError("unreachable")
 
     def _launch_once(self, request: LaunchRequest, start: float) -> tuple[LaunchResult, bool]:
@@ -142,9 +146,9 @@ class DDPLauncher:
         run_id = request.env.get("MLFLOW_RUN_ID", token)
         if request.on_tags is not None:
             request.on_tags({
-                "mltf.ddp.world_size": str(self.world_size),
-                "mltf.ddp.master": f"{master.ip}:{port}",
-                "mltf.ddp.ranks": json.dumps(describe(plan)),
+                TAG_DDP_WORLD_SIZE: str(self.world_size),
+                TAG_DDP_MASTER: f"{master.ip}:{port}",
+                TAG_DDP_RANKS: json.dumps(describe(plan)),
             })
         shared = step_env(request.env)
         futures = {}
@@ -235,8 +239,8 @@ class DDPLauncher:
         rank0 = outcomes.get(0, {})
         if request.on_tags is not None and rank0.get("fabric") is not None:
             with contextlib.suppress(Exception):
-                request.on_tags({"mltf.ddp.fabric": str(rank0.get("note", "")),
-                                 "mltf.ddp.fabric_env": json.dumps(rank0.get("fabric", {}), sort_keys=True)})
+                request.on_tags({TAG_DDP_FABRIC: str(rank0.get("note", "")),
+                                 TAG_DDP_FABRIC_ENV: json.dumps(rank0.get("fabric", {}), sort_keys=True)})
         duration = time.monotonic() - start
         if first is None:
             return LaunchResult(0, [], request.log_path, duration, extra_logs=logs)

@@ -17,21 +17,21 @@ Nothing here imports torch, kvikio, cupy or CUDA at module import: on a CPU-only
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
 import ipaddress
 import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mltf_flow.errors import ConfigError
+from mltf_flow.errors import BackendUnavailable, ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -40,10 +40,6 @@ ALIGNMENT = 4096
 BACKENDS = ("auto", "kvikio", "torch_gds", "posix")
 _LOG_LEVELS = ("ERROR", "WARN", "NOTICE", "INFO", "DEBUG", "TRACE")
 _TASK_SIZE = 8 << 20  # posix: bytes per pread task
-
-
-class BackendUnavailable(ConfigError):
-    """A read backend that was asked for by name cannot run here (module, GPU or driver missing)."""
 
 
 def align_down(x: int, a: int = ALIGNMENT) -> int:
@@ -247,15 +243,6 @@ def parse_gdscheck(text: str) -> dict[str, Any]:
     return out
 
 
-def run_gdscheck(path: str) -> dict[str, Any]:
-    """Run ``gdscheck -p`` and parse it (an error names the tool and its output)."""
-    command = ["python3", path, "-p"] if path.endswith(".py") else [path, "-p"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    if proc.returncode != 0:
-        raise ConfigError(f"{' '.join(command)} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-1000:]}")
-    return parse_gdscheck(proc.stdout)
-
-
 # -- reading ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReadInfo:
@@ -270,9 +257,6 @@ class ReadInfo:
     @property
     def gbps(self) -> float:
         return self.nbytes / self.seconds / 1e9 if self.seconds > 0 else float("inf")
-
-    def as_tags(self) -> dict[str, str]:
-        return {k: str(v) for k, v in asdict(self).items() if k != "notes"}
 
 
 _NODE: list[GdsStatus] = []
@@ -314,20 +298,12 @@ def _read_kvikio(path: Path, offset: int, n: int, device: str, nthreads: int | N
     import torch
 
     out = torch.empty(n, dtype=torch.uint8, device=device)
-    settings = {"num_threads": nthreads} if nthreads else {}
-    with kvikio.defaults.set(settings) if settings else _nothing(), kvikio.CuFile(str(path), "r") as handle:
+    settings = kvikio.defaults.set({"num_threads": nthreads}) if nthreads else contextlib.nullcontext()
+    with settings, kvikio.CuFile(str(path), "r") as handle:
         got = handle.pread(out, n, offset).get() if n else 0
     if got != n:
         raise OSError(f"kvikio read {got} of {n} bytes from {path}")
     return out, bool(kvikio.defaults.get("compat_mode"))
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _read_torch_gds(path: Path, offset: int, n: int, device: str) -> torch.Tensor:

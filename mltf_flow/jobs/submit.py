@@ -20,6 +20,7 @@ Order matters, so that a bad request leaves nothing behind (no run, no job, no h
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import re
 import shutil
@@ -36,6 +37,35 @@ from mltf_flow.jobs.config import BackendConfig, parse_backend_config
 from mltf_flow.jobs.script import ScriptInputs, render_script
 from mltf_flow.jobs.spec import SECRET_PREFIX, JobSpec
 from mltf_flow.mlproject import Project, read_project
+from mltf_flow.tags import (
+    MLFLOW_GIT_BRANCH,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_GIT_REPO_URL,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_PROJECT_ENTRY_POINT,
+    MLFLOW_PROJECT_ENV,
+    MLFLOW_RUN_NAME,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+    TAG_CODE_HASH,
+    TAG_ENV_HASH,
+    TAG_ERROR,
+    TAG_GIT_DIRTY,
+    TAG_INPUTS,
+    TAG_LAUNCHER,
+    TAG_PROFILE,
+    TAG_ROLE,
+    TAG_SLURM_JOB_DIR,
+    TAG_SLURM_JOB_IDS,
+    TAG_SLURM_LOG,
+    TAG_SLURM_REQUEST,
+    TAG_SLURM_TASKS,
+    TAG_TASK_ID,
+    TAG_UPSTREAM_RUN_IDS,
+)
+
+_log = logging.getLogger(__name__)
 
 PLACEHOLDER_RUN_ID = "0" * 32
 _ENV_MANAGERS = ("local", "virtualenv")
@@ -174,17 +204,17 @@ def _source_tags(project_uri: str, project: Project, version: str | None) -> dic
 
     from mltf_flow.cache_key import git_state
 
-    tags = {"mlflow.user": getpass.getuser(), "mlflow.source.type": "PROJECT",
-            "mlflow.source.name": project_uri if not _is_local_uri(project_uri) else _expand_uri(project_uri)}
+    tags = {MLFLOW_USER: getpass.getuser(), MLFLOW_SOURCE_TYPE: "PROJECT",
+            MLFLOW_SOURCE_NAME: project_uri if not _is_local_uri(project_uri) else _expand_uri(project_uri)}
     commit, dirty = git_state(project.root)
     if commit:
-        tags["mlflow.source.git.commit"] = commit
-        tags["mltf.git_dirty"] = str(dirty).lower()
+        tags[MLFLOW_GIT_COMMIT] = commit
+        tags[TAG_GIT_DIRTY] = str(dirty).lower()
     url = get_git_repo_url(str(project.root))
     if url:
-        tags["mlflow.source.git.repoURL"] = url
+        tags[MLFLOW_GIT_REPO_URL] = url
     if version and get_git_commit(str(project.root)) and get_git_branch(str(project.root)) == version:
-        tags["mlflow.source.git.branch"] = version
+        tags[MLFLOW_GIT_BRANCH] = version
     return tags
 
 
@@ -240,19 +270,19 @@ def plan_job(project_uri: str, entry_point: str, params: Mapping[str, Any] | Non
     tags = {
         **lineage_key_tags(key, ep.name, project.name),
         **_source_tags(project_uri, project, version),
-        "mltf.role": "step",
-        "mltf.task_id": f"mlflow-run:{project.name}:{ep.name}",
-        "mltf.code_hash": code.hash,
-        "mltf.env_hash": project.env_hash(),
-        "mltf.upstream_run_ids": "{}",
-        "mltf.inputs": "[]",
-        "mltf.profile": config.profile,
-        "mltf.launcher": "mlflow-backend",
-        "mltf.slurm.request": " ".join(config.directives()),
-        "mltf.slurm.tasks": str(config.tasks),
-        "mlflow.project.entryPoint": ep.name,
-        "mlflow.project.env": env_manager,
-        "mlflow.runName": ep.name,
+        TAG_ROLE: "step",
+        TAG_TASK_ID: f"mlflow-run:{project.name}:{ep.name}",
+        TAG_CODE_HASH: code.hash,
+        TAG_ENV_HASH: project.env_hash(),
+        TAG_UPSTREAM_RUN_IDS: "{}",
+        TAG_INPUTS: "[]",
+        TAG_PROFILE: config.profile,
+        TAG_LAUNCHER: "mlflow-backend",
+        TAG_SLURM_REQUEST: " ".join(config.directives()),
+        TAG_SLURM_TASKS: str(config.tasks),
+        MLFLOW_PROJECT_ENTRY_POINT: ep.name,
+        MLFLOW_PROJECT_ENV: env_manager,
+        MLFLOW_RUN_NAME: ep.name,
     }
     return JobPlan(config=config, project=project, project_uri=project_uri, entry_point=ep.name,
                    experiment_id=str(experiment_id), tracking_uri=tracking_uri, params=keyed, command=command,
@@ -292,7 +322,7 @@ def submit_job(plan: JobPlan) -> Any:
     tags = dict(plan.tags)
     active = mlflow.active_run()
     if active is not None:  # MLflow's own rule: a project run from inside a run is its child
-        tags["mlflow.parentRunId"] = active.info.run_id
+        tags[MLFLOW_PARENT_RUN_ID] = active.info.run_id
     run_id, plan.experiment_id = _own_run(tracker, plan, tags)
     job_dir = plan.job_dir(run_id)
     spec = plan.spec(run_id)
@@ -308,16 +338,16 @@ def submit_job(plan: JobPlan) -> Any:
         tracker.client.update_run(run_id, status="SCHEDULED")
         job_id = submit(script_path, {**os.environ, **plan.secrets})
     except BaseException as exc:
-        tracker.set_tags(run_id, {"mltf.error": f"submission failed: {type(exc).__name__}: {exc}"[:5000]})
+        tracker.set_tags(run_id, {TAG_ERROR: f"submission failed: {type(exc).__name__}: {exc}"[:5000]})
         tracker.client.set_terminated(run_id, "FAILED")
         raise
-    tracker.set_tags(run_id, {"mltf.slurm_job_ids": job_id, "mltf.slurm.job_dir": str(job_dir),
-                              "mltf.slurm.log": str(spec.log_path(job_id))})
+    tracker.set_tags(run_id, {TAG_SLURM_JOB_IDS: job_id, TAG_SLURM_JOB_DIR: str(job_dir),
+                              TAG_SLURM_LOG: str(spec.log_path(job_id))})
     tracker.log_artifact(run_id, script_path, "mltf")
     tracker.log_artifact(run_id, job_dir / "spec.json", "mltf", name="job-spec.json")
-    print(f"mltf_flow: submitted SLURM job {job_id} for MLflow run {run_id} (entry point {plan.entry_point!r}, "
-          f"{plan.env_manager} environment)\n  log: {spec.log_path(job_id)}\n  follow it: mltf-flow job {run_id} "
-          "--wait   cancel it: mltf-flow job " + run_id + " --cancel", file=sys.stderr, flush=True)
+    _log.info(f"submitted SLURM job {job_id} for MLflow run {run_id} (entry point {plan.entry_point!r}, "
+              f"{plan.env_manager} environment)\n  log: {spec.log_path(job_id)}\n  follow it: mltf-flow job {run_id} "
+              "--wait   cancel it: mltf-flow job " + run_id + " --cancel")
     return SlurmSubmittedRun(run_id, job_id, job_dir, plan.tracking_uri, poll_interval=plan.config.poll_interval,
                              max_poll_interval=plan.config.max_poll_interval)
 
@@ -330,7 +360,7 @@ def _own_run(tracker: Any, plan: JobPlan, tags: Mapping[str, str]) -> tuple[str,
     from mltf_flow.tracking import redact
 
     if plan.config.run_id is None:
-        run_id = tracker.create_step_run(plan.experiment_id, parent_id=tags.get("mlflow.parentRunId"),
+        run_id = tracker.create_step_run(plan.experiment_id, parent_id=tags.get(MLFLOW_PARENT_RUN_ID),
                                          run_name=plan.entry_point, tags=tags, params=plan.params)
         return str(run_id), plan.experiment_id
     run_id = plan.config.run_id
@@ -350,6 +380,9 @@ def _own_run(tracker: Any, plan: JobPlan, tags: Mapping[str, str]) -> tuple[str,
 def submit_project(project_uri: str, entry_point: str, params: Mapping[str, Any] | None, version: str | None,
                    backend_config: Mapping[str, Any] | None, tracking_uri: str, experiment_id: str) -> Any:
     """The backend's ``run()``: plan, pre-flight, submit (see the module docstring)."""
+    from mltf_flow.console import use_console
+
+    use_console()
     return submit_job(plan_job(project_uri, entry_point, params, version, backend_config, tracking_uri,
                                experiment_id))
 

@@ -18,19 +18,32 @@ the run. Nothing here raises because SLURM forgot a job.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from mlflow.projects.submitted_run import SubmittedRun
 
+from mltf_flow.console import use_console
 from mltf_flow.errors import ConfigError, SlurmUnavailable
 from mltf_flow.jobs.query import monitor
 from mltf_flow.jobs.record import ENDED, REQUEUED, JobRecord, read_record
 from mltf_flow.jobs.states import FAILED, FINISHED, KILLED, RUNNING, TERMINAL_RUN_STATUSES, JobState
+from mltf_flow.tags import (
+    TAG_COMPLETE,
+    TAG_ERROR,
+    TAG_EXIT_CODE,
+    TAG_SLURM_CANCELLED_BY,
+    TAG_SLURM_JOB_DIR,
+    TAG_SLURM_JOB_IDS,
+    TAG_SLURM_REASON,
+    TAG_SLURM_STATE,
+)
+
+_log = logging.getLogger(__name__)
 
 #: A state SLURM may requeue from (preemption, node failure) is final after this long, or when the job is gone.
 REQUEUE_GRACE_S = 60.0
@@ -45,6 +58,7 @@ class SlurmSubmittedRun(SubmittedRun):
     def __init__(self, run_id: str, job_id: str, job_dir: str | Path, tracking_uri: str, *,
                  poll_interval: float = 2.0, max_poll_interval: float = 30.0) -> None:
         super().__init__()
+        use_console()
         self._run_id = run_id
         self.job_id = job_id
         self.job_dir = Path(job_dir)
@@ -64,11 +78,11 @@ class SlurmSubmittedRun(SubmittedRun):
         from mlflow.tracking import MlflowClient
 
         tags = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags
-        job_ids = [j for j in tags.get("mltf.slurm_job_ids", "").split(",") if j]
-        if not job_ids or "mltf.slurm.job_dir" not in tags:
+        job_ids = [j for j in tags.get(TAG_SLURM_JOB_IDS, "").split(",") if j]
+        if not job_ids or TAG_SLURM_JOB_DIR not in tags:
             raise ConfigError(f"MLflow run {run_id} was not submitted by `mlflow run --backend mltf` "
                               "(it has no mltf.slurm_job_ids / mltf.slurm.job_dir tags).")
-        return cls(run_id, job_ids[-1], tags["mltf.slurm.job_dir"], tracking_uri, **kwargs)
+        return cls(run_id, job_ids[-1], tags[TAG_SLURM_JOB_DIR], tracking_uri, **kwargs)
 
     @property
     def run_id(self) -> str:
@@ -107,7 +121,7 @@ class SlurmSubmittedRun(SubmittedRun):
             return
         self._cancelled = True
         scancel([self.job_id])
-        self.client.set_tag(self._run_id, "mltf.slurm.cancelled_by",
+        self.client.set_tag(self._run_id, TAG_SLURM_CANCELLED_BY,
                             f"SubmittedRun.cancel() in pid {os.getpid()} on {socket.gethostname()}")
         deadline = time.monotonic() + CANCEL_TIMEOUT_S
         while self._final is None and time.monotonic() < deadline:
@@ -120,14 +134,14 @@ class SlurmSubmittedRun(SubmittedRun):
     # -- results ----------------------------------------------------------------------------------------------
     def succeeded(self) -> bool:
         run = self.client.get_run(self._run_id)
-        return bool(run.info.status == FINISHED and run.data.tags.get("mltf.complete") == "true")
+        return bool(run.info.status == FINISHED and run.data.tags.get(TAG_COMPLETE) == "true")
 
     def _step(self, max_age: float) -> str | None:
         """One look at the job; returns the run status it implies (None when SLURM could not be asked)."""
         try:
             state = monitor().states([self.job_id], max_age=max_age)[self.job_id]
         except SlurmUnavailable as exc:
-            print(f"mltf_flow: cannot ask SLURM about job {self.job_id} ({exc}); trying again", file=sys.stderr)
+            _log.warning(f"cannot ask SLURM about job {self.job_id} ({exc}); trying again")
             return None
         if state is None:
             return self.reconcile(None)
@@ -149,10 +163,10 @@ class SlurmSubmittedRun(SubmittedRun):
             return
         self._seen = key
         try:
-            self.client.set_tag(self._run_id, "mltf.slurm.state", state.state)
-            self.client.set_tag(self._run_id, "mltf.slurm.reason", state.reason or "None")
+            self.client.set_tag(self._run_id, TAG_SLURM_STATE, state.state)
+            self.client.set_tag(self._run_id, TAG_SLURM_REASON, state.reason or "None")
         except Exception as exc:  # the tracking server is down: keep polling, the job does not care
-            print(f"mltf_flow: cannot tag run {self._run_id}: {exc}", file=sys.stderr)
+            _log.warning(f"cannot tag run {self._run_id}: {exc}")
 
     def reconcile(self, state: JobState | None, note: str | None = None) -> str:
         """Make the run's status final (see the module docstring); returns it."""
@@ -163,9 +177,9 @@ class SlurmSubmittedRun(SubmittedRun):
         tags: dict[str, str] = {}
         if state is not None:
             # SLURM's own final word (e.g. OUT_OF_MEMORY where the wrapper only saw a SIGKILL) is kept.
-            tags["mltf.slurm.state"] = state.state
+            tags[TAG_SLURM_STATE] = state.state
             if state.reason and state.reason != "None":
-                tags["mltf.slurm.reason"] = state.reason
+                tags[TAG_SLURM_REASON] = state.reason
         status = str(run.info.status)
         if status not in TERMINAL_RUN_STATUSES:
             status, more = self._decide(state, record, note)
@@ -182,34 +196,34 @@ class SlurmSubmittedRun(SubmittedRun):
     def _decide(self, state: JobState | None, record: JobRecord | None, note: str | None) -> tuple[str, dict[str, str]]:
         """The final status of a run its wrapper did not end, and the tags that say why."""
         if record is not None and record.phase == ENDED and record.status:
-            tags = {"mltf.exit_code": str(record.exit_code), "mltf.slurm.state": record.slurm_state or "",
-                    "mltf.slurm.reason": record.reason or ""}
+            tags = {TAG_EXIT_CODE: str(record.exit_code), TAG_SLURM_STATE: record.slurm_state or "",
+                    TAG_SLURM_REASON: record.reason or ""}
             if record.status == FINISHED:
-                tags["mltf.complete"] = "true"
+                tags[TAG_COMPLETE] = "true"
             else:
-                tags["mltf.error"] = f"{record.slurm_state}: {record.reason} (from the job's record)"
+                tags[TAG_ERROR] = f"{record.slurm_state}: {record.reason} (from the job's record)"
             return record.status, tags
         where = f"job {self.job_id}"
         if self._cancelled:
-            return KILLED, {"mltf.error": note or f"{where} was cancelled (SubmittedRun.cancel)",
-                            "mltf.slurm.reason": "cancelled by SubmittedRun.cancel()"}
+            return KILLED, {TAG_ERROR: note or f"{where} was cancelled (SubmittedRun.cancel)",
+                            TAG_SLURM_REASON: "cancelled by SubmittedRun.cancel()"}
         if state is not None:
             status = state.run_status if state.run_status != FINISHED else FAILED
             error = f"{where} ended {state.describe()}" + (
                 "" if record is None else "; its wrapper did not finish (killed before it could record)")
-            tags = {"mltf.error": error}
+            tags = {TAG_ERROR: error}
             if state.exit_code is not None:
-                tags["mltf.exit_code"] = str(state.exit_code)
+                tags[TAG_EXIT_CODE] = str(state.exit_code)
             return status, tags
         if record is not None and record.phase == REQUEUED:
-            return FAILED, {"mltf.slurm.state": "UNKNOWN", "mltf.slurm.reason": "requeued, never ran again",
-                            "mltf.error": f"{where} was requeued and then left SLURM's views without running again."}
+            return FAILED, {TAG_SLURM_STATE: "UNKNOWN", TAG_SLURM_REASON: "requeued, never ran again",
+                            TAG_ERROR: f"{where} was requeued and then left SLURM's views without running again."}
         if record is not None:  # started, never finished, and SLURM forgot it
-            return FAILED, {"mltf.slurm.state": "UNKNOWN", "mltf.slurm.reason": "wrapper did not finish",
-                            "mltf.error": f"{where} ended without its wrapper finishing (killed with SIGKILL, or its "
+            return FAILED, {TAG_SLURM_STATE: "UNKNOWN", TAG_SLURM_REASON: "wrapper did not finish",
+                            TAG_ERROR: f"{where} ended without its wrapper finishing (killed with SIGKILL, or its "
                             "node failed); SLURM no longer lists it."}
-        return FAILED, {"mltf.slurm.state": "UNKNOWN", "mltf.slurm.reason": "never started",
-                        "mltf.error": note or f"{where} left SLURM's views without ever starting (no record in "
+        return FAILED, {TAG_SLURM_STATE: "UNKNOWN", TAG_SLURM_REASON: "never started",
+                        TAG_ERROR: note or f"{where} left SLURM's views without ever starting (no record in "
                         f"{self.job_dir}): it failed before the wrapper ran, or SLURM lost it."}
 
     def _upload_log(self) -> None:
@@ -221,5 +235,5 @@ class SlurmSubmittedRun(SubmittedRun):
             if log.name not in names:
                 self.client.log_artifact(self._run_id, str(log), "mltf")
         except Exception as exc:
-            print(f"mltf_flow: could not upload {log}: {exc}", file=sys.stderr)
+            _log.warning(f"could not upload {log}: {exc}")
 

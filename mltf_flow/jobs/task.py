@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 from mltf_flow.errors import ConfigError
+from mltf_flow.launch.local import Stopped
 
 _TASKS = re.compile(r"^(\d+)(?:\(x(\d+)\))?$")
 
@@ -72,13 +73,9 @@ def slurm_contract_env(environ: Mapping[str, str], run_id: str) -> dict[str, str
     return env
 
 
-class _Stopped(BaseException):
-    pass
-
-
 def _stop(signum: int, frame: FrameType | None) -> None:
     signal.signal(signum, signal.SIG_IGN)
-    raise _Stopped()
+    raise Stopped(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_path=Path(spec.job_dir) / f"rank{rank}-{job}.log", display=spec.display_command,
             tail_lines=spec.stderr_tail_lines, echo_prefix="", stop_grace=spec.kill_grace,
         )
-    except _Stopped:
+    except Stopped:
         code = 128 + signal.SIGTERM
     finally:
         if monitor is not None:

@@ -39,18 +39,23 @@ from typing import Any
 from mltf_flow.jobs.record import ENDED, REQUEUED, RUNNING, JobRecord
 from mltf_flow.jobs.spec import JobSpec
 from mltf_flow.jobs.states import FAILED, FINISHED, KILLED, SCHEDULED
+from mltf_flow.launch.local import Stopped
+from mltf_flow.tags import (
+    TAG_COMPLETE,
+    TAG_ERROR,
+    TAG_EXIT_CODE,
+    TAG_SLURM_BATCH_HOST,
+    TAG_SLURM_JOB_ID,
+    TAG_SLURM_NODES,
+    TAG_SLURM_PRE_TIMEOUT_SIGNAL_AT,
+    TAG_SLURM_REASON,
+    TAG_SLURM_RESTARTS,
+    TAG_SLURM_STATE,
+)
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Tags a requeued attempt must not inherit from the one before.
-_STALE_TAGS = ("mltf.error", "mltf.exit_code", "mltf.slurm.state", "mltf.slurm.reason", "mltf.complete")
-
-
-class _Stopped(BaseException):
-    """A stop signal arrived (BaseException: nothing may swallow it as an ordinary error)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"signal {signum}")
-        self.signum = signum
+_STALE_TAGS = (TAG_ERROR, TAG_EXIT_CODE, TAG_SLURM_STATE, TAG_SLURM_REASON, TAG_COMPLETE)
 
 
 @dataclass
@@ -149,9 +154,9 @@ class Wrapper:
             self._client_ready.set()
 
     def _running_tags(self) -> dict[str, str]:
-        return {"mltf.slurm.job_id": self.job_id, "mltf.slurm.batch_host": self.host,
-                "mltf.slurm.nodes": os.environ.get("SLURM_JOB_NODELIST", self.host),
-                "mltf.slurm.restarts": os.environ.get("SLURM_RESTART_COUNT", "0"), "mltf.slurm.state": "RUNNING"}
+        return {TAG_SLURM_JOB_ID: self.job_id, TAG_SLURM_BATCH_HOST: self.host,
+                TAG_SLURM_NODES: os.environ.get("SLURM_JOB_NODELIST", self.host),
+                TAG_SLURM_RESTARTS: os.environ.get("SLURM_RESTART_COUNT", "0"), TAG_SLURM_STATE: "RUNNING"}
 
     def _start_run(self, client: Any) -> None:
         from mlflow.entities import RunTag
@@ -185,7 +190,7 @@ class Wrapper:
         if self.stopping:
             return  # already stopping (SLURM may signal every process of the job, and repeat)
         self.stopping = True
-        raise _Stopped(signum)
+        raise Stopped(signum)
 
     def _on_usr1(self, signum: int, frame: FrameType | None) -> None:
         self.pre_timeout_at = time.time()
@@ -302,7 +307,7 @@ class Wrapper:
                 on_start=remember, stop_grace=self.spec.kill_grace,
             )
             outcome = _outcome_of_exit(code, tail)
-        except _Stopped as stop:
+        except Stopped as stop:
             outcome = _outcome_of_signal(stop.signum, self.job_id, self.pre_timeout_at is not None)
         except Exception as exc:
             from mltf_flow.errors import EnvBuildError
@@ -343,7 +348,7 @@ class Wrapper:
         from mlflow.entities import RunTag
 
         if outcome.status == SCHEDULED:  # requeued: queued again, and the next attempt takes over
-            tags = {"mltf.slurm.state": outcome.slurm_state, "mltf.slurm.reason": outcome.reason}
+            tags = {TAG_SLURM_STATE: outcome.slurm_state, TAG_SLURM_REASON: outcome.reason}
             client.log_batch(self.spec.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             client.update_run(self.spec.run_id, status=SCHEDULED)
             return
@@ -353,12 +358,12 @@ class Wrapper:
             # The command ended its own run FAILED/KILLED and then exited 0: its word stands.
             status = run.info.status
             outcome.error = f"the command exited 0 but ended its MLflow run {run.info.status}"
-        tags = {"mltf.exit_code": str(outcome.exit_code), "mltf.slurm.state": outcome.slurm_state,
-                "mltf.slurm.reason": outcome.reason}
+        tags = {TAG_EXIT_CODE: str(outcome.exit_code), TAG_SLURM_STATE: outcome.slurm_state,
+                TAG_SLURM_REASON: outcome.reason}
         if outcome.error:
-            tags["mltf.error"] = outcome.error[:5000]
+            tags[TAG_ERROR] = outcome.error[:5000]
         if self.pre_timeout_at is not None:
-            tags["mltf.slurm.pre_timeout_signal_at"] = time.strftime("%Y-%m-%dT%H:%M:%S",
+            tags[TAG_SLURM_PRE_TIMEOUT_SIGNAL_AT] = time.strftime("%Y-%m-%dT%H:%M:%S",
                                                                      time.localtime(self.pre_timeout_at))
         log = self.spec.log_path(self.job_id)
         if log.is_file():
@@ -370,7 +375,7 @@ class Wrapper:
         client.set_terminated(self.spec.run_id, status)
         if status == FINISHED:
             # Last: a run is complete only once everything else about it is recorded (pipelines trust this tag).
-            client.set_tag(self.spec.run_id, "mltf.complete", "true")
+            client.set_tag(self.spec.run_id, TAG_COMPLETE, "true")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,17 +27,30 @@ from mltf_flow.launch.base import LaunchRequest, LaunchResult
 
 _PR_SET_PDEATHSIG = 1
 
-__all__ = ["LocalLauncher", "run_streaming", "stop_session"]
+__all__ = ["LocalLauncher", "Stopped", "die_with_parent", "run_streaming", "stop_session"]
 
 
-def _die_with_parent() -> None:
-    # Not glibc/Linux: OSError, and the session kill in _stop still covers orderly stops.
+def die_with_parent() -> None:
+    """Have this process get SIGTERM when its parent dies, even by SIGKILL (``PR_SET_PDEATHSIG``): used as
+    ``preexec_fn`` for commands, and by the cluster keeper for itself."""
+    # Not glibc/Linux: OSError, and the session kill in stop_session still covers orderly stops.
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived while a command ran (BaseException: must not be swallowed as an error)."""
+class Stopped(BaseException):
+    """A stop signal arrived while a command ran: raised by a signal handler, caught where the command's
+    outcome is decided (the job wrapper, an srun task). A BaseException, so no ``except Exception`` on
+    the way swallows it as an ordinary error; control flow, hence not in :mod:`mltf_flow.errors`."""
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        super().__init__(message or f"signal {signum}")
+        self.signum = signum
+
+
+class _Terminated(Stopped):
+    """SIGTERM arrived while the local launcher ran a step's command (the step run ends KILLED). Its
+    name appears in the ``mltf.error`` tags of such runs: it is kept."""
 
 
 def run_streaming(
@@ -72,7 +85,7 @@ def run_streaming(
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         if on_start is not None:
             on_start(proc.pid)
@@ -158,7 +171,7 @@ class LocalLauncher:
             return None
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            raise _Terminated(f"received signal {signum}")
+            raise _Terminated(signum, f"received signal {signum}")
 
         return signal.signal(signal.SIGTERM, handler)
 

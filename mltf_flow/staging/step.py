@@ -13,20 +13,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import luigi
 
 from mltf_flow.config import Settings, load_settings
+from mltf_flow.console import use_console
 from mltf_flow.progress import report_status
 from mltf_flow.retcodes import apply_default_retcodes
 from mltf_flow.staging.local import stage_local
 from mltf_flow.staging.manifest import write_manifest
 from mltf_flow.staging.uri import DatasetURI, parse_dataset_uri
+from mltf_flow.tags import (
+    TAG_DATASET_FILES,
+    TAG_DATASET_URI,
+    TAG_ERROR,
+    TAG_INVOCATION_ID,
+    TAG_MANIFEST_DIGEST,
+    TAG_PIPELINE,
+    TAG_PROFILE,
+    TAG_ROLE,
+    TAG_RUCIO_MODE,
+    TAG_RUCIO_RSE_EXPRESSION,
+    TAG_RUCIO_RULE_ID,
+    TAG_STEP,
+    TAG_TASK_ID,
+)
 from mltf_flow.targets.manifest import ManifestTarget
+
+_log = logging.getLogger(__name__)
 
 apply_default_retcodes()  # see mltf_flow.retcodes: failures exit non-zero wherever luigi runs
 
@@ -57,6 +75,10 @@ class StageStep(luigi.Task):
 
     def output(self) -> ManifestTarget:
         return ManifestTarget(self.manifest_path(), self.uri())
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        use_console()
 
     def run(self) -> None:
         uri = self.uri()
@@ -91,11 +113,11 @@ class StageStep(luigi.Task):
 
         parent_id = tracker.parent_run(experiment_id, pipeline, invocation_id()) if self.pipeline else None
         run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name="stage", params={}, tags={
-            "mltf.role": "stage", "mltf.step": "stage", "mltf.pipeline": pipeline, "mltf.dataset.uri": uri.canonical,
-            "mltf.rucio.mode": rucio.mode, "mltf.rucio.rse_expression": rucio.rse_expression or "",
-            "mltf.profile": profile.name, "mltf.invocation_id": invocation_id(), "mltf.task_id": self.task_id,
+            TAG_ROLE: "stage", TAG_STEP: "stage", TAG_PIPELINE: pipeline, TAG_DATASET_URI: uri.canonical,
+            TAG_RUCIO_MODE: rucio.mode, TAG_RUCIO_RSE_EXPRESSION: rucio.rse_expression or "",
+            TAG_PROFILE: profile.name, TAG_INVOCATION_ID: invocation_id(), TAG_TASK_ID: self.task_id,
         })
-        stager.on_rule = lambda rule: tracker.set_tags(run_id, {"mltf.rucio.rule_id": rule})
+        stager.on_rule = lambda rule: tracker.set_tags(run_id, {TAG_RUCIO_RULE_ID: rule})
         try:
             with progress:
                 manifest = stager.stage(files)
@@ -105,13 +127,13 @@ class StageStep(luigi.Task):
                 tracker.settle_parent(parent_id, step="stage", ok=True)
         except BaseException as exc:
             try:
-                tracker.set_tags(run_id, {"mltf.error": f"{type(exc).__name__}: {exc}"[:5000]})
+                tracker.set_tags(run_id, {TAG_ERROR: f"{type(exc).__name__}: {exc}"[:5000]})
                 killed = isinstance(exc, KeyboardInterrupt | SystemExit)
                 tracker.finish_step(run_id, ok=False, exit_code=None, status="KILLED" if killed else "FAILED")
                 if parent_id:
                     tracker.settle_parent(parent_id, step="stage", ok=False)
             except Exception as bookkeeping:
-                print(f"mltf_flow: could not mark staging run {run_id} as ended: {bookkeeping}", file=sys.stderr)
+                _log.error(f"could not mark staging run {run_id} as ended: {bookkeeping}")
             raise
         finally:
             forget(uri)  # complete() lists the DID again after a staging attempt
@@ -138,9 +160,9 @@ class StageStep(luigi.Task):
         )
         tracker.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
                                                                                          "staging")])])
-        tracker.set_tags(run_id, {"mltf.manifest_digest": manifest["digest"],
-                                  "mltf.rucio.rule_id": str(manifest.get("rule_id") or ""),
-                                  "mltf.dataset.files": str(len(manifest["files"]))})
+        tracker.set_tags(run_id, {TAG_MANIFEST_DIGEST: manifest["digest"],
+                                  TAG_RUCIO_RULE_ID: str(manifest.get("rule_id") or ""),
+                                  TAG_DATASET_FILES: str(len(manifest["files"]))})
         tracker.finish_step(run_id, ok=True, exit_code=None)
 
     # -- as an upstream of MLflow steps ------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import luigi
 
+from mltf_flow.errors import RunNotFound
 from mltf_flow.run_index import RunRef, run_index
 
 
@@ -52,5 +53,5 @@ class MLflowRunTarget(luigi.Target):
     def run_id(self) -> str:
         ref = self.run_ref()
         if ref is None:
-            raise LookupError(f"no complete run in experiment {self.experiment!r} for this step yet")
+            raise RunNotFound(f"no complete run in experiment {self.experiment!r} for this step yet")
         return ref.run_id

@@ -8,8 +8,9 @@ Use them from a test module with either of
 
 (the import form makes ruff report F811 on every test that takes a fixture as an argument: add `# noqa: F811`
 there). Mixing both forms in one run still starts one server. The server and the daemons run from
-`.venv-rucio` (`make rucio-venv`: package `rucio`, kept out of .venv where only `rucio-clients` lives); without
-it the tests are skipped. The pytest process talks to the server only through `rucio.client` (rucio-clients),
+`.venv-rucio` (`make rucio-venv`: package `rucio`, kept out of .venv where only `rucio-clients` lives): a test
+that uses them is marked `rucio` and runs when the run asks for that environment (`pytest -E rucio`, see
+tests/environments.py). The pytest process talks to the server only through `rucio.client` (rucio-clients),
 like the code under test.
 
 Fixtures (all objects are defined below):
@@ -62,11 +63,6 @@ USERNAME, PASSWORD = "ddmlab", "secret"  # the server's bootstrap identity (serv
 # Variables that would make a client process use another account, auth type, VO or config than the server's.
 CLIENT_ENV_DROP = ("RUCIO_ACCOUNT", "RUCIO_AUTH_TYPE", "RUCIO_VO", "RUCIO_HOME", "RUCIO_CLIENT_MODE")
 T = TypeVar("T")
-
-
-def _need_server_venv() -> None:
-    if not RUCIO_PYTHON.exists():
-        pytest.skip(f"no Rucio server venv ({RUCIO_PYTHON.parent.parent.name}): run `make rucio-venv`")
 
 
 def _server_proc_env() -> dict[str, str]:
@@ -186,7 +182,6 @@ def _stop_server(home: Path) -> None:
 def rucio_server(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[RucioServer]:
     """Fresh database + gunicorn on 127.0.0.1:<free port> for the whole session; stopped at the end. The
     bring-up time is printed (pytest -s) and written to <home>/bringup.txt."""
-    _need_server_venv()
     if not _SHARED:
         home = tmp_path_factory.mktemp("rucio")
         try:

@@ -10,11 +10,19 @@ import signal
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import git_project, no_worker_jobs, popen, read_until, run_luigi, wait_until, worker_jobs
+from tests.helpers import (
+    git_project,
+    no_worker_jobs,
+    popen,
+    read_until,
+    run_luigi,
+    run_mltf,
+    wait_until,
+    worker_jobs,
+)
 from tests.integration.ddp_checks import assert_ddp_run
 from tests.integration.mlflow_queries import runs, sqlite_uri, step_runs
 
@@ -26,7 +34,8 @@ def store() -> str:
     return sqlite_uri(os.environ["MLTF_FLOW_WORK_DIR"])
 
 
-def test_example_pipeline_on_slurm_workers(slurm: None, jet_sample: Path, tmp_path: Path) -> None:
+@pytest.mark.slurm
+def test_example_pipeline_on_slurm_workers(jet_sample: Path, tmp_path: Path) -> None:
     proc = popen("--module", "pipelines", "Train", "--profile", "slurm-ci", "--dataset", str(jet_sample),
                  "--epochs", "1")
     seen = wait_until(worker_jobs, 60, "the features workers to appear in squeue")
@@ -58,7 +67,8 @@ def _flaky(tmp_path: Path, run_on: str = "driver") -> Path:
     return project
 
 
-def test_failing_step_on_slurm_cancels_the_workers(slurm: None, tmp_path: Path) -> None:
+@pytest.mark.slurm
+def test_failing_step_on_slurm_cancels_the_workers(tmp_path: Path) -> None:
     project = _flaky(tmp_path)
     result = run_luigi("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(project),
                        "--run-step", "main", "--overrides", '{"mode": "exit3"}', "--profile", "slurm-ci")
@@ -66,7 +76,8 @@ def test_failing_step_on_slurm_cancels_the_workers(slurm: None, tmp_path: Path) 
     no_worker_jobs()
 
 
-def test_sigint_mid_step_on_a_slurm_worker(slurm: None, tmp_path: Path) -> None:
+@pytest.mark.slurm
+def test_sigint_mid_step_on_a_slurm_worker(tmp_path: Path) -> None:
     project = _flaky(tmp_path, run_on="worker")
     proc = popen("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(project), "--run-step",
                  "main", "--overrides", '{"mode": "hang"}', "--profile", "slurm-ci")
@@ -80,10 +91,8 @@ def test_sigint_mid_step_on_a_slurm_worker(slurm: None, tmp_path: Path) -> None:
     no_worker_jobs()
 
 
-@pytest.mark.parametrize("profile", ["local", "slurm-ci"])
-def test_two_independent_branches_run_in_parallel(profile: str, tmp_path: Path, request: Any) -> None:
-    if profile.startswith("slurm"):
-        request.getfixturevalue("slurm")
+@pytest.mark.parametrize("profile", ["local", pytest.param("slurm-ci", marks=pytest.mark.slurm)])
+def test_two_independent_branches_run_in_parallel(profile: str, tmp_path: Path) -> None:
     rendezvous = tmp_path / "rendezvous"
     rendezvous.mkdir()
     overrides = {"left.rendezvous": str(rendezvous), "right.rendezvous": str(rendezvous)}
@@ -127,8 +136,9 @@ def _bad_profiles(tmp_path: Path) -> dict[str, str]:
     ("ci-gpu8", "Requested node configuration is not available"),
     ("ci-nopart", "invalid partition specified: nosuch"),
 ])
+@pytest.mark.slurm
 def test_slurm_rejection_is_reported_before_anything_runs(
-    slurm: None, tmp_path: Path, jet_sample: Path, profile: str, message: str
+    tmp_path: Path, jet_sample: Path, profile: str, message: str
 ) -> None:
     start = time.monotonic()
     result = run_luigi("--module", "pipelines", "Train", "--dataset", str(jet_sample), "--profile", profile,
@@ -163,9 +173,8 @@ def test_attach_to_an_existing_scheduler(tmp_path: Path) -> None:
             assert client.submit(sum, [2, 3], pure=False).result(timeout=30) == 5
 
 
-def test_render_prints_the_job_script_without_submitting(slurm: None) -> None:
-    from tests.conftest import run_mltf
-
+@pytest.mark.slurm
+def test_render_prints_the_job_script_without_submitting() -> None:
     before = set(worker_jobs())
     result = run_mltf("render", "--profile", "slurm-ci-gpu")
     assert result.returncode == 0, result.output
@@ -174,8 +183,9 @@ def test_render_prints_the_job_script_without_submitting(slurm: None) -> None:
     assert shutil.which("sbatch")
 
 
+@pytest.mark.slurm
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_killed_luigi_process_leaves_no_slurm_jobs(slurm: None, tmp_path: Path, sig: signal.Signals) -> None:
+def test_killed_luigi_process_leaves_no_slurm_jobs(tmp_path: Path, sig: signal.Signals) -> None:
     """SIGTERM: an orderly exit closes the clusters. SIGKILL: nothing runs in the Luigi process, but the
     keeper dies with it (PR_SET_PDEATHSIG) and cancels the jobs on its way out."""
     project = _flaky(tmp_path)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, REPO, Result, git_project, make_wheel
+from tests.helpers import BIN, REPO, Result, git_project, make_wheel
 from tests.integration.mlflow_queries import client, sqlite_uri
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import BIN, git_project, run_luigi
+from tests.helpers import BIN, git_project, run_luigi
 from tests.integration.ddp_checks import assert_ddp_run, final_digests, metric_steps, rank_logs
 from tests.integration.mlflow_queries import runs, sqlite_uri
 

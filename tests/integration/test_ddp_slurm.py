@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import git_project, no_worker_jobs, popen, read_until, run_luigi
+from tests.helpers import git_project, no_worker_jobs, popen, read_until, run_luigi
 from tests.integration.ddp_checks import assert_ddp_run, metric_steps
 from tests.integration.mlflow_queries import runs, sqlite_uri
 from tests.integration.test_ddp import PROJECT, leftover_ranks
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 
-def test_cancelled_slurm_job_fails_the_step_and_a_retry_resumes(slurm: None, tmp_path: Path) -> None:
+def test_cancelled_slurm_job_fails_the_step_and_a_retry_resumes(tmp_path: Path) -> None:
     project = git_project(PROJECT, tmp_path / "ddp")
     work = os.environ["MLTF_FLOW_WORK_DIR"]
     hold = {"MLTF_TEST_HOLD_EPOCH": "1", "MLTF_TEST_HOLD_FILE": str(tmp_path / "never")}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_luigi
+from tests.helpers import run_luigi
 from tests.integration.ddp_checks import assert_ddp_run
 from tests.integration.mlflow_queries import client, parents, runs, sqlite_uri, step_runs
 
@@ -125,7 +125,7 @@ def test_fresh_runs_give_bit_identical_weights(
 
 def test_uncommitted_edit_reruns_only_the_edited_step(jet_sample: Path, tmp_path: Path) -> None:
     """Through pipeline.yaml (`mltf-flow run`) on a git checkout of the example project."""
-    from tests.conftest import EXAMPLE, git_project, run_mltf
+    from tests.helpers import EXAMPLE, git_project, run_mltf
 
     project = git_project(EXAMPLE, tmp_path / "checkout")
     uri = sqlite_uri(tmp_path / "work")
@@ -143,7 +143,7 @@ def test_uncommitted_edit_reruns_only_the_edited_step(jet_sample: Path, tmp_path
 
 
 def test_example_project_still_runs_under_plain_mlflow_run(tmp_path: Path) -> None:
-    from tests.conftest import EXAMPLE, run_cmd
+    from tests.helpers import EXAMPLE, run_cmd
 
     result = run_cmd(
         ["mlflow", "run", str(EXAMPLE), "-e", "generate", "--env-manager", "local", "-P", f"out_dir={tmp_path}/d",
@@ -159,7 +159,7 @@ def test_luigi_and_pipeline_yaml_reuse_each_others_runs(
 ) -> None:
     """`luigi --module pipelines Train` (Python classes) and `mltf-flow run pipelines/jet_tagging --step train`
     (pipeline.yaml) describe the same steps: each finds the runs the other made."""
-    from tests.conftest import EXAMPLE, run_mltf
+    from tests.helpers import EXAMPLE, run_mltf
 
     env, uri = first_run
     before = len(runs(uri))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_luigi
+from tests.helpers import run_luigi
 from tests.integration.mlflow_queries import sqlite_uri, step_runs
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, REPO, Result
+from tests.helpers import BIN, REPO, Result
 from tests.integration.mlflow_queries import runs, sqlite_uri
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BIN, REPO, free_port, wait_until
+from tests.helpers import BIN, REPO, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 PROJECTS = Path(__file__).parent / "projects"

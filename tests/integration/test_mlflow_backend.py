@@ -19,7 +19,7 @@ import pytest
 from mltf_flow.staging.local import stage_local
 from mltf_flow.staging.manifest import write_manifest
 from mltf_flow.staging.uri import parse_dataset_uri
-from tests.conftest import (
+from tests.helpers import (
     BIN,
     EXAMPLE,
     REPO,
@@ -29,12 +29,11 @@ from tests.conftest import (
     run_cmd,
     run_luigi,
     run_mltf,
-    slurm_available,
     wait_until,
 )
 from tests.integration.mlflow_queries import client, runs
 
-pytestmark = [pytest.mark.slow, pytest.mark.server]
+pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.slurm]
 PROJECTS = Path(__file__).parent / "projects"
 FLAKY = PROJECTS / "flaky"
 FAST = {"poll_interval": 0.5, "max_poll_interval": 2.0}
@@ -42,7 +41,7 @@ SECRET = "tok-81c4d2e7"
 
 
 @pytest.fixture
-def backend(mlflow_server: MlflowServer, slurm: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+def backend(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """The environment of a user on the login node: a tracking server, the site's profiles."""
     import mlflow
 
@@ -112,12 +111,9 @@ def artifact_names(uri: str, run_id: str, path: str = "mltf") -> set[str]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def time_limit_job(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+def time_limit_job(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A job that runs into its 1-minute limit (SLURM kills it 60-90 s after it starts): submitted when this
     module starts, so the other tests run meanwhile; the last test of the module waits for its end."""
-    if not slurm_available():
-        yield None
-        return
     env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLTF_FLOW_PROFILES": str(REPO / "configs" / "profiles.yaml"),
            "MLTF_FLOW_WORK_DIR": str(tmp_path_factory.mktemp("time-limit") / "work")}
     config = json.dumps({"profile": "slurm-ci", "time": "00:01:00", **FAST})
@@ -136,12 +132,11 @@ _KEEP: set[str] = set()
 @pytest.fixture(autouse=True)
 def _no_job_left() -> Iterator[None]:
     """A test that fails half-way must not leave its jobs holding the CI node's CPUs for the tests after it."""
-    before = queued() if slurm_available() else set()
+    before = queued()
     yield
-    if slurm_available():
-        left = queued() - before - _KEEP
-        if left:
-            subprocess.run(["scancel", *sorted(left)], capture_output=True)
+    left = queued() - before - _KEEP
+    if left:
+        subprocess.run(["scancel", *sorted(left)], capture_output=True)
 
 
 # -- the talk's user story --------------------------------------------------------------------------------------
@@ -504,10 +499,9 @@ def test_a_pipeline_step_sees_the_same_job_as_in_progress_then_reuses_its_result
 
 
 def test_a_job_past_its_time_limit_is_a_failed_run(backend: dict[str, str], mlflow_server: MlflowServer,
-                                                   time_limit_job: str | None) -> None:
+                                                   time_limit_job: str) -> None:
     from mltf_flow.jobs.submitted import SlurmSubmittedRun
 
-    assert time_limit_job is not None
     sub = SlurmSubmittedRun.from_run(time_limit_job, mlflow_server.uri, poll_interval=0.5, max_poll_interval=2.0)
     assert sub.wait() is False
     run = client(mlflow_server.uri).get_run(sub.run_id)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tests.integration.rucio_env import RucioDaemons, RucioServer, RucioSite
 
 pytest_plugins = ["tests.integration.rucio_env"]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.rucio]
 
 
 def adler32(path: Path) -> str:

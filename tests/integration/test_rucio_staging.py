@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from mltf_flow.staging.rucio import adler32_file
-from tests.conftest import EXAMPLE, Result, run_luigi
+from tests.helpers import EXAMPLE, Result, run_luigi
 from tests.integration.mlflow_queries import client as mlflow_client
 from tests.integration.mlflow_queries import runs, sqlite_uri
 
 pytest_plugins = ["tests.integration.rucio_env"]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.rucio]
 
 JETS = "rucio://test:jets_v1"
 

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import BIN, REPO, git_project, run_luigi
+from tests.helpers import BIN, REPO, git_project, run_luigi
 from tests.integration.mlflow_queries import client, parents, runs, sqlite_uri
 
 FLAKY = Path(__file__).parent / "projects" / "flaky"

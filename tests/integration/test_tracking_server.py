@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MlflowServer, run_luigi
+from tests.helpers import MlflowServer, run_luigi
 from tests.integration.mlflow_queries import client, runs, step_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]

@@ -382,16 +382,42 @@ def test_project_outputs_record_learns_what_a_run_wrote(tmp_path: Path) -> None:
 
     root = make_tree(tmp_path / "plain")
     (root / "summary.yaml").write_text("loss: 1\n")
+    (root / "cfg.json").write_text("{}\n")
     before = snapshot(root)
     (root / "summary.yaml").write_text("loss: 0.5, longer\n")
-    (root / "train.py").write_text("EPOCHS = 1\n")
-    (root / "cfg.json").write_text("{}\n")
+    (root / "train.py").write_text("EPOCHS = 1\n")  # a script: the user's edit, never an output
+    (root / "cfg.json").write_text('{"lr": 1}\n')  # named by the command, existed before: the user's edit
+    (root / "model.pkl").write_bytes(b"\x80")  # named by the command (--out model.pkl), created by the run
     (root / "out").mkdir()
     (root / "out" / "new.yaml").write_text("a: 1\n")
-    changed = written(before, snapshot(root), keep={"cfg.json"})
-    assert changed == ["out/new.yaml", "summary.yaml"]
+    named = {"cfg.json", "model.pkl"}
+    changed = written(before, snapshot(root), keep=named)
+    assert changed == ["model.pkl", "out/new.yaml", "summary.yaml"]
+    rewritten = snapshot(root)
+    (root / "model.pkl").write_bytes(b"\x80\x81")  # the next run rewrites it: still an output once known
+    assert written(rewritten, snapshot(root), keep=named, known={"model.pkl"}) == ["model.pkl"]
+    assert written(rewritten, snapshot(root), keep=named) == []
     work = tmp_path / "work"
     assert load_outputs(work, root) == frozenset()
     remember_outputs(work, root, changed, "train", "r1")
     remember_outputs(work, root, ["more.json"], "eval", "r2")
-    assert load_outputs(work, root) == {"out/new.yaml", "summary.yaml", "more.json"}
+    assert load_outputs(work, root) == {"model.pkl", "out/new.yaml", "summary.yaml", "more.json"}
+
+
+def test_named_output_and_parameter_files(tmp_path: Path, isolated_git: None) -> None:
+    from mltf_flow.code_set import parameter_files
+
+    root = make_tree(tmp_path / "plain")
+    command = "python train.py --out model.pkl"
+    (root / "model.pkl").write_bytes(b"\x80")
+    assert code_hash(root, command=command, outputs={"model.pkl"}).hash == code_hash(root).hash
+    (root / "data").mkdir()
+    (root / "data" / "calib.csv").write_text("a,b\n")
+    files = parameter_files(root, {"calib": "path", "name": "string", "remote": "path"},
+                            {"calib": str(root / "data" / "calib.csv"), "name": "data/calib.csv",
+                             "remote": "s3://bucket/x"})
+    assert files == {"data/calib.csv"}
+    with_calib = code_hash(root, named=files)
+    (root / "data" / "calib.csv").write_text("a,b\n1,2\n")
+    assert code_hash(root, named=files).hash != with_calib.hash
+    assert code_hash(root).hash == code_hash(root, command="python train.py").hash  # not code otherwise

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mltf_flow.errors import EnvBuildError
+from mltf_flow.errors import ConfigError, EnvBuildError
 from mltf_flow.pyenv import PythonEnv, ensure_env, find_python, read_python_env
-from tests.conftest import make_wheel
+from tests.helpers import make_wheel
 
 HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -36,8 +36,9 @@ def test_python_env_yaml_is_read_and_checked(tmp_path: Path) -> None:
     assert read_python_env(good) == PythonEnv("3.11", ("pip",), ("numpy>=2", "-r req.txt"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("python: '3.11'\ndeps: [numpy]\n")
-    with pytest.raises(Exception, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['deps'\]; python_env.yaml has python, ") as info:
         read_python_env(bad)
+    assert str(bad) in str(info.value)  # where the bad key is
 
 
 def _probe(tmp_path: Path) -> Path:

@@ -15,7 +15,7 @@ import pytest
 from mltf_flow.errors import ConfigError
 from mltf_flow.pipeline import load_pipeline
 from mltf_flow.scaffold import class_name, example_dir, init_project
-from tests.conftest import BIN, REPO, run_cmd
+from tests.helpers import BIN, REPO, run_cmd
 
 USER_MLPROJECT = """\
 name: dimuon-fit
@@ -79,7 +79,8 @@ def user_project(tmp_path: Path) -> Path:
 def test_init_on_a_user_project_writes_module_pipeline_and_luigi_cfg(user_project: Path) -> None:
     mlproject = (user_project / "MLproject").read_text()
     result = init_project(user_project)
-    assert sorted(result.written) == ["luigi.cfg", "pipeline.yaml", "pipeline_steps.py"]
+    assert sorted(result.written) == [".gitignore", "luigi.cfg", "pipeline.yaml", "pipeline_steps.py"]
+    assert (user_project / ".gitignore").read_text().splitlines()[-1] == ".mltf/"  # the store stays out of git
     assert (user_project / "MLproject").read_text() == mlproject  # theirs, untouched
     assert not result.example and result.target == "Main"
 
@@ -108,8 +109,11 @@ def test_init_on_a_user_project_writes_module_pipeline_and_luigi_cfg(user_projec
     assert spec.declared and spec.name == "dimuon-fit"
     assert {name: s.entry_point for name, s in spec.steps.items()} == {"main": "main", "train-model": "train-model"}
     text = (user_project / "pipeline.yaml").read_text()
-    for word in ("inputs:", "outputs:", "code:", "run_on:"):
+    for word in ("inputs:", "outputs:", "run_on:"):
         assert f"# {word}" in text
+    # Both front ends leave the generated module out of the steps' code (it describes the pipeline).
+    assert all(s.code == ("auto", "!pipeline_steps.py") for s in spec.steps.values())
+    assert "code_paths = ('auto', '!pipeline_steps.py')" in (user_project / "pipeline_steps.py").read_text()
 
     cfg = configparser.ConfigParser()
     cfg.read(user_project / "luigi.cfg")

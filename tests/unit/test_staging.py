@@ -85,14 +85,15 @@ def test_malformed_rucio_dids(text: str) -> None:
         parse_dataset_uri(text)
 
 
-@pytest.mark.parametrize("path", ["/data/jets/run_?.root", "/data/run#1/*.root"])
-def test_file_uri_never_drops_part_of_the_path(path: str) -> None:
-    # Either fix is fine: keep '?'/'#' as part of the path, or refuse the URI. Silently staging
-    # another dataset (here /data/jets/run_ or /data/run) is not.
-    try:
-        uri = parse_dataset_uri(f"file://{path}")
-    except ConfigError:
-        return
+@pytest.mark.parametrize(
+    ("path", "directory", "pattern"),
+    [("/data/jets/run_?.root", "/data/jets", "run_?.root"), ("/data/run#1/*.root", "/data/run#1", "*.root")],
+)
+def test_file_uri_never_drops_part_of_the_path(path: str, directory: str, pattern: str) -> None:
+    # '?' and '#' are part of the path (a glob, a directory name), not a query or a fragment: cutting them
+    # off would silently stage another dataset (here /data/jets/run_ or /data/run).
+    uri = parse_dataset_uri(f"file://{path}")
+    assert (uri.path, uri.pattern) == (Path(directory), pattern)
     assert uri == parse_dataset_uri(path)
 
 

@@ -9,8 +9,6 @@ import pytest
 
 from mltf_flow.cli import EXIT_BAD_INPUT, main
 
-pytestmark = pytest.mark.filterwarnings("ignore:Port .* is already in use:UserWarning")
-
 WriteCwd = Callable[[object], Path]
 
 PROFILES = """\
@@ -109,14 +107,13 @@ def test_render_slurm_profile_prints_the_script(
 def test_render_profile_whose_interface_is_not_on_this_host(
     write_cwd_profiles: WriteCwd, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The interface is the compute nodes' (workers bind to it there): rendering on a login node without it
+    # must still print the script.
     write_cwd_profiles({"ib": {"extends": "slurm", "partition": "debug", "interface": "nosuch0"}})
     code = main(["render", "--profile", "ib"])
     captured = capsys.readouterr()
-    assert code in (0, EXIT_BAD_INPUT)
-    if code == 0:
-        assert "--interface nosuch0" in captured.out
-    else:
-        assert "nosuch0" in captured.err
+    assert code == 0, captured.err
+    assert "--interface nosuch0" in captured.out
 
 
 def test_doctor_invalid_profile_fails_without_slurm(profiles_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -124,26 +121,3 @@ def test_doctor_invalid_profile_fails_without_slurm(profiles_file: Path, capsys:
     out = capsys.readouterr().out
     assert "FAIL  profile resolves" in out
     assert "Quote it" in out
-
-
-@pytest.mark.usefixtures("require_slurm")
-def test_doctor_unknown_partition_fails(profiles_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["doctor", "--profile", "nowhere"]) == 1
-    out = capsys.readouterr().out
-    assert "ok    profile resolves" in out
-    assert "FAIL  partition" in out
-    assert "'nosuch' not found" in out
-    assert "FAIL  sbatch --test-only" in out
-    assert "invalid partition" in out
-    assert "check(s) failed" in out
-
-
-@pytest.mark.usefixtures("require_slurm")
-def test_doctor_good_profile_passes(profiles_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["doctor", "--profile", "ci-cpu"])
-    out = capsys.readouterr().out
-    assert "FAIL" not in out, out
-    assert code == 0
-    assert "ok    partition: debug" in out
-    assert "ok    sbatch --test-only" in out
-    assert "all checks passed" in out

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -149,15 +151,23 @@ def test_auto_is_posix_without_a_gpu_and_named_gds_backends_say_why(tmp_path: Pa
             read_tensor(path, backend="kvikio")
     with pytest.raises(BackendUnavailable, match="not a CUDA device"):
         read_tensor(path, backend="torch_gds")
-    import torch
-
-    if not torch.cuda.is_available():
-        with pytest.raises(BackendUnavailable, match="torch sees no CUDA GPU"):
-            read_tensor(path, device="cuda")
     with pytest.raises(ConfigError, match="read backend 'dma'"):
         read_tensor(path, backend="dma")
     with pytest.raises(ConfigError, match="run past the end"):
         read_tensor(path, offset=4096, nbytes=8192)
+
+
+def test_a_cuda_read_where_torch_sees_no_gpu_says_so(tmp_path: Path) -> None:
+    # A process that sees no GPU (CUDA_VISIBLE_DEVICES empty), on any machine, with or without a GPU.
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * 8192)
+    code = ("import sys\nfrom mltf_flow.fabric.gds import BackendUnavailable, read_tensor\n"
+            "try:\n    read_tensor(sys.argv[1], device='cuda')\nexcept BackendUnavailable as exc:\n    print(exc)\n"
+            "else:\n    print('no error')\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 0, out.stderr
+    assert "device 'cuda' was asked for, but torch sees no CUDA GPU here" in out.stdout, out.stdout + out.stderr
 
 
 def test_alignment_helpers() -> None:

@@ -174,7 +174,7 @@ def test_a_named_backend_that_cannot_run_is_a_clear_error(tmp_path: Path) -> Non
         load_array(tmp_path / "k.mltft", "a", device="cpu", backend="kvikio")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_round_trip_onto_the_gpu(tmp_path: Path) -> None:
     arrays = mixed()
     write_tensor_file(tmp_path / "g.mltft", arrays)

@@ -21,8 +21,7 @@ from mltf_flow.jobs.config import (
     parse_backend_config,
     profile_memory_to_slurm,
 )
-
-from ._jobs_support import REPO_PROFILES, SHIPPED_PROFILES, isolate_profiles
+from tests.helpers import REPO_PROFILES, SHIPPED_PROFILES, isolate_profiles
 
 A6000 = f"profile 'mltf-a6000' ({REPO_PROFILES})"
 SHIPPED_SLURM = f"profile 'slurm' ({SHIPPED_PROFILES})"
@@ -30,7 +29,7 @@ SHIPPED_SLURM = f"profile 'slurm' ({SHIPPED_PROFILES})"
 
 @pytest.fixture(autouse=True)
 def _profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    isolate_profiles(tmp_path, monkeypatch)
+    isolate_profiles(tmp_path, monkeypatch, REPO_PROFILES)
 
 
 def parse(raw: dict[str, Any] | None, **kwargs: Any) -> BackendConfig:

@@ -1,7 +1,7 @@
 """The sbatch script of an ``mlflow run --backend mltf`` job (mltf_flow.jobs.script.render_script): its
 #SBATCH lines, the setup lines and the wrapper exec; the script run with bash (a stand-in interpreter
-records how the wrapper would be started); and the real SLURM's ``sbatch --test-only`` verdict on it
-(mltf_flow.jobs.sbatch.would_accept)."""
+records how the wrapper would be started). The real SLURM's ``sbatch --test-only`` verdict on it is in
+tests/integration/slurm/test_job_preflight.py."""
 
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ from typing import Any
 
 import pytest
 
-from mltf_flow.jobs import sbatch
 from mltf_flow.jobs.config import BackendConfig, parse_backend_config
 from mltf_flow.jobs.script import ScriptInputs, render_script
-
-from ._jobs_support import REPO_PROFILES, isolate_profiles, require_slurm
+from tests.helpers import REPO_PROFILES, isolate_profiles
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 TRACKING = "http://127.0.0.1:5000/path?x=1&y=2"
@@ -26,12 +24,7 @@ TRACKING = "http://127.0.0.1:5000/path?x=1&y=2"
 
 @pytest.fixture(autouse=True)
 def _profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    isolate_profiles(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def slurm_cluster() -> None:
-    require_slurm()
+    isolate_profiles(tmp_path, monkeypatch, REPO_PROFILES)
 
 
 def inputs_for(tmp_path: Path, project: str = "project") -> ScriptInputs:
@@ -217,51 +210,3 @@ def test_failed_module_load_aborts_through_the_wrapper(tmp_path: Path) -> None:
                     "module load nosuch/1.0 failed"]
     assert "GREETING" not in env  # nothing after the failed line ran
     assert "MLFLOW_RUN_ID" not in env
-
-
-# ------------------------------------------------------------------------------ sbatch --test-only
-
-
-def test_slurm_accepts_the_ci_profiles_script(tmp_path: Path, slurm_cluster: None) -> None:
-    script, _, _ = render(tmp_path, {"profile": "slurm-ci"})
-    accepted, answer = sbatch.would_accept(script)
-    assert accepted, answer
-    assert "to start at" in answer
-
-
-def test_slurm_accepts_all_four_gpus(tmp_path: Path, slurm_cluster: None) -> None:
-    script, _, _ = render(tmp_path, {"profile": "slurm-ci-gpu", "gres": "gpu:4", "time": 10})
-    accepted, answer = sbatch.would_accept(script)
-    assert accepted, answer
-
-
-def test_slurm_rejects_more_gpus_than_the_node_has(tmp_path: Path, slurm_cluster: None) -> None:
-    script, _, _ = render(tmp_path, {"profile": "slurm-ci", "gres": "gpu:8"})
-    accepted, answer = sbatch.would_accept(script)
-    assert not accepted
-    assert "Requested node configuration is not available" in answer
-
-
-def test_slurm_rejects_an_unknown_partition(tmp_path: Path, slurm_cluster: None) -> None:
-    script, _, _ = render(tmp_path, {"profile": "slurm-ci", "partition": "nosuch"})
-    accepted, answer = sbatch.would_accept(script)
-    assert not accepted
-    assert "invalid partition" in answer.lower()
-
-
-def test_would_accept_leaves_no_file(tmp_path: Path, slurm_cluster: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
-    script, _, _ = render(tmp_path, {"profile": "slurm-ci"})
-    sbatch.would_accept(script)
-    assert list((tmp_path / "tmp").iterdir()) == []
-
-
-def test_project_path_with_a_space(tmp_path: Path, slurm_cluster: None) -> None:
-    config = parse_backend_config({"profile": "slurm-ci"})
-    script = render_script(config, inputs_for(tmp_path, project="my project"))
-    accepted, answer = sbatch.would_accept(script)
-    assert accepted, answer

@@ -15,7 +15,7 @@ import pytest
 
 from mltf_flow.errors import ConfigError, ParameterError
 from mltf_flow.jobs.submit import JobPlan, check_tracking_uri, plan_job
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 FLAKY = REPO / "tests" / "integration" / "projects" / "flaky"
 STORE = "sqlite:////tmp/never-opened/mlflow.db"

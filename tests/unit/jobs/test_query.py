@@ -1,30 +1,27 @@
 """Job-state lookups (mltf_flow.jobs.query): the squeue/scontrol/sacct parsers on text in SLURM's own
-formats, and JobMonitor against the real SLURM of this machine (unknown ids, a held job, batching and
-snapshots). Where the answer of a SLURM in another condition is needed (controller down, accounting
-enabled, slurmdbd unreachable), a small stand-in for the SLURM commands answers instead."""
+formats, and JobMonitor answered by a small stand-in for the SLURM commands in the conditions a test cluster
+cannot show (controller down, accounting enabled, slurmdbd unreachable). JobMonitor against the real SLURM
+(unknown ids, a held job, batching and snapshots) is in tests/integration/slurm/test_job_monitor.py."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from mltf_flow.errors import SlurmUnavailable
 from mltf_flow.jobs.query import (
     JobMonitor,
-    job_state_now,
     monitor,
     parse_sacct,
     parse_scontrol,
     parse_squeue,
 )
 from mltf_flow.jobs.states import FAILED, FINISHED, KILLED, SCHEDULED, JobState
-
-from ._jobs_support import require_slurm
 
 SEP = "\x1f"
 GONE = "slurm_load_jobs error: Invalid job id specified\n"
@@ -133,151 +130,6 @@ def test_parse_sacct() -> None:
     assert states["203"].describe() == "TIMEOUT (TimeLimit): killed at its time limit"
 
 
-# ------------------------------------------------------------------------------ JobMonitor, real SLURM
-
-
-@dataclass
-class Recorder:
-    """The real SLURM commands, with the name of each command run recorded."""
-
-    calls: list[list[str]] = field(default_factory=list)
-
-    def __call__(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        self.calls.append(list(args))
-        return subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=False)
-
-    def tool_calls(self, tool: str) -> list[list[str]]:
-        return [c for c in self.calls if os.path.basename(c[0]) == tool]
-
-
-@pytest.fixture
-def slurm_cluster() -> None:
-    require_slurm()
-
-
-@pytest.fixture
-def held_job(slurm_cluster: None) -> Iterator[str]:
-    """A real job that stays PENDING (held): it uses no resources and is cancelled afterwards."""
-    proc = subprocess.run(["sbatch", "--parsable", "--hold", "--job-name=mltf-unit-held", "--output=/dev/null",
-                           "--wrap", "true"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    job_id = proc.stdout.strip().split(";")[0]
-    try:
-        yield job_id
-    finally:
-        subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
-
-
-def test_unknown_id_is_gone_not_an_error(slurm_cluster: None) -> None:
-    mon = JobMonitor()
-    assert mon.lookup(["999999"]) == {"999999": None}
-    assert mon.squeue_calls == 1
-
-
-def test_lookup_of_nothing_asks_nothing(slurm_cluster: None) -> None:
-    mon = JobMonitor()
-    assert mon.lookup([]) == {}
-    assert mon.states([]) == {}
-    assert mon.squeue_calls == 0
-
-
-def test_several_ids_cost_one_squeue_call(slurm_cluster: None) -> None:
-    runner = Recorder()
-    mon = JobMonitor(runner=runner)
-    ids = ["999997", "999998", "999999"]
-    assert mon.states(ids) == dict.fromkeys(ids)
-    assert mon.squeue_calls == 1
-    [squeue] = runner.tool_calls("squeue")
-    assert squeue[squeue.index("-j") + 1] == "999997,999998,999999"
-    assert "--states=all" in squeue
-
-
-def test_snapshot_is_reused_within_max_age(slurm_cluster: None) -> None:
-    mon = JobMonitor()
-    mon.states(["999998", "999999"])
-    assert mon.states(["999999"], max_age=3600) == {"999999": None}
-    assert mon.squeue_calls == 1  # answered from the snapshot
-    mon.states(["999999"], max_age=0)
-    assert mon.squeue_calls == 2
-    mon.states(["999990"], max_age=3600)  # not in the snapshot: asked although the snapshot is fresh
-    assert mon.squeue_calls == 3
-
-
-def test_watched_jobs_ride_along(slurm_cluster: None) -> None:
-    runner = Recorder()
-    mon = JobMonitor(runner=runner)
-    mon.watch(["999991", "999992"])
-    mon.states(["999993"])
-    squeue = runner.tool_calls("squeue")[-1]
-    assert squeue[squeue.index("-j") + 1] == "999991,999992,999993"
-    assert mon.states(["999991"], max_age=3600) == {"999991": None}
-    assert mon.squeue_calls == 1
-    mon.unwatch(["999991", "999992"])
-    mon.states(["999993"])
-    squeue = runner.tool_calls("squeue")[-1]
-    assert squeue[squeue.index("-j") + 1] == "999993"
-
-
-def test_disabled_accounting_is_asked_once(slurm_cluster: None) -> None:
-    if shutil.which("sacct") is None:
-        pytest.skip("no sacct on PATH")
-    runner = Recorder()
-    mon = JobMonitor(runner=runner)
-    mon.lookup(["999999"])
-    if mon.sacct_available is not False:
-        pytest.skip("this SLURM has accounting enabled")
-    assert len(runner.tool_calls("sacct")) == 1
-    assert mon.lookup(["999998"]) == {"999998": None}
-    assert len(runner.tool_calls("sacct")) == 1
-
-
-def test_held_job(held_job: str) -> None:
-    mon = JobMonitor()
-    state = mon.lookup([held_job])[held_job]
-    assert state is not None
-    assert (state.job_id, state.state, state.reason, state.source, state.nodes) == (
-        held_job, "PENDING", "JobHeldUser", "squeue", None)
-    assert state.run_status == SCHEDULED
-    assert not state.terminal
-
-
-def test_held_job_and_gone_ids_in_one_call(held_job: str) -> None:
-    mon = JobMonitor()
-    result = mon.states(["999999", held_job, "999998"])
-    assert result["999999"] is None and result["999998"] is None
-    held = result[held_job]
-    assert held is not None and held.state == "PENDING"
-    assert mon.squeue_calls == 1
-
-
-def test_parsers_read_the_real_slurm(held_job: str) -> None:
-    from mltf_flow.jobs.query import _SQUEUE_FORMAT
-
-    out = subprocess.run(["squeue", "-h", "--states=all", "-j", held_job, "-o", _SQUEUE_FORMAT],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-    assert parse_squeue(out) == {held_job: JobState(held_job, "PENDING", reason="JobHeldUser", source="squeue")}
-    out = subprocess.run(["scontrol", "show", "job", "-o", held_job], capture_output=True, text=True, timeout=60,
-                         check=True).stdout
-    state = parse_scontrol(out)
-    assert state is not None
-    assert (state.job_id, state.state, state.reason, state.exit_code, state.source) == (
-        held_job, "PENDING", "JobHeldUser", 0, "scontrol")
-
-
-def test_cancelled_job_reads_killed_or_gone(held_job: str) -> None:
-    subprocess.run(["scancel", held_job], capture_output=True, timeout=60, check=True)
-    state = JobMonitor().lookup([held_job])[held_job]
-    # SLURM lists it as CANCELLED until MinJobAge has passed, then forgets it: never as pending or running.
-    if state is not None:
-        assert state.state == "CANCELLED"
-        assert state.run_status == KILLED and state.terminal
-        assert state.exit_code == 0  # from scontrol (squeue shows no exit code)
-
-
-def test_job_state_now(slurm_cluster: None) -> None:
-    assert job_state_now("999999") is None
-
-
 def test_one_monitor_per_process() -> None:
     assert monitor() is monitor()
 
@@ -300,11 +152,16 @@ class StandInSlurm:
 
 
 @pytest.fixture
-def slurm_tools() -> None:
-    """JobMonitor finds the commands on PATH before running them."""
+def slurm_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JobMonitor looks the commands up on PATH before running them through its runner: executables of those
+    names come first on PATH (the stand-in answers; these are never run), with or without a SLURM here."""
+    bin_dir = tmp_path / "slurm-bin"
+    bin_dir.mkdir()
     for tool in ("squeue", "scontrol", "sacct"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"`{tool}` is not on PATH")
+        path = bin_dir / tool
+        path.write_text("#!/bin/sh\necho 'the stand-in should have answered' >&2\nexit 99\n")
+        path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 def test_unreachable_controller_raises(slurm_tools: None) -> None:

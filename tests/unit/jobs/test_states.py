@@ -21,46 +21,60 @@ from mltf_flow.jobs.states import (
     parse_exit_code,
 )
 
-# The job states of SLURM's squeue(1) "JOB STATE CODES" section (code -> name).
-SQUEUE_STATE_CODES = {
-    "BF": "BOOT_FAIL", "CA": "CANCELLED", "CD": "COMPLETED", "CF": "CONFIGURING", "CG": "COMPLETING",
-    "DL": "DEADLINE", "F": "FAILED", "NF": "NODE_FAIL", "OOM": "OUT_OF_MEMORY", "PD": "PENDING",
-    "PR": "PREEMPTED", "R": "RUNNING", "RD": "RESV_DEL_HOLD", "RF": "REQUEUE_FED", "RH": "REQUEUE_HOLD",
-    "RQ": "REQUEUED", "RS": "RESIZING", "RV": "REVOKED", "SI": "SIGNALING", "SE": "SPECIAL_EXIT",
-    "SO": "STAGE_OUT", "ST": "STOPPED", "S": "SUSPENDED", "TO": "TIMEOUT",
-}
+# What each SLURM job state must mean for the job's MLflow run, written from SLURM's descriptions
+# (https://slurm.schedmd.com/job_state_codes.html, squeue(1) JOB STATE CODES), not from the module's table:
+# (state, squeue's compact code or None, MLflow run status, the job is over, SLURM may requeue it).
+EXPECTED = [
+    # waiting: the run is SCHEDULED
+    ("PENDING", "PD", SCHEDULED, False, False),
+    ("CONFIGURING", "CF", SCHEDULED, False, False),
+    ("REQUEUED", "RQ", SCHEDULED, False, False),
+    ("REQUEUE_FED", "RF", SCHEDULED, False, False),
+    ("REQUEUE_HOLD", "RH", SCHEDULED, False, False),
+    ("RESV_DEL_HOLD", "RD", SCHEDULED, False, False),
+    ("POWER_UP_NODE", None, SCHEDULED, False, False),
+    # holding resources, not over: RUNNING
+    ("RUNNING", "R", RUNNING, False, False),
+    ("COMPLETING", "CG", RUNNING, False, False),
+    ("SUSPENDED", "S", RUNNING, False, False),
+    ("STOPPED", "ST", RUNNING, False, False),
+    ("SIGNALING", "SI", RUNNING, False, False),
+    ("STAGE_OUT", "SO", RUNNING, False, False),
+    ("RESIZING", "RS", RUNNING, False, False),
+    ("UPDATE_DB", None, RUNNING, False, False),
+    # over: only a batch script that exited 0 is a success
+    ("COMPLETED", "CD", FINISHED, True, False),
+    ("FAILED", "F", FAILED, True, False),
+    ("TIMEOUT", "TO", FAILED, True, False),
+    ("OUT_OF_MEMORY", "OOM", FAILED, True, False),
+    ("DEADLINE", "DL", FAILED, True, False),
+    ("SPECIAL_EXIT", "SE", FAILED, True, False),
+    ("REVOKED", "RV", FAILED, True, False),
+    ("LAUNCH_FAILED", None, FAILED, True, False),
+    ("RECONFIG_FAIL", None, FAILED, True, False),
+    ("NODE_FAIL", "NF", FAILED, True, True),
+    ("BOOT_FAIL", "BF", FAILED, True, True),
+    # ended by someone else's decision
+    ("CANCELLED", "CA", KILLED, True, False),
+    ("PREEMPTED", "PR", KILLED, True, True),
+]
 
 
-def test_every_squeue_state_code_is_known_and_maps_to_its_name() -> None:
-    assert CODES == SQUEUE_STATE_CODES
-    assert set(SQUEUE_STATE_CODES.values()) <= set(STATES)
+@pytest.mark.parametrize(("state", "code", "run_status", "terminal", "requeueable"), EXPECTED,
+                         ids=[row[0] for row in EXPECTED])
+def test_state_meaning(state: str, code: str | None, run_status: str, terminal: bool, requeueable: bool) -> None:
+    for printed in (state, state.lower(), *([code, code.lower()] if code else [])):
+        job = JobState("7", printed)
+        assert normalise_state(printed) == state, printed
+        assert info(printed) is not UNKNOWN, printed
+        assert (job.run_status, job.terminal, job.info.requeueable) == (run_status, terminal, requeueable), printed
+        assert job.describe().startswith(f"{printed}: ") and len(job.describe()) > len(printed) + 2, printed
 
 
-@pytest.mark.parametrize(
-    ("state", "run_status", "terminal", "requeueable"),
-    [
-        ("PENDING", SCHEDULED, False, False),
-        ("CONFIGURING", SCHEDULED, False, False),
-        ("REQUEUED", SCHEDULED, False, False),
-        ("REQUEUE_HOLD", SCHEDULED, False, False),
-        ("RUNNING", RUNNING, False, False),
-        ("COMPLETING", RUNNING, False, False),
-        ("SUSPENDED", RUNNING, False, False),
-        ("STOPPED", RUNNING, False, False),
-        ("COMPLETED", FINISHED, True, False),
-        ("FAILED", FAILED, True, False),
-        ("TIMEOUT", FAILED, True, False),
-        ("OUT_OF_MEMORY", FAILED, True, False),
-        ("DEADLINE", FAILED, True, False),
-        ("NODE_FAIL", FAILED, True, True),
-        ("BOOT_FAIL", FAILED, True, True),
-        ("CANCELLED", KILLED, True, False),
-        ("PREEMPTED", KILLED, True, True),
-    ],
-)
-def test_state_meaning(state: str, run_status: str, terminal: bool, requeueable: bool) -> None:
-    meaning = STATES[state]
-    assert (meaning.run_status, meaning.terminal, meaning.requeueable) == (run_status, terminal, requeueable)
+def test_every_state_is_expected() -> None:
+    """A state added to the table must get an expectation above (and a compact code squeue prints)."""
+    assert set(STATES) == {row[0] for row in EXPECTED}
+    assert set(CODES) == {row[1] for row in EXPECTED if row[1]}
 
 
 def test_table_is_consistent() -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from mltf_flow.jobs.record import read_record
 from mltf_flow.jobs.spec import JobSpec
-from tests.conftest import REPO, wait_until
+from tests.helpers import REPO, wait_until
 
 FLAKY = REPO / "tests" / "integration" / "projects" / "flaky"
 BIN = str(Path(sys.executable).parent)
@@ -68,11 +68,12 @@ def _no_wrapper_left() -> Iterator[None]:
 
 def _start(spec: JobSpec, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     # The SLURM log of a job is the wrapper's stdout (#SBATCH --output): here a file of the same name.
-    log = open(spec.log_path("local"), "ab")  # noqa: SIM115 - the child owns it
     full = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MLFLOW_"))}
     full.update(env or {})
-    proc = subprocess.Popen([sys.executable, "-m", "mltf_flow.jobs.wrapper", str(Path(spec.job_dir) / "spec.json"),
-                             *args], stdout=log, stderr=subprocess.STDOUT, env=full, start_new_session=True)
+    with open(spec.log_path("local"), "ab") as log:  # the child has its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "mltf_flow.jobs.wrapper",
+                                 str(Path(spec.job_dir) / "spec.json"), *args],
+                                stdout=log, stderr=subprocess.STDOUT, env=full, start_new_session=True)
     _STARTED.append(proc)
     return proc
 
