@@ -9,6 +9,7 @@ Unknown keys in a file warn (they are usually typos); values of the wrong type r
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass
@@ -60,16 +61,31 @@ class Settings:
         return self.experiment or pipeline
 
 
+# Parsed files by (path, size, mtime): settings and profiles are resolved at many call sites per process
+# (every complete() of a cached rerun), and parsing YAML was most of a cached rerun's time. An edited file
+# has another size or mtime and is read again.
+_PARSED: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """A YAML file that must hold a mapping (empty file: empty mapping); errors name the file."""
+    try:
+        stat = path.stat()
+        memo_key: tuple[str, int, int] | None = (str(path), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        memo_key = None  # read_text below says what is wrong with it
+    if memo_key in _PARSED:
+        return copy.deepcopy(_PARSED[memo_key])
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc}). Fix the file or remove it.") from exc
     if data is None:
-        return {}
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, found {type(data).__name__}.")
+    if memo_key is not None:
+        _PARSED[memo_key] = copy.deepcopy(data)
     return data
 
 
