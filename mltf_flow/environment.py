@@ -152,10 +152,10 @@ def _ensure_conda(project: Project, declared: str, env_root: Path, log: Callable
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if (target / _CONDA_MARKER).exists():
-                log(f"mltf_flow: reusing conda environment {target}")
+                log(f"reusing conda environment {target}")
                 return target
             shutil.rmtree(target, ignore_errors=True)
-            log(f"mltf_flow: building conda environment {target}")
+            log(f"building conda environment {target}")
             args = [conda, "env", "create", "--prefix", str(target), "--file", str(project.env_files()[0])]
             proc = subprocess.run(args, cwd=project.root, capture_output=True, text=True, check=False)
             if proc.returncode != 0:

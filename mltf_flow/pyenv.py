@@ -189,18 +189,18 @@ def ensure_env(spec: PythonEnv, env_hash: str, root: Path, project_dir: Path,
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # another process builds it: say why we wait, then wait
-            log(f"mltf_flow: waiting for the environment lock {lock.name} (another build of it is running)")
+            log(f"waiting for the environment lock {lock.name} (another build of it is running)")
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if (target / _MARKER).exists():
-                log(f"mltf_flow: reusing environment {target}")
+                log(f"reusing environment {target}")
                 if not (target / _FREEZE).exists():  # built by an older mltf_flow
                     (target / _FREEZE).write_text(_freeze(target, tool))
                 return target
             if target.exists():
-                log(f"mltf_flow: removing the incomplete environment {target} (a build was interrupted)")
+                log(f"removing the incomplete environment {target} (a build was interrupted)")
                 shutil.rmtree(target)
-            log(f"mltf_flow: building environment {target} with Python {version} ({python}) on {platform.node()}")
+            log(f"building environment {target} with Python {version} ({python}) on {platform.node()}")
             if tool == "uv":
                 _run([_uv(), "venv", "--quiet", "--python", python, str(target)], project_dir, log,
                      "creating the virtualenv (uv)")
