@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mltf_flow.code_set import AUTO, CodeSet, select_code
+from mltf_flow.redaction import is_secret_name
 
 KEY_VERSION = 2  # 2: code = code_set.select_code (never outputs); upstream by key, not requirement name
 
@@ -111,8 +112,6 @@ def keyed_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters as they enter a key: secret-looking ones (``api_token``, ``password``) by name only. A key
     is a tag anyone can read, and a hash over a short token would let them test guesses; a new token
     does not change what a step computes either."""
-    from mltf_flow.tracking import is_secret_name
-
     return {k: "<secret>" if is_secret_name(k) else v for k, v in params.items()}
 
 

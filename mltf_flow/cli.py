@@ -84,7 +84,7 @@ def _validate_tree(task: Any, seen: set[str] | None = None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import luigi
 
-    from mltf_flow.step import new_invocation
+    from mltf_flow.invocation import new_invocation
 
     task = _build_target(args)
     new_invocation()

@@ -45,6 +45,7 @@ from mltf_flow.mlproject import read_project
 from mltf_flow.staging.step import StageStep
 from mltf_flow.staging.uri import parse_dataset_uri
 from mltf_flow.step import MLflowStep
+from mltf_flow.step_def import LAUNCHERS, StepDefinition
 
 PIPELINE_FILE = "pipeline.yaml"
 _STEP_KEYS = {"entry_point", "inputs", "outputs", "code", "requires", "dataset", "gpu", "run_on", "world_size"}
@@ -130,7 +131,7 @@ def load_pipeline(project_dir: str | Path) -> PipelineSpec:
         if not isinstance(code, list) or not isinstance(requires, list):
             raise ConfigError(f"{where}: 'code' must be 'auto' or a list of paths/globs, and 'requires' a list.")
         run_on, gpu = raw.get("run_on", "driver"), raw.get("gpu", False)
-        if run_on not in ("driver", "worker", "ddp") or not isinstance(gpu, bool):
+        if run_on not in LAUNCHERS or not isinstance(gpu, bool):
             raise ConfigError(f"{where}: run_on must be 'driver', 'worker' or 'ddp', and gpu true or false.")
         world = raw.get("world_size")
         if world is not None and (raw.get("run_on") != "ddp" or isinstance(world, bool) or not isinstance(world, int)
@@ -240,21 +241,22 @@ class PipelineStep(MLflowStep):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.spec = load_pipeline(self.project_dir)
-        step = self.spec.step(self.run_step)
-        if step.is_stage:
+        if self.spec.step(self.run_step).is_stage:
             raise ConfigError(f"step {self.run_step!r} is a stage step: run it through the step that uses it.")
-        # Instance values for what MLflowStep subclasses declare as class attributes.
-        assert step.entry_point is not None
-        self.entry_point = step.entry_point  # type: ignore[misc]
-        self.inputs = step.inputs  # type: ignore[misc]
-        self.outputs = step.outputs  # type: ignore[misc]
-        self.code_paths = step.code  # type: ignore[misc]
-        self.step = step.name  # type: ignore[misc]
-        self.pipeline = self.spec.name  # type: ignore[misc]
-        self.allow_extra_params = bool(self.allow_extra)  # type: ignore[misc]
-        self.needs_gpu = step.gpu  # type: ignore[misc]
-        self.run_on = step.run_on  # type: ignore[misc]
-        self.default_world_size = step.world_size  # type: ignore[misc]
+
+    def definition(self) -> StepDefinition:
+        """The step as ``pipeline.yaml`` declares it (the same value a Python MLflowStep would give)."""
+        if "definition" not in self._memo:
+            step = self.spec.step(self.run_step)
+            assert step.entry_point is not None  # not a stage step: checked in __init__
+            self._memo["definition"] = StepDefinition(
+                project_dir=self.spec.root, entry_point=step.entry_point, name=step.name, pipeline=self.spec.name,
+                code_paths=step.code, outputs=step.outputs, inputs=step.inputs,
+                allow_extra_params=bool(self.allow_extra), needs_gpu=step.gpu, run_on=step.run_on,
+                default_world_size=step.world_size,
+            )
+        definition: StepDefinition = self._memo["definition"]
+        return definition
 
     def given_params(self) -> dict[str, Any]:
         return scoped_overrides(self.overrides, self.run_step, self.run_step, self.spec.steps)

@@ -22,24 +22,24 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
-import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import luigi
 
-from mltf_flow.cache_key import CodeVersion, cache_key, code_hash
 from mltf_flow.clusters.session import is_main_process, mark_main_process
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.console import use_console
 from mltf_flow.errors import ConfigError, ParameterError
+from mltf_flow.invocation import invocation_id
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
-from mltf_flow.project_outputs import load_outputs
 from mltf_flow.retcodes import apply_default_retcodes
+from mltf_flow.step_def import MODEL_PREFIX, ResolvedStep, StepDefinition, Upstream, code_version, resolve, step_params
 from mltf_flow.targets.mlflow_run import MLflowRunTarget
 
 if TYPE_CHECKING:
+    from mltf_flow.cache_key import CodeVersion
     from mltf_flow.clusters.profiles import Profile
     from mltf_flow.environment import StepEnvironment
 
@@ -47,39 +47,16 @@ if TYPE_CHECKING:
 apply_default_retcodes()
 
 _log = logging.getLogger(__name__)
-INVOCATION_ENV = "MLTF_INVOCATION_ID"
-_MODEL_PREFIX = "model:"
 _OWN_PARAMS = ("profile", "pipeline_profile", "world_size", "env_manager")
 
 
-def invocation_id() -> str:
-    """The id of this pipeline invocation, shared by every Luigi worker process.
-
-    It is fixed in the process that builds the DAG (tasks are instantiated there, before Luigi forks
-    per-task workers), so forked workers inherit it and attach their step runs to one parent run.
-    """
-    return os.environ.setdefault(INVOCATION_ENV, uuid.uuid4().hex)
-
-
-def new_invocation() -> str:
-    """Start a new invocation in this process (for programs calling ``luigi.build`` repeatedly)."""
-    os.environ[INVOCATION_ENV] = uuid.uuid4().hex
-    return os.environ[INVOCATION_ENV]
-
-
-@runtime_checkable
-class Upstream(Protocol):
-    """What a step needs from a requirement: a key to chain into its own, and outputs to consume."""
-
-    def upstream_key(self) -> str | None: ...
-
-    def dataset_inputs(self) -> list[dict[str, str]]: ...
-
-    def resolve_output(self, output: str | None, settings: Settings) -> str: ...
-
-
 class MLflowStep(luigi.Task):
-    """Base class of pipeline steps backed by an MLproject entry point (see the module docstring)."""
+    """Base class of pipeline steps backed by an MLproject entry point (see the module docstring).
+
+    A thin Luigi adapter: the class attributes are the step's :class:`~mltf_flow.step_def.StepDefinition`,
+    :meth:`describe` resolves it into the frozen :class:`~mltf_flow.step_def.ResolvedStep` whose key Luigi's
+    ``complete()`` checks, and ``run()`` hands that value to :func:`mltf_flow.step_run.execute`.
+    """
 
     #: Directory holding the MLproject file.
     project_dir: ClassVar[str | os.PathLike[str]]
@@ -129,31 +106,44 @@ class MLflowStep(luigi.Task):
         use_console()
         self._memo: dict[str, Any] = {}
 
-    # -- what the step is -----------------------------------------------------------------------
+    # -- what the step is: a definition, resolved into a value ---------------------------------------
+    def definition(self) -> StepDefinition:
+        """The step as declared: this class's attributes (``pipeline.yaml`` steps override this)."""
+        if "definition" not in self._memo:
+            self._memo["definition"] = StepDefinition(
+                project_dir=Path(self.project_dir), entry_point=self.entry_point, name=self.step,
+                pipeline=self.pipeline, code_paths=tuple(self.code_paths), outputs=dict(self.outputs),
+                inputs=dict(self.inputs), pass_through=tuple(self.pass_through),
+                allow_extra_params=self.allow_extra_params, needs_gpu=self.needs_gpu, run_on=self.run_on,
+                default_world_size=self.default_world_size,
+            )
+        definition: StepDefinition = self._memo["definition"]
+        return definition
+
     def project(self) -> Project:
         if "project" not in self._memo:
-            self._memo["project"] = read_project(self.project_dir)
+            self._memo["project"] = read_project(self.definition().project_dir)
         project: Project = self._memo["project"]
         return project
 
     def entry(self) -> EntryPoint:
-        return self.project().entry_point(self.entry_point)
+        return self.project().entry_point(self.definition().entry_point)
 
     def pipeline_name(self) -> str:
-        return self.pipeline or self.project().name
+        return self.definition().pipeline or self.project().name
 
     def step_name(self) -> str:
-        return self.step or self.entry_point
+        return self.definition().step_name
 
     def given_params(self) -> dict[str, Any]:
         """Raw entry-point parameter values; by default the Luigi parameters that are not None."""
-        ep = self.entry()
+        definition, ep = self.definition(), self.entry()
         given: dict[str, Any] = {}
         stray: list[str] = []
         for name, value in self.param_kwargs.items():
-            if name in self.pass_through or name in _OWN_PARAMS or value is None:
+            if name in definition.pass_through or name in _OWN_PARAMS or value is None:
                 continue
-            if name in ep.parameters or ep.is_script or self.allow_extra_params:
+            if name in ep.parameters or ep.is_script or definition.allow_extra_params:
                 given[name] = value
             else:
                 stray.append(name)
@@ -167,42 +157,53 @@ class MLflowStep(luigi.Task):
 
     def params(self) -> dict[str, ParamValue]:
         """Entry-point parameters normalised to their MLproject types, defaults merged."""
-        return self.entry().normalise(
-            self.given_params(),
-            allow_extra=self.allow_extra_params,
-            filled_later=self.inputs.keys(),
-        )
+        return step_params(self.definition(), self.project(), self.given_params())
 
-    def requirements(self) -> dict[str, luigi.Task]:
-        """``requires()`` as a name -> task mapping."""
+    def requirements(self) -> dict[str, Upstream]:
+        """``requires()`` as a name -> upstream mapping (plain Luigi tasks wrapped: their id is their key)."""
         req = self.requires()  # type: ignore[no-untyped-call]
         if req is None:
-            return {}
-        if isinstance(req, luigi.Task):
-            return {"0": req}
-        if isinstance(req, Mapping):
-            return dict(req)
-        return {str(i): task for i, task in enumerate(req)}
+            tasks: dict[str, luigi.Task] = {}
+        elif isinstance(req, luigi.Task):
+            tasks = {"0": req}
+        elif isinstance(req, Mapping):
+            tasks = dict(req)
+        else:
+            tasks = {str(i): task for i, task in enumerate(req)}
+        return {name: task if isinstance(task, Upstream) else PlainUpstream(task) for name, task in tasks.items()}
 
-    # -- cache key ---------------------------------------------------------------------------------
+    def describe(self) -> ResolvedStep | None:
+        """This step as a value (memoised per invocation); None while an upstream result is missing."""
+        memo = self._memo.get("value")
+        if memo is not None and memo[0] == invocation_id():
+            value: ResolvedStep = memo[1]
+            return value
+        params = self.params()
+        code = self._memo.get("code")
+        if code is None or code[0] != invocation_id():
+            code = (invocation_id(), code_version(self.definition(), self.project(), params,
+                                                  load_settings().work_dir))
+            self._memo["code"] = code
+        resolved = resolve(self.definition(), self.project(), params, requirements=self.requirements(),
+                           code=code[1], environment=self.environment(), profile=self.cluster_profile(),
+                           world_size=getattr(self, "world_size", None))
+        if resolved is not None:
+            self._memo["value"] = (invocation_id(), resolved)
+        return resolved
+
+    def cache_key(self) -> str | None:
+        """This step's cache key, or None while an upstream result does not exist yet."""
+        value = self.describe()
+        return None if value is None else value.key
+
     def code_version(self) -> CodeVersion:
         """The step's code (``code_paths``), without the files earlier runs of the project wrote."""
-        memo = self._memo.get("code")
-        if memo is None or memo[0] != invocation_id():
-            root = self.project().root
-            outputs = load_outputs(load_settings().work_dir, root)
-            memo = (invocation_id(), code_hash(root, self.code_paths, command=self.entry().command, outputs=outputs,
-                                               named=self.parameter_files()))
-            self._memo["code"] = memo
-        version: CodeVersion = memo[1]
-        return version
+        return code_version(self.definition(), self.project(), self.params(), load_settings().work_dir)
 
-    def parameter_files(self) -> frozenset[str]:
-        """Files of the project this step's ``path`` parameters point at (code, like files its command names)."""
-        from mltf_flow.code_set import parameter_files
-
-        types = {name: param.type for name, param in self.entry().parameters.items()}
-        return parameter_files(self.project().root, types, self.params())
+    def forget_key(self) -> None:
+        """Drop the memoised value (after a run taught us which files are outputs)."""
+        self._memo.pop("code", None)
+        self._memo.pop("value", None)
 
     def env_manager_name(self) -> str:
         """The env manager this step runs with (checked: a conda project without conda fails here)."""
@@ -222,77 +223,6 @@ class MLflowStep(luigi.Task):
         environment: StepEnvironment = self._memo["env"]
         return environment
 
-    def forget_key(self) -> None:
-        """Drop the memoised code version and key (after a run taught us which files are outputs)."""
-        self._memo.pop("code", None)
-        self._memo.pop("key", None)
-
-    def cache_key(self, code: CodeVersion | None = None) -> str | None:
-        """This step's cache key, or None while an upstream result does not exist yet. With ``code``:
-        the key this step has for that code version (used once a run showed which files are outputs)."""
-        memo = self._memo.get("key")
-        if code is None and memo is not None and memo[0] == invocation_id():
-            return str(memo[1])
-        project, ep = self.project(), self.entry()
-        values: dict[str, Any] = dict(self.params())
-        requirements = self.requirements()
-        for param, source in self.inputs.items():
-            if source.partition(".")[0] not in requirements:
-                raise ConfigError(
-                    f"{self.task_family}.inputs maps {param!r} to {source!r}, but requires() has no "
-                    f"{source.partition('.')[0]!r} (it has: {', '.join(requirements) or 'nothing'})."
-                )
-        upstream: dict[str, str] = {}
-        datasets: list[dict[str, str]] = []
-        for name, task in requirements.items():
-            if isinstance(task, Upstream):
-                key = task.upstream_key()
-                if key is None:
-                    return None
-                upstream[name] = key
-                datasets.extend(task.dataset_inputs())
-            else:
-                # A plain Luigi task: its identity (family + parameters) stands in for a key.
-                if not task.complete():
-                    return None
-                upstream[name] = task.task_id
-        for param, source in self.inputs.items():
-            req_name, _, output = source.partition(".")
-            # What feeds the parameter, not what the requirement is called here: both front ends agree.
-            values[param] = {"from": upstream[req_name], "output": _output_spec(requirements[req_name], output)}
-        key = cache_key(
-            project=project.name,
-            entry_point=ep.name,
-            command=ep.command,
-            params=values,
-            code=(code or self.code_version()).hash,
-            env=self.environment().key(),
-            upstream=upstream.values(),
-            inputs=datasets,
-            execution=self.execution_key(),
-        )
-        if code is None:
-            self._memo["key"] = (invocation_id(), key)
-        return key
-
-    def execution_key(self) -> dict[str, Any]:
-        """How the run executes, where that changes its result (part of the key; {} = nothing).
-
-        For DDP the world size: the global batch grows with it, so the weights differ."""
-        return {"world_size": self.ddp_world_size()} if self.run_on == "ddp" else {}
-
-    def ddp_world_size(self) -> int:
-        """Ranks of a DDP step: the ``world_size`` parameter, else the class default, else every
-        worker the profile gives (checked against the profile before anything is submitted)."""
-        from mltf_flow.ddp.launcher import check_world_size
-
-        profile = self.cluster_profile()
-        given = getattr(self, "world_size", None)
-        size = given if given is not None else self.default_world_size
-        size = size if size is not None else profile.expected_workers
-        check_world_size(profile, size)
-        return int(size)
-
     # -- where it runs ----------------------------------------------------------------------------
     def profile_name(self) -> str:
         """This step's profile, else the one inherited from downstream, else the configured default."""
@@ -303,7 +233,7 @@ class MLflowStep(luigi.Task):
         from mltf_flow.clusters.profiles import get_profile, gpu_variant
 
         profile = get_profile(self.profile_name())
-        return gpu_variant(profile) if self.needs_gpu else profile
+        return gpu_variant(profile) if self.definition().needs_gpu else profile
 
     def upstream(self, cls: type[luigi.Task], **params: Any) -> luigi.Task:
         """Instantiate a requirement, handing down this pipeline's profile (use it in ``requires()``)."""
@@ -355,7 +285,22 @@ class MLflowStep(luigi.Task):
             settings.prefetch_limit,
         )
 
-    # -- as an upstream of other steps -------------------------------------------------------------
+    def run(self) -> None:
+        from mltf_flow.step_run import execute
+
+        value = self.describe()
+        if value is None:
+            from mltf_flow.errors import StepError
+
+            raise StepError(f"step '{self.step_name()}' cannot run: an upstream result is missing.",
+                            step=self.step_name())
+        try:
+            execute(value, self.requirements(), settings=load_settings(), task_id=self.task_id, reporter=self)
+        finally:
+            # The run may have learnt that some files of the project are outputs: key afresh from now on.
+            self.forget_key()
+
+    # -- as an upstream of other steps (mltf_flow.step_def.Upstream) ---------------------------------
     def upstream_key(self) -> str | None:
         if self.output().exists():
             return self.cache_key()
@@ -367,92 +312,64 @@ class MLflowStep(luigi.Task):
     def dataset_inputs(self) -> list[dict[str, str]]:
         return []  # our own inputs are already pinned by our key
 
+    def output_spec(self, output: str) -> str:
+        return self.definition().output_spec(output)
+
+    def upstream_run_id(self) -> str | None:
+        return self.output().run_id
+
+    def manifest_file(self) -> Path | None:
+        return None
+
     def resolve_output(self, output: str | None, settings: Settings) -> str:
         """A declared output of this step's complete run as a value for a downstream parameter:
         a local file path for artifacts, a ``models:/`` URI for logged models."""
         from mltf_flow.tracking import Tracker
 
+        outputs = self.definition().outputs
         if output is None:
-            if len(self.outputs) != 1:
+            if len(outputs) != 1:
                 raise ConfigError(
-                    f"{self.task_family} declares outputs {sorted(self.outputs)}; name one, e.g. "
-                    f"'{self.step_name()}.{next(iter(self.outputs), 'OUTPUT')}'."
+                    f"{self.task_family} declares outputs {sorted(outputs)}; name one, e.g. "
+                    f"'{self.step_name()}.{next(iter(outputs), 'OUTPUT')}'."
                 )
-            output = next(iter(self.outputs))
-        if output not in self.outputs:
+            output = next(iter(outputs))
+        if output not in outputs:
             raise ConfigError(
-                f"{self.task_family} has no output {output!r}; declared outputs: {sorted(self.outputs) or 'none'}."
+                f"{self.task_family} has no output {output!r}; declared outputs: {sorted(outputs) or 'none'}."
             )
-        spec = self.outputs[output]
+        spec = outputs[output]
         run_id = self.output().run_id
         tracker = Tracker(settings)
-        if spec.startswith(_MODEL_PREFIX):
-            return tracker.model_uri(run_id, spec[len(_MODEL_PREFIX) :])
+        if spec.startswith(MODEL_PREFIX):
+            return tracker.model_uri(run_id, spec[len(MODEL_PREFIX) :])
         return str(tracker.artifact_local_path(run_id, spec, settings.work_dir / "inputs"))
 
-    # -- running -----------------------------------------------------------------------------------
-    def launcher(self, client: Any, profile: Profile) -> Any:
-        """The launcher for this step's command (the extension point for DDP and others)."""
-        if self.run_on == "ddp":
-            from mltf_flow.ddp.launcher import DDPLauncher
 
-            return DDPLauncher(client, profile, self.ddp_world_size())
-        if self.run_on == "worker":
-            from mltf_flow.launch.dask_worker import DaskWorkerLauncher
+class PlainUpstream:
+    """A plain Luigi task as a requirement: its identity (family + parameters) stands in for a key."""
 
-            return DaskWorkerLauncher(client, profile)
-        from mltf_flow.launch.local import LocalLauncher
+    def __init__(self, task: luigi.Task) -> None:
+        self.task = task
 
-        return LocalLauncher()
+    def upstream_key(self) -> str | None:
+        return str(self.task.task_id) if self.task.complete() else None
 
-    def command_env(self, settings: Settings, run_id: str, experiment_id: str) -> dict[str, str]:
-        """Environment of the command: ours plus MLflow's run variables, with the step's environment
-        (:meth:`environment`) first on PATH, so ``python`` in the MLproject command is the one it built
-        (or, with ``local``, the one mltf_flow runs in)."""
-        # Our own invocation bookkeeping must not leak into the command: a command that runs a
-        # pipeline itself starts an invocation of its own.
-        env = {k: v for k, v in os.environ.items()
-               if k not in (INVOCATION_ENV, "MLTF_MAIN_PID") and not k.startswith("MLTF_DASK_")}
-        env.update(
-            MLFLOW_TRACKING_URI=settings.tracking_uri,
-            MLFLOW_RUN_ID=run_id,
-            MLFLOW_EXPERIMENT_ID=experiment_id,
-            MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
-            MLTF_STEP=self.step_name(),
-            MLTF_PIPELINE=self.pipeline_name(),
-            MLTF_WORK_DIR=str(settings.work_dir),
-            PYTHONUNBUFFERED="1",
-        )
-        from mltf_flow.pyenv import helpers_overlay
+    def dataset_inputs(self) -> list[dict[str, str]]:
+        return []
 
-        environment = self.environment()
-        overlay = helpers_overlay(settings.work_dir / "pylib") if environment.prefix is not None else None
-        return environment.command_env(env, overlay)
+    def output_spec(self, output: str) -> str:
+        return output or "manifest"
 
-    def run(self) -> None:
-        from mltf_flow.step_run import execute_step
+    def resolve_output(self, output: str | None, settings: Settings) -> str:
+        raise ConfigError(f"requirement {self.task.task_family} is not a pipeline step: it has no outputs to "
+                          "feed a parameter. Use it for ordering only (no inputs: entry for it).")
 
-        execute_step(self)
+    def upstream_run_id(self) -> str | None:
+        return None
 
-    def missing_outputs(self, tracker: Any, experiment_id: str, run_id: str) -> list[str]:
-        """Declared outputs the run does not have."""
-        missing = []
-        for name, spec in self.outputs.items():
-            if spec.startswith(_MODEL_PREFIX):
-                ok = tracker.has_model(experiment_id, run_id, spec[len(_MODEL_PREFIX) :])
-            else:
-                ok = tracker.has_artifact(run_id, spec)
-            if not ok:
-                missing.append(f"{name} ({spec})")
-        return missing
-
-
-def _output_spec(task: luigi.Task, output: str) -> str:
-    """The artifact path (or ``model:NAME``) behind output ``output`` of an upstream task, for keys."""
-    if isinstance(task, MLflowStep):
-        name = output or (next(iter(task.outputs)) if len(task.outputs) == 1 else "")
-        return task.outputs.get(name, name)
-    return output or "manifest"  # a stage step has one output, its manifest
+    def manifest_file(self) -> Path | None:
+        return None
 
 
 def _luigi_workers() -> int:
@@ -470,17 +387,4 @@ def _env_log(line: str) -> None:
     _log.log(logging.DEBUG if line.startswith("reusing environment") else logging.INFO, line)
 
 
-def display_command(command: str, params: Mapping[str, Any]) -> str:
-    """``command`` with the values of secret-looking parameters masked, for logs."""
-    from mltf_flow.tracking import is_secret_name
-
-    shown = command
-    for name, value in params.items():
-        if is_secret_name(name) and str(value):
-            shown = shown.replace(shlex.quote(str(value)), "***").replace(str(value), "***")
-    return shown
-
-
-__all__ = [
-    "INVOCATION_ENV", "MLflowStep", "Upstream", "display_command", "invocation_id", "new_invocation"
-]
+__all__ = ["MLflowStep", "PlainUpstream"]

@@ -1,36 +1,45 @@
-"""Executing one MLflowStep: the heavy half of the step contract, imported only when a step runs.
+"""Executing one resolved step: the heavy half of the step contract, imported only when a step runs.
 
-Order matters and is chosen so that nothing is half-done:
+Phases over the value (:class:`mltf_flow.step_def.ResolvedStep`), in an order chosen so that nothing is
+half-done:
 
-1. everything that can be checked is checked before a run exists (key, parameters, upstream
-   outputs, the command as MLflow computes it);
-2. stale RUNNING runs with this key are reaped (a live one stops us: no double launch);
-3. the step run is created under the invocation's parent run, with params and lineage tags;
-4. the command runs; its log is logged as artifact ``mltf/step.log`` whatever happens;
-5. only exit code 0 **and** every declared output present give ``mltf.complete=true`` + FINISHED;
-   anything else (including Ctrl-C / SIGTERM) ends the run FAILED or KILLED and raises.
+1. **plan**: everything that can be checked is checked before a run exists (upstream outputs resolved into
+   parameters, the command as MLflow computes it, lineage);
+2. **open**: the profile's cluster is reached; stale RUNNING runs with this key are reaped (a live one stops
+   us: no double launch); the step run is created under the invocation's parent run, with params and
+   lineage tags (or a failed run with checkpoints is reopened);
+3. **launch**: the command runs; its log is logged as artifact ``mltf/step.log`` whatever happens;
+4. **settle**: only exit code 0 **and** every declared output present give ``mltf.complete=true`` +
+   FINISHED; anything else ends the run FAILED and raises.
+
+From the moment the run exists, :func:`mltf_flow.run_guard.run_guard` ends it FAILED or KILLED (Ctrl-C,
+SIGTERM) whatever escapes: a run never stays RUNNING.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mltf_flow.cache_key import CodeVersion, git_state
+from mltf_flow.cache_key import git_state
 from mltf_flow.clusters import session
 from mltf_flow.code_set import command_files
-from mltf_flow.config import load_settings
-from mltf_flow.errors import OutputMissing, StepError, StepFailed
-from mltf_flow.launch.base import LaunchRequest
-from mltf_flow.launch.local import Stopped
+from mltf_flow.errors import OutputMissing, StepFailed
+from mltf_flow.invocation import INVOCATION_ENV, invocation_id
+from mltf_flow.launch.base import LaunchRequest, LaunchResult
 from mltf_flow.mlproject import mlflow_command
 from mltf_flow.progress import ClusterProgress, report_status
 from mltf_flow.project_outputs import load_outputs, remember_outputs, snapshot, written
+from mltf_flow.redaction import display_command
+from mltf_flow.run_guard import RunGuard, run_guard
 from mltf_flow.run_index import RunRef, run_index
-from mltf_flow.step import Upstream, display_command, invocation_id
+from mltf_flow.step_def import MODEL_PREFIX, ResolvedStep, Upstream, code_version, step_parameter_files
 from mltf_flow.tags import (
     MLFLOW_GIT_COMMIT,
     MLFLOW_PROJECT_BACKEND,
@@ -50,7 +59,6 @@ from mltf_flow.tags import (
     TAG_ENV_HASH,
     TAG_ENV_MANAGER,
     TAG_ENV_PREFIX,
-    TAG_ERROR,
     TAG_GIT_DIRTY,
     TAG_INPUTS,
     TAG_INVOCATION_ID,
@@ -65,126 +73,103 @@ from mltf_flow.tags import (
 )
 from mltf_flow.tracking import Tracker, lineage_key_tags
 
+if TYPE_CHECKING:
+    import luigi
+
+    from mltf_flow.clusters.profiles import Profile
+    from mltf_flow.config import Settings
+
 _log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from mltf_flow.step import MLflowStep
+
+@dataclass(frozen=True)
+class Plan:
+    """Phase 1: what the run will be, computed before it exists."""
+
+    step: ResolvedStep
+    settings: Settings
+    task_id: str
+    #: Every parameter of the command: the step's own and the upstream outputs resolved into values.
+    params: Mapping[str, Any]
+    command: str
+    upstream_runs: Mapping[str, str]
+    manifests: Mapping[str, Path]
 
 
-def _tracking_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return None
+@dataclass(frozen=True)
+class Cluster:
+    """The profile's Dask cluster as this step reaches it (started by the Luigi process)."""
+
+    profile: Profile
+    address: str
+    client: Any
+    dashboard: str
+    job_ids: tuple[str, ...]
 
 
-def _settle_key(step: MLflowStep, tracker: Tracker, run_id: str, key: str, code: CodeVersion,
-                wrote: list[str]) -> str:
-    """The run's final key. If the command wrote files the key had counted as code (a tracked file it
-    rewrites, an output left by a hand run) and the step's code rules leave them out now that they are
-    known outputs, the run is keyed without them (contents as hashed before the run), so the next
-    identical invocation finds it. Files an explicit ``code:`` list still covers are warned about."""
-    if not wrote:
-        return key
-    hashed = {rel for rel, _ in code.digests}
-    step.forget_key()
-    fresh = step.code_version().selection
-    still = sorted(set(wrote) & set(fresh.files if fresh else ()))
-    if still:
-        _log.warning(f"warning: step '{step.step_name()}' wrote {len(still)} file(s) that its code list "
-                     f"{list(step.code_paths)} covers ({', '.join(still[:5])}{', ...' if len(still) > 5 else ''}): "
-                     "its key changes with every run, so every invocation runs it again. Leave them out ('!out/*') "
-                     "or use code: auto.")
-    dropped = (set(wrote) & hashed) - set(still)
-    settled = step.cache_key(code.without(dropped)) if dropped else key
-    step.forget_key()
-    if settled is None or settled == key:
-        return key
-    tracker.set_tags(run_id, {TAG_CACHE_KEY: settled, TAG_CODE_HASH: code.without(dropped).hash,
-                              TAG_KEY_BEFORE_RUN: key})
-    return settled
+@dataclass(frozen=True)
+class OpenRun:
+    """Phase 2: the step's MLflow run, RUNNING."""
+
+    tracker: Tracker
+    experiment_id: str
+    run_id: str
+    parent_id: str
+    log_path: Path
 
 
-def _log_project_outputs(step: MLflowStep, tracker: Tracker, run_id: str, root: Path, wrote: list[str]) -> None:
-    """Declared outputs the command wrote into its project directory instead of logging them (as scripts
-    written for plain ``mlflow run`` do: ``results/events.csv``) become the run's artifacts at that path, so
-    they are tracked with the run and downstream steps receive them like any other output."""
-    fresh = set(wrote)
-    for spec in step.outputs.values():
-        if spec.startswith("model:") or spec not in fresh or tracker.has_artifact(run_id, spec):
-            continue
-        parent = str(Path(spec).parent)
-        tracker.log_artifact(run_id, root / spec, None if parent == "." else parent)
-
-
-def execute_step(step: MLflowStep) -> None:
-    settings = load_settings()
-    name = step.step_name()
-    key = step.cache_key()
-    if key is None:
-        raise StepError(f"step '{name}' cannot run: an upstream result is missing.", step=name)
-    project = step.project()
-    values = step.params()
-    code = step.code_version()
-    environment = step.environment()
-
-    # 1. Resolve upstream outputs into parameters and compute the command before creating a run.
-    requirements = step.requirements()
-    resolved: dict[str, str] = {}
-    for param, source in step.inputs.items():
-        req_name, _, output = source.partition(".")
-        task = requirements[req_name]
-        if not isinstance(task, Upstream):
-            raise StepError(f"step '{name}': requirement {req_name!r} has no outputs to feed {param!r}.", step=name)
-        resolved[param] = task.resolve_output(output or None, settings)
+def plan(step: ResolvedStep, requirements: Mapping[str, Upstream], settings: Settings, task_id: str) -> Plan:
+    """Resolve upstream outputs into parameters and compute the command, before any run exists."""
+    resolved = {param: requirements[ref.requirement].resolve_output(ref.output or None, settings)
+                for param, ref in step.inputs.items()}
     upstream_runs: dict[str, str] = {}
     manifests: dict[str, Path] = {}
-    datasets: list[dict[str, str]] = []
-    for req_name, task in requirements.items():
-        if isinstance(task, Upstream):
-            datasets.extend(task.dataset_inputs())
-        if hasattr(task, "manifest_path"):
-            manifests[req_name] = task.manifest_path()
-        elif hasattr(task, "cache_key"):
-            upstream_runs[req_name] = task.output().run_id
-    all_params: dict[str, Any] = {**values, **resolved}
-    storage = settings.work_dir / "storage" / invocation_id() / name
-    command = mlflow_command(project, step.entry_point, all_params, storage)
+    for name, task in requirements.items():
+        manifest, run_id = task.manifest_file(), task.upstream_run_id()
+        if manifest is not None:
+            manifests[name] = manifest
+        elif run_id is not None:
+            upstream_runs[name] = run_id
+    params: dict[str, Any] = {**step.params, **resolved}
+    storage = settings.work_dir / "storage" / invocation_id() / step.name
+    command = mlflow_command(step.project, step.definition.entry_point, params, storage)
+    return Plan(step, settings, task_id, params, command, upstream_runs, manifests)
 
-    # 2. The profile's cluster: started by the Luigi process, reached here through our own Client.
-    profile = step.cluster_profile()
+
+def connect(profile: Profile, reporter: luigi.Task) -> Cluster:
+    """Reach the profile's cluster (the Luigi process started it) and wait for its workers."""
     address = session.address(profile)
     client = session.get_client(address)
-    report_status(step, f"waiting for {profile.expected_workers} Dask worker(s) of profile {profile.name!r}")
+    report_status(reporter, f"waiting for {profile.expected_workers} Dask worker(s) of profile {profile.name!r}")
     session.wait_for_workers(client, profile)
     dashboard = session.dashboard_link(profile) or str(getattr(client, "dashboard_link", "") or "")
-    job_ids = session.worker_job_ids(client) if profile.kind == "slurm" else []
+    job_ids = tuple(session.worker_job_ids(client)) if profile.kind == "slurm" else ()
+    return Cluster(profile, address, client, dashboard, job_ids)
 
-    tracker = Tracker(settings)
-    pipeline = step.pipeline_name()
-    experiment = settings.experiment_for(pipeline)
-    experiment_id = tracker.ensure_experiment(experiment)
-    reaped = tracker.reap_stale(experiment, experiment_id, key, name)
-    parent_id = tracker.parent_run(experiment_id, pipeline, invocation_id())
 
+def _run_tags(plan: Plan, cluster: Cluster, key: str) -> dict[str, str]:
+    """The step run's lineage tags (DESIGN.md "Lineage")."""
+    step = plan.step
+    code, environment, project = step.code, step.environment, step.project
     tags = {
-        **lineage_key_tags(key, name, pipeline),
+        **lineage_key_tags(key, step.name, step.pipeline),
         TAG_ROLE: "step",
-        TAG_TASK_ID: step.task_id,
+        TAG_TASK_ID: plan.task_id,
         TAG_CODE_HASH: code.hash,
         TAG_ENV_HASH: environment.key(),
         TAG_ENV_MANAGER: environment.manager,
         TAG_CODE_FILES: str(code.files),
-        TAG_UPSTREAM_RUN_IDS: json.dumps(upstream_runs, sort_keys=True),
-        TAG_INPUTS: json.dumps(datasets, sort_keys=True),
-        TAG_PROFILE: profile.name,
+        TAG_UPSTREAM_RUN_IDS: json.dumps(dict(plan.upstream_runs), sort_keys=True),
+        TAG_INPUTS: json.dumps([dict(d) for d in step.datasets], sort_keys=True),
+        TAG_PROFILE: cluster.profile.name,
         TAG_LAUNCHER: step.run_on,
-        TAG_DASK_DASHBOARD: dashboard,
-        TAG_DASK_SCHEDULER: address,
+        TAG_DASK_DASHBOARD: cluster.dashboard,
+        TAG_DASK_SCHEDULER: cluster.address,
         TAG_INVOCATION_ID: invocation_id(),
-        MLFLOW_RUN_NAME: name,
+        MLFLOW_RUN_NAME: step.name,
         MLFLOW_SOURCE_TYPE: "PROJECT",
         MLFLOW_SOURCE_NAME: str(project.root),
-        MLFLOW_PROJECT_ENTRY_POINT: step.entry_point,
+        MLFLOW_PROJECT_ENTRY_POINT: step.definition.entry_point,
         MLFLOW_PROJECT_BACKEND: "mltf-local",
         MLFLOW_PROJECT_ENV: project.env_type or "local",
     }
@@ -194,118 +179,230 @@ def execute_step(step: MLflowStep) -> None:
         # Reported, never silently hashed: the run says which big files its key does not cover.
         tags[TAG_CODE_NOT_HASHED] = ",".join(code.selection.large)[:4000]
     # "auto" is no path for git: ask about the project directory then (its untracked outputs count as dirty).
-    git_paths = ["."] if "auto" in step.code_paths else [p for p in step.code_paths if not p.startswith("!")]
+    paths = step.definition.code_paths
+    git_paths = ["."] if "auto" in paths else [p for p in paths if not p.startswith("!")]
     commit, dirty = git_state(project.root, git_paths) if code.in_git else (None, False)
     if commit:
         tags[MLFLOW_GIT_COMMIT] = commit
         tags[TAG_GIT_DIRTY] = str(dirty).lower()
+    if cluster.job_ids:
+        tags[TAG_SLURM_JOB_IDS] = ",".join(cluster.job_ids)
+    return tags
+
+
+def open_run(plan: Plan, cluster: Cluster, tracker: Tracker) -> OpenRun:
+    """Reap stale runs of this key, then create the step run (or reopen a checkpointed failed one)."""
+    step, settings = plan.step, plan.settings
+    key = step.key
+    experiment = settings.experiment_for(step.pipeline)
+    experiment_id = tracker.ensure_experiment(experiment)
+    reaped = tracker.reap_stale(experiment, experiment_id, key, step.name)
+    parent_id = tracker.parent_run(experiment_id, step.pipeline, invocation_id())
+    tags = _run_tags(plan, cluster, key)
     if reaped:
         tags[TAG_REPLACES_RUN_IDS] = ",".join(reaped)
-    if job_ids:
-        tags[TAG_SLURM_JOB_IDS] = ",".join(job_ids)
     resumable = tracker.resumable_run(experiment_id, key)
     if resumable is not None:
         # A failed attempt left checkpoints: continue that run (epochs done are not repeated).
         run_id = resumable[0]
         attempt = tracker.reopen_run(run_id, resumable[1], parent_id=parent_id, tags=tags)
-        _log.info(f"step '{name}' resumes MLflow run {run_id} (attempt {attempt}) from its checkpoint "
+        _log.info(f"step '{step.name}' resumes MLflow run {run_id} (attempt {attempt}) from its checkpoint "
                   f"after epoch {resumable[1].get(TAG_CHECKPOINT_EPOCH)}")
     else:
-        run_id = tracker.create_step_run(
-            experiment_id, parent_id=parent_id, run_name=name, tags=tags, params=all_params
+        run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name=step.name, tags=tags,
+                                         params=dict(plan.params))
+    log_path = settings.work_dir / "logs" / step.pipeline / f"{step.name}-{run_id}.log"
+    return OpenRun(tracker, experiment_id, run_id, parent_id, log_path)
+
+
+def command_env(step: ResolvedStep, settings: Settings, run_id: str, experiment_id: str) -> dict[str, str]:
+    """Environment of the command: ours plus MLflow's run variables, with the step's environment first on
+    PATH, so ``python`` in the MLproject command is the one it built (or, with ``local``, ours)."""
+    from mltf_flow.pyenv import helpers_overlay
+
+    # Our own invocation bookkeeping must not leak into the command: a command that runs a
+    # pipeline itself starts an invocation of its own.
+    env = {k: v for k, v in os.environ.items()
+           if k not in (INVOCATION_ENV, "MLTF_MAIN_PID") and not k.startswith("MLTF_DASK_")}
+    env.update(
+        MLFLOW_TRACKING_URI=settings.tracking_uri,
+        MLFLOW_RUN_ID=run_id,
+        MLFLOW_EXPERIMENT_ID=experiment_id,
+        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
+        MLTF_STEP=step.name,
+        MLTF_PIPELINE=step.pipeline,
+        MLTF_WORK_DIR=str(settings.work_dir),
+        PYTHONUNBUFFERED="1",
+    )
+    environment = step.environment
+    overlay = helpers_overlay(settings.work_dir / "pylib") if environment.prefix is not None else None
+    return environment.command_env(env, overlay)
+
+
+def make_launcher(step: ResolvedStep, client: Any) -> Any:
+    """The launcher for the step's ``run_on`` (the extension point for new ways to run a command)."""
+    if step.run_on == "ddp":
+        from mltf_flow.ddp.launcher import DDPLauncher
+
+        assert step.world_size is not None  # resolved for every ddp step (step_def.ddp_world_size)
+        return DDPLauncher(client, step.profile, step.world_size)
+    if step.run_on == "worker":
+        from mltf_flow.launch.dask_worker import DaskWorkerLauncher
+
+        return DaskWorkerLauncher(client, step.profile)
+    from mltf_flow.launch.local import LocalLauncher
+
+    return LocalLauncher()
+
+
+def _keep_inputs(plan: Plan, run: OpenRun) -> None:
+    """Manifests of staged inputs and the environment's package list go with the run."""
+    for name, path in plan.manifests.items():
+        run.tracker.log_artifact(run.run_id, path, "mltf/inputs", name=f"{name}.manifest.json")
+    packages = plan.step.environment.packages
+    if packages:
+        path = plan.settings.work_dir / "storage" / invocation_id() / plan.step.name / "environment.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(packages)
+        run.tracker.log_artifact(run.run_id, path, "mltf", name="environment.txt")
+
+
+def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> tuple[LaunchResult, list[str]]:
+    """Phase 3: run the command; returns how it ended and the files it wrote into the project."""
+    step, settings, tracker = plan.step, plan.settings, run.tracker
+    _keep_inputs(plan, run)
+    env = command_env(step, settings, run.run_id, run.experiment_id)
+    env["DASK_SCHEDULER_ADDRESS"] = cluster.address
+    root = step.project.root
+    before = snapshot(root)
+    with ClusterProgress(reporter, cluster.client, f"{step.name} (dashboard {cluster.dashboard})"):
+        result: LaunchResult = make_launcher(step, cluster.client).launch(
+            LaunchRequest(
+                step=step.name,
+                command=plan.command,
+                cwd=root,
+                env=env,
+                log_path=run.log_path,
+                stderr_tail_lines=settings.stderr_tail_lines,
+                on_start=lambda pid: tracker.set_tags(run.run_id, {TAG_COMMAND_PID: str(pid)}),
+                on_tags=lambda more: tracker.set_tags(run.run_id, more),
+                display_command=display_command(plan.command, plan.params),
+            )
         )
-    url = _tracking_url(settings.tracking_uri, experiment_id, run_id)
-    report_status(step, f"running: MLflow run {run_id}; Dask dashboard {dashboard}", url=url or dashboard, percent=0)
+    after = snapshot(root)
+    named = command_files(root, step.entry.command) | step_parameter_files(step.project, step.entry, step.params)
+    wrote = written(before, after, keep=named, known=load_outputs(settings.work_dir, root))
+    remember_outputs(settings.work_dir, root, wrote, step.name, run.run_id, after)
+    if cluster.profile.kind == "slurm":
+        later = session.worker_job_ids(cluster.client)
+        if later and set(later) != set(cluster.job_ids):
+            tracker.set_tags(run.run_id, {TAG_SLURM_JOB_IDS: ",".join(sorted(set(cluster.job_ids) | set(later)))})
+    tracker.log_artifact(run.run_id, run.log_path, "mltf", name="step.log")
+    for artifact, path in result.extra_logs:
+        if path.exists():
+            tracker.log_artifact(run.run_id, path, "mltf", name=artifact)
+    return result, wrote
 
-    log_path = settings.work_dir / "logs" / pipeline / f"{name}-{run_id}.log"
-    finished = False
-    extra_logs: tuple[tuple[str, Path], ...] = ()
-    try:
-        for req_name, path in manifests.items():
-            tracker.log_artifact(run_id, path, "mltf/inputs", name=f"{req_name}.manifest.json")
-        if environment.packages:
-            packages = settings.work_dir / "storage" / invocation_id() / name / "environment.txt"
-            packages.parent.mkdir(parents=True, exist_ok=True)
-            packages.write_text(environment.packages)
-            tracker.log_artifact(run_id, packages, "mltf", name="environment.txt")
 
-        def record_pid(pid: int) -> None:
-            tracker.set_tags(run_id, {TAG_COMMAND_PID: str(pid)})
+def missing_outputs(step: ResolvedStep, tracker: Tracker, experiment_id: str, run_id: str) -> list[str]:
+    """Declared outputs the run does not have."""
+    missing = []
+    for name, spec in step.outputs.items():
+        if spec.startswith(MODEL_PREFIX):
+            ok = tracker.has_model(experiment_id, run_id, spec[len(MODEL_PREFIX) :])
+        else:
+            ok = tracker.has_artifact(run_id, spec)
+        if not ok:
+            missing.append(f"{name} ({spec})")
+    return missing
 
-        env = step.command_env(settings, run_id, experiment_id)
-        env["DASK_SCHEDULER_ADDRESS"] = address
-        before = snapshot(project.root)
-        with ClusterProgress(step, client, f"{name} (dashboard {dashboard})"):
-            result = step.launcher(client, profile).launch(
-                LaunchRequest(
-                    step=name,
-                    command=command,
-                    cwd=project.root,
-                    env=env,
-                    log_path=log_path,
-                    stderr_tail_lines=settings.stderr_tail_lines,
-                    on_start=record_pid,
-                    on_tags=lambda more: tracker.set_tags(run_id, more),
-                    display_command=display_command(command, all_params),
-                )
-            )
-        extra_logs = result.extra_logs
-        after = snapshot(project.root)
-        named = command_files(project.root, step.entry().command) | step.parameter_files()
-        wrote = written(before, after, keep=named, known=load_outputs(settings.work_dir, project.root))
-        remember_outputs(settings.work_dir, project.root, wrote, name, run_id, after)
-        if profile.kind == "slurm":
-            later = session.worker_job_ids(client)
-            if later and later != job_ids:
-                tracker.set_tags(run_id, {TAG_SLURM_JOB_IDS: ",".join(sorted(set(job_ids) | set(later)))})
-        tracker.log_artifact(run_id, log_path, "mltf", name="step.log")
-        for artifact, path in extra_logs:
-            if path.exists():
-                tracker.log_artifact(run_id, path, "mltf", name=artifact)
-        if result.exit_code != 0:
-            tracker.finish_step(run_id, ok=False, exit_code=result.exit_code)
-            finished = True
-            tracker.settle_parent(parent_id, step=name, ok=False)
-            raise StepFailed(
-                step=name, run_id=run_id, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
-                log_path=str(log_path), summary=result.summary,
-            )
-        _log_project_outputs(step, tracker, run_id, project.root, wrote)
-        missing = step.missing_outputs(tracker, experiment_id, run_id)
-        if missing:
-            tracker.finish_step(run_id, ok=False, exit_code=0)
-            finished = True
-            tracker.settle_parent(parent_id, step=name, ok=False)
-            raise OutputMissing(
-                f"step '{name}' exited 0 but did not produce declared output(s): {', '.join(missing)} "
-                f"(MLflow run {run_id}, marked FAILED). Log them from the entry point (mlflow.log_artifact / "
-                f"log_model), write them to that path in the project directory ({project.root}), or fix "
-                f"{step.task_family}.outputs. Log: {log_path}",
-                step=name,
-                run_id=run_id,
-            )
-        key = _settle_key(step, tracker, run_id, key, code, wrote)
-        tracker.finish_step(run_id, ok=True, exit_code=0)
-        finished = True
-        tracker.settle_parent(parent_id, step=name, ok=True)
-        run_index(settings.tracking_uri, settings.prefetch_limit).remember(
-            experiment_id, RunRef(run_id, "FINISHED", key, int(time.time() * 1000))
+
+def _log_project_outputs(step: ResolvedStep, tracker: Tracker, run_id: str, wrote: list[str]) -> None:
+    """Declared outputs the command wrote into its project directory instead of logging them (as scripts
+    written for plain ``mlflow run`` do: ``results/events.csv``) become the run's artifacts at that path, so
+    they are tracked with the run and downstream steps receive them like any other output."""
+    fresh = set(wrote)
+    for spec in step.outputs.values():
+        if spec.startswith(MODEL_PREFIX) or spec not in fresh or tracker.has_artifact(run_id, spec):
+            continue
+        parent = str(Path(spec).parent)
+        tracker.log_artifact(run_id, step.project.root / spec, None if parent == "." else parent)
+
+
+def settled_key(step: ResolvedStep, settings: Settings, wrote: list[str]) -> ResolvedStep:
+    """The step as its run should be keyed. If the command wrote files the key had counted as code (a
+    tracked file it rewrites, an output left by a hand run) and the step's code rules leave them out now
+    that they are known outputs, the run is keyed without them (contents as hashed before the run), so
+    the next identical invocation finds it. Files an explicit ``code:`` list still covers are warned about."""
+    if not wrote:
+        return step
+    hashed = {rel for rel, _ in step.code.digests}
+    fresh = code_version(step.definition, step.project, step.params, settings.work_dir).selection
+    still = sorted(set(wrote) & set(fresh.files if fresh else ()))
+    if still:
+        _log.warning(f"warning: step '{step.name}' wrote {len(still)} file(s) that its code list "
+                     f"{list(step.definition.code_paths)} covers ({', '.join(still[:5])}"
+                     f"{', ...' if len(still) > 5 else ''}): its key changes with every run, so every invocation "
+                     "runs it again. Leave them out ('!out/*') or use code: auto.")
+    dropped = (set(wrote) & hashed) - set(still)
+    return step.with_code(step.code.without(dropped)) if dropped else step
+
+
+def settle(plan: Plan, run: OpenRun, result: LaunchResult, wrote: list[str], guard: RunGuard,
+           reporter: luigi.Task) -> None:
+    """Phase 4: FINISHED + ``mltf.complete=true`` only for exit code 0 with every declared output."""
+    step, tracker, name = plan.step, run.tracker, plan.step.name
+    if result.exit_code != 0:
+        guard.end(ok=False, exit_code=result.exit_code)
+        raise StepFailed(
+            step=name, run_id=run.run_id, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
+            log_path=str(run.log_path), summary=result.summary,
         )
-        report_status(step, f"done: MLflow run {run_id} ({result.duration_s:.1f} s)", percent=100)
-    except BaseException as exc:
-        if not finished:
-            # Interrupted (Ctrl-C, SIGTERM) or an error of ours: never leave the run RUNNING.
-            killed = isinstance(exc, KeyboardInterrupt | SystemExit | Stopped)
-            try:
-                if log_path.exists():
-                    tracker.log_artifact(run_id, log_path, "mltf", name="step.log")
-                tracker.set_tags(run_id, {TAG_ERROR: f"{type(exc).__name__}: {exc}"[:5000]})
-                tracker.finish_step(run_id, ok=False, exit_code=None, status="KILLED" if killed else "FAILED")
-                tracker.settle_parent(parent_id, step=name, ok=False)
-            except Exception as bookkeeping:  # the original error matters more; still say what else failed
-                _log.error(f"could not mark MLflow run {run_id} as ended after {type(exc).__name__}: "
-                           f"{bookkeeping}")
-        raise
+    _log_project_outputs(step, tracker, run.run_id, wrote)
+    missing = missing_outputs(step, tracker, run.experiment_id, run.run_id)
+    if missing:
+        guard.end(ok=False, exit_code=0)
+        raise OutputMissing(
+            f"step '{name}' exited 0 but did not produce declared output(s): {', '.join(missing)} "
+            f"(MLflow run {run.run_id}, marked FAILED). Log them from the entry point (mlflow.log_artifact / "
+            f"log_model), write them to that path in the project directory ({step.project.root}), or fix the "
+            f"step's outputs. Log: {run.log_path}",
+            step=name,
+            run_id=run.run_id,
+        )
+    key = step.key
+    final = settled_key(step, plan.settings, wrote)
+    if final is not step and final.key != key:
+        tracker.set_tags(run.run_id, {TAG_CACHE_KEY: final.key, TAG_CODE_HASH: final.code.hash,
+                                      TAG_KEY_BEFORE_RUN: key})
+        key = final.key
+    guard.end(ok=True, exit_code=0)
+    run_index(plan.settings.tracking_uri, plan.settings.prefetch_limit).remember(
+        run.experiment_id, RunRef(run.run_id, "FINISHED", key, int(time.time() * 1000))
+    )
+    report_status(reporter, f"done: MLflow run {run.run_id} ({result.duration_s:.1f} s)", percent=100)
 
 
-__all__ = ["execute_step"]
+def _tracking_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return None
+
+
+def execute(step: ResolvedStep, requirements: Mapping[str, Upstream], *, settings: Settings, task_id: str,
+            reporter: luigi.Task) -> None:
+    """Run a resolved step through the four phases (see the module docstring)."""
+    planned = plan(step, requirements, settings, task_id)
+    cluster = connect(step.profile, reporter)
+    tracker = Tracker(settings)
+    run = open_run(planned, cluster, tracker)
+    url = _tracking_url(settings.tracking_uri, run.experiment_id, run.run_id)
+    report_status(reporter, f"running: MLflow run {run.run_id}; Dask dashboard {cluster.dashboard}",
+                  url=url or cluster.dashboard, percent=0)
+    with run_guard(tracker, run.run_id, parent_id=run.parent_id, step=step.name, log_path=run.log_path) as guard:
+        result, wrote = launch(planned, cluster, run, reporter)
+        settle(planned, run, result, wrote, guard, reporter)
+
+
+__all__ = ["Cluster", "OpenRun", "Plan", "command_env", "connect", "execute", "launch", "make_launcher",
+           "missing_outputs", "open_run", "plan", "settle", "settled_key"]

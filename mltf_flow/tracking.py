@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from mltf_flow.config import Settings
 from mltf_flow.errors import StepInProgress, TrackingError
+from mltf_flow.redaction import redact
 from mltf_flow.tags import (
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_SOURCE_TYPE,
@@ -59,19 +60,6 @@ from mltf_flow.tags import (
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
-
-_SECRET_WORDS = ("token", "password", "passwd", "secret", "api_key", "apikey", "credential")
-
-
-def is_secret_name(name: str) -> bool:
-    """True for parameter/variable names that hold secrets; their values are never logged."""
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
-
-
-def redact(params: Mapping[str, Any]) -> dict[str, str]:
-    """Parameters as strings, with secret-looking names masked."""
-    return {k: "***" if is_secret_name(k) else str(v) for k, v in params.items()}
 
 
 def process_identity(pid: int | None = None) -> tuple[str, str, str]:

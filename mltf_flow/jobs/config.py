@@ -243,7 +243,7 @@ def _time(check: _Checker, value: Any) -> str:
 def _environment(check: _Checker, value: Any) -> tuple[str, ...]:
     """``export`` lines. A list of ``NAME=value`` strings is written as given (mlflow-slurm writes
     ``export NAME=value``, so ``$PATH`` expands in the job); a mapping's values are quoted."""
-    from mltf_flow.tracking import is_secret_name
+    from mltf_flow.redaction import is_secret_name
 
     if value is None:
         return ()

@@ -224,7 +224,7 @@ def plan_job(project_uri: str, entry_point: str, params: Mapping[str, Any] | Non
     from mltf_flow.cache_key import cache_key, code_hash
     from mltf_flow.config import load_settings
     from mltf_flow.mlproject import mlflow_command
-    from mltf_flow.tracking import is_secret_name
+    from mltf_flow.redaction import is_secret_name
 
     tracking_uri = check_tracking_uri(tracking_uri)
     settings = load_settings()
@@ -357,7 +357,7 @@ def _own_run(tracker: Any, plan: JobPlan, tags: Mapping[str, str]) -> tuple[str,
     (its tags and params added; it stays in its own experiment)."""
     from mlflow.entities import Param
 
-    from mltf_flow.tracking import redact
+    from mltf_flow.redaction import redact
 
     if plan.config.run_id is None:
         run_id = tracker.create_step_run(plan.experiment_id, parent_id=tags.get(MLFLOW_PARENT_RUN_ID),

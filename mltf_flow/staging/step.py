@@ -22,15 +22,16 @@ import luigi
 
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.console import use_console
+from mltf_flow.invocation import invocation_id
 from mltf_flow.progress import report_status
 from mltf_flow.retcodes import apply_default_retcodes
+from mltf_flow.run_guard import run_guard
 from mltf_flow.staging.local import stage_local
 from mltf_flow.staging.manifest import write_manifest
 from mltf_flow.staging.uri import DatasetURI, parse_dataset_uri
 from mltf_flow.tags import (
     TAG_DATASET_FILES,
     TAG_DATASET_URI,
-    TAG_ERROR,
     TAG_INVOCATION_ID,
     TAG_MANIFEST_DIGEST,
     TAG_PIPELINE,
@@ -109,8 +110,6 @@ class StageStep(luigi.Task):
         tracker = Tracker(settings)
         pipeline = self.pipeline or "datasets"
         experiment_id = tracker.ensure_experiment(settings.experiment_for(pipeline))
-        from mltf_flow.step import invocation_id
-
         parent_id = tracker.parent_run(experiment_id, pipeline, invocation_id()) if self.pipeline else None
         run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name="stage", params={}, tags={
             TAG_ROLE: "stage", TAG_STEP: "stage", TAG_PIPELINE: pipeline, TAG_DATASET_URI: uri.canonical,
@@ -119,22 +118,12 @@ class StageStep(luigi.Task):
         })
         stager.on_rule = lambda rule: tracker.set_tags(run_id, {TAG_RUCIO_RULE_ID: rule})
         try:
-            with progress:
-                manifest = stager.stage(files)
-            manifest["mlflow_run_id"] = run_id
-            self._record(tracker, run_id, manifest)
-            if parent_id:
-                tracker.settle_parent(parent_id, step="stage", ok=True)
-        except BaseException as exc:
-            try:
-                tracker.set_tags(run_id, {TAG_ERROR: f"{type(exc).__name__}: {exc}"[:5000]})
-                killed = isinstance(exc, KeyboardInterrupt | SystemExit)
-                tracker.finish_step(run_id, ok=False, exit_code=None, status="KILLED" if killed else "FAILED")
-                if parent_id:
-                    tracker.settle_parent(parent_id, step="stage", ok=False)
-            except Exception as bookkeeping:
-                _log.error(f"could not mark staging run {run_id} as ended: {bookkeeping}")
-            raise
+            with run_guard(tracker, run_id, parent_id=parent_id, step="stage") as guard:
+                with progress:
+                    manifest = stager.stage(files)
+                manifest["mlflow_run_id"] = run_id
+                self._record(tracker, run_id, manifest)
+                guard.end(ok=True, exit_code=None)
         finally:
             forget(uri)  # complete() lists the DID again after a staging attempt
         return manifest
@@ -163,7 +152,6 @@ class StageStep(luigi.Task):
         tracker.set_tags(run_id, {TAG_MANIFEST_DIGEST: manifest["digest"],
                                   TAG_RUCIO_RULE_ID: str(manifest.get("rule_id") or ""),
                                   TAG_DATASET_FILES: str(len(manifest["files"]))})
-        tracker.finish_step(run_id, ok=True, exit_code=None)
 
     # -- as an upstream of MLflow steps ------------------------------------------------------------
     def _manifest(self) -> dict[str, Any] | None:
@@ -179,5 +167,14 @@ class StageStep(luigi.Task):
             return []
         return [{"uri": self.uri().canonical, "digest": str(manifest["digest"])}]
 
+    def output_spec(self, output: str) -> str:
+        return output or "manifest"  # one output, the manifest
+
     def resolve_output(self, output: str | None, settings: Settings) -> str:
         return str(self.manifest_path(settings))
+
+    def upstream_run_id(self) -> str | None:
+        return None  # a local dataset has no run; a rucio one is linked through its manifest
+
+    def manifest_file(self) -> Path | None:
+        return self.manifest_path()

@@ -1,0 +1,29 @@
+"""The pipeline invocation: one id shared by every process of one ``luigi``/``mltf-flow`` command.
+
+Every step run of an invocation hangs under one parent run found by this id (tag ``mltf.invocation_id``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+INVOCATION_ENV = "MLTF_INVOCATION_ID"
+
+
+def invocation_id() -> str:
+    """The id of this pipeline invocation, shared by every Luigi worker process.
+
+    It is fixed in the process that builds the DAG (tasks are instantiated there, before Luigi forks
+    per-task workers), so forked workers inherit it and attach their step runs to one parent run.
+    """
+    return os.environ.setdefault(INVOCATION_ENV, uuid.uuid4().hex)
+
+
+def new_invocation() -> str:
+    """Start a new invocation in this process (for programs calling ``luigi.build`` repeatedly)."""
+    os.environ[INVOCATION_ENV] = uuid.uuid4().hex
+    return os.environ[INVOCATION_ENV]
+
+
+__all__ = ["INVOCATION_ENV", "invocation_id", "new_invocation"]
