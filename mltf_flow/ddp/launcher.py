@@ -150,23 +150,7 @@ class DDPLauncher:
                 TAG_DDP_MASTER: f"{master.ip}:{port}",
                 TAG_DDP_RANKS: json.dumps(describe(plan)),
             })
-        shared = step_env(request.env)
-        futures = {}
-        for ra in plan:
-            spec = {
-                "command": request.command, "cwd": str(request.cwd), "display": request.display_command or
-                request.command, "log_path": str(self.rank_log(request, ra.rank)),
-                "tail_lines": request.stderr_tail_lines, "stop_event": f"mltf-ddp-stop-{token}",
-                "env": {**shared, **torchrun_env(ra, master.ip, port, run_id)},
-                "fabric": self.profile.fabric, "interface": interface,
-                "tracking_uri": request.env.get("MLFLOW_TRACKING_URI"),
-                "metrics_interval": request.env.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10"),
-            }
-            futures[ra.rank] = self.client.submit(
-                run_rank, spec, workers=[ra.worker.address], allow_other_workers=False, pure=False, retries=0,
-                resources={"GPU": 1} if self.profile.gpus_per_node else None,
-                key=f"mltf-rank-{ra.rank}-{request.step}-{token}",
-            )
+        futures = self._submit_ranks(request, plan, f"{master.ip}", port, token, run_id, interface)
         changed = threading.Event()  # set when any rank's task ends: the loop below wakes at once
         for future in futures.values():
             future.add_done_callback(lambda _: changed.set())
@@ -216,6 +200,28 @@ class DDPLauncher:
                 future.cancel()
             raise
         return self._result(request, plan, outcomes, first, start), self._port_taken(outcomes, first)
+
+    def _submit_ranks(self, request: LaunchRequest, plan: Any, master_ip: str, port: int, token: str, run_id: str,
+                      interface: str | None) -> dict[int, Any]:
+        """One Dask task per rank, pinned to its worker (with one GPU where the profile has GPUs)."""
+        shared = step_env(request.env)
+        futures = {}
+        for ra in plan:
+            spec = {
+                "command": request.command, "cwd": str(request.cwd), "display": request.display_command or
+                request.command, "log_path": str(self.rank_log(request, ra.rank)),
+                "tail_lines": request.stderr_tail_lines, "stop_event": f"mltf-ddp-stop-{token}",
+                "env": {**shared, **torchrun_env(ra, master_ip, port, run_id)},
+                "fabric": self.profile.fabric, "interface": interface,
+                "tracking_uri": request.env.get("MLFLOW_TRACKING_URI"),
+                "metrics_interval": request.env.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10"),
+            }
+            futures[ra.rank] = self.client.submit(
+                run_rank, spec, workers=[ra.worker.address], allow_other_workers=False, pure=False, retries=0,
+                resources={"GPU": 1} if self.profile.gpus_per_node else None,
+                key=f"mltf-rank-{ra.rank}-{request.step}-{token}",
+            )
+        return futures
 
     @staticmethod
     def _outcome(future: Any) -> dict[str, Any]:

@@ -78,17 +78,10 @@ def _little(dtype: numpy.dtype[Any]) -> numpy.dtype[Any]:
 # --- writing ------------------------------------------------------------------------------------------
 
 
-def write_tensor_file(path: str | os.PathLike[str], arrays: Mapping[str, Any],
-                      meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``arrays`` (name -> numpy array) and ``meta`` to ``path`` atomically; return the index.
-
-    Arrays are stored little-endian and C-contiguous (converted one at a time while writing, so a big
-    array is not held twice unless it needs converting). On any error nothing is left at ``path`` (an
-    existing file there is kept as it was).
-    """
+def _array_plan(target: Path, arrays: Mapping[str, Any]) -> list[tuple[str, Any, numpy.dtype[Any], list[int], int]]:
+    """(name, array, little-endian dtype, shape, bytes) per array, checked: only booleans and plain numbers."""
     import numpy as np
 
-    target = Path(path)
     plan: list[tuple[str, Any, numpy.dtype[Any], list[int], int]] = []
     for name, value in arrays.items():
         if not isinstance(name, str) or not name:
@@ -105,6 +98,19 @@ def write_tensor_file(path: str | os.PathLike[str], arrays: Mapping[str, Any],
                 f"stored: only booleans and plain numbers are ({', '.join(sorted(_TORCH_DTYPES))}); "
                 "convert it first (object, string, structured and datetime arrays are not supported)")
         plan.append((name, arr, dtype, [int(n) for n in arr.shape], int(arr.size) * dtype.itemsize))
+    return plan
+
+
+def write_tensor_file(path: str | os.PathLike[str], arrays: Mapping[str, Any],
+                      meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``arrays`` (name -> numpy array) and ``meta`` to ``path`` atomically; return the index.
+
+    Arrays are stored little-endian and C-contiguous (converted one at a time while writing, so a big
+    array is not held twice unless it needs converting). On any error nothing is left at ``path`` (an
+    existing file there is kept as it was).
+    """
+    target = Path(path)
+    plan = _array_plan(target, arrays)
     try:
         meta_obj = dict(meta or {})
         json.dumps(meta_obj, allow_nan=False)
@@ -121,6 +127,8 @@ def write_tensor_file(path: str | os.PathLike[str], arrays: Mapping[str, Any],
         if need <= header:
             break
         header = need
+
+    import numpy as np
 
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
