@@ -217,7 +217,7 @@ class Tracker:
             if tags.get(TAG_SLURM_JOB_DIR):
                 # Submitted by `mlflow run --backend mltf`: alive while SLURM runs its job. A job that is
                 # over gets its real final status (reconciled), so it is neither reaped nor in progress.
-                from mltf_flow.jobs.submitted import SlurmSubmittedRun
+                from mltf_flow.backend.submitted import SlurmSubmittedRun
 
                 status = SlurmSubmittedRun.from_run(ref.run_id, self.settings.tracking_uri).get_status()
                 if status not in ("SCHEDULED", "RUNNING"):

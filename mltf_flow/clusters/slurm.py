@@ -112,7 +112,7 @@ def preflight(profile: Profile, script: str) -> str:
 
     Raises :class:`SlurmRejected` carrying SLURM's own message and the profile's origin.
     """
-    from mltf_flow.jobs.sbatch import would_accept
+    from mltf_flow.slurm.sbatch import would_accept
 
     accepted, answer = would_accept(
         script, hint=f"profile {profile.name!r} submits to SLURM; elsewhere choose a local profile (--profile local)"

@@ -1,7 +1,7 @@
 """The real SLURM's ``sbatch --test-only`` verdict on the script of an ``mlflow run --backend mltf`` job
-(mltf_flow.jobs.sbatch.would_accept), for the repository's CI profiles on tests/infra/slurm.sh's cluster
+(mltf_flow.slurm.sbatch.would_accept), for the repository's CI profiles on tests/infra/slurm.sh's cluster
 (one node, 4 GPUs in gres.conf, partition ``debug``). The script's text is tested in
-tests/unit/jobs/test_job_script.py."""
+tests/unit/backend/test_job_script.py."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from mltf_flow.jobs import sbatch
-from mltf_flow.jobs.config import parse_backend_config
-from mltf_flow.jobs.script import ScriptInputs, render_script
+from mltf_flow.backend.config import parse_backend_config
+from mltf_flow.backend.script import ScriptInputs, render_script
+from mltf_flow.slurm import sbatch
 from tests.helpers import REPO_PROFILES, isolate_profiles
 
 pytestmark = pytest.mark.slurm

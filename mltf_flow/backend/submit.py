@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mltf_flow.backend.config import BackendConfig, parse_backend_config
+from mltf_flow.backend.script import ScriptInputs, render_script
+from mltf_flow.backend.spec import SECRET_PREFIX, JobSpec
 from mltf_flow.errors import ConfigError, SlurmRejected
-from mltf_flow.jobs.config import BackendConfig, parse_backend_config
-from mltf_flow.jobs.script import ScriptInputs, render_script
-from mltf_flow.jobs.spec import SECRET_PREFIX, JobSpec
 from mltf_flow.mlproject import Project, read_project
 from mltf_flow.tags import (
     MLFLOW_GIT_BRANCH,
@@ -292,7 +292,7 @@ def plan_job(project_uri: str, entry_point: str, params: Mapping[str, Any] | Non
 
 def preflight(plan: JobPlan) -> str:
     """``sbatch --test-only`` on the job's script; SLURM's rejection becomes :class:`SlurmRejected`."""
-    from mltf_flow.jobs.sbatch import would_accept
+    from mltf_flow.slurm.sbatch import would_accept
 
     accepted, answer = would_accept(plan.script(PLACEHOLDER_RUN_ID))
     if not accepted:
@@ -309,9 +309,9 @@ def preflight(plan: JobPlan) -> str:
 
 def submit_job(plan: JobPlan) -> Any:
     """Create the run, write the job's files, submit it (steps 3 of the module docstring)."""
+    from mltf_flow.backend.submitted import SlurmSubmittedRun
     from mltf_flow.config import load_settings
-    from mltf_flow.jobs.sbatch import submit
-    from mltf_flow.jobs.submitted import SlurmSubmittedRun
+    from mltf_flow.slurm.sbatch import submit
     from mltf_flow.tracking import Tracker
 
     preflight(plan)
