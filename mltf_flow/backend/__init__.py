@@ -17,6 +17,6 @@ reports its own outcome:
 * :mod:`~mltf_flow.backend.submitted`  :class:`~mltf_flow.backend.submitted.SlurmSubmittedRun` (wait, status, cancel).
 
 What is SLURM's own and shared with the Dask cluster profiles lives in :mod:`mltf_flow.slurm`
-(``sbatch --test-only``, ``sbatch``, ``scancel``, job states, ``squeue``/``scontrol``/``sacct``
+(``sbatch`` and its ``--test-only`` pre-flight, ``scancel``, job states, ``squeue``/``scontrol``/``sacct``
 queries); the project's ``python_env.yaml`` environment, built on the node, in :mod:`mltf_flow.pyenv`.
 """

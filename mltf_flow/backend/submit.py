@@ -35,7 +35,7 @@ from typing import Any
 from mltf_flow.backend.config import BackendConfig, parse_backend_config
 from mltf_flow.backend.script import ScriptInputs, render_script
 from mltf_flow.backend.spec import SECRET_PREFIX, JobSpec
-from mltf_flow.errors import ConfigError, SlurmRejected
+from mltf_flow.errors import ConfigError
 from mltf_flow.mlproject import Project, read_project
 from mltf_flow.tags import (
     MLFLOW_GIT_BRANCH,
@@ -292,19 +292,21 @@ def plan_job(project_uri: str, entry_point: str, params: Mapping[str, Any] | Non
 
 def preflight(plan: JobPlan) -> str:
     """``sbatch --test-only`` on the job's script; SLURM's rejection becomes :class:`SlurmRejected`."""
-    from mltf_flow.slurm.sbatch import would_accept
+    from mltf_flow.slurm.preflight import check
 
-    accepted, answer = would_accept(plan.script(PLACEHOLDER_RUN_ID))
-    if not accepted:
-        config = plan.config
-        origins = ", ".join(sorted(set(config.sources.values())))
-        raise SlurmRejected(
-            f"SLURM rejects the job for entry point {plan.entry_point!r} (settings from {origins}):\n    {answer}\n"
-            f"  It asked for: {' '.join(config.directives())}. Check them against `sinfo -o '%P %l %c %m %G'`; "
-            f"print the whole script with: mltf-flow render --backend-config CONFIG {plan.project.root} "
-            f"-e {plan.entry_point}"
-        )
-    return answer
+    return check(plan.script(PLACEHOLDER_RUN_ID), lambda answer: _rejection(plan, answer))
+
+
+def _rejection(plan: JobPlan, answer: str) -> str:
+    """What a rejected job of ``plan`` asked for, around SLURM's ``answer``."""
+    config = plan.config
+    origins = ", ".join(sorted(set(config.sources.values())))
+    return (
+        f"SLURM rejects the job for entry point {plan.entry_point!r} (settings from {origins}):\n    {answer}\n"
+        f"  It asked for: {' '.join(config.directives())}. Check them against `sinfo -o '%P %l %c %m %G'`; "
+        f"print the whole script with: mltf-flow render --backend-config CONFIG {plan.project.root} "
+        f"-e {plan.entry_point}"
+    )
 
 
 def submit_job(plan: JobPlan) -> Any:
