@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mltf_flow.backend.liveness import submitted_job_alive
 from mltf_flow.cache_key import CodeVersion, git_state
 from mltf_flow.clusters import session
 from mltf_flow.code_set import command_files
@@ -163,7 +164,7 @@ def execute_step(step: MLflowStep) -> None:
     pipeline = step.pipeline_name()
     experiment = settings.experiment_for(pipeline)
     experiment_id = tracker.ensure_experiment(experiment)
-    reaped = tracker.reap_stale(experiment, experiment_id, key, name)
+    reaped = tracker.reap_stale(experiment, experiment_id, key, name, job_alive=submitted_job_alive)
     parent_id = tracker.parent_run(experiment_id, pipeline, invocation_id())
 
     tags = {

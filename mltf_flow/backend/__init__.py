@@ -14,7 +14,8 @@ reports its own outcome:
 * :mod:`~mltf_flow.backend.wrapper`    runs inside the job around the command and records how it ended;
 * :mod:`~mltf_flow.backend.task`       one ``srun`` task of a multi-task job, with the torchrun variables;
 * :mod:`~mltf_flow.backend.record`     the wrapper's status record (read back when SLURM forgot the job);
-* :mod:`~mltf_flow.backend.submitted`  :class:`~mltf_flow.backend.submitted.SlurmSubmittedRun` (wait, status, cancel).
+* :mod:`~mltf_flow.backend.submitted`  :class:`~mltf_flow.backend.submitted.SlurmSubmittedRun` (wait, status, cancel);
+* :mod:`~mltf_flow.backend.liveness`   whether a run's job is still alive, for the tracker's reaping.
 
 What is SLURM's own and shared with the Dask cluster profiles lives in :mod:`mltf_flow.slurm`
 (``sbatch`` and its ``--test-only`` pre-flight, ``scancel``, job states, ``squeue``/``scontrol``/``sacct``
