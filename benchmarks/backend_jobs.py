@@ -58,7 +58,7 @@ def backend_job(project: Path) -> float:
 
 
 def polling(count: int) -> tuple[float, float, int, int]:
-    from mltf_flow.jobs.query import JobMonitor
+    from mltf_flow.slurm.query import JobMonitor
 
     ids = []
     for _ in range(count):

@@ -193,7 +193,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from mltf_flow.config import load_settings
 
     if args.backend_config is not None:
-        from mltf_flow.jobs.submit import render_for
+        from mltf_flow.backend.submit import render_for
 
         if not args.project_dir:
             raise ConfigError("render --backend-config needs the project: mltf-flow render --backend-config CFG "
@@ -216,7 +216,7 @@ def _backend_config(text: str) -> dict[str, Any]:
     import json
     from pathlib import Path
 
-    from mltf_flow.jobs.config import load_backend_config_file
+    from mltf_flow.backend.config import load_backend_config_file
 
     if text.endswith(".json"):
         return load_backend_config_file(Path(text))
@@ -230,8 +230,8 @@ def _backend_config(text: str) -> dict[str, Any]:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
+    from mltf_flow.backend.submitted import SlurmSubmittedRun
     from mltf_flow.config import load_settings
-    from mltf_flow.jobs.submitted import SlurmSubmittedRun
 
     run = SlurmSubmittedRun.from_run(args.run_id, load_settings().tracking_uri, poll_interval=2.0,
                                      max_poll_interval=30.0)

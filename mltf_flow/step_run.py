@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mltf_flow.backend.liveness import submitted_job_alive
 from mltf_flow.cache_key import git_state
 from mltf_flow.clusters import session
 from mltf_flow.code_set import command_files
@@ -196,7 +197,7 @@ def open_run(plan: Plan, cluster: Cluster, tracker: Tracker) -> OpenRun:
     key = step.key
     experiment = settings.experiment_for(step.pipeline)
     experiment_id = tracker.ensure_experiment(experiment)
-    reaped = tracker.reap_stale(experiment, experiment_id, key, step.name)
+    reaped = tracker.reap_stale(experiment, experiment_id, key, step.name, job_alive=submitted_job_alive)
     parent_id = tracker.parent_run(experiment_id, step.pipeline, invocation_id())
     tags = _run_tags(plan, cluster, key)
     if reaped:

@@ -22,7 +22,7 @@ import getpass
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +93,14 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+#: Whether the SLURM job behind a RUNNING run that ``mlflow run --backend mltf`` submitted (a run tagged
+#: ``mltf.slurm.job_dir``) is still queued or running, given (run id, tracking URI); a job that is over gets
+#: its run's real final status on the way. The backend provides it
+#: (:func:`mltf_flow.backend.liveness.submitted_job_alive`); this module sits below the backend and does
+#: not import it: the caller of :meth:`Tracker.reap_stale` passes it in.
+JobLiveness = Callable[[str, str], bool]
 
 
 class Tracker:
@@ -192,10 +200,12 @@ class Tracker:
             self.client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
 
     # -- step runs ----------------------------------------------------------------------------
-    def reap_stale(self, experiment: str, experiment_id: str, key: str, step: str) -> list[str]:
+    def reap_stale(self, experiment: str, experiment_id: str, key: str, step: str, *,
+                   job_alive: JobLiveness) -> list[str]:
         """Mark RUNNING runs with this key whose launcher is gone as KILLED; return their ids.
 
-        Raises :class:`StepInProgress` when a live process on this host runs the same key.
+        Raises :class:`StepInProgress` when a live process on this host runs the same key, or when
+        ``job_alive`` says the SLURM job of a run submitted by ``mlflow run --backend mltf`` still runs.
         """
         from mltf_flow.run_index import run_index
 
@@ -205,10 +215,7 @@ class Tracker:
             if tags.get(TAG_SLURM_JOB_DIR):
                 # Submitted by `mlflow run --backend mltf`: alive while SLURM runs its job. A job that is
                 # over gets its real final status (reconciled), so it is neither reaped nor in progress.
-                from mltf_flow.jobs.submitted import SlurmSubmittedRun
-
-                status = SlurmSubmittedRun.from_run(ref.run_id, self.settings.tracking_uri).get_status()
-                if status not in ("SCHEDULED", "RUNNING"):
+                if not job_alive(ref.run_id, self.settings.tracking_uri):
                     continue
                 raise StepInProgress(
                     f"step '{step}' is already running with the same inputs: MLflow run {ref.run_id}, SLURM job "

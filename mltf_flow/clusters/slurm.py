@@ -1,8 +1,9 @@
 """SLURM profiles -> dask-jobqueue ``SLURMCluster``: keyword arguments, rendered job scripts, pre-flight.
 
 :func:`slurm_cluster_kwargs` is pure (profile in, kwargs out) and is what tests pin down.
-:func:`preflight` runs ``sbatch --test-only`` on the exact script: dask-jobqueue only *logs* a rejected
-``sbatch`` and the user then waits for a worker timeout; SLURM's own message arrives in milliseconds.
+:func:`preflight` runs ``sbatch --test-only`` (:mod:`mltf_flow.slurm.preflight`) on the exact script:
+dask-jobqueue only *logs* a rejected ``sbatch`` and the user then waits for a worker timeout; SLURM's own
+message arrives in milliseconds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mltf_flow.clusters.profiles import Profile
-from mltf_flow.errors import ConfigError, SlurmRejected
+from mltf_flow.errors import ConfigError
 from mltf_flow.fabric.gds import gds_settings
 from mltf_flow.fabric.spec import static_env
 
@@ -112,18 +113,21 @@ def preflight(profile: Profile, script: str) -> str:
 
     Raises :class:`SlurmRejected` carrying SLURM's own message and the profile's origin.
     """
-    from mltf_flow.jobs.sbatch import would_accept
+    from mltf_flow.slurm.preflight import check
 
-    accepted, answer = would_accept(
-        script, hint=f"profile {profile.name!r} submits to SLURM; elsewhere choose a local profile (--profile local)"
+    return check(
+        script, lambda answer: _rejection(profile, answer),
+        hint=f"profile {profile.name!r} submits to SLURM; elsewhere choose a local profile (--profile local)",
     )
-    if not accepted:
-        origins = sorted({profile.source_of(k) for k in ("partition", "account", "gpus_per_node", "memory", "cores")})
-        raise SlurmRejected(
-            f"SLURM rejects the worker job of profile {profile.name!r} (defined in {', '.join(origins)}):\n"
-            f"    {answer}\n"
-            f"  Check partition={profile.partition!r}, account={profile.account!r}, gpus_per_node="
-            f"{profile.gpus_per_node}, cores={profile.cores}, memory={profile.memory!r} against `sinfo -o "
-            f"'%P %c %m %G'`. See the script with: mltf-flow render --profile {profile.name}"
-        )
-    return answer
+
+
+def _rejection(profile: Profile, answer: str) -> str:
+    """What a rejected worker job of ``profile`` asked for, around SLURM's ``answer``."""
+    origins = sorted({profile.source_of(k) for k in ("partition", "account", "gpus_per_node", "memory", "cores")})
+    return (
+        f"SLURM rejects the worker job of profile {profile.name!r} (defined in {', '.join(origins)}):\n"
+        f"    {answer}\n"
+        f"  Check partition={profile.partition!r}, account={profile.account!r}, gpus_per_node="
+        f"{profile.gpus_per_node}, cores={profile.cores}, memory={profile.memory!r} against `sinfo -o "
+        f"'%P %c %m %G'`. See the script with: mltf-flow render --profile {profile.name}"
+    )

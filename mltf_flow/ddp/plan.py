@@ -98,7 +98,7 @@ def contract_env(
     master_addr: str, master_port: int, run_id: str,
 ) -> dict[str, str]:
     """The variables ``torchrun`` gives each worker process (``torch.distributed.run``): the one contract
-    every launcher of mltf_flow honours (Dask ranks here, ``srun`` tasks in :mod:`mltf_flow.jobs.task`)."""
+    every launcher of mltf_flow honours (Dask ranks here, ``srun`` tasks in :mod:`mltf_flow.backend.task`)."""
     return {
         "RANK": str(rank),
         "WORLD_SIZE": str(world_size),

@@ -67,7 +67,7 @@ def submitted(result: Result) -> tuple[str, str]:
 def ended(uri: str, run_id: str) -> Any:
     """The run once its job is over (the script ends its own run FINISHED before the wrapper's verdict, so
     the run's status alone does not say the job ended): waited for as users do, through SubmittedRun."""
-    from mltf_flow.jobs.submitted import SlurmSubmittedRun
+    from mltf_flow.backend.submitted import SlurmSubmittedRun
 
     SlurmSubmittedRun.from_run(run_id, uri, poll_interval=0.5, max_poll_interval=2.0).wait()
     return client(uri).get_run(run_id)
@@ -199,7 +199,7 @@ def test_exit_3_fails_the_run_and_survives_slurm_forgetting_the_job(backend: dic
     import mlflow
     from mlflow.exceptions import ExecutionException
 
-    from mltf_flow.jobs.submitted import SlurmSubmittedRun
+    from mltf_flow.backend.submitted import SlurmSubmittedRun
 
     # Synchronous Python API: MLflow waits on our SubmittedRun and raises when wait() says False.
     with pytest.raises(ExecutionException, match="failed"):
@@ -230,7 +230,7 @@ def test_scancel_kills_the_run_and_mltf_flow_job_reports_it(backend: dict[str, s
                         env=backend)
     assert result.returncode == 0, result.output
     run_id, job_id = submitted(result)
-    from mltf_flow.jobs.submitted import SlurmSubmittedRun
+    from mltf_flow.backend.submitted import SlurmSubmittedRun
 
     _running(SlurmSubmittedRun.from_run(run_id, mlflow_server.uri))
     subprocess.run(["scancel", job_id], check=True)
@@ -270,12 +270,12 @@ def test_submitted_run_cancel_removes_the_job_and_kills_the_run(backend: dict[st
 
 def test_a_job_whose_wrapper_was_killed_is_resolved_once_slurm_forgot_it(backend: dict[str, str],
                                                                           mlflow_server: MlflowServer) -> None:
-    from mltf_flow.jobs.submitted import SlurmSubmittedRun
+    from mltf_flow.backend.submitted import SlurmSubmittedRun
 
     sub = project_run("main", {"mode": "hang"}, {"profile": "slurm-ci"}, "backend-sigkill")
     _running(sub)
     # SIGKILL: nothing can be recorded; the job's record still says the wrapper was running.
-    wrapper = subprocess.run(["pgrep", "-f", f"mltf_flow.jobs.wrapper {sub.job_dir}"], capture_output=True,
+    wrapper = subprocess.run(["pgrep", "-f", f"mltf_flow.backend.wrapper {sub.job_dir}"], capture_output=True,
                              text=True).stdout.split()
     assert wrapper
     subprocess.run(["kill", "-9", *wrapper], check=True)
@@ -315,7 +315,7 @@ def test_a_requeued_job_runs_again_in_the_same_run(backend: dict[str, str], mlfl
 
 def test_a_job_slurm_never_had_is_failed_not_a_crash(backend: dict[str, str], mlflow_server: MlflowServer,
                                                      tmp_path: Path) -> None:
-    from mltf_flow.jobs.submitted import SlurmSubmittedRun
+    from mltf_flow.backend.submitted import SlurmSubmittedRun
 
     c = client(mlflow_server.uri)
     run = c.create_run(c.create_experiment("backend-never"))
@@ -468,7 +468,7 @@ def test_interrupting_the_synchronous_api_cancels_the_job(backend: dict[str, str
             break
     wait_until(lambda: in_queue(job_id), 60, "the job to be queued")
     (run,) = wait_until(lambda: runs(mlflow_server.uri, "backend-sigint"), 60, "the run")
-    from mltf_flow.jobs.submitted import SlurmSubmittedRun
+    from mltf_flow.backend.submitted import SlurmSubmittedRun
 
     _running(SlurmSubmittedRun.from_run(run.info.run_id, mlflow_server.uri))
     proc.send_signal(signal.SIGINT)
@@ -502,7 +502,7 @@ def test_a_pipeline_step_sees_the_same_job_as_in_progress_then_reuses_its_result
 
 def test_a_job_past_its_time_limit_is_a_failed_run(backend: dict[str, str], mlflow_server: MlflowServer,
                                                    time_limit_job: str) -> None:
-    from mltf_flow.jobs.submitted import SlurmSubmittedRun
+    from mltf_flow.backend.submitted import SlurmSubmittedRun
 
     sub = SlurmSubmittedRun.from_run(time_limit_job, mlflow_server.uri, poll_interval=0.5, max_poll_interval=2.0)
     assert sub.wait() is False

@@ -1,7 +1,7 @@
-"""JobMonitor (mltf_flow.jobs.query) against the real SLURM of tests/infra/slurm.sh: unknown ids, a held job,
+"""JobMonitor (mltf_flow.slurm.query) against the real SLURM of tests/infra/slurm.sh: unknown ids, a held job,
 batching into one squeue call, snapshots, accounting disabled (as on the CI cluster), a cancelled job until SLURM
 forgets it, and the parsers on what this SLURM prints. The parsers on fixed text and the conditions a test
-cluster cannot show are in tests/unit/jobs/test_query.py."""
+cluster cannot show are in tests/unit/slurm/test_query.py."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mltf_flow.jobs.query import JobMonitor, job_state_now, parse_scontrol, parse_squeue
-from mltf_flow.jobs.states import KILLED, SCHEDULED, JobState
+from mltf_flow.slurm.query import JobMonitor, job_state_now, parse_scontrol, parse_squeue
+from mltf_flow.slurm.states import KILLED, SCHEDULED, JobState
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slurm
@@ -127,7 +127,7 @@ def test_held_job_and_gone_ids_in_one_call(held_job: str) -> None:
 
 
 def test_parsers_read_the_real_slurm(held_job: str) -> None:
-    from mltf_flow.jobs.query import _SQUEUE_FORMAT
+    from mltf_flow.slurm.query import _SQUEUE_FORMAT
 
     out = subprocess.run(["squeue", "-h", "--states=all", "-j", held_job, "-o", _SQUEUE_FORMAT],
                          capture_output=True, text=True, timeout=60, check=True).stdout

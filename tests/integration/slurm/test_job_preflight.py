@@ -1,7 +1,7 @@
 """The real SLURM's ``sbatch --test-only`` verdict on the script of an ``mlflow run --backend mltf`` job
-(mltf_flow.jobs.sbatch.would_accept), for the repository's CI profiles on tests/infra/slurm.sh's cluster
+(mltf_flow.slurm.preflight.would_accept), for the repository's CI profiles on tests/infra/slurm.sh's cluster
 (one node, 4 GPUs in gres.conf, partition ``debug``). The script's text is tested in
-tests/unit/jobs/test_job_script.py."""
+tests/unit/backend/test_job_script.py."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from mltf_flow.jobs import sbatch
-from mltf_flow.jobs.config import parse_backend_config
-from mltf_flow.jobs.script import ScriptInputs, render_script
+from mltf_flow.backend.config import parse_backend_config
+from mltf_flow.backend.script import ScriptInputs, render_script
+from mltf_flow.slurm import preflight
 from tests.helpers import REPO_PROFILES, isolate_profiles
 
 pytestmark = pytest.mark.slurm
@@ -39,25 +39,25 @@ def script_for(tmp_path: Path, raw: dict[str, Any], project: str = "project") ->
 
 
 def test_slurm_accepts_the_ci_profiles_script(tmp_path: Path) -> None:
-    accepted, answer = sbatch.would_accept(script_for(tmp_path, {"profile": "slurm-ci"}))
+    accepted, answer = preflight.would_accept(script_for(tmp_path, {"profile": "slurm-ci"}))
     assert accepted, answer
     assert "to start at" in answer
 
 
 def test_slurm_accepts_all_four_gpus(tmp_path: Path) -> None:
-    accepted, answer = sbatch.would_accept(script_for(tmp_path, {"profile": "slurm-ci-gpu", "gres": "gpu:4",
+    accepted, answer = preflight.would_accept(script_for(tmp_path, {"profile": "slurm-ci-gpu", "gres": "gpu:4",
                                                                  "time": 10}))
     assert accepted, answer
 
 
 def test_slurm_rejects_more_gpus_than_the_node_has(tmp_path: Path) -> None:
-    accepted, answer = sbatch.would_accept(script_for(tmp_path, {"profile": "slurm-ci", "gres": "gpu:8"}))
+    accepted, answer = preflight.would_accept(script_for(tmp_path, {"profile": "slurm-ci", "gres": "gpu:8"}))
     assert not accepted
     assert "Requested node configuration is not available" in answer
 
 
 def test_slurm_rejects_an_unknown_partition(tmp_path: Path) -> None:
-    accepted, answer = sbatch.would_accept(script_for(tmp_path, {"profile": "slurm-ci", "partition": "nosuch"}))
+    accepted, answer = preflight.would_accept(script_for(tmp_path, {"profile": "slurm-ci", "partition": "nosuch"}))
     assert not accepted
     assert "invalid partition" in answer.lower()
 
@@ -66,10 +66,10 @@ def test_would_accept_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
-    sbatch.would_accept(script_for(tmp_path, {"profile": "slurm-ci"}))
+    preflight.would_accept(script_for(tmp_path, {"profile": "slurm-ci"}))
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_project_path_with_a_space(tmp_path: Path) -> None:
-    accepted, answer = sbatch.would_accept(script_for(tmp_path, {"profile": "slurm-ci"}, project="my project"))
+    accepted, answer = preflight.would_accept(script_for(tmp_path, {"profile": "slurm-ci"}, project="my project"))
     assert accepted, answer

@@ -1,4 +1,4 @@
-"""The sbatch script of an ``mlflow run --backend mltf`` job (mltf_flow.jobs.script.render_script): its
+"""The sbatch script of an ``mlflow run --backend mltf`` job (mltf_flow.backend.script.render_script): its
 #SBATCH lines, the setup lines and the wrapper exec; the script run with bash (a stand-in interpreter
 records how the wrapper would be started). The real SLURM's ``sbatch --test-only`` verdict on it is in
 tests/integration/slurm/test_job_preflight.py."""
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from mltf_flow.jobs.config import BackendConfig, parse_backend_config
-from mltf_flow.jobs.script import ScriptInputs, render_script
+from mltf_flow.backend.config import BackendConfig, parse_backend_config
+from mltf_flow.backend.script import ScriptInputs, render_script
 from tests.helpers import REPO_PROFILES, isolate_profiles
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
@@ -103,7 +103,7 @@ def test_no_signal_directive_when_disabled(tmp_path: Path) -> None:
 
 def test_comments_and_wrapper(tmp_path: Path) -> None:
     script, config, inputs = render(tmp_path, {"profile": "slurm-ci", "exports": ["HF_HOME", "WANDB_MODE"]})
-    wrapper = f"{shlex.quote(config.python)} -m mltf_flow.jobs.wrapper {shlex.quote(inputs.spec_path)}"
+    wrapper = f"{shlex.quote(config.python)} -m mltf_flow.backend.wrapper {shlex.quote(inputs.spec_path)}"
     lines = script.splitlines()
     assert f"# mltf_flow: `mlflow run --backend mltf` job of MLflow run {RUN_ID} (experiment 7, tracking {TRACKING})" \
         in lines
@@ -196,7 +196,7 @@ def run_script(tmp_path: Path, raw: dict[str, Any]) -> Ran:
 def test_script_execs_the_wrapper_with_the_run_environment(tmp_path: Path) -> None:
     proc, args, env = run_script(tmp_path, {"environment": {"GREETING": "hello world"}})
     assert proc.returncode == 0, proc.stderr
-    assert args == ["-m", "mltf_flow.jobs.wrapper", str(inputs_for(tmp_path).spec_path)]
+    assert args == ["-m", "mltf_flow.backend.wrapper", str(inputs_for(tmp_path).spec_path)]
     assert env["MLFLOW_TRACKING_URI"] == TRACKING
     assert env["MLFLOW_RUN_ID"] == RUN_ID
     assert env["MLFLOW_EXPERIMENT_ID"] == "7"
@@ -206,7 +206,7 @@ def test_script_execs_the_wrapper_with_the_run_environment(tmp_path: Path) -> No
 def test_failed_module_load_aborts_through_the_wrapper(tmp_path: Path) -> None:
     proc, args, env = run_script(tmp_path, {"modules": ["nosuch/1.0"], "environment": {"GREETING": "hi"}})
     assert proc.returncode == 0, proc.stderr
-    assert args == ["-m", "mltf_flow.jobs.wrapper", str(inputs_for(tmp_path).spec_path), "--abort",
+    assert args == ["-m", "mltf_flow.backend.wrapper", str(inputs_for(tmp_path).spec_path), "--abort",
                     "module load nosuch/1.0 failed"]
     assert "GREETING" not in env  # nothing after the failed line ran
     assert "MLFLOW_RUN_ID" not in env

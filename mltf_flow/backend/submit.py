@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mltf_flow.errors import ConfigError, SlurmRejected
-from mltf_flow.jobs.config import BackendConfig, parse_backend_config
-from mltf_flow.jobs.script import ScriptInputs, render_script
-from mltf_flow.jobs.spec import SECRET_PREFIX, JobSpec
+from mltf_flow.backend.config import BackendConfig, parse_backend_config
+from mltf_flow.backend.script import ScriptInputs, render_script
+from mltf_flow.backend.spec import SECRET_PREFIX, JobSpec
+from mltf_flow.errors import ConfigError
 from mltf_flow.mlproject import Project, read_project
 from mltf_flow.tags import (
     MLFLOW_GIT_BRANCH,
@@ -50,7 +50,6 @@ from mltf_flow.tags import (
     MLFLOW_USER,
     TAG_CODE_HASH,
     TAG_ENV_HASH,
-    TAG_ERROR,
     TAG_GIT_DIRTY,
     TAG_INPUTS,
     TAG_LAUNCHER,
@@ -292,26 +291,29 @@ def plan_job(project_uri: str, entry_point: str, params: Mapping[str, Any] | Non
 
 def preflight(plan: JobPlan) -> str:
     """``sbatch --test-only`` on the job's script; SLURM's rejection becomes :class:`SlurmRejected`."""
-    from mltf_flow.jobs.sbatch import would_accept
+    from mltf_flow.slurm.preflight import check
 
-    accepted, answer = would_accept(plan.script(PLACEHOLDER_RUN_ID))
-    if not accepted:
-        config = plan.config
-        origins = ", ".join(sorted(set(config.sources.values())))
-        raise SlurmRejected(
-            f"SLURM rejects the job for entry point {plan.entry_point!r} (settings from {origins}):\n    {answer}\n"
-            f"  It asked for: {' '.join(config.directives())}. Check them against `sinfo -o '%P %l %c %m %G'`; "
-            f"print the whole script with: mltf-flow render --backend-config CONFIG {plan.project.root} "
-            f"-e {plan.entry_point}"
-        )
-    return answer
+    return check(plan.script(PLACEHOLDER_RUN_ID), lambda answer: _rejection(plan, answer))
+
+
+def _rejection(plan: JobPlan, answer: str) -> str:
+    """What a rejected job of ``plan`` asked for, around SLURM's ``answer``."""
+    config = plan.config
+    origins = ", ".join(sorted(set(config.sources.values())))
+    return (
+        f"SLURM rejects the job for entry point {plan.entry_point!r} (settings from {origins}):\n    {answer}\n"
+        f"  It asked for: {' '.join(config.directives())}. Check them against `sinfo -o '%P %l %c %m %G'`; "
+        f"print the whole script with: mltf-flow render --backend-config CONFIG {plan.project.root} "
+        f"-e {plan.entry_point}"
+    )
 
 
 def submit_job(plan: JobPlan) -> Any:
     """Create the run, write the job's files, submit it (steps 3 of the module docstring)."""
+    from mltf_flow.backend.submitted import SlurmSubmittedRun
     from mltf_flow.config import load_settings
-    from mltf_flow.jobs.sbatch import submit
-    from mltf_flow.jobs.submitted import SlurmSubmittedRun
+    from mltf_flow.run_guard import run_guard
+    from mltf_flow.slurm.sbatch import submit
     from mltf_flow.tracking import Tracker
 
     preflight(plan)
@@ -326,7 +328,8 @@ def submit_job(plan: JobPlan) -> Any:
     run_id, plan.experiment_id = _own_run(tracker, plan, tags)
     job_dir = plan.job_dir(run_id)
     spec = plan.spec(run_id)
-    try:
+    # Until SLURM has the job, the run is ours to end: a failed submission must not leave it SCHEDULED.
+    with run_guard(tracker, run_id, error_prefix="submission failed: "):
         job_dir.mkdir(parents=True, exist_ok=True)
         spec.write(job_dir / "spec.json")
         script = plan.script(run_id)
@@ -337,10 +340,6 @@ def submit_job(plan: JobPlan) -> Any:
             plan.config.script_file.write_text(script)
         tracker.client.update_run(run_id, status="SCHEDULED")
         job_id = submit(script_path, {**os.environ, **plan.secrets})
-    except BaseException as exc:
-        tracker.set_tags(run_id, {TAG_ERROR: f"submission failed: {type(exc).__name__}: {exc}"[:5000]})
-        tracker.client.set_terminated(run_id, "FAILED")
-        raise
     tracker.set_tags(run_id, {TAG_SLURM_JOB_IDS: job_id, TAG_SLURM_JOB_DIR: str(job_dir),
                               TAG_SLURM_LOG: str(spec.log_path(job_id))})
     tracker.log_artifact(run_id, script_path, "mltf")

@@ -12,7 +12,7 @@ every watched job at once:
    is not asked again by this process.
 
 A job none of them knows is reported as ``None``; the caller then reads the job's own record
-(:mod:`mltf_flow.jobs.record`). When the controller cannot be reached, :class:`SlurmUnavailable` is
+(:mod:`mltf_flow.backend.record`). When the controller cannot be reached, :class:`SlurmUnavailable` is
 raised, so a transient outage never looks like a vanished job.
 
 Lookups are batched through one :class:`JobMonitor` per process: several ``SubmittedRun`` objects polling
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from mltf_flow.errors import ClusterError, SlurmUnavailable
-from mltf_flow.jobs.states import JobState, normalise_state, parse_exit_code
+from mltf_flow.slurm.states import JobState, normalise_state, parse_exit_code
 
 _SEP = "\x1f"  # reasons can hold spaces, commas and parentheses: use a separator no field contains
 _SQUEUE_FORMAT = _SEP.join(("%i", "%T", "%r", "%N"))

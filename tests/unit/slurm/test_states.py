@@ -1,11 +1,11 @@
-"""SLURM job states -> MLflow run statuses (mltf_flow.jobs.states): the STATES table, name normalisation
+"""SLURM job states -> MLflow run statuses (mltf_flow.slurm.states): the STATES table, name normalisation
 of what squeue/scontrol/sacct print, JobState's derived values and ExitCode parsing."""
 
 from __future__ import annotations
 
 import pytest
 
-from mltf_flow.jobs.states import (
+from mltf_flow.slurm.states import (
     CODES,
     FAILED,
     FINISHED,

@@ -1,4 +1,4 @@
-"""Planning a backend job (mltf_flow.jobs.submit.plan_job): everything checked before a run or a job exists.
+"""Planning a backend job (mltf_flow.backend.submit.plan_job): everything checked before a run or a job exists.
 No SLURM is needed for planning; the pre-flight and submission are in tests/integration/test_mlflow_backend.py."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from mltf_flow.backend.submit import JobPlan, check_tracking_uri, plan_job
 from mltf_flow.errors import ConfigError, ParameterError
-from mltf_flow.jobs.submit import JobPlan, check_tracking_uri, plan_job
 from tests.helpers import REPO
 
 FLAKY = REPO / "tests" / "integration" / "projects" / "flaky"
@@ -118,8 +118,8 @@ def test_planning_stays_light() -> None:
     # Luigi or torch (seconds each, on every submission).
     code = (
         "import sys, mlflow.projects\n"
-        "import mltf_flow.mlflow_backend\n"
-        "from mltf_flow.jobs.submit import plan_job\n"
+        "import mltf_flow.backend.mlflow_backend\n"
+        "from mltf_flow.backend.submit import plan_job\n"
         f"plan_job({str(FLAKY)!r}, 'main', {{}}, None, {{'ENV_MANAGER': 'local'}}, {STORE!r}, '0')\n"
         "heavy = sorted(m for m in ('luigi', 'dask', 'distributed', 'torch', 'dask_jobqueue') if m in sys.modules)\n"
         "print(heavy)\n"

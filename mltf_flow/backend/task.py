@@ -1,4 +1,4 @@
-"""One task of a multi-task job: ``srun ... python -m mltf_flow.jobs.task SPEC``, once per rank.
+"""One task of a multi-task job: ``srun ... python -m mltf_flow.backend.task SPEC``, once per rank.
 
 The wrapper starts ``srun`` with one task per GPU (or ``ntasks``); each task turns SLURM's variables
 into the torchrun contract (:func:`mltf_flow.ddp.plan.contract_env`, the same variables the Dask DDP
@@ -54,7 +54,9 @@ def slurm_contract_env(environ: Mapping[str, str], run_id: str) -> dict[str, str
         for key in (name, *alternatives):
             if environ.get(key):
                 return environ[key]
-        raise ConfigError(f"{name} is not set: this runs as an srun task of an mltf job (see mltf_flow.jobs.wrapper).")
+        raise ConfigError(
+            f"{name} is not set: this runs as an srun task of an mltf job (see mltf_flow.backend.wrapper)."
+        )
 
     node = int(need("SLURM_NODEID"))
     per_node = tasks_per_node(need("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"))
@@ -79,13 +81,13 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mltf_flow.backend.spec import JobSpec
     from mltf_flow.fabric.spec import resolve_fabric
-    from mltf_flow.jobs.spec import JobSpec
     from mltf_flow.launch.local import run_streaming
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m mltf_flow.jobs.task SPEC", file=sys.stderr)
+        print("usage: python -m mltf_flow.backend.task SPEC", file=sys.stderr)
         return 2
     spec = JobSpec.read(Path(args[0]))
     contract = slurm_contract_env(os.environ, spec.run_id)

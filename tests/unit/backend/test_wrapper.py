@@ -19,8 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-from mltf_flow.jobs.record import read_record
-from mltf_flow.jobs.spec import JobSpec
+from mltf_flow.backend.record import read_record
+from mltf_flow.backend.spec import JobSpec
 from tests.helpers import REPO, wait_until
 
 FLAKY = REPO / "tests" / "integration" / "projects" / "flaky"
@@ -71,7 +71,7 @@ def _start(spec: JobSpec, *args: str, env: dict[str, str] | None = None) -> subp
     full = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MLFLOW_"))}
     full.update(env or {})
     with open(spec.log_path("local"), "ab") as log:  # the child has its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "mltf_flow.jobs.wrapper",
+        proc = subprocess.Popen([sys.executable, "-m", "mltf_flow.backend.wrapper",
                                  str(Path(spec.job_dir) / "spec.json"), *args],
                                 stdout=log, stderr=subprocess.STDOUT, env=full, start_new_session=True)
     _STARTED.append(proc)

@@ -7,7 +7,7 @@
   ``mltf.complete=true`` (exit code 0, as the job's wrapper recorded);
 * ``cancel()`` runs ``scancel``, waits until SLURM has ended the job and marks the run KILLED.
 
-States come from :mod:`mltf_flow.jobs.query` (batched across every run this process watches). While the
+States come from :mod:`mltf_flow.slurm.query` (batched across every run this process watches). While the
 job is pending or running, changes of its SLURM state and reason are kept on the run
 (``mltf.slurm.state``, ``mltf.slurm.reason``: ``PENDING`` / ``Resources``). Once the job is over, or has
 left every view SLURM offers, the run is *reconciled*: the wrapper normally set its final status itself;
@@ -27,11 +27,11 @@ from typing import Any
 
 from mlflow.projects.submitted_run import SubmittedRun
 
+from mltf_flow.backend.record import ENDED, REQUEUED, JobRecord, read_record
 from mltf_flow.console import use_console
 from mltf_flow.errors import ConfigError, SlurmUnavailable
-from mltf_flow.jobs.query import monitor
-from mltf_flow.jobs.record import ENDED, REQUEUED, JobRecord, read_record
-from mltf_flow.jobs.states import FAILED, FINISHED, KILLED, RUNNING, TERMINAL_RUN_STATUSES, JobState
+from mltf_flow.slurm.query import monitor
+from mltf_flow.slurm.states import FAILED, FINISHED, KILLED, RUNNING, TERMINAL_RUN_STATUSES, JobState
 from mltf_flow.tags import (
     TAG_COMPLETE,
     TAG_ERROR,
@@ -115,7 +115,7 @@ class SlurmSubmittedRun(SubmittedRun):
         return self.succeeded()
 
     def cancel(self) -> None:
-        from mltf_flow.jobs.sbatch import scancel
+        from mltf_flow.slurm.sbatch import scancel
 
         if self._final is not None:
             return

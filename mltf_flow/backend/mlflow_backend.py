@@ -1,8 +1,9 @@
 """``mlflow run --backend mltf``: the MLflow project backend that runs entry points as SLURM jobs.
 
 Registered under MLflow's ``mlflow.project_backend`` entry point group as ``mltf``. MLflow imports this
-module for ``mlflow run --backend mltf`` only, and it stays light: the work is in :mod:`mltf_flow.jobs`,
-imported when a run is submitted. Users of NCSA's mlflow-slurm switch by changing one word::
+module for ``mlflow run --backend mltf`` only, and it stays light: the work is in the rest of
+:mod:`mltf_flow.backend` (:mod:`~mltf_flow.backend.submit` first), imported when a run is submitted.
+Users of NCSA's mlflow-slurm switch by changing one word::
 
     mlflow run --backend mltf --backend-config slurm_config.json -e train pipelines/jet_tagging -P ...
     mlflow run --backend mltf --backend-config '{"profile": "mltf-a6000"}' -e train pipelines/jet_tagging
@@ -19,14 +20,15 @@ from mlflow.projects.backend.abstract_backend import AbstractBackend
 
 
 class MltfBackend(AbstractBackend):
-    """Submits an entry point as a SLURM batch job; returns a :class:`~mltf_flow.jobs.submitted.SlurmSubmittedRun`."""
+    """Submits an entry point as a SLURM batch job; returns a
+    :class:`~mltf_flow.backend.submitted.SlurmSubmittedRun`."""
 
     def run(self, project_uri: str, entry_point: str, params: dict[str, Any] | None, version: str | None,
             backend_config: dict[str, Any] | None, tracking_uri: str, experiment_id: str) -> Any:
         from mlflow.exceptions import ExecutionException
 
+        from mltf_flow.backend.submit import submit_project
         from mltf_flow.errors import MltfFlowError
-        from mltf_flow.jobs.submit import submit_project
 
         try:
             return submit_project(project_uri, entry_point, params, version, backend_config, tracking_uri,

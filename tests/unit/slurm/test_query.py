@@ -1,4 +1,4 @@
-"""Job-state lookups (mltf_flow.jobs.query): the squeue/scontrol/sacct parsers on text in SLURM's own
+"""Job-state lookups (mltf_flow.slurm.query): the squeue/scontrol/sacct parsers on text in SLURM's own
 formats, and JobMonitor answered by a small stand-in for the SLURM commands in the conditions a test cluster
 cannot show (controller down, accounting enabled, slurmdbd unreachable). JobMonitor against the real SLURM
 (unknown ids, a held job, batching and snapshots) is in tests/integration/slurm/test_job_monitor.py."""
@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from mltf_flow.errors import SlurmUnavailable
-from mltf_flow.jobs.query import (
+from mltf_flow.slurm.query import (
     JobMonitor,
     monitor,
     parse_sacct,
     parse_scontrol,
     parse_squeue,
 )
-from mltf_flow.jobs.states import FAILED, FINISHED, KILLED, SCHEDULED, JobState
+from mltf_flow.slurm.states import FAILED, FINISHED, KILLED, SCHEDULED, JobState
 
 SEP = "\x1f"
 GONE = "slurm_load_jobs error: Invalid job id specified\n"

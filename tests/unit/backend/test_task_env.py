@@ -1,4 +1,4 @@
-"""One srun task of a multi-task job (mltf_flow.jobs.task): SLURM's compressed tasks-per-node lists, and the
+"""One srun task of a multi-task job (mltf_flow.backend.task): SLURM's compressed tasks-per-node lists, and the
 torchrun variables each task gets from SLURM's, which must be the same contract, key for key, as the Dask
 DDP launcher's (mltf_flow.ddp.plan.torchrun_env) for the same layout."""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from mltf_flow.backend.task import slurm_contract_env, tasks_per_node
 from mltf_flow.ddp.plan import RankAssignment, WorkerSlot, plan_ranks, torchrun_env
 from mltf_flow.errors import ConfigError
-from mltf_flow.jobs.task import slurm_contract_env, tasks_per_node
 
 RUN_ID = "feedc0de" * 4
 MASTER = ("node-a", 29511)

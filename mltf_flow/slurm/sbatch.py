@@ -1,17 +1,14 @@
-"""The three SLURM commands that change things: ``sbatch --test-only``, ``sbatch``, ``scancel``.
+"""The SLURM commands that change things: ``sbatch`` (submit) and ``scancel``.
 
-Each failure carries SLURM's own words. ``sbatch --test-only`` asks the controller whether it would
-accept a script (partition, account, gres, memory, time limit against the partition) in milliseconds and
-creates no job: it runs before anything is recorded or submitted.
+Each failure carries SLURM's own words. The pre-flight ``sbatch --test-only``, which changes nothing, is
+in :mod:`mltf_flow.slurm.preflight`.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +18,7 @@ _SUBMITTED = re.compile(r"^(\d+)(?:;\S+)?\s*$", re.M)  # --parsable: "123" or "1
 
 
 def sbatch_path(hint: str = "") -> str:
+    """The ``sbatch`` executable; ``hint`` completes the error when it is not on PATH."""
     path = shutil.which("sbatch")
     if path is None:
         raise ConfigError(
@@ -28,19 +26,6 @@ def sbatch_path(hint: str = "") -> str:
             + (f"; {hint}" if hint else ".")
         )
     return path
-
-
-def would_accept(script: str, *, hint: str = "") -> tuple[bool, str]:
-    """(accepted, SLURM's answer) for ``script`` under ``sbatch --test-only``; no job is created."""
-    sbatch = sbatch_path(hint)
-    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="mltf-preflight-", delete=False) as handle:
-        handle.write(script)
-        path = handle.name
-    try:
-        proc = subprocess.run([sbatch, "--test-only", path], capture_output=True, text=True, timeout=60)
-    finally:
-        os.unlink(path)
-    return proc.returncode == 0, (proc.stderr or proc.stdout).strip()
 
 
 def submit(script_path: Path, env: Mapping[str, str]) -> str:

@@ -1,10 +1,10 @@
-"""Inside the job, around the command: ``python -m mltf_flow.jobs.wrapper SPEC [--abort MESSAGE]``.
+"""Inside the job, around the command: ``python -m mltf_flow.backend.wrapper SPEC [--abort MESSAGE]``.
 
 The job script ``exec``s this as its last line, so SLURM's signals reach it and its exit code is the job's.
 It owns the MLflow run's status from here on, because MLflow alone gets it wrong (a script that calls
 ``sys.exit(3)`` after ``start_run()`` ends FINISHED; one killed by SIGTERM stays RUNNING forever):
 
-1. it writes the job's record (:mod:`mltf_flow.jobs.record`) and, in a thread while the command starts,
+1. it writes the job's record (:mod:`mltf_flow.backend.record`) and, in a thread while the command starts,
    marks the run RUNNING with the node and job id;
 2. it builds or activates the Python environment (:mod:`mltf_flow.pyenv` for ``virtualenv``);
 3. it runs the command (once, or once per ``srun`` task with the torchrun variables when the job has
@@ -36,10 +36,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from mltf_flow.jobs.record import ENDED, REQUEUED, RUNNING, JobRecord
-from mltf_flow.jobs.spec import JobSpec
-from mltf_flow.jobs.states import FAILED, FINISHED, KILLED, SCHEDULED
+from mltf_flow.backend.record import ENDED, REQUEUED, RUNNING, JobRecord
+from mltf_flow.backend.spec import JobSpec
 from mltf_flow.launch.local import Stopped
+from mltf_flow.slurm.states import FAILED, FINISHED, KILLED, SCHEDULED
 from mltf_flow.tags import (
     TAG_COMPLETE,
     TAG_ERROR,
@@ -74,7 +74,7 @@ def _say(message: str) -> None:
 def _signal_state(job_id: str, pre_timeout: bool) -> tuple[str, str]:
     """(SLURM state, reason) behind a stop signal. At SIGTERM time SLURM shows the job as COMPLETING and
     keeps the cause in its reason (``TimeLimit`` for a time limit, ``None`` for scancel)."""
-    from mltf_flow.jobs.query import job_state_now
+    from mltf_flow.slurm.query import job_state_now
 
     state = job_state_now(job_id) if job_id != "local" else None
     if state is None:  # SLURM cannot be asked: the pre-timeout warning is the only clue
@@ -96,7 +96,7 @@ def _signal_state(job_id: str, pre_timeout: bool) -> tuple[str, str]:
 
 
 def _outcome_of_signal(signum: int, job_id: str, pre_timeout: bool) -> Outcome:
-    from mltf_flow.jobs.states import info
+    from mltf_flow.slurm.states import info
 
     state, reason = _signal_state(job_id, pre_timeout)
     if state == "REQUEUED":  # not an end: the run waits for the next attempt
@@ -257,7 +257,7 @@ class Wrapper:
         args = [srun, f"--ntasks={self.spec.tasks}", "--kill-on-bad-exit=1", "--label"]
         if os.environ.get("SLURM_CPUS_PER_TASK"):  # srun no longer inherits it from sbatch (SLURM 22.05)
             args.append(f"--cpus-per-task={os.environ['SLURM_CPUS_PER_TASK']}")
-        args += [sys.executable, "-m", "mltf_flow.jobs.task", str(self.spec_path)]
+        args += [sys.executable, "-m", "mltf_flow.backend.task", str(self.spec_path)]
         _say(f"{self.spec.tasks} tasks, rank 0 at {env['MLTF_MASTER_ADDR']}:{env['MLTF_MASTER_PORT']}")
         return shlex.join(args)
 
@@ -379,7 +379,7 @@ class Wrapper:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mltf_flow.jobs.wrapper")
+    parser = argparse.ArgumentParser(prog="python -m mltf_flow.backend.wrapper")
     parser.add_argument("spec", type=Path)
     parser.add_argument("--abort", default=None, help="a setup line failed: record this message and end the job")
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
-"""What a job runs and how it ended, on disk: JobSpec (spec.json, mltf_flow.jobs.spec) written and read back,
-refused from another version or when unreadable; JobRecord (status.json, mltf_flow.jobs.record), where
+"""What a job runs and how it ended, on disk: JobSpec (spec.json, mltf_flow.backend.spec) written and read back,
+refused from another version or when unreadable; JobRecord (status.json, mltf_flow.backend.record), where
 a missing or unreadable record reads as none."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from mltf_flow.backend.record import ENDED, RUNNING, JobRecord, read_record
+from mltf_flow.backend.spec import SPEC_VERSION, JobSpec
 from mltf_flow.errors import ConfigError
-from mltf_flow.jobs.record import ENDED, RUNNING, JobRecord, read_record
-from mltf_flow.jobs.spec import SPEC_VERSION, JobSpec
 
 
 def full_spec(tmp_path: Path) -> JobSpec:

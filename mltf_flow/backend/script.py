@@ -23,7 +23,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from mltf_flow.jobs.config import BackendConfig
+from mltf_flow.backend.config import BackendConfig
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def render_script(config: BackendConfig, inputs: ScriptInputs) -> str:
     ]
     if config.exports:
         lines.append(_comment(f"exports (propagated by --export=ALL): {', '.join(config.exports)}"))
-    wrapper = f"{shlex.quote(config.python)} -m mltf_flow.jobs.wrapper {shlex.quote(inputs.spec_path)}"
+    wrapper = f"{shlex.quote(config.python)} -m mltf_flow.backend.wrapper {shlex.quote(inputs.spec_path)}"
     lines += [
         "",
         "# A setup line that fails ends the job through the wrapper, which records why on the MLflow run.",

@@ -1,4 +1,4 @@
-"""The backend config of ``mlflow run --backend mltf`` (mltf_flow.jobs.config.parse_backend_config):
+"""The backend config of ``mlflow run --backend mltf`` (mltf_flow.backend.config.parse_backend_config):
 mlflow-slurm's keys, our own keys and MLflow's injected ones; what is refused and how the message reads;
 profiles as the base (shipped ``slurm``/``local``, the repository's configs/profiles.yaml) with explicit keys
 over them; memory conversion, GPU counting, task counts, the resource directives and the pre-timeout signal."""
@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mltf_flow.errors import ConfigError
-from mltf_flow.jobs.config import (
+from mltf_flow.backend.config import (
     MLFLOW_KEYS,
     BackendConfig,
     gres_gpus,
@@ -21,6 +20,7 @@ from mltf_flow.jobs.config import (
     parse_backend_config,
     profile_memory_to_slurm,
 )
+from mltf_flow.errors import ConfigError
 from tests.helpers import REPO_PROFILES, SHIPPED_PROFILES, isolate_profiles
 
 A6000 = f"profile 'mltf-a6000' ({REPO_PROFILES})"

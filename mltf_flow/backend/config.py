@@ -25,9 +25,12 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mltf_flow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mltf_flow.clusters.profiles import Profile
 
 #: Keys of NCSA mlflow-slurm's slurm_config.json (accepted unchanged).
 MLFLOW_SLURM_KEYS = ("partition", "account", "gpus_per_node", "gres", "mem", "nodes", "ntasks", "time", "modules",
@@ -342,8 +345,27 @@ def parse_backend_config(raw: Mapping[str, Any] | None, *, source: str = "--back
     if unknown:
         raise _unknown(check, unknown)
     profile = _base_profile(check.string("profile", raw.get("profile")), check)
+    values = _profile_values(profile)
     here = f"profile {profile.name!r} ({profile.origin})"
-    values: dict[str, Any] = {
+    sources = {k: here for k in values}
+    given = {k: v for k, v in raw.items() if k not in MLFLOW_KEYS}
+    for key, value in given.items():
+        sources[key] = source
+        _set_given(check, key, value, values)
+    _check_merged(values, given, sources, source)
+    values.setdefault("job_dir", (work_dir or Path(".mltf").absolute()) / "jobs")
+    values.setdefault("env_root", Path(os.environ.get("MLFLOW_ENV_ROOT") or "~/.mlflow/envs").expanduser().absolute())
+    values["env_manager"] = raw.get("ENV_MANAGER")
+    values["storage_dir"] = raw.get("STORAGE_DIR")
+    config = BackendConfig(sources=sources, **values)
+    _check_config(config, source)
+    return config
+
+
+def _profile_values(profile: Profile) -> dict[str, Any]:
+    """The base profile's values, under the config's keys."""
+    here = f"profile {profile.name!r} ({profile.origin})"
+    return {
         "profile": profile.name, "partition": profile.partition, "account": profile.account, "qos": profile.qos,
         "time": profile.walltime, "mem": profile_memory_to_slurm(profile.memory), "cpus_per_task": profile.cores,
         "gpus_per_node": profile.gpus_per_node, "gpu_directive": profile.gpu_directive,
@@ -352,54 +374,63 @@ def parse_backend_config(raw: Mapping[str, Any] | None, *, source: str = "--back
         "python": profile.python or sys.executable, "interface": profile.interface, "fabric": profile.fabric,
         "gds": profile.gds,
     }
-    sources = {k: here for k in values}
-    given = {k: v for k, v in raw.items() if k not in MLFLOW_KEYS}
-    for key, value in given.items():
-        sources[key] = source
-        if key in ("partition", "account", "qos", "constraint", "job_name", "run_id"):
-            values[key] = check.string(key, value)
-        elif key == "time":
-            values["time"] = _time(check, value)
-        elif key == "mem":
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                values["mem"] = f"{value}M"  # SLURM's default unit
-            elif isinstance(value, str) and (mem := _SLURM_MEM.match(value.strip())) and int(mem.group(1)) > 0:
-                values["mem"] = mem.group(1) + mem.group(2).upper()
-            else:
-                raise check.fail("mem", 'SLURM memory per node like "16G" or "4000M"', value)
-        elif key in ("nodes", "cpus_per_task"):
-            values[key] = check.integer(key, value, 1)
-        elif key == "ntasks":
-            values["ntasks"] = check.integer(key, value, 1)
-        elif key == "gpus_per_node":
-            values["gpus_per_node"] = check.integer(key, value, 0)
-            values["gpu_directive"] = "gpus-per-node"  # mlflow-slurm writes --gpus-per-node=N
-        elif key == "gres":
-            values["gres"] = check.string(key, value)
-        elif key in ("exclusive", "forward_pre_timeout_signal", "system_metrics"):
-            values[key] = check.boolean(key, value)
-        elif key == "modules":
-            values["modules"] = check.lines(key, value)
-        elif key == "environment":
-            values["environment"] = _environment(check, value)
-        elif key == "exports":
-            values["exports"] = _exports(check, value)
-        elif key == "extra_directives":
-            values["extra_directives"] = _directives(check, value)
-        elif key in ("job_dir", "env_root", "sbatch-script-file", "python"):
-            text = check.string(key, value)
-            if text is None:
-                raise check.fail(key, "a path", value)
-            path = Path(os.path.expandvars(text)).expanduser().absolute()
-            values[{"sbatch-script-file": "script_file"}.get(key, key)] = str(path) if key == "python" else path
-        elif key == "pre_timeout_signal":
-            values[key] = check.integer(key, value, 0)
-            if values[key] > 65535:  # sbatch's --signal=...@N is 16 bits
-                raise check.fail(key, "seconds between 0 and 65535", value)
-        elif key in ("kill_grace", "poll_interval", "max_poll_interval"):
-            values[key] = check.number(key, value)
-        elif key == "profile":
-            pass
+
+
+def _set_given(check: _Checker, key: str, value: Any, values: dict[str, Any]) -> None:
+    """Check one key the config gives and set it in ``values`` (over the profile's)."""
+    if key in ("partition", "account", "qos", "constraint", "job_name", "run_id"):
+        values[key] = check.string(key, value)
+    elif key == "time":
+        values["time"] = _time(check, value)
+    elif key == "mem":
+        values["mem"] = _mem(check, value)
+    elif key in ("nodes", "cpus_per_task"):
+        values[key] = check.integer(key, value, 1)
+    elif key == "ntasks":
+        values["ntasks"] = check.integer(key, value, 1)
+    elif key == "gpus_per_node":
+        values["gpus_per_node"] = check.integer(key, value, 0)
+        values["gpu_directive"] = "gpus-per-node"  # mlflow-slurm writes --gpus-per-node=N
+    elif key == "gres":
+        values["gres"] = check.string(key, value)
+    elif key in ("exclusive", "forward_pre_timeout_signal", "system_metrics"):
+        values[key] = check.boolean(key, value)
+    elif key == "modules":
+        values["modules"] = check.lines(key, value)
+    elif key == "environment":
+        values["environment"] = _environment(check, value)
+    elif key == "exports":
+        values["exports"] = _exports(check, value)
+    elif key == "extra_directives":
+        values["extra_directives"] = _directives(check, value)
+    elif key in ("job_dir", "env_root", "sbatch-script-file", "python"):
+        text = check.string(key, value)
+        if text is None:
+            raise check.fail(key, "a path", value)
+        path = Path(os.path.expandvars(text)).expanduser().absolute()
+        values[{"sbatch-script-file": "script_file"}.get(key, key)] = str(path) if key == "python" else path
+    elif key == "pre_timeout_signal":
+        values[key] = check.integer(key, value, 0)
+        if values[key] > 65535:  # sbatch's --signal=...@N is 16 bits
+            raise check.fail(key, "seconds between 0 and 65535", value)
+    elif key in ("kill_grace", "poll_interval", "max_poll_interval"):
+        values[key] = check.number(key, value)
+    elif key == "profile":
+        pass
+
+
+def _mem(check: _Checker, value: Any) -> str:
+    """SLURM's --mem from the config's ``mem``: megabytes as a number, or a number and a unit."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return f"{value}M"  # SLURM's default unit
+    if isinstance(value, str) and (mem := _SLURM_MEM.match(value.strip())) and int(mem.group(1)) > 0:
+        return mem.group(1) + mem.group(2).upper()
+    raise check.fail("mem", 'SLURM memory per node like "16G" or "4000M"', value)
+
+
+def _check_merged(values: dict[str, Any], given: Mapping[str, Any], sources: Mapping[str, str], source: str) -> None:
+    """Checks across keys of the merged values, before the config is built; a GPU ``gres`` the config gives
+    replaces the profile's GPU request."""
     if values.get("gres") and gres_gpus(values["gres"]) and "gpus_per_node" in given and values["gpus_per_node"]:
         raise ConfigError(f"{source}: both 'gres' ({values['gres']!r}) and 'gpus_per_node' ask for GPUs; keep one.")
     if "gres" in given and gres_gpus(values.get("gres") or "") and "gpus_per_node" not in given:
@@ -411,11 +442,10 @@ def parse_backend_config(raw: Mapping[str, Any] | None, *, source: str = "--back
             f"{sources['python']}: python {values['python']!r} does not exist. The job starts its wrapper with it, "
             "so it must be an interpreter with mltf_flow installed, on a filesystem the nodes share."
         )
-    values.setdefault("job_dir", (work_dir or Path(".mltf").absolute()) / "jobs")
-    values.setdefault("env_root", Path(os.environ.get("MLFLOW_ENV_ROOT") or "~/.mlflow/envs").expanduser().absolute())
-    values["env_manager"] = raw.get("ENV_MANAGER")
-    values["storage_dir"] = raw.get("STORAGE_DIR")
-    config = BackendConfig(sources=sources, **values)
+
+
+def _check_config(config: BackendConfig, source: str) -> None:
+    """Checks of the built config (task counts, the pre-timeout signal against the time limit)."""
     if config.ntasks is not None and config.ntasks < config.nodes:
         raise ConfigError(f"{source}: ntasks={config.ntasks} is fewer than nodes={config.nodes}: every node needs "
                           "a task. Raise ntasks, or drop it to get one task per GPU on each node.")
@@ -423,7 +453,6 @@ def parse_backend_config(raw: Mapping[str, Any] | None, *, source: str = "--back
     if config.pre_timeout_signal and limit is not None and config.pre_timeout_signal >= limit:
         raise ConfigError(f"{source}: pre_timeout_signal={config.pre_timeout_signal} s is not below the time limit "
                           f"{config.time}; the warning would come before the job starts working.")
-    return config
 
 
 def load_backend_config_file(path: Path) -> dict[str, Any]:
