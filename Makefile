@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 # Luigi exits 0 on failure unless [retcode] is configured: always use ours.
 export LUIGI_CONFIG_PATH := $(CURDIR)/configs/luigi.cfg
+# The repository's profiles (the CI cluster's slurm-ci, rucio-demo, ...), named explicitly: profiles are never
+# read from the current directory. A value already in the environment is kept.
+export MLTF_FLOW_PROFILE_FILES ?= $(CURDIR)/configs/profiles.yaml
 
 .PHONY: run install data test test-fast lint slurm rucio-venv rucio-demo ui bench clean
 

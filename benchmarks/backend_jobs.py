@@ -124,7 +124,7 @@ def main() -> None:
         (project / "MLproject").write_text("name: noop\nentry_points:\n  main:\n    command: 'true'\n")
         with mlflow_server(root) as uri:
             os.environ.update(MLFLOW_TRACKING_URI=uri, MLTF_FLOW_WORK_DIR=str(root / "work"),
-                              MLTF_FLOW_PROFILES=str(REPO / "configs" / "profiles.yaml"))
+                              MLTF_FLOW_PROFILE_FILES=str(REPO / "configs" / "profiles.yaml"))
             import mlflow
 
             mlflow.set_tracking_uri(uri)

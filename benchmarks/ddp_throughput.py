@@ -46,13 +46,13 @@ def run_torchrun(ranks: int, script_args: list[str]) -> tuple[float, set[str]]:
 
 def run_launcher(client: object, ranks: int, script_args: list[str], tmp: Path, n: int,
                  fabric: dict[str, str] | None = None) -> tuple[float, set[str]]:
-    from mltf_flow.clusters.profiles import Profile
+    from mltf_flow.clusters.profiles import LocalProfile
     from mltf_flow.ddp.launcher import DDPLauncher
     from mltf_flow.launch.base import LaunchRequest
 
     log = tmp / f"launcher-{n}.log"
     command = " ".join(["python", str(SCRIPT), *script_args])  # the worker's interpreter (first on its PATH)
-    profile = Profile(name="bench", kind="local", workers=ranks, fabric=fabric)
+    profile = LocalProfile(name="bench", workers=ranks, fabric=fabric)
     result = DDPLauncher(client, profile, ranks).launch(LaunchRequest(
         step="bench", command=command, cwd=REPO, env={"PATH": os.environ["PATH"]}, log_path=log))
     if result.exit_code != 0:

@@ -73,8 +73,8 @@ def main() -> None:
 
 
 def full_step(tmp: Path) -> float:
-    from mltf_flow.pipeline import make_task
     from mltf_flow.invocation import new_invocation
+    from mltf_flow.pipeline import make_task
 
     project = tmp / "trivial"
     project.mkdir()

@@ -57,7 +57,8 @@ def rejection(tmp: Path) -> float:
 
     path = tmp / "bad.yaml"
     path.write_text("ci-gpu8:\n  extends: slurm-ci\n  gpus_per_node: 8\n  cores: 8\n  gpu_profile: null\n")
-    os.environ["MLTF_FLOW_PROFILES"] = str(path)
+    repo_profiles = os.environ["MLTF_FLOW_PROFILE_FILES"]
+    os.environ["MLTF_FLOW_PROFILE_FILES"] = f"{repo_profiles}{os.pathsep}{path}"
     start = time.perf_counter()
     try:
         session.prepare(get_profile("ci-gpu8"), scale=False)
@@ -65,7 +66,7 @@ def rejection(tmp: Path) -> float:
         return time.perf_counter() - start
     finally:
         session.close_all()
-        del os.environ["MLTF_FLOW_PROFILES"]
+        os.environ["MLTF_FLOW_PROFILE_FILES"] = repo_profiles
     raise SystemExit("SLURM accepted an 8-GPU job on the 4-GPU test node?")
 
 
@@ -75,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("sbatch") is None:
         raise SystemExit("no SLURM here: run `tests/infra/slurm.sh up` as root first")
-    os.chdir(REPO)  # ./profiles.yaml holds slurm-ci
+    os.environ["MLTF_FLOW_PROFILE_FILES"] = str(REPO / "configs" / "profiles.yaml")  # slurm-ci
     with tempfile.TemporaryDirectory(prefix="mltf-bench-") as tmp:
         os.environ["MLTF_FLOW_WORK_DIR"] = str(Path(tmp) / "work")
         os.environ["MLTF_MAIN_PID"] = str(os.getpid())

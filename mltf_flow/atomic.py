@@ -31,5 +31,14 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """``data`` as JSON (sorted keys, one-space indent), written atomically."""
-    return write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
+    """``data`` as JSON (sorted keys, one-space indent), written atomically. Configuration models (a
+    profile's fabric section in a job's spec) are written as the mapping that validates back to them."""
+    return write_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    from pydantic import BaseModel
+
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_defaults=True)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

@@ -175,16 +175,15 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         where = p.origin
         gpu = f", {p.gpus_per_node} GPU/job" if p.gpus_per_node else ""
         extra = f" -> GPU steps: {p.gpu_profile}" if p.gpu_profile else ""
-        print(f"{name:<16} {p.kind:<6} {p.workers} x {p.cores if p.kind == 'slurm' else p.threads_per_worker} "
-              f"cores{gpu}{extra}  ({where})")
+        print(f"{name:<16} {p.kind:<6} {p.size}{gpu}{extra}  ({where})")
     return 0
 
 
 def _slurm_profile(name: str) -> Any:
-    from mltf_flow.clusters.profiles import get_profile
+    from mltf_flow.clusters.profiles import SlurmProfile, get_profile
 
     profile = get_profile(name)
-    if profile.kind != "slurm":
+    if not isinstance(profile, SlurmProfile):
         raise ConfigError(f"profile {name!r} is a {profile.kind} profile: it has no job script.")
     return profile
 

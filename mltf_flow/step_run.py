@@ -31,6 +31,7 @@ from mltf_flow.backend.liveness import submitted_job_alive
 from mltf_flow.cache_key import git_state
 from mltf_flow.clusters import session
 from mltf_flow.code_set import command_files
+from mltf_flow.config.profiles import SlurmProfile
 from mltf_flow.errors import OutputMissing, StepFailed
 from mltf_flow.invocation import INVOCATION_ENV, invocation_id
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
@@ -144,7 +145,7 @@ def connect(profile: Profile, reporter: luigi.Task) -> Cluster:
     report_status(reporter, f"waiting for {profile.expected_workers} Dask worker(s) of profile {profile.name!r}")
     session.wait_for_workers(client, profile)
     dashboard = session.dashboard_link(profile) or str(getattr(client, "dashboard_link", "") or "")
-    job_ids = tuple(session.worker_job_ids(client)) if profile.kind == "slurm" else ()
+    job_ids = tuple(session.worker_job_ids(client)) if isinstance(profile, SlurmProfile) else ()
     return Cluster(profile, address, client, dashboard, job_ids)
 
 
@@ -294,7 +295,7 @@ def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> 
     named = command_files(root, step.entry.command) | step_parameter_files(step.project, step.entry, step.params)
     wrote = written(before, after, keep=named, known=load_outputs(settings.work_dir, root))
     remember_outputs(settings.work_dir, root, wrote, step.name, run.run_id, after)
-    if cluster.profile.kind == "slurm":
+    if isinstance(cluster.profile, SlurmProfile):
         later = session.worker_job_ids(cluster.client)
         if later and set(later) != set(cluster.job_ids):
             tracker.set_tags(run.run_id, {TAG_SLURM_JOB_IDS: ",".join(sorted(set(cluster.job_ids) | set(later)))})

@@ -3,7 +3,7 @@
     luigi --module pipelines Train --local-scheduler                 # everything, cached
     luigi --module pipelines Train --epochs 12 --local-scheduler     # only Train reruns
     luigi --module pipelines Train --ExtractFeatures-max-constituents 32 --local-scheduler
-    luigi --module pipelines Train --profile slurm-ci --local-scheduler  # SLURM workers (profiles.yaml)
+    luigi --module pipelines Train --profile slurm-ci --local-scheduler  # SLURM workers (configs/profiles.yaml)
     luigi --module pipelines Train --dataset rucio://test:jets_v1 --profile rucio-demo --local-scheduler
 
 ``StageDataset`` verifies the input files and writes their manifest, ``ExtractFeatures`` runs the

@@ -1,6 +1,7 @@
 """Shared fixtures: isolated work dirs, a small generated jet sample, a real `mlflow server`, and a writer of
-./profiles.yaml. Helpers (running `luigi` and `mltf-flow` the way users do, polling, ...) are in tests/helpers.py;
-the test environments (-E slurm|rucio|gpu and their markers) in tests/environments.py."""
+a profiles file listed in MLTF_FLOW_PROFILE_FILES. Helpers (running `luigi` and `mltf-flow` the way users do,
+polling, ...) are in tests/helpers.py; the test environments (-E slurm|rucio|gpu and their markers) in
+tests/environments.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import BIN, EXAMPLE, REPO, MlflowServer, WriteProfiles, free_port
+from tests.helpers import BIN, EXAMPLE, REPO, REPO_PROFILES, MlflowServer, WriteProfiles, free_port
 
 pytest_plugins = ["tests.environments"]
 
@@ -34,6 +35,8 @@ def _session_env(env_root: Path) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLTF_FLOW_ENV_MANAGER", "local")
         patch.setenv("MLTF_FLOW_ENV_ROOT", str(env_root))
+        # The repository's profiles (slurm-ci, rucio-demo, ...), named explicitly as the Makefile does.
+        patch.setenv("MLTF_FLOW_PROFILE_FILES", str(REPO_PROFILES))
         yield
 
 
@@ -100,13 +103,17 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 
 
 @pytest.fixture
-def write_cwd_profiles(tmp_path: Path) -> WriteProfiles:
-    """Write ./profiles.yaml in ``tmp_path`` (a dict is dumped as YAML; a str is written verbatim). Use it with
-    :func:`tests.helpers.isolate_profiles`, which makes ``tmp_path`` the current directory."""
+def write_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WriteProfiles:
+    """Write ``tmp_path``/profiles.yaml (a dict is dumped as YAML; a str is written verbatim) and list it last in
+    MLTF_FLOW_PROFILE_FILES (after the files already listed there). Use it with
+    :func:`tests.helpers.isolate_profiles`."""
 
     def write(data: object) -> Path:
         path = tmp_path / "profiles.yaml"
         path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+        listed = [p for p in os.environ.get("MLTF_FLOW_PROFILE_FILES", "").split(os.pathsep) if p]
+        if str(path) not in listed:
+            monkeypatch.setenv("MLTF_FLOW_PROFILE_FILES", os.pathsep.join([*listed, str(path)]))
         return path
 
     return write

@@ -27,7 +27,8 @@ BIN = Path(sys.executable).parent
 REPO_PROFILES = REPO / "configs" / "profiles.yaml"
 SHIPPED_PROFILES = REPO / "mltf_flow" / "profiles.yaml"
 SITE_SETTINGS = (Path("/etc/mltf_flow/profiles.yaml"), Path("/etc/mltf_flow/config.yaml"))
-#: The ``write_cwd_profiles`` fixture: writes ./profiles.yaml from a dict (dumped as YAML) or a str (verbatim).
+#: The ``write_profiles`` fixture: writes a profiles file from a dict (dumped as YAML) or a str (verbatim) and
+#: lists it in MLTF_FLOW_PROFILE_FILES.
 WriteProfiles = Callable[[object], Path]
 
 
@@ -130,22 +131,22 @@ def git_project(src: Path, dest: Path) -> Path:
 
 
 def isolate_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, profiles: Path | None = None) -> None:
-    """No developer, site or repository profiles leak in: HOME and CWD are ``tmp_path`` (so ~/.config/... and
-    ./profiles.yaml are the test's), no profile variables, no default-profile setting. ``profiles`` (e.g.
-    :data:`REPO_PROFILES`) is added on top of the shipped ones through MLTF_FLOW_PROFILES."""
+    """No developer, site or repository profiles leak in: HOME and CWD are ``tmp_path`` (so ~/.config/... is the
+    test's), no profile variables, no default-profile setting. ``profiles`` (e.g.
+    :data:`REPO_PROFILES`) is added on top of the shipped ones through MLTF_FLOW_PROFILE_FILES."""
     site = [str(path) for path in SITE_SETTINGS if path.exists()]
     if site:
         pytest.skip(f"{', '.join(site)} holds site settings that would change every result")
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     if profiles is None:
-        monkeypatch.delenv("MLTF_FLOW_PROFILES", raising=False)
+        monkeypatch.delenv("MLTF_FLOW_PROFILE_FILES", raising=False)
     else:
-        monkeypatch.setenv("MLTF_FLOW_PROFILES", str(profiles))
+        monkeypatch.setenv("MLTF_FLOW_PROFILE_FILES", str(profiles))
     monkeypatch.delenv("MLTF_FLOW_PROFILE", raising=False)
     monkeypatch.delenv("MLFLOW_ENV_ROOT", raising=False)
     for name in list(os.environ):
-        if name.startswith("MLTF_FLOW_PROFILE__"):
+        if name.startswith(("MLTF_FLOW_SET__", "MLTF_FLOW_PROFILE__")) or name == "MLTF_FLOW_PROFILES":
             monkeypatch.delenv(name)
 
 

@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 from mltf_flow.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mltf_flow.clusters.profiles import Profile
+    from mltf_flow.config.fabric import FabricSettings
+    from mltf_flow.config.gds import GdsSettings
+    from mltf_flow.config.profiles import SlurmProfile
 
 #: Keys of NCSA mlflow-slurm's slurm_config.json (accepted unchanged).
 MLFLOW_SLURM_KEYS = ("partition", "account", "gpus_per_node", "gres", "mem", "nodes", "ntasks", "time", "modules",
@@ -91,8 +93,8 @@ class BackendConfig:
     prologue: tuple[str, ...] = ()
     python: str = sys.executable
     interface: str | None = None
-    fabric: dict[str, Any] | None = None
-    gds: dict[str, Any] | None = None
+    fabric: FabricSettings | None = None
+    gds: GdsSettings | None = None
     job_dir: Path = Path(".mltf/jobs")
     env_root: Path = Path("~/.mlflow/envs")
     script_file: Path | None = None
@@ -224,7 +226,7 @@ _UNLIMITED = ("UNLIMITED", "INFINITE")
 
 def time_seconds(value: str) -> int | None:
     """Seconds in a SLURM time limit; None for UNLIMITED/INFINITE."""
-    from mltf_flow.clusters.profiles import walltime_seconds
+    from mltf_flow.config.units import walltime_seconds
 
     return None if value.upper() in _UNLIMITED else walltime_seconds(value)
 
@@ -316,16 +318,16 @@ def _unknown(check: _Checker, keys: list[str]) -> ConfigError:
     )
 
 
-def _base_profile(name: str | None, check: _Checker) -> Any:
+def _base_profile(name: str | None, check: _Checker) -> SlurmProfile:
     from mltf_flow.clusters.profiles import get_profile
     from mltf_flow.config import load_settings
+    from mltf_flow.config.profiles import SlurmProfile
 
     if name is None:
         default = load_settings().profile
-        candidate = get_profile(default)
-        name = default if candidate.kind == "slurm" else "slurm"
+        name = default if isinstance(get_profile(default), SlurmProfile) else "slurm"
     profile = get_profile(name)
-    if profile.kind != "slurm":
+    if not isinstance(profile, SlurmProfile):
         raise ConfigError(
             f"{check.source}: profile {name!r} is a {profile.kind} profile ({profile.origin}); the mltf backend "
             "submits SLURM jobs. Name a slurm profile (mltf-flow profiles lists them)."
@@ -362,7 +364,7 @@ def parse_backend_config(raw: Mapping[str, Any] | None, *, source: str = "--back
     return config
 
 
-def _profile_values(profile: Profile) -> dict[str, Any]:
+def _profile_values(profile: SlurmProfile) -> dict[str, Any]:
     """The base profile's values, under the config's keys."""
     here = f"profile {profile.name!r} ({profile.origin})"
     return {

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mltf_flow.atomic import write_json
 from mltf_flow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mltf_flow.fabric.spec import FabricSpec
 
 SPEC_VERSION = 1
 SECRET_PREFIX = "MLTF_SECRET_"
@@ -39,7 +42,8 @@ class JobSpec:
     env_root: str = ""
     #: Processes: more than one runs the command once per ``srun`` task with the torchrun variables.
     tasks: int = 1
-    fabric: dict[str, Any] | None = None
+    #: The profile's fabric section (a plain mapping once read back from spec.json in the job).
+    fabric: FabricSpec = None
     interface: str | None = None
     kill_grace: float = 10.0
     forward_pre_timeout_signal: bool = False

@@ -15,6 +15,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 
+from mltf_flow.clusters.profiles import Profile, SlurmProfile
 from mltf_flow.config import load_settings
 from mltf_flow.errors import MltfFlowError
 
@@ -51,11 +52,13 @@ def run_doctor(name: str) -> int:
     profile = holder.get("p")
     if profile is None:
         return 1
-    from mltf_flow.clusters.profiles import Profile
-
     assert isinstance(profile, Profile)
-    print(f"        workers={profile.workers} cores={profile.cores} memory={profile.memory} "
-          f"gpus_per_node={profile.gpus_per_node} walltime={profile.walltime} lifetime={profile.lifetime}")
+    if isinstance(profile, SlurmProfile):
+        print(f"        workers={profile.workers} cores={profile.cores} memory={profile.memory} "
+              f"gpus_per_node={profile.gpus_per_node} walltime={profile.walltime} lifetime={profile.lifetime}")
+    else:
+        print(f"        workers={profile.workers} threads_per_worker={profile.threads_per_worker} "
+              f"memory={profile.memory} gpus_per_node={profile.gpus_per_node}")
 
     def dashboard() -> str:
         if not profile.dashboard_address:
@@ -86,55 +89,61 @@ def run_doctor(name: str) -> int:
     def gds() -> str:
         from mltf_flow.fabric.gds import gds_settings, probe_gds
 
-        settings = gds_settings(profile.gds, f"profile {profile.name!r}")
+        settings = gds_settings(profile.gds)
         status = probe_gds(os.environ.get("MLTF_PROC_ROOT", "/proc"), os.environ.get("MLTF_SYSFS_ROOT", "/sys"))
         wanted = (f"enabled, backend {settings.backend}, scratch {settings.scratch or 'none'}, allow_compat_mode "
                   f"{settings.cufile.allow_compat_mode}") if settings.enabled else "not enabled in the profile"
         return f"{wanted}\n        this host: {status.summary()}"
 
     _check("GPUDirect Storage", gds, results)
-    if profile.kind == "slurm":
-        from mltf_flow.clusters.slurm import preflight, render_job_script
-
-        def commands() -> str:
-            missing = [c for c in ("sbatch", "squeue", "scancel", "sinfo") if shutil.which(c) is None]
-            if missing:
-                raise MltfFlowError(f"not on PATH: {', '.join(missing)} (load the SLURM module?)")
-            return "sbatch, squeue, scancel, sinfo found"
-
-        def partition() -> str:
-            out = subprocess.run(["sinfo", "-h", "-o", "%P %a %D %c %m %G"], capture_output=True, text=True,
-                                 timeout=30, check=True).stdout
-            names = {line.split()[0].rstrip("*"): line for line in out.splitlines() if line.strip()}
-            wanted = profile.partition or next((n for n, line in names.items() if "*" in line.split()[0]), "")
-            if profile.partition and profile.partition not in names:
-                raise MltfFlowError(f"partition {profile.partition!r} not found; partitions: {', '.join(names)}")
-            return f"{wanted}: {names.get(wanted, '?')}"
-
-        def interface() -> str:
-            if not profile.interface:
-                return "not set (Dask picks the default route's address)"
-            import psutil
-
-            if profile.interface not in psutil.net_if_addrs():
-                raise MltfFlowError(f"interface {profile.interface!r} does not exist on this host "
-                                    f"({', '.join(psutil.net_if_addrs())})")
-            return f"{profile.interface} exists here"
-
-        def python() -> str:
-            path = profile.python
-            if path and not os.access(path, os.X_OK):
-                raise MltfFlowError(f"python {path} is not executable here (is it on a shared filesystem?)")
-            return path or "this interpreter"
-
-        def test_only() -> str:
-            script = render_job_script(profile, load_settings().work_dir / "slurm-logs" / profile.name)
-            return preflight(profile, script)
-
-        for label, fn in (("SLURM commands", commands), ("partition", partition), ("network interface", interface),
-                          ("python on the nodes", python), ("sbatch --test-only", test_only)):
-            _check(label, fn, results)
-        print(f"  see the job script: mltf-flow render --profile {name}")
+    if isinstance(profile, SlurmProfile):
+        _slurm_checks(profile, results)
     ok = all(results)
     print("all checks passed" if ok else f"{results.count(False)} check(s) failed")
     return 0 if ok else 1
+
+
+def _slurm_checks(slurm: SlurmProfile, results: list[bool]) -> None:
+    """What only a SLURM profile needs: the client commands, its partition, interface and python, and
+    SLURM's own answer to its job script."""
+    from mltf_flow.clusters.slurm import preflight, render_job_script
+
+    def commands() -> str:
+        missing = [c for c in ("sbatch", "squeue", "scancel", "sinfo") if shutil.which(c) is None]
+        if missing:
+            raise MltfFlowError(f"not on PATH: {', '.join(missing)} (load the SLURM module?)")
+        return "sbatch, squeue, scancel, sinfo found"
+
+    def partition() -> str:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %a %D %c %m %G"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+        names = {line.split()[0].rstrip("*"): line for line in out.splitlines() if line.strip()}
+        wanted = slurm.partition or next((n for n, line in names.items() if "*" in line.split()[0]), "")
+        if slurm.partition and slurm.partition not in names:
+            raise MltfFlowError(f"partition {slurm.partition!r} not found; partitions: {', '.join(names)}")
+        return f"{wanted}: {names.get(wanted, '?')}"
+
+    def interface() -> str:
+        if not slurm.interface:
+            return "not set (Dask picks the default route's address)"
+        import psutil
+
+        if slurm.interface not in psutil.net_if_addrs():
+            raise MltfFlowError(f"interface {slurm.interface!r} does not exist on this host "
+                                f"({', '.join(psutil.net_if_addrs())})")
+        return f"{slurm.interface} exists here"
+
+    def python() -> str:
+        path = slurm.python
+        if path and not os.access(path, os.X_OK):
+            raise MltfFlowError(f"python {path} is not executable here (is it on a shared filesystem?)")
+        return path or "this interpreter"
+
+    def test_only() -> str:
+        script = render_job_script(slurm, load_settings().work_dir / "slurm-logs" / slurm.name)
+        return preflight(slurm, script)
+
+    for label, fn in (("SLURM commands", commands), ("partition", partition), ("network interface", interface),
+                      ("python on the nodes", python), ("sbatch --test-only", test_only)):
+        _check(label, fn, results)
+    print(f"  see the job script: mltf-flow render --profile {slurm.name}")

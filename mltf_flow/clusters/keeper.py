@@ -30,7 +30,7 @@ def _gds_environment(profile: Any, work_dir: Path) -> None:
     """LocalCluster workers inherit our environment: give them the profile's cufile.json (and scratch)."""
     from mltf_flow.fabric.gds import gds_settings, write_cufile_json
 
-    gds = gds_settings(profile.gds, f"profile {profile.name!r}")
+    gds = gds_settings(profile.gds)
     if not gds.enabled:
         return
     config_dir = Path(os.path.expandvars(gds.scratch)) / f"mltf-gds-{os.getpid()}" if gds.scratch \
@@ -40,12 +40,12 @@ def _gds_environment(profile: Any, work_dir: Path) -> None:
 
 
 def _start_cluster(name: str) -> tuple[Any, Any]:
-    from mltf_flow.clusters.profiles import get_profile
+    from mltf_flow.clusters.profiles import LocalProfile, get_profile
     from mltf_flow.config import load_settings
 
     profile = get_profile(name)
     cluster: Any
-    if profile.kind == "local":
+    if isinstance(profile, LocalProfile):
         import dask
         from distributed import LocalCluster
 
@@ -99,7 +99,7 @@ def serve(commands: IO[str], answers: IO[str]) -> int:
                     send({"ok": True, "address": cluster.scheduler_address, "dashboard": cluster.dashboard_link or ""})
                 elif request["cmd"] == "scale":
                     profile, cluster = clusters[name]
-                    if profile.kind == "slurm":
+                    if hasattr(cluster, "job_cls"):  # dask-jobqueue: scale by jobs, each of its worker processes
                         cluster.scale(jobs=profile.workers)
                     send({"ok": True})
                 else:
@@ -119,7 +119,7 @@ def main() -> int:
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     if len(sys.argv) > 1:
-        os.chdir(Path(sys.argv[1]))  # resolve ./profiles.yaml like the parent does
+        os.chdir(Path(sys.argv[1]))  # relative settings (a work_dir of .mltf) resolve as in the parent
     # Import the Dask stack now, while the parent is still scheduling: the first cluster starts faster.
     import dask_jobqueue  # noqa: F401
     import distributed  # noqa: F401

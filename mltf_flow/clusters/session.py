@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from mltf_flow.clusters.profiles import Profile
+from mltf_flow.clusters.profiles import Profile, SlurmProfile
 from mltf_flow.errors import ClusterError, ConfigError, SlurmRejected, WorkersTimeout
 
 _log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def wait_for_workers(client: Any, profile: Profile) -> None:
     except (TimeoutError, OSError) as exc:
         got = len(client.scheduler_info(n_workers=-1).get("workers", {}))
         hint = "check `squeue --me` (pending? why?) and the job logs under <work_dir>/slurm-logs" \
-            if profile.kind == "slurm" else "check memory and the worker logs"
+            if isinstance(profile, SlurmProfile) else "check memory and the worker logs"
         raise WorkersTimeout(
             f"profile {profile.name!r}: only {got} of {wanted} Dask workers arrived within "
             f"{profile.worker_start_timeout:.0f} s; {hint}."

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mltf_flow.clusters.profiles import Profile
+from mltf_flow.clusters.profiles import Profile, SlurmProfile
 from mltf_flow.errors import ConfigError
 from mltf_flow.fabric.gds import gds_settings
 from mltf_flow.fabric.spec import static_env
@@ -31,8 +31,9 @@ WORKER_ENV = {
 
 def slurm_cluster_kwargs(profile: Profile, log_directory: Path) -> dict[str, Any]:
     """Keyword arguments for ``dask_jobqueue.SLURMCluster`` from a slurm profile."""
-    if profile.kind != "slurm":
-        raise ConfigError(f"profile {profile.name!r} is of kind {profile.kind!r}, not slurm.")
+    if not isinstance(profile, SlurmProfile):
+        raise ConfigError(f"profile {profile.name!r} is of kind {profile.kind!r}, not slurm: it has no job script. "
+                          "Name a SLURM profile (mltf-flow profiles lists them).")
     directives: list[str] = []
     worker_args: list[str] = []
     if profile.gpus_per_node:
@@ -59,7 +60,7 @@ def slurm_cluster_kwargs(profile: Profile, log_directory: Path) -> dict[str, Any
     # `auto` is resolved per rank on the node itself (mltf_flow.ddp).
     env.update(static_env(profile.fabric, profile.interface))
     prologue = [*profile.prologue, *(f"export {k}={shlex.quote(v)}" for k, v in env.items())]
-    gds = gds_settings(profile.gds, f"profile {profile.name!r}")
+    gds = gds_settings(profile.gds)
     if gds.enabled:
         # cuFile reads its configuration once, at initialisation: it must exist before the worker starts.
         prologue += gds.prologue()
@@ -108,7 +109,7 @@ def render_job_script(profile: Profile, log_directory: Path) -> str:
         cluster.close()
 
 
-def preflight(profile: Profile, script: str) -> str:
+def preflight(profile: SlurmProfile, script: str) -> str:
     """Ask SLURM whether it would accept ``script`` (``sbatch --test-only``); return its answer.
 
     Raises :class:`SlurmRejected` carrying SLURM's own message and the profile's origin.
@@ -121,7 +122,7 @@ def preflight(profile: Profile, script: str) -> str:
     )
 
 
-def _rejection(profile: Profile, answer: str) -> str:
+def _rejection(profile: SlurmProfile, answer: str) -> str:
     """What a rejected worker job of ``profile`` asked for, around SLURM's ``answer``."""
     origins = sorted({profile.source_of(k) for k in ("partition", "account", "gpus_per_node", "memory", "cores")})
     return (

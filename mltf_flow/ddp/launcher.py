@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mltf_flow.clusters.profiles import Profile
+from mltf_flow.clusters.profiles import Profile, SlurmProfile
 from mltf_flow.ddp.plan import RankAssignment, describe, plan_ranks, slots_from_facts, torchrun_env
 from mltf_flow.errors import ConfigError
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
@@ -291,8 +291,8 @@ def check_world_size(profile: Profile, world_size: int) -> None:
     if world_size < 1:
         raise ConfigError(f"world_size={world_size}: need at least 1 rank.")
     if world_size > profile.expected_workers:
-        per = f"{profile.workers} jobs x {profile.worker_processes} worker(s)" if profile.kind == "slurm" \
-            else f"{profile.workers} workers"
+        per = f"{profile.workers} jobs x {profile.worker_processes} worker(s)" \
+            if isinstance(profile, SlurmProfile) else f"{profile.workers} workers"
         raise ConfigError(
             f"world_size={world_size} but profile {profile.name!r} gives {profile.expected_workers} workers "
             f"({per}; {profile.origin}). Raise workers/gpus_per_node in the profile or lower world_size."

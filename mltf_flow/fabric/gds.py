@@ -1,9 +1,8 @@
 """GPUDirect Storage: cuFile configuration, a probe of the node, and reading file bytes onto a device.
 
-* :class:`CufileConfig` / :func:`write_cufile_json`: the job's ``cufile.json``. ``allow_compat_mode`` is
-  always written (NVIDIA's configuration guide and API reference disagree on its default); sizes and the
-  log level are checked; the file is written atomically. :func:`cufile_env` points processes at it
-  (``CUFILE_ENV_PATH_JSON``, read once, when cuFile initialises).
+* :func:`write_cufile_json`: the job's ``cufile.json`` from a :class:`CufileConfig` (the profile's
+  ``gds.cufile`` section, typed and checked in :mod:`mltf_flow.config.gds`, re-exported here with
+  :class:`GdsSettings` and :func:`cufile_env`), written atomically.
 * :func:`probe_gds`: what this node offers (``nvidia_fs`` module, ``/run/udev`` readable for KvikIO,
   libcufile loadable, ``gdscheck``), from ``/proc`` and ``/sys`` reads only; :func:`parse_gdscheck` reads
   ``gdscheck -p`` output.
@@ -19,26 +18,29 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
-import ipaddress
 import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mltf_flow.config.gds import BACKENDS as BACKENDS
+from mltf_flow.config.gds import CufileConfig as CufileConfig
+from mltf_flow.config.gds import GdsSettings as GdsSettings
+from mltf_flow.config.gds import cufile_config as cufile_config
+from mltf_flow.config.gds import cufile_env as cufile_env
+from mltf_flow.config.gds import gds_settings as gds_settings
 from mltf_flow.errors import BackendUnavailable, ConfigError
 
 if TYPE_CHECKING:
     import torch
 
 ALIGNMENT = 4096
-BACKENDS = ("auto", "kvikio", "torch_gds", "posix")
-_LOG_LEVELS = ("ERROR", "WARN", "NOTICE", "INFO", "DEBUG", "TRACE")
 _TASK_SIZE = 8 << 20  # posix: bytes per pread task
 
 
@@ -50,97 +52,12 @@ def align_up(x: int, a: int = ALIGNMENT) -> int:
     return -(-x // a) * a
 
 
-# -- cufile.json --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CufileConfig:
-    """The cuFile settings mltf_flow writes (names as in NVIDIA's GDS configuration guide)."""
-
-    allow_compat_mode: bool = True
-    use_poll_mode: bool = False
-    poll_mode_max_size_kb: int = 4
-    max_direct_io_size_kb: int = 16384
-    max_device_cache_size_kb: int = 131072
-    max_device_pinned_mem_size_kb: int = 33554432
-    posix_unaligned_writes: bool = False
-    rdma_dev_addr_list: tuple[str, ...] = ()
-    log_dir: str | None = None
-    log_level: str = "ERROR"
-    cufile_stats: int = 0
-    max_io_threads: int = 4
-    parallel_io: bool = True
-
-    def check(self) -> None:
-        for name in ("poll_mode_max_size_kb", "max_direct_io_size_kb", "max_device_cache_size_kb",
-                     "max_device_pinned_mem_size_kb"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 4:
-                raise ConfigError(f"cufile {name}={value!r}: expected a positive multiple of 4 (KiB).")
-        if self.log_level not in _LOG_LEVELS:
-            raise ConfigError(f"cufile log_level={self.log_level!r}: expected one of {', '.join(_LOG_LEVELS)}.")
-        if self.cufile_stats not in (0, 1, 2, 3):
-            raise ConfigError(f"cufile cufile_stats={self.cufile_stats!r}: expected 0, 1, 2 or 3.")
-        if isinstance(self.max_io_threads, bool) or not isinstance(self.max_io_threads, int) or self.max_io_threads < 1:
-            raise ConfigError(f"cufile max_io_threads={self.max_io_threads!r}: expected a whole number >= 1.")
-        for address in self.rdma_dev_addr_list:
-            try:
-                ipaddress.IPv4Address(address)
-            except ValueError:
-                raise ConfigError(f"cufile rdma_dev_addr_list: {address!r} is not an IPv4 address (of an RDMA "
-                                  "interface; local NVMe needs none).") from None
-
-    def as_json(self) -> dict[str, Any]:
-        """The nested cufile.json document."""
-        self.check()
-        doc: dict[str, Any] = {
-            "logging": {"level": self.log_level},
-            "profile": {"cufile_stats": self.cufile_stats},
-            "execution": {"max_io_threads": self.max_io_threads, "parallel_io": self.parallel_io},
-            "properties": {
-                # Always explicit: the documented defaults contradict each other.
-                "allow_compat_mode": self.allow_compat_mode,
-                "use_poll_mode": self.use_poll_mode,
-                "poll_mode_max_size_kb": self.poll_mode_max_size_kb,
-                "max_direct_io_size_kb": self.max_direct_io_size_kb,
-                "max_device_cache_size_kb": self.max_device_cache_size_kb,
-                "max_device_pinned_mem_size_kb": self.max_device_pinned_mem_size_kb,
-                "rdma_dev_addr_list": list(self.rdma_dev_addr_list),
-            },
-            "fs": {"generic": {"posix_unaligned_writes": self.posix_unaligned_writes}},
-        }
-        if self.log_dir:
-            doc["logging"]["dir"] = self.log_dir
-        return doc
-
-
-def cufile_config(section: Mapping[str, Any] | None, where: str = "cufile") -> CufileConfig:
-    """A CufileConfig from a profile's ``gds.cufile`` mapping (unknown keys and bad values are errors)."""
-    if not section:
-        return CufileConfig()
-    known = {f for f in CufileConfig.__dataclass_fields__}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown cufile key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-    values = dict(section)
-    if "rdma_dev_addr_list" in values:
-        values["rdma_dev_addr_list"] = tuple(values["rdma_dev_addr_list"] or ())
-    config = CufileConfig(**values)
-    try:
-        config.check()
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return config
-
-
+# -- cufile.json (its settings are the profile's gds.cufile section: mltf_flow.config.gds) --------------------
 def write_cufile_json(path: str | os.PathLike[str], config: CufileConfig) -> Path:
     """Write ``cufile.json`` atomically (sorted keys, UTF-8); returns its path."""
     from mltf_flow.atomic import write_atomic
 
     return write_atomic(path, json.dumps(config.as_json(), indent=1, sort_keys=True) + "\n")
-
-
-def cufile_env(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Where cuFile (and KvikIO) find their configuration: set before the process first uses cuFile."""
-    return {"CUFILE_ENV_PATH_JSON": str(path)}
 
 
 # -- probing the node -----------------------------------------------------------------------------------
@@ -438,62 +355,3 @@ def read_tensor(
                 raise BackendUnavailable(f"{name} failed on {source}: {type(exc).__name__}: {exc}") from exc
             notes.append(f"{name}: {type(exc).__name__}: {exc}")
     raise AssertionError("posix is always a candidate")  # pragma: no cover
-
-
-# -- a profile's gds: section ----------------------------------------------------------------------------
-_GDS_KEYS = ("enabled", "scratch", "backend", "cufile")
-
-
-@dataclass(frozen=True)
-class GdsSettings:
-    """A profile's ``gds:`` section: whether jobs get a cufile.json, where node-local scratch is, and the
-    read backend training scripts should ask for."""
-
-    enabled: bool = False
-    scratch: str | None = None
-    backend: str = "auto"
-    cufile: CufileConfig = field(default_factory=CufileConfig)
-
-    def job_env(self, config_dir: str) -> dict[str, str]:
-        """What every process of a job gets (cufile.json in ``config_dir``)."""
-        env = {**cufile_env(f"{config_dir}/cufile.json"), "MLTF_GDS_BACKEND": self.backend}
-        if self.scratch:
-            env["MLTF_GDS_SCRATCH"] = config_dir
-        return env
-
-    def prologue(self) -> list[str]:
-        """Job-script lines: a per-job directory (on the scratch disk when set), its cufile.json, the exports."""
-        import shlex
-
-        base = self.scratch or "${TMPDIR:-/tmp}"
-        config_dir = f"{base}/mltf-gds-${{SLURM_JOB_ID:-$$}}"
-        text = json.dumps(self.cufile.as_json(), sort_keys=True)
-        lines = [f'mkdir -p "{config_dir}"', f'printf "%s\\n" {shlex.quote(text)} > "{config_dir}/cufile.json"']
-        lines += [f'export {key}="{value}"' for key, value in self.job_env(config_dir).items()]
-        return lines
-
-
-def gds_settings(section: Mapping[str, Any] | None, where: str = "gds") -> GdsSettings:
-    """Check a profile's ``gds`` section."""
-    if section is None:
-        return GdsSettings()
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"{where}: key 'gds': expected a mapping (enabled: true, scratch: ..., cufile: {{...}}).")
-    unknown = sorted(set(section) - set(_GDS_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: gds: unknown key(s) {', '.join(unknown)}; known: {', '.join(_GDS_KEYS)}.")
-    enabled = section.get("enabled", False)
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"{where}: gds enabled: expected true or false, found {enabled!r}.")
-    scratch = section.get("scratch")
-    if scratch is not None and (not isinstance(scratch, str) or not scratch.startswith(("/", "$"))):
-        raise ConfigError(f"{where}: gds scratch: expected an absolute path on the node (e.g. /mnt/nvme0/$USER), "
-                          f"found {scratch!r}.")
-    backend = section.get("backend", "auto")
-    if backend not in BACKENDS:
-        raise ConfigError(f"{where}: gds backend {backend!r}: expected one of {', '.join(BACKENDS)}.")
-    cufile = section.get("cufile")
-    if cufile is not None and not isinstance(cufile, Mapping):
-        raise ConfigError(f"{where}: gds cufile: expected a mapping of cuFile settings.")
-    return GdsSettings(enabled=enabled, scratch=scratch, backend=backend,
-                       cufile=cufile_config(cufile, f"{where}: gds cufile"))

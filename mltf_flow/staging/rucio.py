@@ -35,14 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The section is typed in mltf_flow.config.rucio; these names stay importable from here.
+from mltf_flow.config.rucio import MODES as MODES
+from mltf_flow.config.rucio import VERIFY as VERIFY
+from mltf_flow.config.rucio import RucioSettings as RucioSettings
+from mltf_flow.config.rucio import rucio_settings as rucio_settings
 from mltf_flow.errors import ConfigError, RucioNotConfigured, StagingError
 from mltf_flow.staging.manifest import MANIFEST_VERSION, manifest_digest
-
-# The settings live in their own module; these names stay importable from here.
-from mltf_flow.staging.rucio_settings import MODES as MODES
-from mltf_flow.staging.rucio_settings import VERIFY as VERIFY
-from mltf_flow.staging.rucio_settings import RucioSettings as RucioSettings
-from mltf_flow.staging.rucio_settings import rucio_settings as rucio_settings
 from mltf_flow.staging.uri import DatasetURI
 
 _log = logging.getLogger(__name__)

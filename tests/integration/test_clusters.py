@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
+    REPO_PROFILES,
     git_project,
     no_worker_jobs,
     popen,
@@ -129,7 +130,7 @@ def _bad_profiles(tmp_path: Path) -> dict[str, str]:
         "ci-gpu8:\n  extends: slurm-ci\n  gpus_per_node: 8\n  cores: 8\n  gpu_profile: null\n"
         "ci-nopart:\n  extends: slurm-ci\n  partition: nosuch\n"
     )
-    return {"MLTF_FLOW_PROFILES": str(path)}
+    return {"MLTF_FLOW_PROFILE_FILES": f"{REPO_PROFILES}{os.pathsep}{path}"}  # slurm-ci is the repository's
 
 
 @pytest.mark.parametrize(("profile", "message"), [
@@ -165,7 +166,7 @@ def test_attach_to_an_existing_scheduler(tmp_path: Path) -> None:
         result = run_luigi("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir",
                            str(PROJECTS / "branches"), "--run-step", "gate", "--overrides",
                            json.dumps({"gate_file": str(gate)}), "--profile", "attached",
-                           env={"MLTF_FLOW_PROFILES": str(profiles)})
+                           env={"MLTF_FLOW_PROFILE_FILES": str(profiles)})
         assert result.returncode == 0, result.output
         (run,) = [r for r in runs(store(), "branches") if r.data.tags.get("mltf.step") == "gate"]
         assert run.data.tags["mltf.dask_scheduler"] == cluster.scheduler_address

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_training_reads_its_features_through_the_gds_path(jet_sample: Path, tmp_path: Path) -> None:
     scratch = tmp_path / "nvme"
     gds = {"enabled": True, "scratch": str(scratch), "cufile": {"allow_compat_mode": True, "log_level": "WARN"}}
-    env = {"MLTF_FLOW_WORK_DIR": str(tmp_path / "work"), "MLTF_FLOW_PROFILE__LOCAL__GDS": json.dumps(gds)}
+    env = {"MLTF_FLOW_WORK_DIR": str(tmp_path / "work"), "MLTF_FLOW_SET__LOCAL__GDS": json.dumps(gds)}
     result = run_luigi("--module", "pipelines", "Train", "--dataset", str(jet_sample), "--epochs", "1", env=env)
     assert result.returncode == 0, result.output[-4000:]
     (train,) = step_runs(sqlite_uri(tmp_path / "work"), "train")

@@ -45,7 +45,7 @@ def backend(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> Ite
     """The environment of a user on the login node: a tracking server, the site's profiles."""
     import mlflow
 
-    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLTF_FLOW_PROFILES": str(REPO / "configs" / "profiles.yaml")}
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLTF_FLOW_PROFILE_FILES": str(REPO / "configs" / "profiles.yaml")}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     mlflow.set_tracking_uri(mlflow_server.uri)
@@ -114,7 +114,7 @@ def artifact_names(uri: str, run_id: str, path: str = "mltf") -> set[str]:
 def time_limit_job(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A job that runs into its 1-minute limit (SLURM kills it 60-90 s after it starts): submitted when this
     module starts, so the other tests run meanwhile; the last test of the module waits for its end."""
-    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLTF_FLOW_PROFILES": str(REPO / "configs" / "profiles.yaml"),
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLTF_FLOW_PROFILE_FILES": str(REPO / "configs" / "profiles.yaml"),
            "MLTF_FLOW_WORK_DIR": str(tmp_path_factory.mktemp("time-limit") / "work")}
     config = json.dumps({"profile": "slurm-ci", "time": "00:01:00", **FAST})
     result = mlflow_run("--backend", "mltf", "-c", config, "--env-manager", "local", "--experiment-name",

@@ -37,7 +37,7 @@ def env_for(server: Any, work: Path, **rucio: Any) -> dict[str, str]:
     env = {**server.env, "MLTF_FLOW_WORK_DIR": str(work)}
     if rucio:
         section = {"rse_expression": "FACILITY_NVME", "timeout": "5m", "stuck_grace": "1m", **rucio}
-        env["MLTF_FLOW_PROFILE__RUCIO_DEMO__RUCIO"] = json.dumps(section)
+        env["MLTF_FLOW_SET__RUCIO_DEMO__RUCIO"] = json.dumps(section)
     return env
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mltf_flow.config import _TYPES, load_settings
+from mltf_flow.config import SETTING_KEYS, load_settings
 from mltf_flow.errors import ConfigError
 
 SITE_FILE = Path("/etc/mltf_flow/config.yaml")
@@ -23,7 +23,7 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(tmp_path)
-    for key in (*_TYPES, "config"):
+    for key in (*SETTING_KEYS, "config"):
         monkeypatch.delenv(f"MLTF_FLOW_{key.upper()}", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home

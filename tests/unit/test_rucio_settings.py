@@ -18,13 +18,14 @@ def test_defaults_and_durations() -> None:
     assert (got.lifetime, got.timeout, got.stuck_grace) == (7 * 86400, 5400, 30)
     assert (got.rse_expression, got.verify, got.sample_files, got.mode) == ("MLTF_NVME", "sample", 3, "download")
     assert rucio_settings({"lifetime": None}).lifetime is None  # a rule without expiry
+    assert rucio_settings({"timeout": "6 hours", "poll_max": "1.5m"}).timeout == 6 * 3600  # Dask's grammar
 
 
 @pytest.mark.parametrize(("section", "message"), [
     ({"rse": "X"}, "unknown key(s) rse"),
     ({"mode": "teleport"}, "mode 'teleport'"),
     ({"verify": "maybe"}, "verify 'maybe'"),
-    ({"timeout": "6 hours"}, "rucio timeout"),
+    ({"timeout": "6 parsecs"}, "rucio timeout"),  # Dask's grammar: "6 hours" is 6 h
     ({"grouping": "FILES"}, "grouping 'FILES'"),
     ({"rse_expression": ""}, "rse_expression"),
     ({"sample_files": 0}, "sample_files"),

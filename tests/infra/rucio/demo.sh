@@ -25,6 +25,7 @@ DAEMONS=$!
 # The client side, as a user would have it: a rucio.cfg and a token cache of its own.
 export RUCIO_CONFIG=$H/etc/client.cfg TMPDIR=$H/tmp
 unset RUCIO_ACCOUNT RUCIO_HOME
+export MLTF_FLOW_PROFILE_FILES=${MLTF_FLOW_PROFILE_FILES:-$PWD/configs/profiles.yaml}  # rucio-demo
 .venv/bin/luigi --module pipelines Train --dataset rucio://test:jets_v1 --profile rucio-demo --local-scheduler
 echo
 echo "Rule and replicas:"

@@ -34,9 +34,9 @@ nowhere:
 
 
 @pytest.fixture
-def profiles_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_cwd_profiles: WriteProfiles) -> Path:
+def profiles_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_profiles: WriteProfiles) -> Path:
     isolate_profiles(tmp_path, monkeypatch)
-    return write_cwd_profiles(PROFILES)
+    return write_profiles(PROFILES)
 
 
 def test_doctor_unknown_partition_fails(profiles_file: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,8 +27,8 @@ def profile_from(write: WriteProfiles, name: str, settings: dict[str, object]) -
     return get_profile(name)
 
 
-def test_preflight_rejects_more_gpus_than_any_node(tmp_path: Path, write_cwd_profiles: WriteProfiles) -> None:
-    path = write_cwd_profiles(
+def test_preflight_rejects_more_gpus_than_any_node(tmp_path: Path, write_profiles: WriteProfiles) -> None:
+    path = write_profiles(
         {"too-big": {"extends": "slurm", "partition": "debug", "cores": 8, "gpus_per_node": 8, "memory": "1GB"}}
     )
     profile = get_profile("too-big")
@@ -43,17 +43,17 @@ def test_preflight_rejects_more_gpus_than_any_node(tmp_path: Path, write_cwd_pro
     assert "mltf-flow render --profile too-big" in message
 
 
-def test_preflight_rejects_unknown_partition(tmp_path: Path, write_cwd_profiles: WriteProfiles) -> None:
-    profile = profile_from(write_cwd_profiles, "nowhere", {"extends": "slurm", "partition": "nosuch"})
+def test_preflight_rejects_unknown_partition(tmp_path: Path, write_profiles: WriteProfiles) -> None:
+    profile = profile_from(write_profiles, "nowhere", {"extends": "slurm", "partition": "nosuch"})
     with pytest.raises(SlurmRejected, match="invalid partition") as info:
         preflight(profile, render_job_script(profile, tmp_path / "logs"))
     assert "'nowhere'" in str(info.value)
     assert isinstance(info.value, ConfigError)  # bad settings: the CLI reports it as bad input
 
 
-def test_preflight_accepts_a_fitting_job(tmp_path: Path, write_cwd_profiles: WriteProfiles) -> None:
+def test_preflight_accepts_a_fitting_job(tmp_path: Path, write_profiles: WriteProfiles) -> None:
     profile = profile_from(
-        write_cwd_profiles, "fits", {"extends": "slurm", "partition": "debug", "cores": 1, "memory": "1GB"}
+        write_profiles, "fits", {"extends": "slurm", "partition": "debug", "cores": 1, "memory": "1GB"}
     )
     answer = preflight(profile, render_job_script(profile, tmp_path / "logs"))
     assert "to start at" in answer

@@ -40,7 +40,7 @@ def extra_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, profiles: di
     """Profiles of a test, read after the repository's."""
     path = tmp_path / "test-profiles.yaml"
     path.write_text(yaml.safe_dump(profiles))
-    monkeypatch.setenv("MLTF_FLOW_PROFILES", f"{REPO_PROFILES}:{path}")
+    monkeypatch.setenv("MLTF_FLOW_PROFILE_FILES", f"{REPO_PROFILES}:{path}")
 
 
 # ---------------------------------------------------------------------------------------- the base

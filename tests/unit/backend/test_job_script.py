@@ -142,7 +142,7 @@ def test_fabric_variables_are_exported(tmp_path: Path, monkeypatch: pytest.Monke
     extra = tmp_path / "fabric-profiles.yaml"
     extra.write_text(yaml.safe_dump({"sock": {"extends": "slurm-ci",
                                               "fabric": {"kind": "socket", "socket_ifname": "eth0"}}}))
-    monkeypatch.setenv("MLTF_FLOW_PROFILES", f"{REPO_PROFILES}:{extra}")
+    monkeypatch.setenv("MLTF_FLOW_PROFILE_FILES", f"{REPO_PROFILES}:{extra}")
     script, _, _ = render(tmp_path, {"profile": "sock"})
     assert "export GLOO_SOCKET_IFNAME=eth0" in script.splitlines()
     proc, _, env = run_script(tmp_path, {"profile": "sock"})

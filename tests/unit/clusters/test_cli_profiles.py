@@ -35,8 +35,8 @@ nowhere:
 
 
 @pytest.fixture
-def profiles_file(write_cwd_profiles: WriteCwd) -> Path:
-    return write_cwd_profiles(PROFILES)
+def profiles_file(write_profiles: WriteCwd) -> Path:
+    return write_profiles(PROFILES)
 
 
 def lines_by_name(out: str) -> dict[str, str]:
@@ -63,9 +63,9 @@ def test_profiles_lists_every_profile_and_marks_invalid_ones(
 def test_profiles_with_a_bad_env_override_is_bad_input(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("MLTF_FLOW_PROFILE__GHOST__PARTITION", "x")
+    monkeypatch.setenv("MLTF_FLOW_SET__GHOST__PARTITION", "x")
     assert main(["profiles"]) == EXIT_BAD_INPUT
-    assert "MLTF_FLOW_PROFILE__GHOST__PARTITION" in capsys.readouterr().err
+    assert "MLTF_FLOW_SET__GHOST__PARTITION" in capsys.readouterr().err
 
 
 def test_render_local_profile_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,11 +105,11 @@ def test_render_slurm_profile_prints_the_script(
 
 
 def test_render_profile_whose_interface_is_not_on_this_host(
-    write_cwd_profiles: WriteCwd, capsys: pytest.CaptureFixture[str]
+    write_profiles: WriteCwd, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The interface is the compute nodes' (workers bind to it there): rendering on a login node without it
     # must still print the script.
-    write_cwd_profiles({"ib": {"extends": "slurm", "partition": "debug", "interface": "nosuch0"}})
+    write_profiles({"ib": {"extends": "slurm", "partition": "debug", "interface": "nosuch0"}})
     code = main(["render", "--profile", "ib"])
     captured = capsys.readouterr()
     assert code == 0, captured.err

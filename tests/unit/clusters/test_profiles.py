@@ -12,7 +12,8 @@ import yaml
 
 import mltf_flow
 from mltf_flow.clusters.profiles import (
-    Profile,
+    LocalProfile,
+    SlurmProfile,
     duration_seconds,
     get_profile,
     gpu_variant,
@@ -39,14 +40,14 @@ def user_file(home: Path, data: object) -> Path:
 
 
 def extra_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *datas: object) -> list[Path]:
-    """Files listed (in this order) in MLTF_FLOW_PROFILES."""
+    """Files listed (in this order) in MLTF_FLOW_PROFILE_FILES."""
     paths = []
     for i, data in enumerate(datas):
         path = tmp_path / "extra" / f"profiles-{i}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(_dump(data))
         paths.append(path)
-    monkeypatch.setenv("MLTF_FLOW_PROFILES", ":".join(str(p) for p in paths))
+    monkeypatch.setenv("MLTF_FLOW_PROFILE_FILES", ":".join(str(p) for p in paths))
     return paths
 
 
@@ -74,28 +75,25 @@ def test_user_file_overrides_only_the_keys_it_sets(tmp_path: Path) -> None:
     assert local.source_of("memory") == str(SHIPPED)
 
 
-LAYERS = ("user", "cwd", "extra-a", "extra-b", "env")
+LAYERS = ("user", "extra-a", "extra-b", "env")
 
 
 @pytest.mark.parametrize("n", range(1, len(LAYERS) + 1), ids=[f"upto-{layer}" for layer in LAYERS])
 def test_each_layer_beats_the_ones_before(
-    n: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_cwd_profiles: WriteCwd
+    n: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """shipped < ~/.config < ./profiles.yaml < MLTF_FLOW_PROFILES files (later wins) < environment."""
+    """shipped < ~/.config < MLTF_FLOW_PROFILE_FILES files (later wins) < MLTF_FLOW_SET__ variables."""
     user_file(tmp_path, {"my-prof": {"extends": "slurm", "partition": "user", "account": "user"}})
     expected, source = "user", str((tmp_path / ".config" / "mltf_flow" / "profiles.yaml").resolve())
     if n >= 2:
-        source = str(write_cwd_profiles({"my-prof": {"partition": "cwd"}}).resolve())
-        expected = "cwd"
-    if n >= 3:
         extras = [{"my-prof": {"partition": "extra-a"}}]
-        if n >= 4:
+        if n >= 3:
             extras.append({"my-prof": {"partition": "extra-b"}})
         paths = extra_files(tmp_path, monkeypatch, *extras)
         expected, source = str(extras[-1]["my-prof"]["partition"]), str(paths[-1].resolve())
-    if n >= 5:
-        monkeypatch.setenv("MLTF_FLOW_PROFILE__MY_PROF__PARTITION", "gpu")
-        expected, source = "gpu", "$MLTF_FLOW_PROFILE__MY_PROF__PARTITION"
+    if n >= 4:
+        monkeypatch.setenv("MLTF_FLOW_SET__MY_PROF__PARTITION", "gpu")
+        expected, source = "gpu", "$MLTF_FLOW_SET__MY_PROF__PARTITION"
 
     profile = get_profile("my-prof")
     assert profile.partition == expected
@@ -110,31 +108,51 @@ def test_each_layer_beats_the_ones_before(
 def test_later_file_in_mltf_flow_profiles_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = extra_files(tmp_path, monkeypatch, {"p": {"workers": 3}}, {"p": {"workers": 5}})
     assert get_profile("p").workers == 5
-    monkeypatch.setenv("MLTF_FLOW_PROFILES", f"{b}:{a}")
+    monkeypatch.setenv("MLTF_FLOW_PROFILE_FILES", f"{b}:{a}")
     assert get_profile("p").workers == 3
 
 
 def test_mltf_flow_profiles_naming_a_missing_file_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "nope.yaml"
-    monkeypatch.setenv("MLTF_FLOW_PROFILES", str(missing))
+    monkeypatch.setenv("MLTF_FLOW_PROFILE_FILES", str(missing))
     with pytest.raises(ConfigError, match=re.escape(str(missing))):
         get_profile("local")
 
 
-def test_cwd_file_is_read_from_the_current_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_cwd_profiles: WriteCwd
-) -> None:
-    write_cwd_profiles({"here": {"workers": 4}})
-    assert "here" in profile_names()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
+def test_profiles_yaml_in_the_current_directory_is_not_read(tmp_path: Path) -> None:
+    (tmp_path / "profiles.yaml").write_text(yaml.safe_dump({"here": {"workers": 4}}))  # tmp_path is the cwd
+    assert Path.cwd() == tmp_path
     assert "here" not in profile_names()
 
 
+def test_the_same_files_give_the_same_profiles_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_profiles: WriteCwd
+) -> None:
+    write_profiles({"here": {"extends": "slurm", "workers": 4, "partition": "p", "fabric": {"kind": "none"}}})
+    resolved = {}
+    for cwd in (tmp_path / "a", tmp_path / "b", Path("/")):
+        if cwd != Path("/"):  # a ./profiles.yaml that would win if the current directory were read
+            cwd.mkdir()
+            (cwd / "profiles.yaml").write_text("here: {workers: 9}\n")
+        monkeypatch.chdir(cwd)
+        resolved[cwd] = {name: get_profile(name).model_dump() for name in profile_names()}
+    first, *others = resolved.values()
+    assert first["here"]["workers"] == 4
+    assert all(other == first for other in others)
+
+
+def test_relative_profile_files_are_resolved_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative MLTF_FLOW_PROFILE_FILES entry means the file where it was set; messages show it absolute."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "profiles.yaml").write_text("rel: {extends: slurm, memory: lots}\n")
+    monkeypatch.setenv("MLTF_FLOW_PROFILE_FILES", "conf/profiles.yaml")
+    with pytest.raises(ConfigError, match=re.escape(f"{(tmp_path / 'conf' / 'profiles.yaml').resolve()}: profile")):
+        get_profile("rel")
+
+
 def test_env_override_value_is_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLTF_FLOW_PROFILE__LOCAL__WORKERS", "5")
-    monkeypatch.setenv("MLTF_FLOW_PROFILE__SLURM__PROLOGUE", '["module load cuda"]')
+    monkeypatch.setenv("MLTF_FLOW_SET__LOCAL__WORKERS", "5")
+    monkeypatch.setenv("MLTF_FLOW_SET__SLURM__PROLOGUE", '["module load cuda"]')
     assert get_profile("local").workers == 5
     assert get_profile("slurm").prologue == ("module load cuda",)
 
@@ -142,8 +160,8 @@ def test_env_override_value_is_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("var", "fragment"),
     [
-        ("MLTF_FLOW_PROFILE__GHOST__PARTITION", "'GHOST'"),
-        ("MLTF_FLOW_PROFILE__SLURM__PARTITOIN", "'partitoin'"),
+        ("MLTF_FLOW_SET__GHOST__PARTITION", "'GHOST'"),
+        ("MLTF_FLOW_SET__SLURM__PARTITOIN", "'partitoin'"),
     ],
     ids=["unknown-profile", "unknown-key"],
 )
@@ -158,24 +176,24 @@ def test_env_override_of_unknown_profile_or_key_is_an_error(
 
 
 def test_env_override_with_invalid_yaml_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLTF_FLOW_PROFILE__SLURM__PROLOGUE", "[unclosed")
-    with pytest.raises(ConfigError, match="MLTF_FLOW_PROFILE__SLURM__PROLOGUE"):
+    monkeypatch.setenv("MLTF_FLOW_SET__SLURM__PROLOGUE", "[unclosed")
+    with pytest.raises(ConfigError, match="MLTF_FLOW_SET__SLURM__PROLOGUE"):
         get_profile("slurm")
 
 
 def test_env_override_with_a_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLTF_FLOW_PROFILE__LOCAL__WORKERS", "zero")
+    monkeypatch.setenv("MLTF_FLOW_SET__LOCAL__WORKERS", "zero")
     with pytest.raises(ConfigError) as info:
         get_profile("local")
-    assert "$MLTF_FLOW_PROFILE__LOCAL__WORKERS" in str(info.value)
+    assert "$MLTF_FLOW_SET__LOCAL__WORKERS" in str(info.value)
     assert "'workers'" in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------- extends
 
 
-def test_three_level_extends_overrides_only_what_differs(write_cwd_profiles: WriteCwd) -> None:
-    path = write_cwd_profiles(
+def test_three_level_extends_overrides_only_what_differs(write_profiles: WriteCwd) -> None:
+    path = write_profiles(
         {
             "base": {"extends": "slurm", "partition": "p", "cores": 8, "memory": "8GB", "walltime": "02:00:00"},
             "mid": {"extends": "base", "cores": 4},
@@ -192,26 +210,26 @@ def test_three_level_extends_overrides_only_what_differs(write_cwd_profiles: Wri
     assert get_profile("base").cores == 8
 
 
-def test_extends_cycle_is_an_error_showing_the_chain(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles({"a": {"extends": "b"}, "b": {"extends": "c"}, "c": {"extends": "a"}})
+def test_extends_cycle_is_an_error_showing_the_chain(write_profiles: WriteCwd) -> None:
+    write_profiles({"a": {"extends": "b"}, "b": {"extends": "c"}, "c": {"extends": "a"}})
     with pytest.raises(ConfigError, match=re.escape("a -> b -> c -> a")):
         get_profile("a")
 
 
-def test_profile_extending_itself_is_a_cycle(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles({"me": {"extends": "me"}})
+def test_profile_extending_itself_is_a_cycle(write_profiles: WriteCwd) -> None:
+    write_profiles({"me": {"extends": "me"}})
     with pytest.raises(ConfigError, match=re.escape("me -> me")):
         get_profile("me")
 
 
-def test_extends_unknown_profile_is_an_error(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles({"child": {"extends": "slurm"}, "grandchild": {"extends": "ghost"}})
+def test_extends_unknown_profile_is_an_error(write_profiles: WriteCwd) -> None:
+    write_profiles({"child": {"extends": "slurm"}, "grandchild": {"extends": "ghost"}})
     with pytest.raises(ConfigError, match=r"'grandchild' extends unknown profile 'ghost'"):
         get_profile("grandchild")
 
 
-def test_unknown_profile_lists_known_names(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles({"mine": {"workers": 1}})
+def test_unknown_profile_lists_known_names(write_profiles: WriteCwd) -> None:
+    write_profiles({"mine": {"workers": 1}})
     with pytest.raises(ConfigError) as info:
         get_profile("nope")
     message = str(info.value)
@@ -229,8 +247,8 @@ def test_unknown_key_warns_and_is_ignored(tmp_path: Path) -> None:
     assert profile.partition is None
 
 
-def test_known_keys_do_not_warn(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles({"clean": {"extends": "slurm", "partition": "gpu", "lifetime": "30m"}})
+def test_known_keys_do_not_warn(write_profiles: WriteCwd) -> None:
+    write_profiles({"clean": {"extends": "slurm", "partition": "gpu", "lifetime": "30m"}})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert get_profile("clean").partition == "gpu"
@@ -239,8 +257,8 @@ def test_known_keys_do_not_warn(write_cwd_profiles: WriteCwd) -> None:
 # --------------------------------------------------------------------------------------------- validation
 
 
-def test_unquoted_walltime_tells_to_quote_it(write_cwd_profiles: WriteCwd) -> None:
-    path = write_cwd_profiles("long:\n  extends: slurm\n  walltime: 10:00:00\n")
+def test_unquoted_walltime_tells_to_quote_it(write_profiles: WriteCwd) -> None:
+    path = write_profiles("long:\n  extends: slurm\n  walltime: 10:00:00\n")
     assert yaml.safe_load(path.read_text())["long"]["walltime"] == 36000  # the YAML trap itself
     with pytest.raises(ConfigError) as info:
         get_profile("long")
@@ -272,8 +290,8 @@ def test_unquoted_walltime_tells_to_quote_it(write_cwd_profiles: WriteCwd) -> No
         ("partition", "[a, b]", "a string or null"),
     ],
 )
-def test_wrong_type_names_file_and_key(key: str, yaml_value: str, expected: str, write_cwd_profiles: WriteCwd) -> None:
-    path = write_cwd_profiles(f"bad:\n  extends: slurm\n  {key}: {yaml_value}\n")
+def test_wrong_type_names_file_and_key(key: str, yaml_value: str, expected: str, write_profiles: WriteCwd) -> None:
+    path = write_profiles(f"bad:\n  extends: slurm\n  {key}: {yaml_value}\n")
     with pytest.raises(ConfigError) as info:
         get_profile("bad")
     message = str(info.value)
@@ -282,9 +300,9 @@ def test_wrong_type_names_file_and_key(key: str, yaml_value: str, expected: str,
     assert expected in message
 
 
-def test_error_in_a_parent_profile_names_the_parent_file(tmp_path: Path, write_cwd_profiles: WriteCwd) -> None:
+def test_error_in_a_parent_profile_names_the_parent_file(tmp_path: Path, write_profiles: WriteCwd) -> None:
     parent_file = user_file(tmp_path, {"parent": {"extends": "slurm", "memory": "lots"}})
-    write_cwd_profiles({"child": {"extends": "parent", "cores": 2}})
+    write_profiles({"child": {"extends": "parent", "cores": 2}})
     with pytest.raises(ConfigError, match=re.escape(str(parent_file.resolve()))):
         get_profile("child")
 
@@ -307,9 +325,9 @@ def test_invalid_yaml_file_is_an_error(tmp_path: Path) -> None:
     ids=["unknown-key-warning", "not-a-mapping", "invalid-yaml"],
 )
 def test_problems_in_cwd_file_name_its_absolute_path(
-    content: str, tmp_path: Path, write_cwd_profiles: WriteCwd
+    content: str, tmp_path: Path, write_profiles: WriteCwd
 ) -> None:
-    path = write_cwd_profiles(content)
+    path = write_profiles(content)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         try:
@@ -322,8 +340,8 @@ def test_problems_in_cwd_file_name_its_absolute_path(
 
 
 @pytest.mark.parametrize("lifetime", ["60m", "1h", "2h", "3600s"])
-def test_lifetime_not_below_walltime_is_an_error(lifetime: str, write_cwd_profiles: WriteCwd) -> None:
-    path = write_cwd_profiles({"lt": {"extends": "slurm", "walltime": "01:00:00", "lifetime": lifetime}})
+def test_lifetime_not_below_walltime_is_an_error(lifetime: str, write_profiles: WriteCwd) -> None:
+    path = write_profiles({"lt": {"extends": "slurm", "walltime": "01:00:00", "lifetime": lifetime}})
     with pytest.raises(ConfigError) as info:
         get_profile("lt")
     assert "lifetime" in str(info.value)
@@ -331,24 +349,24 @@ def test_lifetime_not_below_walltime_is_an_error(lifetime: str, write_cwd_profil
     assert str(path.resolve()) in str(info.value)
 
 
-def test_lifetime_below_walltime_is_fine(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles(
+def test_lifetime_below_walltime_is_fine(write_profiles: WriteCwd) -> None:
+    write_profiles(
         {"lt": {"extends": "slurm", "walltime": "01:00:00", "lifetime": "59m", "lifetime_stagger": "30s"}}
     )
     profile = get_profile("lt")
     assert (profile.lifetime, profile.lifetime_stagger) == ("59m", "30s")
 
 
-def test_lifetime_plus_stagger_not_below_walltime_is_an_error(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles(
+def test_lifetime_plus_stagger_not_below_walltime_is_an_error(write_profiles: WriteCwd) -> None:
+    write_profiles(
         {"lt": {"extends": "slurm", "walltime": "01:00:00", "lifetime": "58m", "lifetime_stagger": "4m"}}
     )
     with pytest.raises(ConfigError, match="lifetime"):
         get_profile("lt")
 
 
-def test_processes_other_than_gpus_per_node_is_an_error(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles(
+def test_processes_other_than_gpus_per_node_is_an_error(write_profiles: WriteCwd) -> None:
+    write_profiles(
         {
             "gpu": {"extends": "slurm", "cores": 8, "gpus_per_node": 4, "processes": 2},
             "gpu-same": {"extends": "slurm", "cores": 8, "gpus_per_node": 4, "processes": 4},
@@ -368,22 +386,22 @@ def test_processes_other_than_gpus_per_node_is_an_error(write_cwd_profiles: Writ
     ids=["gpus", "processes"],
 )
 def test_fewer_cores_than_processes_is_an_error(
-    settings: dict[str, int], fragment: str, write_cwd_profiles: WriteCwd
+    settings: dict[str, int], fragment: str, write_profiles: WriteCwd
 ) -> None:
-    write_cwd_profiles({"few": {"extends": "slurm", **settings}})
+    write_profiles({"few": {"extends": "slurm", **settings}})
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         get_profile("few")
 
 
-def test_slurm_only_checks_do_not_apply_to_local_profiles(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles({"lp": {"extends": "local", "walltime": "00:10:00", "lifetime": "1h", "processes": 3}})
+def test_slurm_only_checks_do_not_apply_to_local_profiles(write_profiles: WriteCwd) -> None:
+    write_profiles({"lp": {"extends": "local", "walltime": "00:10:00", "lifetime": "1h", "processes": 3}})
     profile = get_profile("lp")
     assert profile.kind == "local"
     assert profile.expected_workers == 2
 
 
-def test_zero_processes_is_an_error(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles({"zero": {"extends": "slurm", "processes": 0}})
+def test_zero_processes_is_an_error(write_profiles: WriteCwd) -> None:
+    write_profiles({"zero": {"extends": "slurm", "processes": 0}})
     with pytest.raises(ConfigError, match="'processes'"):
         get_profile("zero")
 
@@ -391,8 +409,8 @@ def test_zero_processes_is_an_error(write_cwd_profiles: WriteCwd) -> None:
 # --------------------------------------------------------------------------------------------- properties
 
 
-def test_gpu_variant(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles(
+def test_gpu_variant(write_profiles: WriteCwd) -> None:
+    write_profiles(
         {
             "cpu": {"extends": "slurm", "cores": 4, "gpu_profile": "gpu"},
             "gpu": {"extends": "slurm", "cores": 2, "gpus_per_node": 2},
@@ -411,8 +429,8 @@ def test_gpu_variant(write_cwd_profiles: WriteCwd) -> None:
     assert gpu_variant(plain) is plain
 
 
-def test_gpu_variant_pointing_nowhere_is_an_error(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles({"cpu": {"extends": "slurm", "gpu_profile": "ghost"}})
+def test_gpu_variant_pointing_nowhere_is_an_error(write_profiles: WriteCwd) -> None:
+    write_profiles({"cpu": {"extends": "slurm", "gpu_profile": "ghost"}})
     with pytest.raises(ConfigError, match="'ghost'"):
         gpu_variant(get_profile("cpu"))
 
@@ -431,7 +449,8 @@ def test_gpu_variant_pointing_nowhere_is_an_error(write_cwd_profiles: WriteCwd) 
 def test_worker_processes_and_expected_workers(
     settings: dict[str, object], worker_processes: int, expected_workers: int
 ) -> None:
-    profile = Profile(name="p", **settings)  # type: ignore[arg-type]
+    cls = SlurmProfile if settings.pop("kind") == "slurm" else LocalProfile
+    profile = cls(name="p", **settings)  # type: ignore[arg-type]
     assert profile.worker_processes == worker_processes
     assert profile.expected_workers == expected_workers
 
@@ -457,8 +476,8 @@ def test_walltime_seconds_days_hours_forms(text: str, seconds: int) -> None:
     assert walltime_seconds(text) == seconds
 
 
-def test_days_hours_minutes_walltime_allows_a_shorter_lifetime(write_cwd_profiles: WriteCwd) -> None:
-    write_cwd_profiles({"dh": {"extends": "slurm", "walltime": "0-02:00", "lifetime": "55m"}})
+def test_days_hours_minutes_walltime_allows_a_shorter_lifetime(write_profiles: WriteCwd) -> None:
+    write_profiles({"dh": {"extends": "slurm", "walltime": "0-02:00", "lifetime": "55m"}})
     assert get_profile("dh").walltime == "0-02:00"
 
 
@@ -470,28 +489,33 @@ def test_duration_seconds(text: str, seconds: float) -> None:
     assert duration_seconds(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["3h50m", "55", "m", "1w", "", "4 minutes", "4 m"])
+@pytest.mark.parametrize("text", ["3h50m", "55", "m", "", "4 parsecs", "1h 5m"])
 def test_duration_seconds_rejects_compound_and_unitless(text: str) -> None:
     with pytest.raises(ValueError):
         duration_seconds(text)
 
 
+@pytest.mark.parametrize(("text", "seconds"), [("1w", 604800), ("4 minutes", 240), ("4 m", 240), ("300ms", 0.3)])
+def test_duration_seconds_follows_dasks_units(text: str, seconds: float) -> None:
+    assert duration_seconds(text) == pytest.approx(seconds)
+
+
 # --------------------------------------------------------------------------------------------- origin, repo
 
 
-def test_origin_names_the_defining_file(tmp_path: Path, write_cwd_profiles: WriteCwd) -> None:
+def test_origin_names_the_defining_file(tmp_path: Path, write_profiles: WriteCwd) -> None:
     user = user_file(tmp_path, {"from-user": {"extends": "slurm", "cores": 2}})
-    cwd = write_cwd_profiles({"from-cwd": {"extends": "from-user", "memory": "1GB"}})
+    cwd = write_profiles({"from-cwd": {"extends": "from-user", "memory": "1GB"}})
     assert get_profile("from-user").origin == str(user.resolve())
     assert get_profile("from-cwd").origin == str(cwd.resolve())
     assert get_profile("local").origin == str(SHIPPED)
 
 
 def test_origin_survives_an_override_of_the_first_key(
-    monkeypatch: pytest.MonkeyPatch, write_cwd_profiles: WriteCwd
+    monkeypatch: pytest.MonkeyPatch, write_profiles: WriteCwd
 ) -> None:
-    cwd = write_cwd_profiles({"my-prof": {"partition": "cpu", "extends": "slurm"}})
-    monkeypatch.setenv("MLTF_FLOW_PROFILE__MY_PROF__PARTITION", "gpu")
+    cwd = write_profiles({"my-prof": {"partition": "cpu", "extends": "slurm"}})
+    monkeypatch.setenv("MLTF_FLOW_SET__MY_PROF__PARTITION", "gpu")
     profile = get_profile("my-prof")
     assert profile.partition == "gpu"
     assert profile.origin == str(cwd.resolve())
@@ -499,7 +523,7 @@ def test_origin_survives_an_override_of_the_first_key(
 
 def test_repository_site_profiles_all_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
     assert REPO_PROFILES.is_file(), REPO_PROFILES
-    monkeypatch.setenv("MLTF_FLOW_PROFILES", str(REPO_PROFILES))
+    monkeypatch.setenv("MLTF_FLOW_PROFILE_FILES", str(REPO_PROFILES))
     defined = set(yaml.safe_load(REPO_PROFILES.read_text()))
     assert defined, "configs/profiles.yaml defines no profiles"
     with warnings.catch_warnings():

@@ -49,8 +49,8 @@ def worker_command(script: str) -> list[str]:
 # --------------------------------------------------------------------------------------------- kwargs (pure)
 
 
-def test_gpu_profile_kwargs(tmp_path: Path, write_cwd_profiles: WriteCwd) -> None:
-    kwargs = slurm_cluster_kwargs(profile_from(write_cwd_profiles, "g4", GPU4), tmp_path / "logs")
+def test_gpu_profile_kwargs(tmp_path: Path, write_profiles: WriteCwd) -> None:
+    kwargs = slurm_cluster_kwargs(profile_from(write_profiles, "g4", GPU4), tmp_path / "logs")
     assert kwargs["processes"] == 4
     assert kwargs["cores"] == 16
     assert kwargs["memory"] == "64GB"
@@ -75,16 +75,16 @@ def test_gpu_profile_kwargs(tmp_path: Path, write_cwd_profiles: WriteCwd) -> Non
     assert kwargs["scheduler_options"] == {"dashboard_address": "127.0.0.1:8787"}
 
 
-def test_gpus_per_node_directive(tmp_path: Path, write_cwd_profiles: WriteCwd) -> None:
-    profile = profile_from(write_cwd_profiles, "g4", {**GPU4, "gpu_directive": "gpus-per-node"})
+def test_gpus_per_node_directive(tmp_path: Path, write_profiles: WriteCwd) -> None:
+    profile = profile_from(write_profiles, "g4", {**GPU4, "gpu_directive": "gpus-per-node"})
     directives = slurm_cluster_kwargs(profile, tmp_path)["job_extra_directives"]
     assert directives[0] == "--gpus-per-node=4"
     assert not any(d.startswith("--gres") for d in directives)
 
 
-def test_cpu_profile_kwargs(tmp_path: Path, write_cwd_profiles: WriteCwd) -> None:
+def test_cpu_profile_kwargs(tmp_path: Path, write_profiles: WriteCwd) -> None:
     profile = profile_from(
-        write_cwd_profiles, "cpu", {"extends": "slurm", "cores": 8, "processes": 2, "lifetime": "55m"}
+        write_profiles, "cpu", {"extends": "slurm", "cores": 8, "processes": 2, "lifetime": "55m"}
     )
     kwargs = slurm_cluster_kwargs(profile, tmp_path)
     assert kwargs["processes"] == 2
@@ -98,17 +98,17 @@ def test_cpu_profile_kwargs(tmp_path: Path, write_cwd_profiles: WriteCwd) -> Non
     assert kwargs["account"] is None
 
 
-def test_stagger_without_lifetime_adds_nothing(tmp_path: Path, write_cwd_profiles: WriteCwd) -> None:
-    profile = profile_from(write_cwd_profiles, "st", {"extends": "slurm", "lifetime_stagger": "4m"})
+def test_stagger_without_lifetime_adds_nothing(tmp_path: Path, write_profiles: WriteCwd) -> None:
+    profile = profile_from(write_profiles, "st", {"extends": "slurm", "lifetime_stagger": "4m"})
     assert slurm_cluster_kwargs(profile, tmp_path)["worker_extra_args"] == []
 
 
 def test_explicit_python_and_directories(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_cwd_profiles: WriteCwd
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_profiles: WriteCwd
 ) -> None:
     monkeypatch.setenv("USER", "alice")
     profile = profile_from(
-        write_cwd_profiles,
+        write_profiles,
         "dirs",
         {
             "extends": "slurm",
@@ -133,10 +133,10 @@ def test_local_profile_has_no_slurm_kwargs(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------- rendered script
 
 
-def test_rendered_gpu_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_cwd_profiles: WriteCwd) -> None:
+def test_rendered_gpu_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_profiles: WriteCwd) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "supersecret")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-9f3k2")
-    profile = profile_from(write_cwd_profiles, "g4", GPU4)
+    profile = profile_from(write_profiles, "g4", GPU4)
     logs = tmp_path / "logs"
     script = render_job_script(profile, logs)
 
@@ -185,10 +185,10 @@ def test_rendered_gpu_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wr
     assert "pw-9f3k2" not in script
 
 
-def test_spaced_lifetime_is_refused_where_it_is_written(write_cwd_profiles: WriteCwd) -> None:
+def test_spaced_lifetime_is_refused_where_it_is_written(write_profiles: WriteCwd) -> None:
     # Rendered unquoted, "55 minutes" would reach dask-worker as `--lifetime 55` plus a stray `minutes`
     # argument: the loader refuses it, naming the file, the profile, the key and the form to use.
-    path = write_cwd_profiles({"spaced": {"extends": "slurm", "lifetime": "55 minutes"}})
+    path = write_profiles({"spaced": {"extends": "slurm", "lifetime": "55 minutes"}})
     with pytest.raises(ConfigError, match=r"no space") as info:
         get_profile("spaced")
     message = str(info.value)
@@ -198,8 +198,8 @@ def test_spaced_lifetime_is_refused_where_it_is_written(write_cwd_profiles: Writ
 
 
 @pytest.mark.parametrize("lifetime", ["55m", "3000s", "0.75h"])
-def test_lifetime_is_one_worker_argument(tmp_path: Path, write_cwd_profiles: WriteCwd, lifetime: str) -> None:
-    write_cwd_profiles({"timed": {"extends": "slurm", "lifetime": lifetime, "lifetime_stagger": "4m"}})
+def test_lifetime_is_one_worker_argument(tmp_path: Path, write_profiles: WriteCwd, lifetime: str) -> None:
+    write_profiles({"timed": {"extends": "slurm", "lifetime": lifetime, "lifetime_stagger": "4m"}})
     command = worker_command(render_job_script(get_profile("timed"), tmp_path / "logs"))
     i = command.index("--lifetime")
     assert command[i + 1] == lifetime

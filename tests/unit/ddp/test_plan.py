@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mltf_flow.clusters.profiles import Profile
+from mltf_flow.clusters.profiles import LocalProfile, Profile, SlurmProfile
 from mltf_flow.ddp.launcher import DDPLauncher, check_world_size
 from mltf_flow.ddp.plan import (
     RankAssignment,
@@ -285,7 +285,7 @@ def test_describe() -> None:
 
 
 def slurm_profile() -> Profile:
-    return Profile(name="x", kind="slurm", workers=2, gpus_per_node=4, cores=4)
+    return SlurmProfile(name="x", workers=2, gpus_per_node=4, cores=4)
 
 
 def test_check_world_size_fits() -> None:
@@ -301,7 +301,7 @@ def test_check_world_size_too_large_names_the_profile() -> None:
 
 
 def test_check_world_size_local_profile() -> None:
-    local = Profile(name="loc", kind="local", workers=2)
+    local = LocalProfile(name="loc", workers=2)
     check_world_size(local, 2)
     with pytest.raises(ConfigError, match=r"profile 'loc' gives 2 workers \(2 workers;"):
         check_world_size(local, 3)

@@ -60,7 +60,7 @@ def test_custom_cufile_json_always_says_allow_compat_mode(tmp_path: Path) -> Non
     ({"cufile_stats": 4}, "cufile_stats"),
     ({"rdma_dev_addr_list": ["ib0"]}, "not an IPv4 address"),
     ({"max_io_threads": 0}, "max_io_threads"),
-    ({"use_compat_mode": True}, "unknown cufile key(s) use_compat_mode"),
+    ({"use_compat_mode": True}, "cufile: unknown key(s) use_compat_mode"),
 ])
 def test_cufile_validation(section: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=r"^site: ") as info:
@@ -182,7 +182,7 @@ def test_doctor_reports_the_gds_status(tmp_path: Path, monkeypatch: pytest.Monke
     node = fake_node(tmp_path / "node", nvidia_fs=True, stats=True)
     monkeypatch.setenv("MLTF_PROC_ROOT", str(node["proc_root"]))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLTF_FLOW_PROFILE__LOCAL__GDS", '{"enabled": true, "backend": "posix"}')
+    monkeypatch.setenv("MLTF_FLOW_SET__LOCAL__GDS", '{"enabled": true, "backend": "posix"}')
     assert main(["doctor", "--profile", "local"]) == 0
     out = capsys.readouterr().out
     assert "ok    GPUDirect Storage: enabled, backend posix, scratch none, allow_compat_mode True" in out

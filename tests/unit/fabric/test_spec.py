@@ -12,6 +12,7 @@ import pytest
 # importable under `.venv/bin/pytest` (no tests/__init__.py, repository root not on sys.path).
 from test_nccl import TYPICAL, fake_sysfs
 
+from mltf_flow.config.fabric import FabricSettings
 from mltf_flow.errors import ConfigError
 from mltf_flow.fabric.nccl import FabricConfig, nccl_env, write_nccl_conf
 from mltf_flow.fabric.spec import KINDS, check_fabric, resolve_fabric, static_env
@@ -145,13 +146,15 @@ def test_kind_ib_gets_gloo_from_the_interface() -> None:
 # --------------------------------------------------------------------------------------------- check_fabric
 
 
-def test_check_fabric_normalises() -> None:
+def test_check_fabric_types_the_section() -> None:
     assert check_fabric(None, WHERE) is None
-    assert check_fabric({}, WHERE) == {"kind": "auto"}
-    assert check_fabric({"strict": True, "traffic_class": 106}, WHERE) == {
-        "strict": True, "traffic_class": 106, "kind": "auto"}
+    assert check_fabric({}, WHERE) == FabricSettings(kind="auto")
+    assert check_fabric({"strict": True, "traffic_class": 106}, WHERE) == FabricSettings(
+        strict=True, traffic_class=106, kind="auto")
     spec = {"kind": "roce", "hcas": ["mlx5_0:1"], "socket_ifname": "ens1f0np0"}
-    assert check_fabric(spec, WHERE) == spec
+    typed = check_fabric(spec, WHERE)
+    assert typed is not None and typed.hca_ports() == (("mlx5_0", 1),)
+    assert typed.model_dump(mode="json", exclude_defaults=True) == spec  # what a job's spec.json holds
     assert set(KINDS) == {"auto", "roce", "ib", "socket", "none"}
 
 

@@ -1,0 +1,20 @@
+"""The typed configuration of mltf_flow: one schema, loaded once per invocation and passed down.
+
+* :mod:`~mltf_flow.config.settings`: settings (``defaults.yaml`` < site < user < ``$MLTF_FLOW_CONFIG`` <
+  ``MLTF_FLOW_<SETTING>`` < arguments) and :func:`load_settings`.
+* :mod:`~mltf_flow.config.profiles`: cluster profiles, :class:`LocalProfile` | :class:`SlurmProfile`
+  (loaded and layered by :mod:`mltf_flow.clusters.profiles`).
+* :mod:`~mltf_flow.config.fabric`, :mod:`~mltf_flow.config.rucio`, :mod:`~mltf_flow.config.gds`: a profile's
+  sections, typed at load and handed to their consumers as models.
+* :mod:`~mltf_flow.config.units`: durations and sizes (Dask's grammar), SLURM time limits: the one parser each.
+* :mod:`~mltf_flow.config.schema`: the base model and the translation of validation errors into
+  :class:`~mltf_flow.errors.ConfigError` messages (file, profile, key, what was found, what is expected).
+* :mod:`~mltf_flow.config.files`: YAML files, parsed once per version of the file.
+
+Importing this package imports pydantic and PyYAML, nothing heavier (no Dask, no MLflow).
+"""
+
+from mltf_flow.config.files import read_yaml_mapping as read_yaml_mapping
+from mltf_flow.config.settings import SETTING_KEYS as SETTING_KEYS
+from mltf_flow.config.settings import Settings as Settings
+from mltf_flow.config.settings import load_settings as load_settings

@@ -1,0 +1,47 @@
+"""Reading configuration files: YAML mappings, parsed once per process per version of the file.
+
+Settings and profiles are resolved at many call sites per process (every ``complete()`` of a cached rerun),
+and parsing YAML was most of a cached rerun's time. A file is parsed again only when its (path, size,
+mtime) changes; :func:`stamp` is that identity, also used to key resolved results (settings, profiles).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mltf_flow.errors import ConfigError
+
+#: (path, size, mtime_ns) of a file, or (path, None, None) when it does not exist.
+Stamp = tuple[str, int | None, int | None]
+_PARSED: dict[Stamp, dict[str, Any]] = {}
+
+
+def stamp(path: Path) -> Stamp:
+    """What identifies this version of ``path`` (an edited file has another size or mtime)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path), None, None)
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (empty file: empty mapping); errors name the file."""
+    key = stamp(path)
+    if key[1] is not None and key in _PARSED:
+        return copy.deepcopy(_PARSED[key])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}). Fix the file or remove it.") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, found {type(data).__name__}.")
+    if key[1] is not None:
+        _PARSED[key] = copy.deepcopy(data)
+    return data

@@ -1,0 +1,195 @@
+"""Settings of mltf_flow: where they come from, their schema, and what they resolve to.
+
+Precedence, lowest first: shipped ``defaults.yaml`` < site file ``/etc/mltf_flow/config.yaml`` <
+user file ``~/.config/mltf_flow/config.yaml`` < the file in ``$MLTF_FLOW_CONFIG`` <
+environment variables ``MLTF_FLOW_<SETTING>`` (``MLTF_FLOW_PROFILE``, ``MLTF_FLOW_PROFILE_FILES``, ...) <
+keyword arguments to :func:`load_settings`. Unknown keys in a file warn (they are usually typos); values
+of the wrong type raise :class:`~mltf_flow.errors.ConfigError` naming the file and key. The result is
+memoised per process by its inputs (the files' stamps, the variables, the directory, the arguments).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from mltf_flow.config.files import read_yaml_mapping, stamp
+from mltf_flow.config.schema import Schema, validate
+from mltf_flow.errors import ConfigError
+
+_DEFAULTS = Path(__file__).resolve().parent.parent / "defaults.yaml"
+_SITE_FILES = (Path("/etc/mltf_flow/config.yaml"), Path("~/.config/mltf_flow/config.yaml"))
+#: Variables that were renamed: using one is an error that names its successor.
+RETIRED_VARIABLES = {
+    "MLTF_FLOW_PROFILES": "MLTF_FLOW_PROFILE_FILES (the profile files, separated by ':')",
+    "MLTF_FLOW_PROFILE__": "MLTF_FLOW_SET__<PROFILE>__<KEY> (one key of one profile)",
+}
+
+
+class SettingsLayer(Schema):
+    """One source of settings (a file, the environment, arguments): only the keys it sets count."""
+
+    joiner: ClassVar[str] = ": "
+    expect: ClassVar[dict[str, str]] = {
+        "prefetch_limit": "a whole number >= 0", "stderr_tail_lines": "a whole number >= 1",
+        "profile_files": "a list of profile files",
+    }
+
+    work_dir: StrictStr = ""
+    tracking_uri: StrictStr | None = None
+    artifact_root: StrictStr | None = None
+    experiment: StrictStr | None = None
+    prefetch_limit: StrictInt = Field(0, ge=0)
+    stderr_tail_lines: StrictInt = Field(1, ge=1)
+    profile: StrictStr = "local"
+    env_manager: StrictStr | None = None
+    env_root: StrictStr | None = None
+    profile_files: tuple[StrictStr, ...] = ()
+
+
+#: Every setting's name (``MLTF_FLOW_<NAME>`` sets it from the environment).
+SETTING_KEYS = tuple(SettingsLayer.model_fields)
+
+
+class Settings(BaseModel):
+    """Resolved settings; every path is absolute."""
+
+    model_config = ConfigDict(frozen=True)
+
+    work_dir: Path
+    tracking_uri: str
+    artifact_root: Path
+    experiment: str | None
+    prefetch_limit: int
+    stderr_tail_lines: int
+    profile: str = "local"
+    #: --env-manager of steps that do not choose one; None = MLflow's default for the project.
+    env_manager: str | None = None
+    #: Where built environments live (shared by the nodes); default $MLFLOW_ENV_ROOT or ~/.mlflow/envs.
+    env_root: Path | None = None
+    #: Profile files read after the shipped, site and user ones (mltf_flow.clusters.profiles), in order.
+    profile_files: tuple[Path, ...] = ()
+
+    @property
+    def is_local_store(self) -> bool:
+        """True when the tracking store is a file on this machine (sqlite), not a server."""
+        return self.tracking_uri.startswith("sqlite:")
+
+    def experiment_for(self, pipeline: str) -> str:
+        """The experiment a pipeline's runs go to."""
+        return self.experiment or pipeline
+
+
+_RESOLVED: dict[tuple[Any, ...], Settings] = {}
+
+
+def check_retired_variables(environ: Mapping[str, str]) -> None:
+    """A renamed variable that is still set fails here, naming the variable to use instead."""
+    for name in sorted(environ):
+        for old, new in RETIRED_VARIABLES.items():
+            if name == old or (old.endswith("__") and name.startswith(old)):
+                raise ConfigError(f"${name} is no longer read: use {new} instead, then unset {name}.")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Resolve settings from every source (see the module docstring)."""
+    check_retired_variables(os.environ)
+    files = [_DEFAULTS, *(p.expanduser() for p in _SITE_FILES)]
+    if os.environ.get("MLTF_FLOW_CONFIG"):
+        explicit = Path(os.environ["MLTF_FLOW_CONFIG"]).expanduser()
+        if not explicit.is_file():
+            raise ConfigError(f"MLTF_FLOW_CONFIG={explicit} does not exist. Point it at a YAML file or unset it.")
+        files.append(explicit)
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("MLTF_FLOW_")
+                       or k == "MLFLOW_TRACKING_URI"))
+    key = (tuple(stamp(f) for f in files), env, os.getcwd(), tuple(sorted((k, repr(v)) for k, v in overrides.items())))
+    if key not in _RESOLVED:
+        _RESOLVED[key] = _resolve([f for f in files if f.is_file()], overrides)
+    return _RESOLVED[key]
+
+
+def _layer(values: dict[str, Any], data: Mapping[str, Any], where: Callable[[str], str], base: Path) -> None:
+    """Check ``data`` (one source) and merge the keys it sets into ``values``."""
+    known = {k: v for k, v in data.items() if k in SETTING_KEYS}
+    for unknown in sorted(set(data) - set(known), key=str):
+        warnings.warn(f"{where(unknown)}: unknown setting {unknown!r} ignored (known: {', '.join(SETTING_KEYS)})",
+                      stacklevel=4)
+    layer = validate(SettingsLayer, known, where)
+    for name in layer.model_fields_set:
+        values[name] = getattr(layer, name)
+    if "profile_files" in layer.model_fields_set:  # relative to the file that names them
+        values["profile_files"] = tuple((base / Path(p).expanduser()).resolve() for p in layer.profile_files)
+
+
+def _always(where: str) -> Callable[[str], str]:
+    return lambda _key: where
+
+
+def _from_environment() -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, field in SettingsLayer.model_fields.items():
+        variable = f"MLTF_FLOW_{name.upper()}"
+        raw = os.environ.get(variable)
+        if not raw:
+            continue
+        if field.annotation is int:
+            try:
+                values[name] = int(raw)
+            except ValueError as exc:
+                raise ConfigError(f"environment {variable}={raw!r} is not an integer.") from exc
+        elif name == "profile_files":
+            values[name] = [entry for entry in raw.split(os.pathsep) if entry]
+        else:
+            values[name] = raw
+    return values
+
+
+def _resolve(files: list[Path], overrides: Mapping[str, Any]) -> Settings:
+    values: dict[str, Any] = {}
+    for path in files:
+        _layer(values, read_yaml_mapping(path), _always(str(path)), path.parent)
+    if overrides.get("tracking_uri") is None and values.get("tracking_uri") is None and os.environ.get(
+        "MLFLOW_TRACKING_URI"
+    ):
+        values["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+    _layer(values, _from_environment(), lambda k: f"${'MLTF_FLOW_' + k.upper()}", Path.cwd())
+    _layer(values, {k: v for k, v in overrides.items() if v is not None}, _always("load_settings() arguments"),
+           Path.cwd())
+    for path in values.get("profile_files", ()):
+        if not path.is_file():
+            raise ConfigError(f"profile_files names {path}, which does not exist. Fix the path "
+                              "(MLTF_FLOW_PROFILE_FILES or profile_files in a settings file) or remove it.")
+
+    work_dir = Path(values["work_dir"]).expanduser().resolve()
+    tracking_uri = values.get("tracking_uri") or f"sqlite:///{work_dir / 'mlflow.db'}"
+    if tracking_uri.startswith("file:") or ("://" not in tracking_uri and not tracking_uri.startswith("sqlite:")):
+        raise ConfigError(
+            f"tracking_uri {tracking_uri!r} is not supported: use sqlite:///ABSOLUTE/PATH/mlflow.db or an "
+            "http(s):// MLflow server (MLflow's file store is in maintenance mode)."
+        )
+    return Settings(
+        work_dir=work_dir,
+        tracking_uri=tracking_uri,
+        artifact_root=Path(values.get("artifact_root") or work_dir / "artifacts").expanduser().resolve(),
+        experiment=values.get("experiment"),
+        prefetch_limit=values["prefetch_limit"],
+        stderr_tail_lines=values["stderr_tail_lines"],
+        profile=values.get("profile", "local"),
+        env_manager=_env_manager(values.get("env_manager")),
+        env_root=Path(values["env_root"]).expanduser().resolve() if values.get("env_root") else None,
+        profile_files=tuple(values.get("profile_files", ())),
+    )
+
+
+def _env_manager(value: str | None) -> str | None:
+    from mltf_flow.environment import MANAGERS
+
+    if value is not None and value not in MANAGERS:
+        raise ConfigError(f"setting env_manager={value!r} (MLTF_FLOW_ENV_MANAGER or a config file) must be one of "
+                          f"{', '.join(MANAGERS)}, or unset for MLflow's default.")
+    return value
