@@ -348,9 +348,10 @@ class Wrapper:
         from mlflow.entities import RunTag
 
         if outcome.status == SCHEDULED:  # requeued: queued again, and the next attempt takes over
+            # Status first, state tag last: whoever sees the tag REQUEUED finds the run SCHEDULED already.
+            client.update_run(self.spec.run_id, status=SCHEDULED)
             tags = {TAG_SLURM_STATE: outcome.slurm_state, TAG_SLURM_REASON: outcome.reason}
             client.log_batch(self.spec.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-            client.update_run(self.spec.run_id, status=SCHEDULED)
             return
         run = client.get_run(self.spec.run_id)
         status = outcome.status
