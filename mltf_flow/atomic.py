@@ -37,8 +37,8 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 
 
 def _jsonable(value: Any) -> Any:
-    from pydantic import BaseModel
+    from mltf_flow.config.schema import Schema, dump
 
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", exclude_defaults=True)
+    if isinstance(value, Schema):
+        return dump(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from mltf_flow.config.files import load_yaml
 from mltf_flow.errors import ConfigError, ParameterError
 
 ParamValue = int | float | str
@@ -269,7 +270,7 @@ def read_project(directory: str | os.PathLike[str]) -> Project:
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = load_yaml(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):

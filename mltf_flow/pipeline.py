@@ -40,6 +40,7 @@ from typing import Any
 import luigi
 import yaml
 
+from mltf_flow.config.files import load_yaml
 from mltf_flow.errors import ConfigError
 from mltf_flow.mlproject import read_project
 from mltf_flow.staging.step import StageStep
@@ -107,7 +108,7 @@ def load_pipeline(project_dir: str | Path) -> PipelineSpec:
         singles = {name: StepSpec(name=name, entry_point=name) for name in project.entry_points}
         return PipelineSpec(project.name, project.root, singles, declared=False)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, Mapping):

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mltf_flow.config.files import load_yaml
 from mltf_flow.errors import ConfigError, EnvBuildError
 
 _MARKER = ".mltf-env-complete"
@@ -78,7 +79,7 @@ def read_python_env(path: Path) -> PythonEnv:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot be read as YAML ({exc}).") from exc
     if not isinstance(data, dict):

@@ -28,11 +28,13 @@ def env_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _session_env(env_root: Path) -> Iterator[None]:
+def _session_env(env_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Set before any fixture of any scope (module-scoped pipeline runs too): steps run in this venv
-    (``local``) unless a test asks for a built environment (the example declares torch & co.), and built
-    environments go to the session's env root, never to ~/.mlflow/envs."""
+    (``local``) unless a test asks for a built environment (the example declares torch & co.), built
+    environments go to the session's env root, never to ~/.mlflow/envs, and remembered configuration
+    (mltf_flow.config.memo) to the session's cache, never to ~/.cache."""
     with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
         patch.setenv("MLTF_FLOW_ENV_MANAGER", "local")
         patch.setenv("MLTF_FLOW_ENV_ROOT", str(env_root))
         # The repository's profiles (slurm-ci, rucio-demo, ...), named explicitly as the Makefile does.

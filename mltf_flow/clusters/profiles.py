@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from mltf_flow.config.files import read_yaml_mapping, stamp
+from mltf_flow.config.files import load_yaml, read_yaml_mapping, stamp
+from mltf_flow.config.memo import remembered
 from mltf_flow.config.profiles import KEYS, KINDS, SLURM_KEYS, AnyProfile, LocalProfile, Profile, SlurmProfile
-from mltf_flow.config.schema import config_error
+from mltf_flow.config.schema import validate
 from mltf_flow.config.units import duration_seconds, walltime_seconds
 from mltf_flow.errors import ConfigError
 
@@ -48,10 +48,11 @@ class _Raw:
 @dataclass
 class _Loaded:
     raw: dict[str, _Raw]
-    resolved: dict[str, AnyProfile] = field(default_factory=dict)
 
 
 _LOADED: dict[tuple[Any, ...], _Loaded] = {}
+#: Resolved profiles by the stamps of their inputs, then by name.
+_RESOLVED: dict[tuple[Any, ...], dict[str, AnyProfile]] = {}
 
 
 def profile_files() -> list[Path]:
@@ -62,12 +63,17 @@ def profile_files() -> list[Path]:
     return [p.resolve() for p in candidates if p.is_file()] + list(load_settings().profile_files)
 
 
-def _loaded() -> _Loaded:
-    """Every profile file read and layered, once per version of the files and variables."""
+def _inputs() -> tuple[list[Path], tuple[tuple[str, str], ...]]:
+    """What profiles are made of: the candidate files (present or not) and the ``MLTF_FLOW_SET__`` variables."""
     from mltf_flow.config import load_settings
 
     candidates = [_SHIPPED, *(p.expanduser() for p in _SITE_FILES), *load_settings().profile_files]
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(SET_PREFIX)))
+    return candidates, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(SET_PREFIX)))
+
+
+def _loaded() -> _Loaded:
+    """Every profile file read and layered, once per version of the files and variables."""
+    candidates, env = _inputs()
     key = (tuple(stamp(p) for p in candidates), env)
     if key not in _LOADED:
         _LOADED[key] = _Loaded(_layered(profile_files()))
@@ -110,7 +116,7 @@ def _apply_variables(raw: dict[str, _Raw]) -> None:
                 f"with the profile's name in capitals and '-' as '_' (profiles: {', '.join(sorted(normalised))})."
             )
         try:
-            raw[found].values[key] = yaml.safe_load(text)
+            raw[found].values[key] = load_yaml(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{env}: value is not valid YAML: {exc}. Quote it as YAML, e.g. "
                               f"{env}='[\"module load cuda\"]'.") from exc
@@ -127,11 +133,14 @@ def profile_names() -> list[str]:
 
 
 def get_profile(name: str) -> AnyProfile:
-    """Resolve profile ``name``: apply ``extends`` chains, check every value (memoised)."""
-    loaded = _loaded()
-    if name not in loaded.resolved:
-        loaded.resolved[name] = _resolve(loaded.raw, name)
-    return loaded.resolved[name]
+    """Resolve profile ``name``: apply ``extends`` chains, check every value (memoised per process by the
+    files' stamps, and across invocations by their contents: :mod:`mltf_flow.config.memo`)."""
+    candidates, env = _inputs()
+    key = (tuple(stamp(p) for p in candidates), env)
+    resolved = _RESOLVED.setdefault(key, {})
+    if name not in resolved:
+        resolved[name] = remembered("profile", candidates, (env, name), lambda: _resolve(_loaded().raw, name))
+    return resolved[name]
 
 
 def _chain(raw: dict[str, _Raw], name: str) -> list[str]:
@@ -176,10 +185,7 @@ def _resolve(raw: dict[str, _Raw], name: str) -> AnyProfile:
         raise ConfigError(f"{where('kind')}, key 'kind': expected 'local' or 'slurm', found {kind!r}.")
     if cls is LocalProfile:
         values = {k: v for k, v in values.items() if k not in SLURM_KEYS}
-    try:
-        profile = cls.model_validate({**values, "name": name, "sources": sources})
-    except ValidationError as exc:
-        raise config_error(exc, cls, where) from None
+    profile = validate(cls, {**values, "name": name, "sources": sources}, where)
     assert isinstance(profile, LocalProfile | SlurmProfile)
     _check_consistency(profile)
     return profile

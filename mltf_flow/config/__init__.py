@@ -7,11 +7,14 @@
 * :mod:`~mltf_flow.config.fabric`, :mod:`~mltf_flow.config.rucio`, :mod:`~mltf_flow.config.gds`: a profile's
   sections, typed at load and handed to their consumers as models.
 * :mod:`~mltf_flow.config.units`: durations and sizes (Dask's grammar), SLURM time limits: the one parser each.
-* :mod:`~mltf_flow.config.schema`: the base model and the translation of validation errors into
-  :class:`~mltf_flow.errors.ConfigError` messages (file, profile, key, what was found, what is expected).
+* :mod:`~mltf_flow.config.schema`: the base of the types (frozen dataclasses), validation with pydantic and
+  the translation of its errors into :class:`~mltf_flow.errors.ConfigError` messages (file, profile, key,
+  what was found, what is expected); :mod:`~mltf_flow.config.fields`: the constraints fields declare.
+* :mod:`~mltf_flow.config.memo`: validated values remembered across invocations, keyed by the inputs' contents.
 * :mod:`~mltf_flow.config.files`: YAML files, parsed once per version of the file.
 
-Importing this package imports pydantic and PyYAML, nothing heavier (no Dask, no MLflow).
+Importing this package imports PyYAML only: pydantic is imported when a file has to be validated, which a
+rerun with unchanged configuration never does.
 """
 
 from mltf_flow.config.files import read_yaml_mapping as read_yaml_mapping

@@ -7,11 +7,12 @@ the GPU node.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import StrictBool, StrictInt, StrictStr, model_validator
-
-from mltf_flow.config.schema import Schema
+from mltf_flow.config.fields import StrictBool, StrictInt, StrictStr
+from mltf_flow.config.schema import Schema, set_fields
 
 if TYPE_CHECKING:
     from mltf_flow.fabric.nccl import FabricConfig
@@ -22,6 +23,7 @@ INT_KEYS = ("gid_index", "roce_version", "traffic_class", "fifo_tc", "service_le
 STR_KEYS = ("socket_ifname", "prefer_netdev", "addr_family", "addr_range", "debug", "debug_subsys", "debug_file")
 
 
+@dataclass(frozen=True, kw_only=True)
 class FabricSettings(Schema):
     """The ``fabric:`` section: ``kind`` (auto, roce, ib, socket, none) and NCCL's site values."""
 
@@ -39,7 +41,7 @@ class FabricSettings(Schema):
     #: NCCL_NET=IB (or Socket): fail instead of silently falling back to TCP.
     strict: StrictBool = False
     #: NCCL's "debugging" variables, validated (e.g. NCCL_P2P_LEVEL: NVL).
-    overrides: dict[StrictStr, Any] = {}
+    overrides: dict[StrictStr, Any] = field(default_factory=dict)
     gid_index: StrictInt | None = None
     roce_version: StrictInt | None = None
     traffic_class: StrictInt | None = None
@@ -63,13 +65,13 @@ class FabricSettings(Schema):
             ports.append((dev, int(port) if port else None))
         return tuple(ports)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> FabricSettings:
+    def __post_init__(self) -> None:
+        # Runs after pydantic checked each key (a ValueError here is reported for the whole section).
         for item in self.hcas:
             port = item.partition(":")[2]
             if port and not port.isdigit():
                 raise ValueError(f"fabric hca {item!r}: expected DEVICE or DEVICE:PORT, e.g. mlx5_0:1.")
-        others = sorted(self.model_fields_set - {"kind"})
+        others = sorted(set_fields(self) - {"kind"})
         if self.kind == "none" and others:
             raise ValueError(f"fabric kind none takes no other keys (found {', '.join(others)}).")
         if self.kind == "auto" and (self.hcas or self.socket_ifname):
@@ -77,10 +79,10 @@ class FabricSettings(Schema):
                              "to choose a port, or kind: roce to give them explicitly.")
         if self.kind != "none":
             self._probe()
-        return self
 
-    def nccl_config(self, kind: str | None = None) -> FabricConfig:
-        """The NCCL-level configuration this section states (``kind`` overrides the section's own)."""
+    def nccl_config(self, kind: str | None = None, **stand_in: Any) -> FabricConfig:
+        """The NCCL-level configuration this section states (``kind`` overrides the section's own;
+        ``stand_in`` replaces values of the result, e.g. a port where the section leaves it to detection)."""
         from mltf_flow.fabric.nccl import FabricConfig
 
         values: dict[str, Any] = {k: getattr(self, k) for k in (*INT_KEYS, *STR_KEYS)
@@ -88,14 +90,14 @@ class FabricSettings(Schema):
         values["hcas"] = self.hca_ports()
         values["strict"] = self.strict
         values["overrides"] = {str(k): str(v) for k, v in self.overrides.items()}
-        return FabricConfig(kind=kind or self.kind, **values)
+        return dataclasses.replace(FabricConfig(kind=kind or self.kind, **values), **stand_in)
 
     def _probe(self) -> None:
         """NCCL's own checks of the site values (ranges, debug levels, override names)."""
         from mltf_flow.fabric.nccl import nccl_env
 
         if self.kind == "auto":  # a stand-in port: the site values are checked now
-            probe = self.model_copy(update={"kind": "roce", "hcas": ("mlx5_0:1",), "socket_ifname": "eth0"})
+            probe = self.nccl_config("roce", hcas=(("mlx5_0", 1),), socket_ifname="eth0")
         else:  # socket_ifname may come from the profile's interface (filled in when resolved)
-            probe = self.model_copy(update={"socket_ifname": self.socket_ifname or "eth0"})
-        nccl_env(probe.nccl_config())
+            probe = self.nccl_config(socket_ifname=self.socket_ifname or "eth0")
+        nccl_env(probe)

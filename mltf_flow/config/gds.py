@@ -11,10 +11,10 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, StrictBool, StrictInt, StrictStr, field_validator
-
+from mltf_flow.config.fields import Before, Ge, StrictBool, StrictInt, StrictStr
 from mltf_flow.config.schema import Schema, validate
 
 BACKENDS = ("auto", "kvikio", "torch_gds", "posix")
@@ -27,9 +27,20 @@ def _kib(value: Any) -> Any:
     return value
 
 
-KiB = Annotated[int, BeforeValidator(_kib)]
+KiB = Annotated[int, Before(_kib)]
 
 
+def _ipv4(value: Any) -> Any:
+    for address in value if isinstance(value, list | tuple) else ():
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise ValueError(f"{address!r} is not an IPv4 address (of an RDMA interface; local NVMe needs "
+                             "none).") from None
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
 class CufileConfig(Schema):
     """The cuFile settings mltf_flow writes (names as in NVIDIA's GDS configuration guide)."""
 
@@ -45,23 +56,12 @@ class CufileConfig(Schema):
     max_device_cache_size_kb: KiB = 131072
     max_device_pinned_mem_size_kb: KiB = 33554432
     posix_unaligned_writes: StrictBool = False
-    rdma_dev_addr_list: tuple[StrictStr, ...] = ()
+    rdma_dev_addr_list: Annotated[tuple[StrictStr, ...], Before(_ipv4)] = ()
     log_dir: StrictStr | None = None
     log_level: Literal["ERROR", "WARN", "NOTICE", "INFO", "DEBUG", "TRACE"] = "ERROR"
     cufile_stats: Literal[0, 1, 2, 3] = 0
-    max_io_threads: StrictInt = Field(4, ge=1)
+    max_io_threads: Annotated[StrictInt, Ge(1)] = 4
     parallel_io: StrictBool = True
-
-    @field_validator("rdma_dev_addr_list")
-    @classmethod
-    def _ipv4(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for address in value:
-            try:
-                ipaddress.IPv4Address(address)
-            except ValueError:
-                raise ValueError(f"{address!r} is not an IPv4 address (of an RDMA interface; local NVMe needs "
-                                 "none).") from None
-        return value
 
     def as_json(self) -> dict[str, Any]:
         """The nested cufile.json document."""
@@ -92,11 +92,16 @@ def _scratch(value: Any) -> Any:
     return value
 
 
+def _empty_if_none(value: Any) -> Any:
+    return {} if value is None else value
+
+
 def cufile_env(path: str) -> dict[str, str]:
     """Where cuFile (and KvikIO) find their configuration: set before the process first uses cuFile."""
     return {"CUFILE_ENV_PATH_JSON": str(path)}
 
 
+@dataclass(frozen=True, kw_only=True)
 class GdsSettings(Schema):
     """The ``gds:`` section: whether jobs get a cufile.json, where node-local scratch is, and the read
     backend training scripts should ask for."""
@@ -106,9 +111,9 @@ class GdsSettings(Schema):
     expect: ClassVar[dict[str, str]] = {"backend": f"one of {', '.join(BACKENDS)}"}
 
     enabled: StrictBool = False
-    scratch: Annotated[str | None, BeforeValidator(_scratch)] = None
+    scratch: Annotated[str | None, Before(_scratch)] = None
     backend: Literal["auto", "kvikio", "torch_gds", "posix"] = "auto"
-    cufile: Annotated[CufileConfig, BeforeValidator(lambda v: {} if v is None else v)] = CufileConfig()
+    cufile: Annotated[CufileConfig, Before(_empty_if_none)] = field(default_factory=CufileConfig)
 
     def job_env(self, config_dir: str) -> dict[str, str]:
         """What every process of a job gets (cufile.json in ``config_dir``)."""

@@ -9,11 +9,11 @@ SLURM profile; checks across keys (lifetime below walltime, cores per worker) be
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, StrictFloat, StrictInt, StrictStr
-
 from mltf_flow.config.fabric import FabricSettings
+from mltf_flow.config.fields import Before, Ge, Gt, StrictFloat, StrictInt, StrictStr
 from mltf_flow.config.gds import GdsSettings
 from mltf_flow.config.rucio import RucioSettings
 from mltf_flow.config.schema import Schema
@@ -26,9 +26,11 @@ def _strings(value: Any) -> Any:
     return () if value is None else value
 
 
-Lines = Annotated[tuple[StrictStr, ...], BeforeValidator(_strings)]
+Lines = Annotated[tuple[StrictStr, ...], Before(_strings)]
+Whole = Annotated[StrictInt, Ge(1)]
 
 
+@dataclass(frozen=True, kw_only=True)
 class Profile(Schema):
     """What every profile has (see ``profiles.yaml`` for meanings); a profile is one of its subclasses."""
 
@@ -44,15 +46,15 @@ class Profile(Schema):
 
     name: str
     kind: str = "local"
-    workers: StrictInt = Field(2, ge=1)
-    threads_per_worker: StrictInt = Field(1, ge=1)
+    workers: Whole = 2
+    threads_per_worker: Whole = 1
     memory: Size = "2GB"
     dashboard_address: StrictStr | None = "127.0.0.1:8787"
     scheduler_address: StrictStr | None = None
     gpu_profile: StrictStr | None = None
-    worker_start_timeout: StrictFloat = Field(120.0, gt=0)
-    gpus_per_node: StrictInt = Field(0, ge=0)
-    processes: StrictInt | None = Field(None, ge=1)
+    worker_start_timeout: Annotated[StrictFloat, Gt(0)] = 120.0
+    gpus_per_node: Annotated[StrictInt, Ge(0)] = 0
+    processes: Whole | None = None
     interface: StrictStr | None = None
     local_directory: StrictStr | None = None
     #: The network for multi-node training (NCCL/gloo); see mltf_flow.fabric.spec.
@@ -62,7 +64,7 @@ class Profile(Schema):
     #: GPUDirect Storage for the jobs (cufile.json, node-local scratch); see mltf_flow.fabric.gds.
     gds: GdsSettings | None = None
     #: Where each key's value came from (file or variable), for error messages and `doctor`.
-    sources: dict[str, str] = Field(default_factory=dict, repr=False)
+    sources: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def worker_processes(self) -> int:
@@ -90,12 +92,14 @@ class Profile(Schema):
         return self.sources.get("(defined in)", "?")
 
 
+@dataclass(frozen=True, kw_only=True)
 class LocalProfile(Profile):
     """A Dask LocalCluster on this machine: ``workers`` worker processes."""
 
     kind: Literal["local"] = "local"
 
 
+@dataclass(frozen=True, kw_only=True)
 class SlurmProfile(Profile):
     """dask-jobqueue workers as SLURM jobs: ``workers`` jobs of ``worker_processes`` workers each."""
 
@@ -104,7 +108,7 @@ class SlurmProfile(Profile):
     account: StrictStr | None = None
     qos: StrictStr | None = None
     walltime: Walltime = "01:00:00"
-    cores: StrictInt = Field(1, ge=1)
+    cores: Whole = 1
     gpu_directive: Literal["gres", "gpus-per-node"] = "gres"
     lifetime: Duration | None = None
     lifetime_stagger: Duration | None = None
@@ -113,7 +117,7 @@ class SlurmProfile(Profile):
     extra_directives: Lines = ()
     python: StrictStr | None = None
     job_name: StrictStr = "mltf-worker"
-    death_timeout: StrictInt = Field(60, ge=1)
+    death_timeout: Whole = 60
 
     @property
     def expected_workers(self) -> int:
@@ -125,11 +129,11 @@ class SlurmProfile(Profile):
         return f"{self.workers} x {self.cores} cores"
 
 
-#: A profile of either kind, chosen by ``kind`` (pydantic's discriminated union).
-AnyProfile = Annotated[LocalProfile | SlurmProfile, Field(discriminator="kind")]
+#: A profile of either kind (mltf_flow.clusters.profiles picks the type by ``kind``).
+AnyProfile = LocalProfile | SlurmProfile
 #: The profile types by ``kind``.
 KINDS: dict[str, type[Profile]] = {"local": LocalProfile, "slurm": SlurmProfile}
 #: Keys only SLURM profiles use (a local profile ignores them).
-SLURM_KEYS = tuple(sorted(set(SlurmProfile.model_fields) - set(Profile.model_fields)))
+SLURM_KEYS = tuple(sorted({f.name for f in fields(SlurmProfile)} - {f.name for f in fields(Profile)}))
 #: Every key a profile may set in a file.
-KEYS = tuple(sorted({*SlurmProfile.model_fields} - {"name", "sources"}))
+KEYS = tuple(sorted({f.name for f in fields(SlurmProfile)} - {"name", "sources"}))

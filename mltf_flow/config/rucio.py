@@ -7,10 +7,10 @@ Meanings are in :mod:`mltf_flow.staging.rucio`. Durations are seconds or Dask-st
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, StrictInt
-
+from mltf_flow.config.fields import Before, Ge, StrictInt
 from mltf_flow.config.schema import Schema, validate
 from mltf_flow.config.units import Seconds
 
@@ -33,9 +33,10 @@ def _pfn_map(value: Any) -> Any:
     return tuple(sorted(value.items(), key=lambda kv: -len(kv[0])))  # longest prefix first: the most specific wins
 
 
-Text = Annotated[str | None, BeforeValidator(_text)]
+Text = Annotated[str | None, Before(_text)]
 
 
+@dataclass(frozen=True, kw_only=True)
 class RucioSettings(Schema):
     """The ``rucio:`` section."""
 
@@ -49,9 +50,9 @@ class RucioSettings(Schema):
     lifetime: Seconds | None = 30 * 86400.0
     activity: Text = None
     grouping: Literal["DATASET", "ALL", "NONE"] = "DATASET"
-    pfn_map: Annotated[tuple[tuple[str, str], ...], BeforeValidator(_pfn_map)] = ()
+    pfn_map: Annotated[tuple[tuple[str, str], ...], Before(_pfn_map)] = ()
     verify: Literal["full", "sample", "off"] = "full"
-    sample_files: StrictInt = Field(8, ge=1)
+    sample_files: Annotated[StrictInt, Ge(1)] = 8
     timeout: Seconds = 6 * 3600.0
     stuck_grace: Seconds = 1800.0
     poll_max: Seconds = 60.0

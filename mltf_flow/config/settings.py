@@ -5,7 +5,8 @@ user file ``~/.config/mltf_flow/config.yaml`` < the file in ``$MLTF_FLOW_CONFIG`
 environment variables ``MLTF_FLOW_<SETTING>`` (``MLTF_FLOW_PROFILE``, ``MLTF_FLOW_PROFILE_FILES``, ...) <
 keyword arguments to :func:`load_settings`. Unknown keys in a file warn (they are usually typos); values
 of the wrong type raise :class:`~mltf_flow.errors.ConfigError` naming the file and key. The result is
-memoised per process by its inputs (the files' stamps, the variables, the directory, the arguments).
+memoised per process by its inputs (the files' stamps, the variables, the directory, the arguments) and
+remembered across invocations by :mod:`mltf_flow.config.memo` (so a cached rerun does not import pydantic).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
-
+from mltf_flow.config.fields import Ge, StrictInt, StrictStr
 from mltf_flow.config.files import read_yaml_mapping, stamp
+from mltf_flow.config.memo import remembered
 from mltf_flow.config.schema import Schema, validate
 from mltf_flow.errors import ConfigError
 
@@ -31,6 +33,7 @@ RETIRED_VARIABLES = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
 class SettingsLayer(Schema):
     """One source of settings (a file, the environment, arguments): only the keys it sets count."""
 
@@ -44,8 +47,8 @@ class SettingsLayer(Schema):
     tracking_uri: StrictStr | None = None
     artifact_root: StrictStr | None = None
     experiment: StrictStr | None = None
-    prefetch_limit: StrictInt = Field(0, ge=0)
-    stderr_tail_lines: StrictInt = Field(1, ge=1)
+    prefetch_limit: Annotated[StrictInt, Ge(0)] = 0
+    stderr_tail_lines: Annotated[StrictInt, Ge(1)] = 1
     profile: StrictStr = "local"
     env_manager: StrictStr | None = None
     env_root: StrictStr | None = None
@@ -53,13 +56,14 @@ class SettingsLayer(Schema):
 
 
 #: Every setting's name (``MLTF_FLOW_<NAME>`` sets it from the environment).
-SETTING_KEYS = tuple(SettingsLayer.model_fields)
+SETTING_KEYS = tuple(f.name for f in fields(SettingsLayer))
+#: Settings whose variables are read as whole numbers.
+_WHOLE_NUMBERS = ("prefetch_limit", "stderr_tail_lines")
 
 
-class Settings(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Settings:
     """Resolved settings; every path is absolute."""
-
-    model_config = ConfigDict(frozen=True)
 
     work_dir: Path
     tracking_uri: str
@@ -109,7 +113,10 @@ def load_settings(**overrides: Any) -> Settings:
                        or k == "MLFLOW_TRACKING_URI"))
     key = (tuple(stamp(f) for f in files), env, os.getcwd(), tuple(sorted((k, repr(v)) for k, v in overrides.items())))
     if key not in _RESOLVED:
-        _RESOLVED[key] = _resolve([f for f in files if f.is_file()], overrides)
+        present = [f for f in files if f.is_file()]
+        settings = remembered("settings", present, key[1:], lambda: _resolve(present, overrides))
+        _check_profile_files(settings)
+        _RESOLVED[key] = settings
     return _RESOLVED[key]
 
 
@@ -120,9 +127,9 @@ def _layer(values: dict[str, Any], data: Mapping[str, Any], where: Callable[[str
         warnings.warn(f"{where(unknown)}: unknown setting {unknown!r} ignored (known: {', '.join(SETTING_KEYS)})",
                       stacklevel=4)
     layer = validate(SettingsLayer, known, where)
-    for name in layer.model_fields_set:
+    for name in known:  # only what this source sets
         values[name] = getattr(layer, name)
-    if "profile_files" in layer.model_fields_set:  # relative to the file that names them
+    if "profile_files" in known:  # relative to the file that names them
         values["profile_files"] = tuple((base / Path(p).expanduser()).resolve() for p in layer.profile_files)
 
 
@@ -132,12 +139,12 @@ def _always(where: str) -> Callable[[str], str]:
 
 def _from_environment() -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for name, field in SettingsLayer.model_fields.items():
+    for name in SETTING_KEYS:
         variable = f"MLTF_FLOW_{name.upper()}"
         raw = os.environ.get(variable)
         if not raw:
             continue
-        if field.annotation is int:
+        if name in _WHOLE_NUMBERS:
             try:
                 values[name] = int(raw)
             except ValueError as exc:
@@ -160,10 +167,6 @@ def _resolve(files: list[Path], overrides: Mapping[str, Any]) -> Settings:
     _layer(values, _from_environment(), lambda k: f"${'MLTF_FLOW_' + k.upper()}", Path.cwd())
     _layer(values, {k: v for k, v in overrides.items() if v is not None}, _always("load_settings() arguments"),
            Path.cwd())
-    for path in values.get("profile_files", ()):
-        if not path.is_file():
-            raise ConfigError(f"profile_files names {path}, which does not exist. Fix the path "
-                              "(MLTF_FLOW_PROFILE_FILES or profile_files in a settings file) or remove it.")
 
     work_dir = Path(values["work_dir"]).expanduser().resolve()
     tracking_uri = values.get("tracking_uri") or f"sqlite:///{work_dir / 'mlflow.db'}"
@@ -184,6 +187,13 @@ def _resolve(files: list[Path], overrides: Mapping[str, Any]) -> Settings:
         env_root=Path(values["env_root"]).expanduser().resolve() if values.get("env_root") else None,
         profile_files=tuple(values.get("profile_files", ())),
     )
+
+
+def _check_profile_files(settings: Settings) -> None:
+    for path in settings.profile_files:
+        if not path.is_file():
+            raise ConfigError(f"profile_files names {path}, which does not exist. Fix the path "
+                              "(MLTF_FLOW_PROFILE_FILES or profile_files in a settings file) or remove it.")
 
 
 def _env_manager(value: str | None) -> str | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from mltf_flow.config.fields import Before
 
 #: dask.utils.timedelta_sizes (lower-case keys; Dask also accepts the upper-case spellings).
 _TIME_UNITS = {
@@ -125,10 +125,10 @@ def _walltime(value: Any) -> Any:
 
 
 #: A duration kept as written (spaces removed), e.g. a worker's ``--lifetime 55m``.
-Duration = Annotated[str, BeforeValidator(_duration)]
+Duration = Annotated[str, Before(_duration)]
 #: Seconds, from a number or a duration string (``30m`` -> 1800.0).
-Seconds = Annotated[float, BeforeValidator(_seconds)]
+Seconds = Annotated[float, Before(_seconds)]
 #: A size kept as written, e.g. a job's ``memory: 4GB``.
-Size = Annotated[str, BeforeValidator(_size)]
+Size = Annotated[str, Before(_size)]
 #: A SLURM time limit kept as written (quoted in YAML).
-Walltime = Annotated[str, BeforeValidator(_walltime)]
+Walltime = Annotated[str, Before(_walltime)]

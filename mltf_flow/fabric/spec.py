@@ -27,7 +27,7 @@ from typing import Any
 
 from mltf_flow.config.fabric import KINDS as KINDS
 from mltf_flow.config.fabric import FabricSettings
-from mltf_flow.config.schema import validate
+from mltf_flow.config.schema import set_fields, validate
 from mltf_flow.errors import ConfigError
 from mltf_flow.fabric.nccl import FabricConfig, fabric_from_sysfs, nccl_env, torch_dist_env
 
@@ -89,7 +89,7 @@ def resolve_fabric(
                 )
             note = f"fabric: auto found no active RoCE v2 port; TCP sockets on {interface or 'the default route'}"
             return ResolvedFabric(env=_fallback_env(settings, interface), note=note)
-        site = {k for k in _SITE_KEYS if k in settings.model_fields_set and getattr(settings, k) is not None}
+        site = {k for k in _SITE_KEYS if k in set_fields(settings) and getattr(settings, k) is not None}
         stated = settings.nccl_config("roce")
         config = dataclasses.replace(config, **{k: getattr(stated, k) for k in site})
         if settings.gid_index is not None:
@@ -98,7 +98,7 @@ def resolve_fabric(
         note = f"fabric: auto detected RoCE {hcas} via {config.socket_ifname}"
     else:
         if not settings.socket_ifname and interface:
-            settings = settings.model_copy(update={"socket_ifname": interface})
+            settings = dataclasses.replace(settings, socket_ifname=interface)
         config, note = settings.nccl_config(), f"fabric: {settings.kind} (from the profile)"
     env = nccl_env(config)
     env.update(torch_dist_env(config))
@@ -111,7 +111,7 @@ def _fallback_env(spec: FabricSettings, interface: str | None) -> dict[str, str]
     env: dict[str, str] = {}
     if interface:
         env["NCCL_SOCKET_IFNAME"] = "=" + interface
-    probe = spec.model_copy(update={"hcas": ("mlx5_0:1",), "socket_ifname": "eth0"}).nccl_config("roce")
+    probe = spec.nccl_config("roce", hcas=(("mlx5_0", 1),), socket_ifname="eth0")
     env["NCCL_DEBUG"] = probe.debug
     if probe.debug_subsys:
         env["NCCL_DEBUG_SUBSYS"] = probe.debug_subsys

@@ -12,6 +12,7 @@ import pytest
 from mltf_flow.clusters.profiles import Profile, get_profile
 from mltf_flow.clusters.slurm import slurm_cluster_kwargs
 from mltf_flow.config.fabric import FabricSettings
+from mltf_flow.config.schema import validate
 from mltf_flow.errors import ConfigError
 
 WriteCwd = Callable[[object], Path]
@@ -42,7 +43,7 @@ def exported(lines: list[str]) -> dict[str, str]:
 
 def test_explicit_roce_is_exported_in_the_prologue(tmp_path: Path, write_profiles: WriteCwd) -> None:
     profile = profile_with(write_profiles, {"fabric": ROCE})
-    assert profile.fabric == FabricSettings.model_validate(ROCE)
+    assert profile.fabric == validate(FabricSettings, ROCE, "test")
     lines = prologue(profile, tmp_path)
     # shlex.quote leaves "=mlx5_0:1" bare ('=' and ':' are shell-safe): bash reads the value after the first '='.
     assert shlex.quote("=mlx5_0:1") == "=mlx5_0:1"
@@ -86,7 +87,7 @@ def test_child_fabric_replaces_the_parents(write_profiles: WriteCwd) -> None:
         "base": {"extends": "slurm", "fabric": ROCE},
         "child": {"extends": "base", "fabric": {"kind": "none"}},
     })
-    assert get_profile("base").fabric == FabricSettings.model_validate(ROCE)
+    assert get_profile("base").fabric == validate(FabricSettings, ROCE, "test")
     assert get_profile("child").fabric == FabricSettings(kind="none")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from collections.abc import Callable
@@ -135,7 +136,7 @@ def test_the_same_files_give_the_same_profiles_from_any_directory(
             cwd.mkdir()
             (cwd / "profiles.yaml").write_text("here: {workers: 9}\n")
         monkeypatch.chdir(cwd)
-        resolved[cwd] = {name: get_profile(name).model_dump() for name in profile_names()}
+        resolved[cwd] = {name: dataclasses.asdict(get_profile(name)) for name in profile_names()}
     first, *others = resolved.values()
     assert first["here"]["workers"] == 4
     assert all(other == first for other in others)

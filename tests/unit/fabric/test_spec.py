@@ -13,6 +13,7 @@ import pytest
 from test_nccl import TYPICAL, fake_sysfs
 
 from mltf_flow.config.fabric import FabricSettings
+from mltf_flow.config.schema import dump
 from mltf_flow.errors import ConfigError
 from mltf_flow.fabric.nccl import FabricConfig, nccl_env, write_nccl_conf
 from mltf_flow.fabric.spec import KINDS, check_fabric, resolve_fabric, static_env
@@ -154,7 +155,7 @@ def test_check_fabric_types_the_section() -> None:
     spec = {"kind": "roce", "hcas": ["mlx5_0:1"], "socket_ifname": "ens1f0np0"}
     typed = check_fabric(spec, WHERE)
     assert typed is not None and typed.hca_ports() == (("mlx5_0", 1),)
-    assert typed.model_dump(mode="json", exclude_defaults=True) == spec  # what a job's spec.json holds
+    assert dump(typed) == spec  # what a job's spec.json holds
     assert set(KINDS) == {"auto", "roce", "ib", "socket", "none"}
 
 
