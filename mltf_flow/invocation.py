@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 INVOCATION_ENV = "MLTF_INVOCATION_ID"
+T = TypeVar("T")
 
 
 def invocation_id() -> str:
@@ -26,4 +29,15 @@ def new_invocation() -> str:
     return os.environ[INVOCATION_ENV]
 
 
-__all__ = ["INVOCATION_ENV", "invocation_id", "new_invocation"]
+def once_per_invocation(memo: dict[str, Any], name: str, compute: Callable[[], T]) -> T:
+    """``memo[name]``, computed once per invocation: a task object may outlive one (a program calling
+    ``luigi.build`` again with a new invocation sees settings and profiles afresh)."""
+    held = memo.get(name)
+    if held is None or held[0] != invocation_id():
+        held = (invocation_id(), compute())
+        memo[name] = held
+    value: T = held[1]
+    return value
+
+
+__all__ = ["INVOCATION_ENV", "invocation_id", "new_invocation", "once_per_invocation"]

@@ -32,7 +32,7 @@ from mltf_flow.clusters.session import is_main_process, mark_main_process
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.console import use_console
 from mltf_flow.errors import ConfigError, ParameterError
-from mltf_flow.invocation import invocation_id
+from mltf_flow.invocation import invocation_id, once_per_invocation
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
 from mltf_flow.retcodes import apply_default_retcodes
 from mltf_flow.step_def import MODEL_PREFIX, ResolvedStep, StepDefinition, Upstream, code_version, resolve, step_params
@@ -172,6 +172,10 @@ class MLflowStep(luigi.Task):
             tasks = {str(i): task for i, task in enumerate(req)}
         return {name: task if isinstance(task, Upstream) else PlainUpstream(task) for name, task in tasks.items()}
 
+    def settings(self) -> Settings:
+        """The settings of this invocation: resolved once, then handed to everything the step does."""
+        return once_per_invocation(self._memo, "settings", load_settings)
+
     def describe(self) -> ResolvedStep | None:
         """This step as a value (memoised per invocation); None while an upstream result is missing."""
         memo = self._memo.get("value")
@@ -179,13 +183,10 @@ class MLflowStep(luigi.Task):
             value: ResolvedStep = memo[1]
             return value
         params = self.params()
-        code = self._memo.get("code")
-        if code is None or code[0] != invocation_id():
-            code = (invocation_id(), code_version(self.definition(), self.project(), params,
-                                                  load_settings().work_dir))
-            self._memo["code"] = code
+        code = once_per_invocation(self._memo, "code", lambda: code_version(self.definition(), self.project(), params,
+                                                                 self.settings().work_dir))
         resolved = resolve(self.definition(), self.project(), params, requirements=self.requirements(),
-                           code=code[1], environment=self.environment(), profile=self.cluster_profile(),
+                           code=code, environment=self.environment(), profile=self.cluster_profile(),
                            world_size=getattr(self, "world_size", None))
         if resolved is not None:
             self._memo["value"] = (invocation_id(), resolved)
@@ -198,7 +199,7 @@ class MLflowStep(luigi.Task):
 
     def code_version(self) -> CodeVersion:
         """The step's code (``code_paths``), without the files earlier runs of the project wrote."""
-        return code_version(self.definition(), self.project(), self.params(), load_settings().work_dir)
+        return code_version(self.definition(), self.project(), self.params(), self.settings().work_dir)
 
     def forget_key(self) -> None:
         """Drop the memoised value (after a run taught us which files are outputs)."""
@@ -209,14 +210,14 @@ class MLflowStep(luigi.Task):
         """The env manager this step runs with (checked: a conda project without conda fails here)."""
         from mltf_flow.environment import choose_manager
 
-        return choose_manager(self.project(), self.env_manager or load_settings().env_manager)
+        return choose_manager(self.project(), self.env_manager or self.settings().env_manager)
 
     def environment(self) -> StepEnvironment:
         """The step's software environment, built now if it does not exist yet (once per process)."""
         if "env" not in self._memo:
             from mltf_flow.environment import default_env_root, prepare
 
-            settings = load_settings()
+            settings = self.settings()
             self._memo["env"] = prepare(self.project(), self.env_manager_name(),
                                         settings.env_root or default_env_root(),
                                         log=_env_log)
@@ -226,14 +227,17 @@ class MLflowStep(luigi.Task):
     # -- where it runs ----------------------------------------------------------------------------
     def profile_name(self) -> str:
         """This step's profile, else the one inherited from downstream, else the configured default."""
-        return self.profile or self.pipeline_profile or load_settings().profile
+        return self.profile or self.pipeline_profile or self.settings().profile
 
     def cluster_profile(self) -> Profile:
         """The resolved profile (its GPU variant for steps that need GPUs)."""
         from mltf_flow.clusters.profiles import get_profile, gpu_variant
 
-        profile = get_profile(self.profile_name())
-        return gpu_variant(profile) if self.definition().needs_gpu else profile
+        def resolved() -> Profile:
+            profile = get_profile(self.profile_name())
+            return gpu_variant(profile) if self.definition().needs_gpu else profile
+
+        return once_per_invocation(self._memo, "profile", resolved)
 
     def upstream(self, cls: type[luigi.Task], **params: Any) -> luigi.Task:
         """Instantiate a requirement, handing down this pipeline's profile (use it in ``requires()``)."""
@@ -267,7 +271,7 @@ class MLflowStep(luigi.Task):
         ref = self.output().run_ref()
         if ref is None:
             return False
-        stale = stale_outputs(load_settings().work_dir, self.project().root, self.step_name(), ref.run_id)
+        stale = stale_outputs(self.settings().work_dir, self.project().root, self.step_name(), ref.run_id)
         if stale and self._memo.get("stale_said") != ref.run_id:
             self._memo["stale_said"] = ref.run_id
             shown = ", ".join(stale[:5]) + (", ..." if len(stale) > 5 else "")
@@ -277,7 +281,7 @@ class MLflowStep(luigi.Task):
         return bool(stale)
 
     def output(self) -> MLflowRunTarget:
-        settings = load_settings()
+        settings = self.settings()
         return MLflowRunTarget(
             settings.tracking_uri,
             settings.experiment_for(self.pipeline_name()),
@@ -295,7 +299,7 @@ class MLflowStep(luigi.Task):
             raise StepError(f"step '{self.step_name()}' cannot run: an upstream result is missing.",
                             step=self.step_name())
         try:
-            execute(value, self.requirements(), settings=load_settings(), task_id=self.task_id, reporter=self)
+            execute(value, self.requirements(), settings=self.settings(), task_id=self.task_id, reporter=self)
         finally:
             # The run may have learnt that some files of the project are outputs: key afresh from now on.
             self.forget_key()

@@ -43,7 +43,7 @@ def _start_cluster(name: str) -> tuple[Any, Any]:
     from mltf_flow.clusters.profiles import LocalProfile, get_profile
     from mltf_flow.config import load_settings
 
-    profile = get_profile(name)
+    profile, settings = get_profile(name), load_settings()
     cluster: Any
     if isinstance(profile, LocalProfile):
         import dask
@@ -52,7 +52,7 @@ def _start_cluster(name: str) -> tuple[Any, Any]:
         # Ranks and DataLoader workers start child processes: daemonic worker processes cannot (the
         # SLURM job script exports the same setting for its workers).
         dask.config.set({"distributed.worker.daemon": False})
-        _gds_environment(profile, load_settings().work_dir)
+        _gds_environment(profile, settings.work_dir)
         cluster = LocalCluster(
             n_workers=profile.workers,
             threads_per_worker=profile.threads_per_worker,
@@ -64,7 +64,7 @@ def _start_cluster(name: str) -> tuple[Any, Any]:
         return profile, cluster
     from mltf_flow.clusters.slurm import make_slurm_cluster, preflight
 
-    cluster = make_slurm_cluster(profile, load_settings().work_dir / "slurm-logs" / profile.name)
+    cluster = make_slurm_cluster(profile, settings.work_dir / "slurm-logs" / profile.name)
     try:
         preflight(profile, str(cluster.job_script()))
     except BaseException:

@@ -22,7 +22,7 @@ import luigi
 
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.console import use_console
-from mltf_flow.invocation import invocation_id
+from mltf_flow.invocation import invocation_id, once_per_invocation
 from mltf_flow.progress import report_status
 from mltf_flow.retcodes import apply_default_retcodes
 from mltf_flow.run_guard import run_guard
@@ -69,8 +69,13 @@ class StageStep(luigi.Task):
     def uri(self) -> DatasetURI:
         return parse_dataset_uri(str(self.dataset))
 
+    def settings(self) -> Settings:
+        """The settings of this invocation: resolved once, then handed down."""
+        return once_per_invocation(self._memo, "settings", load_settings)
+
     def manifest_path(self, settings: Settings | None = None) -> Path:
-        settings = settings or load_settings()
+        """Where the manifest lives (``settings``: those handed down by the step that reads it)."""
+        settings = settings or self.settings()
         slot = hashlib.sha256(self.uri().canonical.encode()).hexdigest()[:20]
         return settings.work_dir / "datasets" / slot / "manifest.json"
 
@@ -80,6 +85,7 @@ class StageStep(luigi.Task):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         use_console()
+        self._memo: dict[str, Any] = {}
 
     def run(self) -> None:
         uri = self.uri()
@@ -97,7 +103,7 @@ class StageStep(luigi.Task):
         from mltf_flow.staging.rucio import RucioStager, forget, rucio_settings
         from mltf_flow.tracking import Tracker
 
-        settings = load_settings()
+        settings = self.settings()
         profile = get_profile(self.profile or self.pipeline_profile or settings.profile)
         rucio = rucio_settings(profile.rucio, f"profile {profile.name!r} ({profile.source_of('rucio')})")
         progress = RuleProgress(self, uri.canonical)
