@@ -205,3 +205,35 @@ def test_missing_profile_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     message = failure(lambda: get_profile("local"))
     assert f"profile_files names {tmp_path / 'nope.yaml'}, which does not exist" in message
     assert "MLTF_FLOW_PROFILE_FILES" in message
+
+
+# -- pipeline.yaml -------------------------------------------------------------------------------------------------
+
+
+def pipeline_project(root: Path, pipeline: str) -> Path:
+    """A project with one entry point and the given pipeline.yaml; returns the pipeline.yaml."""
+    root.mkdir()
+    (root / "MLproject").write_text("name: tiny\nentry_points:\n  train:\n    command: python train.py\n")
+    (root / "pipeline.yaml").write_text(pipeline)
+    return root / "pipeline.yaml"
+
+
+def test_bad_key_and_value_in_pipeline_yaml(tmp_path: Path) -> None:
+    from mltf_flow.pipeline import load_pipeline
+
+    path = pipeline_project(tmp_path / "p", "steps:\n  train:\n    entrypoint: train\n    gpu: maybe\n")
+    message = failure(lambda: load_pipeline(path.parent))
+    assert message.splitlines() == [
+        f"{path}: step 'train', key 'gpu': expected true or false, found 'maybe'.",
+        f"{path}: step 'train': unknown key(s) entrypoint; known: entry_point, dataset, inputs, outputs, code, "
+        "requires, gpu, run_on, world_size. Did you mean 'entry_point'?",
+    ]
+
+
+def test_unknown_entry_point_in_pipeline_yaml(tmp_path: Path) -> None:
+    from mltf_flow.pipeline import load_pipeline
+
+    path = pipeline_project(tmp_path / "p", "steps:\n  train:\n    entry_point: trian\n")
+    message = failure(lambda: load_pipeline(path.parent))
+    assert message.startswith(f"{path}: step 'train', key 'entry_point': {path.parent / 'MLproject'}: no entry "
+                              "point 'trian'; entry points are: train")
