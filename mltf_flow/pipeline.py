@@ -22,6 +22,10 @@ The file is a sidecar: MLflow ignores it, so ``mlflow run`` keeps working on the
                                         # ddp: one process per rank on the workers (torchrun variables)
         world_size: 2                   # ddp only; default: every worker of the profile
 
+The file's types and every check the file alone decides are :mod:`mltf_flow.config.pipeline`; this module
+reads it (remembered across invocations: a cached rerun does not validate it again), checks the entry points
+against ``MLproject`` and makes the Luigi tasks.
+
 A project without ``pipeline.yaml`` is a pipeline of independent single steps, one per entry point
 (and any ``.py``/``.sh`` script), so every project ``mlflow run`` accepts runs here too.
 
@@ -33,45 +37,21 @@ or with Luigi: ``luigi --module mltf_flow.pipeline PipelineStep --project-dir DI
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import luigi
-import yaml
 
-from mltf_flow.config.files import load_yaml
+from mltf_flow.config.memo import remembered
+from mltf_flow.config.pipeline import PipelineFile, StepSpec, read_pipeline_file
 from mltf_flow.errors import ConfigError
-from mltf_flow.mlproject import read_project
+from mltf_flow.mlproject import Project, read_project
 from mltf_flow.staging.step import StageStep
-from mltf_flow.staging.uri import parse_dataset_uri
 from mltf_flow.step import MLflowStep
-from mltf_flow.step_def import LAUNCHERS, StepDefinition
+from mltf_flow.step_def import StepDefinition
 
 PIPELINE_FILE = "pipeline.yaml"
-_STEP_KEYS = {"entry_point", "inputs", "outputs", "code", "requires", "dataset", "gpu", "run_on", "world_size"}
-
-
-@dataclass(frozen=True)
-class StepSpec:
-    name: str
-    entry_point: str | None = None  # None for a stage step
-    dataset: str | None = None
-    inputs: dict[str, str] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    code: tuple[str, ...] = ("auto",)
-    requires: tuple[str, ...] = ()
-    gpu: bool = False
-    run_on: str = "driver"
-    world_size: int | None = None
-
-    @property
-    def is_stage(self) -> bool:
-        return self.entry_point is None
-
-    def dependencies(self) -> list[str]:
-        deps = [src.partition(".")[0] for src in self.inputs.values()] + list(self.requires)
-        return list(dict.fromkeys(deps))
 
 
 @dataclass(frozen=True)
@@ -92,106 +72,30 @@ class PipelineSpec:
         )
 
 
-def _mapping(value: Any, where: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a mapping of name: value.")
-    return {str(k): str(v) for k, v in value.items()}
-
-
 def load_pipeline(project_dir: str | Path) -> PipelineSpec:
-    """Read and validate ``pipeline.yaml`` of a project (or synthesise single steps without one)."""
+    """Read and validate ``pipeline.yaml`` of a project (or synthesise single steps without one).
+
+    The checked file is remembered by its contents (:mod:`mltf_flow.config.memo`), so a cached rerun
+    does not validate it again; what needs the project (its entry points) is checked every time."""
     project = read_project(project_dir)
     path = project.root / PIPELINE_FILE
     if not path.is_file():
         singles = {name: StepSpec(name=name, entry_point=name) for name in project.entry_points}
         return PipelineSpec(project.name, project.root, singles, declared=False)
-    try:
-        data = load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping with 'name' and 'steps', found {type(data).__name__}.")
-    raw_steps = data.get("steps")
-    if not isinstance(raw_steps, Mapping) or not raw_steps:
-        raise ConfigError(f"{path}: needs a 'steps' mapping (step name -> entry_point/dataset, inputs, outputs).")
-    steps: dict[str, StepSpec] = {}
-    for name, raw in raw_steps.items():
-        where = f"{path}: step {name!r}"
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{where} must be a mapping.")
-        unknown = set(raw) - _STEP_KEYS
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_STEP_KEYS)}.")
-        if ("entry_point" in raw) == ("dataset" in raw):
-            raise ConfigError(f"{where}: give either 'entry_point' (an MLproject step) or 'dataset' (a stage step).")
-        code = raw.get("code", ["auto"])
-        code = [code] if isinstance(code, str) else code
-        requires = raw.get("requires", [])
-        if not isinstance(code, list) or not isinstance(requires, list):
-            raise ConfigError(f"{where}: 'code' must be 'auto' or a list of paths/globs, and 'requires' a list.")
-        run_on, gpu = raw.get("run_on", "driver"), raw.get("gpu", False)
-        if run_on not in LAUNCHERS or not isinstance(gpu, bool):
-            raise ConfigError(f"{where}: run_on must be 'driver', 'worker' or 'ddp', and gpu true or false.")
-        world = raw.get("world_size")
-        if world is not None and (raw.get("run_on") != "ddp" or isinstance(world, bool) or not isinstance(world, int)
-                                  or world < 1):
-            raise ConfigError(f"{where}: world_size must be a whole number >= 1, on a step with run_on: ddp.")
-        spec = StepSpec(
-            name=str(name),
-            entry_point=str(raw["entry_point"]) if "entry_point" in raw else None,
-            dataset=str(raw["dataset"]) if "dataset" in raw else None,
-            inputs=_mapping(raw.get("inputs"), f"{where}: inputs"),
-            outputs=_mapping(raw.get("outputs"), f"{where}: outputs"),
-            code=tuple(str(c) for c in code),
-            requires=tuple(str(r) for r in requires),
-            gpu=bool(raw.get("gpu", False)),
-            run_on=str(raw.get("run_on", "driver")),
-            world_size=world,
-        )
-        if spec.is_stage:
-            try:
-                parse_dataset_uri(spec.dataset or "")
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
-            if spec.inputs or spec.outputs:
-                raise ConfigError(f"{where}: a stage step has no inputs or outputs (its output is the manifest).")
-        else:
-            project.entry_point(spec.entry_point or "")
-        steps[spec.name] = spec
+    document: PipelineFile = remembered("pipeline", [path], (), lambda: read_pipeline_file(path))
+    steps = document.specs()
+    _check_entry_points(steps, project, path)
+    return PipelineSpec(document.name or project.name, project.root, steps, declared=True)
+
+
+def _check_entry_points(steps: Mapping[str, StepSpec], project: Project, path: Path) -> None:
     for spec in steps.values():
-        for param, source in spec.inputs.items():
-            dep, _, output = source.partition(".")
-            if dep not in steps:
-                raise ConfigError(f"{path}: step {spec.name!r} input {param!r} names unknown step {dep!r}.")
-            if output and output not in steps[dep].outputs:
-                raise ConfigError(
-                    f"{path}: step {spec.name!r} input {param!r} wants output {output!r} of {dep!r}, which "
-                    f"declares {sorted(steps[dep].outputs) or 'no outputs'}."
-                )
-        for dep in spec.requires:
-            if dep not in steps:
-                raise ConfigError(f"{path}: step {spec.name!r} requires unknown step {dep!r}.")
-    _check_acyclic(steps, path)
-    return PipelineSpec(str(data.get("name") or project.name), project.root, steps, declared=True)
-
-
-def _check_acyclic(steps: Mapping[str, StepSpec], path: Path) -> None:
-    state: dict[str, int] = {}
-
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            raise ConfigError(f"{path}: steps form a cycle: {' -> '.join([*trail, name])}.")
-        state[name] = 1
-        for dep in steps[name].dependencies():
-            visit(dep, [*trail, name])
-        state[name] = 2
-
-    for name in steps:
-        visit(name, [])
+        if spec.entry_point is None:
+            continue
+        try:
+            project.entry_point(spec.entry_point)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: step {spec.name!r}, key 'entry_point': {exc}") from None
 
 
 def scoped_overrides(overrides: Mapping[str, Any], step: str, target: str, steps: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from mltf_flow.cache_key import CodeVersion, cache_key, code_hash
 from mltf_flow.code_set import AUTO, parameter_files
+from mltf_flow.config.pipeline import LAUNCHERS
 from mltf_flow.errors import ConfigError
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project
 from mltf_flow.project_outputs import load_outputs
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
     from mltf_flow.config import Settings
     from mltf_flow.environment import StepEnvironment
 
-#: Where a step's command runs: on this machine ("driver"), as one task on a cluster worker ("worker"),
-#: once per rank on the workers with the torchrun variables ("ddp", mltf_flow.ddp).
-LAUNCHERS = ("driver", "worker", "ddp")
 MODEL_PREFIX = "model:"
 
 

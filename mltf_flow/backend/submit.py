@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mltf_flow.backend.config import BackendConfig, parse_backend_config
 from mltf_flow.backend.script import ScriptInputs, render_script
@@ -63,6 +63,9 @@ from mltf_flow.tags import (
     TAG_TASK_ID,
     TAG_UPSTREAM_RUN_IDS,
 )
+
+if TYPE_CHECKING:
+    from mltf_flow.config import Settings
 
 _log = logging.getLogger(__name__)
 
@@ -218,16 +221,18 @@ def _source_tags(project_uri: str, project: Project, version: str | None) -> dic
 
 
 def plan_job(project_uri: str, entry_point: str, params: Mapping[str, Any] | None, version: str | None,
-             backend_config: Mapping[str, Any] | None, tracking_uri: str, experiment_id: str) -> JobPlan:
-    """Check a request and compute its job (step 1 of the module docstring); submits nothing."""
+             backend_config: Mapping[str, Any] | None, tracking_uri: str, experiment_id: str,
+             settings: Settings | None = None) -> JobPlan:
+    """Check a request and compute its job (step 1 of the module docstring); submits nothing. ``settings``:
+    the resolved settings, when the caller has them."""
     from mltf_flow.cache_key import cache_key, code_hash
     from mltf_flow.config import load_settings
     from mltf_flow.mlproject import mlflow_command
     from mltf_flow.redaction import is_secret_name
 
     tracking_uri = check_tracking_uri(tracking_uri)
-    settings = load_settings()
-    config = parse_backend_config(backend_config, work_dir=settings.work_dir)
+    settings = settings or load_settings()
+    config = parse_backend_config(backend_config, settings, work_dir=settings.work_dir)
     given = dict(params or {})
     work_dir = _fetch(project_uri, version, entry_point, given, config)
     project = read_project(work_dir)
@@ -392,7 +397,8 @@ def render_for(project_dir: str, entry_point: str, params: Mapping[str, Any], ba
     recorded or submitted. The run id is a placeholder."""
     from mltf_flow.config import load_settings
 
+    settings = load_settings()
     config = {**backend_config, "ENV_MANAGER": env_manager}
-    plan = plan_job(project_dir, entry_point, params, None, config, load_settings().tracking_uri, "0")
+    plan = plan_job(project_dir, entry_point, params, None, config, settings.tracking_uri, "0", settings)
     return plan.script(PLACEHOLDER_RUN_ID)
 

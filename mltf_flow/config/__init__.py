@@ -6,7 +6,10 @@
   (loaded and layered by :mod:`mltf_flow.clusters.profiles`).
 * :mod:`~mltf_flow.config.fabric`, :mod:`~mltf_flow.config.rucio`, :mod:`~mltf_flow.config.gds`: a profile's
   sections, typed at load and handed to their consumers as models.
-* :mod:`~mltf_flow.config.units`: durations and sizes (Dask's grammar), SLURM time limits: the one parser each.
+* :mod:`~mltf_flow.config.pipeline`: ``pipeline.yaml`` (the document and its steps).
+* :mod:`~mltf_flow.config.backend`: the keys of ``mlflow run --backend mltf --backend-config``.
+* :mod:`~mltf_flow.config.units`: durations and sizes (Dask's grammar), SLURM time limits and ``--mem``: the one
+  parser each.
 * :mod:`~mltf_flow.config.schema`: the base of the types (frozen dataclasses), validation with pydantic and
   the translation of its errors into :class:`~mltf_flow.errors.ConfigError` messages (file, profile, key,
   what was found, what is expected); :mod:`~mltf_flow.config.fields`: the constraints fields declare.

@@ -29,7 +29,7 @@ Strict = _Strict
 
 
 class _Bound:
-    """A lower bound on a number (pydantic's ``ge`` / ``gt``)."""
+    """A bound on a number (pydantic's ``ge`` / ``gt`` / ``le``)."""
 
     key = ""
 
@@ -50,6 +50,12 @@ class Gt(_Bound):
     """Greater than ``value``."""
 
     key = "gt"
+
+
+class Le(_Bound):
+    """Less than or equal to ``value``."""
+
+    key = "le"
 
 
 class Before:

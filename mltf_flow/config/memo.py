@@ -28,7 +28,7 @@ T = TypeVar("T")
 KEEP = 200
 _PACKAGE = Path(__file__).resolve().parent.parent
 # The code whose behaviour a remembered value depends on: a changed file here is another version.
-_CODE = ("config", "clusters/profiles.py", "defaults.yaml", "profiles.yaml")
+_CODE = ("config", "clusters/profiles.py", "staging/uri.py", "defaults.yaml", "profiles.yaml")
 _CODE_VERSION: list[str] = []
 
 

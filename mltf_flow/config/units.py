@@ -1,4 +1,4 @@
-"""Durations, sizes and SLURM time limits in configuration values: the one parser of each.
+"""Durations, sizes, SLURM time limits and SLURM memory in configuration values: the one parser of each.
 
 Durations and sizes follow Dask's grammar (``dask.utils.parse_timedelta`` / ``parse_bytes``, with the
 same unit tables): the values go to Dask (a worker's ``--lifetime``, a job's ``memory``), so they must
@@ -6,10 +6,13 @@ mean there what they mean here. The grammar is restated rather than imported bec
 dask.utils`` costs 0.2 s and profiles are resolved on the light paths (``complete()``, job planning) that
 must not import Dask; ``tests/unit/config/test_units.py`` checks it against Dask's functions. Two rules are
 stricter than Dask: a unit is required (a bare ``4`` is 4 bytes or 4 seconds to Dask, never what a
-profile means) and so is a leading number. SLURM's time format (``D-H:M:S`` ...) is SLURM's own.
+profile means) and so is a leading number. SLURM's time format (``D-H:M:S`` ...) is SLURM's own, and so is
+its ``--mem`` (``16G`` is 16 GiB there, 16*10^9 bytes to Dask; a bare number is megabytes): the backend
+config (:mod:`mltf_flow.config.backend`) takes both as sbatch does, a profile takes Dask's sizes.
 
-The annotated types (:data:`Duration`, :data:`Seconds`, :data:`Size`, :data:`Walltime`) are what the
-models in this package declare; their messages say what is expected.
+The annotated types (:data:`Duration`, :data:`Seconds`, :data:`Interval`, :data:`Size`, :data:`Walltime`,
+:data:`TimeLimit`, :data:`SlurmMemory`) are what the models in this package declare; their messages say
+what is expected.
 """
 
 from __future__ import annotations
@@ -35,12 +38,17 @@ _BYTE_UNITS = {
 # A number (as float() reads it, Dask's prefix) and a unit of letters; Dask removes spaces first.
 _NUMBER_UNIT = re.compile(r"^(\d[\d.eE+-]*?)([A-Za-z]+)$")
 # SLURM time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
+# SLURM's --mem: a number and an optional unit (sbatch also takes a trailing B: 16GB is 16G).
+_SLURM_MEM = re.compile(r"^(\d+)([KMGT]?)B?$", re.IGNORECASE)
+_UNLIMITED = ("UNLIMITED", "INFINITE")
 _WALLTIME = re.compile(r"^(?:(\d+)-(\d{1,2})(?::(\d{1,2}))?(?::(\d{1,2}))?|(?:(\d+):)?(\d+):(\d{1,2})|(\d+))$")
 
 DURATION_HINT = ("a duration like '55m', '4m', '1h' or '30s' (a number and a unit, no space: it is written "
                  "unquoted into the worker's command line)")
 SIZE_HINT = "a size like '4GB' or '16GiB'"
 WALLTIME_HINT = 'a quoted SLURM time like "02:00:00" or "1-00:00:00"'
+TIME_LIMIT_HINT = 'a SLURM time limit like "00:30:00", "1-00:00:00", minutes, or "UNLIMITED"'
+SLURM_MEMORY_HINT = 'SLURM memory per node like "16G" or "4000M"'
 
 
 def _split(text: str, units: dict[str, float] | dict[str, int]) -> tuple[float, float]:
@@ -78,6 +86,11 @@ def walltime_seconds(value: str) -> int:
     return (g[4] * 60 + g[5]) * 60 + g[6]  # [H:]M:S
 
 
+def time_limit_seconds(value: str) -> int | None:
+    """Seconds in a SLURM time limit as ``sbatch --time`` takes it; None for UNLIMITED/INFINITE."""
+    return None if value.strip().upper() in _UNLIMITED else walltime_seconds(value)
+
+
 def _duration(value: Any) -> Any:
     if value is None:
         return None
@@ -102,6 +115,16 @@ def _seconds(value: Any) -> Any:
     raise ValueError(f"expected seconds or a duration like 30m, 6h, 7d; found {value!r}.")
 
 
+def _interval(value: Any) -> Any:
+    try:
+        seconds = _seconds(value)
+    except ValueError:
+        seconds = 0.0
+    if seconds > 0:
+        return seconds
+    raise ValueError(f"expected seconds above zero, or a duration like 10s or 2m; found {value!r}.")
+
+
 def _size(value: Any) -> Any:
     if isinstance(value, str):
         try:
@@ -124,11 +147,39 @@ def _walltime(value: Any) -> Any:
     raise ValueError(f"expected {WALLTIME_HINT}, found {value!r}.")
 
 
+def _time_limit(value: Any) -> Any:
+    if isinstance(value, int | str) and not isinstance(value, bool):  # a number is minutes, as sbatch reads it
+        try:
+            seconds = time_limit_seconds(str(value))
+        except ValueError:
+            pass
+        else:
+            if seconds == 0:  # SLURM reads --time=0 as "no limit": never what a zero meant
+                raise ValueError(f"expected {TIME_LIMIT_HINT} (above zero), found {value!r}.")
+            return str(value).strip()
+    raise ValueError(f"expected {TIME_LIMIT_HINT}, found {value!r}.")
+
+
+def _slurm_memory(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return f"{value}M"  # SLURM's default unit
+    if isinstance(value, str) and (mem := _SLURM_MEM.match(value.strip())) and int(mem.group(1)) > 0:
+        return mem.group(1) + mem.group(2).upper()
+    raise ValueError(f"expected {SLURM_MEMORY_HINT}, found {value!r}.")
+
+
 #: A duration kept as written (spaces removed), e.g. a worker's ``--lifetime 55m``.
 Duration = Annotated[str, Before(_duration)]
 #: Seconds, from a number or a duration string (``30m`` -> 1800.0).
 Seconds = Annotated[float, Before(_seconds)]
+#: Seconds above zero, from a number or a duration string (``2m`` -> 120.0).
+Interval = Annotated[float, Before(_interval)]
 #: A size kept as written, e.g. a job's ``memory: 4GB``.
 Size = Annotated[str, Before(_size)]
 #: A SLURM time limit kept as written (quoted in YAML).
 Walltime = Annotated[str, Before(_walltime)]
+#: A SLURM time limit as ``sbatch --time`` takes it (a number is minutes, ``UNLIMITED``), as text.
+TimeLimit = Annotated[str, Before(_time_limit)]
+#: SLURM's ``--mem`` (a number is megabytes): ``16g`` -> ``16G``, ``4000`` -> ``4000M``. None: not given (a
+#: given null is refused).
+SlurmMemory = Annotated[str | None, Before(_slurm_memory)]

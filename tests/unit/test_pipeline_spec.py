@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -95,17 +98,20 @@ INVALID = [
     ("    dataset: data/jet_sample\n", "    outputs: {x: y}\n",
      "step 'stage': give either 'entry_point'"),
     ("    entry_point: train\n", "    entry_point: train\n    entrypoint: train\n",
-     "step 'train': unknown key(s) ['entrypoint']"),
+     "step 'train': unknown key(s) entrypoint; known: entry_point, dataset, "),
     ("entry_point: train", "entry_point: evaluate",
      "no entry point 'evaluate'; entry points are: features, generate, train"),
     ("    code: [train.py]\n", "    code: [train.py]\n    requires: [lint]\n",
      "requires unknown step 'lint'"),
     ("    dataset: data/jet_sample\n", "    dataset: data/jet_sample\n    inputs: {x: train}\n",
      "a stage step has no inputs or outputs"),
-    ("code: [train.py]", "code: {train.py: 1}", "'code' must be 'auto' or a list"),
-    ("inputs: {manifest: stage}", "inputs: [stage]", "inputs must be a mapping"),
+    ("code: [train.py]", "code: {train.py: 1}",
+     "step 'train', key 'code': expected 'auto' or a list of paths/globs, found {'train.py': 1}."),
+    ("inputs: {manifest: stage}", "inputs: [stage]",
+     "step 'features', key 'inputs': expected a mapping of parameter: step or step.output, found ['stage']."),
     ("  stage:\n    dataset: data/jet_sample\n", "  stage: data/jet_sample\n",
-     "step 'stage' must be a mapping"),
+     "step 'stage': expected a mapping (entry_point: ..., inputs: {...}, outputs: {...}; or dataset: ...), "
+     "found 'data/jet_sample'."),
 ]
 
 
@@ -117,6 +123,51 @@ def test_invalid_pipelines(project: Path, old: str, new: str, message: str) -> N
         load_pipeline(project)
     assert message in str(info.value)
     assert "pipeline.yaml" in str(info.value) or "MLproject" in str(info.value)
+
+
+def test_a_typo_gets_a_hint(project: Path) -> None:
+    with_pipeline(project, VALID.replace("    code: [train.py]\n", "    code: [train.py]\n    worldsize: 2\n"))
+    with pytest.raises(ConfigError, match=r"step 'train': unknown key\(s\) worldsize; .* Did you mean 'world_size'\?"):
+        load_pipeline(project)
+
+
+def test_unknown_top_level_key(project: Path) -> None:
+    with_pipeline(project, VALID.replace("name: toy_pipeline", "nmae: toy_pipeline"))
+    with pytest.raises(ConfigError, match=r"pipeline\.yaml: unknown key\(s\) nmae; known: name, steps\. Did you mean"):
+        load_pipeline(project)
+
+
+def test_world_size_needs_ddp(project: Path) -> None:
+    with_pipeline(project, VALID.replace("    code: [train.py]\n", "    code: [train.py]\n    world_size: 2\n"))
+    with pytest.raises(ConfigError, match="step 'train': world_size is for steps with run_on: ddp"):
+        load_pipeline(project)
+
+
+#: Load a pipeline in a fresh process; print whether pydantic was imported.
+PROBE = textwrap.dedent("""
+    import sys
+    from mltf_flow.pipeline import load_pipeline
+    spec = load_pipeline(sys.argv[1])
+    print(spec.name, ",".join(spec.steps), "pydantic" in sys.modules)
+""")
+
+
+def test_a_rerun_reads_the_remembered_pipeline_without_pydantic(project: Path, tmp_path: Path) -> None:
+    with_pipeline(project, VALID)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def probe() -> list[str]:
+        run = subprocess.run([sys.executable, "-c", PROBE, str(project)], env=env, capture_output=True, text=True,
+                             check=False)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.split()
+
+    assert probe() == ["toy_pipeline", "stage,features,train", "True"]  # validated: pydantic was needed
+    assert probe() == ["toy_pipeline", "stage,features,train", "False"]  # remembered: it was not
+    with_pipeline(project, VALID.replace("entry_point: train", "entry_point: evaluate"))
+    run = subprocess.run([sys.executable, "-c", PROBE, str(project)], env=env, capture_output=True, text=True,
+                         check=False)
+    assert "step 'train', key 'entry_point'" in run.stderr  # an edit is seen at once
 
 
 def test_invalid_dataset_is_a_config_error(project: Path) -> None:

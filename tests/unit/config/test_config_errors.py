@@ -205,3 +205,60 @@ def test_missing_profile_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     message = failure(lambda: get_profile("local"))
     assert f"profile_files names {tmp_path / 'nope.yaml'}, which does not exist" in message
     assert "MLTF_FLOW_PROFILE_FILES" in message
+
+
+# -- pipeline.yaml -------------------------------------------------------------------------------------------------
+
+
+def pipeline_project(root: Path, pipeline: str) -> Path:
+    """A project with one entry point and the given pipeline.yaml; returns the pipeline.yaml."""
+    root.mkdir()
+    (root / "MLproject").write_text("name: tiny\nentry_points:\n  train:\n    command: python train.py\n")
+    (root / "pipeline.yaml").write_text(pipeline)
+    return root / "pipeline.yaml"
+
+
+def test_bad_key_and_value_in_pipeline_yaml(tmp_path: Path) -> None:
+    from mltf_flow.pipeline import load_pipeline
+
+    path = pipeline_project(tmp_path / "p", "steps:\n  train:\n    entrypoint: train\n    gpu: maybe\n")
+    message = failure(lambda: load_pipeline(path.parent))
+    assert message.splitlines() == [
+        f"{path}: step 'train', key 'gpu': expected true or false, found 'maybe'.",
+        f"{path}: step 'train': unknown key(s) entrypoint; known: entry_point, dataset, inputs, outputs, code, "
+        "requires, gpu, run_on, world_size. Did you mean 'entry_point'?",
+    ]
+
+
+def test_unknown_entry_point_in_pipeline_yaml(tmp_path: Path) -> None:
+    from mltf_flow.pipeline import load_pipeline
+
+    path = pipeline_project(tmp_path / "p", "steps:\n  train:\n    entry_point: trian\n")
+    message = failure(lambda: load_pipeline(path.parent))
+    assert message.startswith(f"{path}: step 'train', key 'entry_point': {path.parent / 'MLproject'}: no entry "
+                              "point 'trian'; entry points are: train")
+
+
+# -- the backend config (mlflow run --backend mltf --backend-config) ----------------------------------------------
+
+
+def test_bad_values_in_a_backend_config(tmp_path: Path) -> None:
+    from mltf_flow.backend.config import load_backend_config_file, parse_backend_config
+
+    path = tmp_path / "slurm_config.json"
+    path.write_text('{"nodes": 0, "time": "1 hour", "kill_grace": -1}')
+    message = failure(lambda: parse_backend_config(load_backend_config_file(path), source=str(path)))
+    assert message.splitlines() == [
+        f"{path}: key 'nodes': expected a whole number >= 1, found 0.",
+        f'{path}: key \'time\': expected a SLURM time limit like "00:30:00", "1-00:00:00", minutes, or "UNLIMITED", '
+        "found '1 hour'.",
+        f"{path}: key 'kill_grace': expected seconds above zero, or a duration like 10s or 2m; found -1.",
+    ]
+
+
+def test_unknown_key_in_a_backend_config(tmp_path: Path) -> None:
+    from mltf_flow.backend.config import parse_backend_config
+
+    message = failure(lambda: parse_backend_config({"partiton": "gpu"}, source="slurm_config.json"))
+    assert message.startswith("slurm_config.json: unknown key(s) 'partiton' (did you mean 'partition'?). Known keys: ")
+    assert message.endswith("(see docs/mlflow_backend.md).")
