@@ -72,7 +72,7 @@ class BackendConfig:
     interface: str | None = None
     fabric: FabricSettings | None = None
     gds: GdsSettings | None = None
-    job_dir: Path = Path(".mltf/jobs")
+    job_dir: Path = Path(".mltf/jobs")  # parse_backend_config always sets it (under the work_dir)
     env_root: Path = Path("~/.mlflow/envs")
     script_file: Path | None = None
     pre_timeout_signal: int | None = None
@@ -178,7 +178,8 @@ def parse_backend_config(raw: Mapping[str, Any] | None, settings: Settings | Non
                          source: str = "--backend-config", work_dir: Path | None = None) -> BackendConfig:
     """Check ``raw`` and merge it over its base profile (see the module docstring). ``settings``: the resolved
     settings, whose ``profile`` is the base when the config names none (resolved here when the caller has
-    none and needs them); ``work_dir``: where the job directories go unless ``job_dir`` says (default ./.mltf)."""
+    none and needs them); ``work_dir``: where the job directories go unless ``job_dir`` says (default: the
+    settings' work_dir)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -194,7 +195,8 @@ def parse_backend_config(raw: Mapping[str, Any] | None, settings: Settings | Non
         sources[BackendRequest.written.get(key, key)] = source
         _set_given(key, request, values)
     _check_merged(values, given, sources, source)
-    values.setdefault("job_dir", (work_dir or Path(".mltf").absolute()) / "jobs")
+    # Never the current directory: the same config gives the same job directories wherever it is read.
+    values.setdefault("job_dir", (work_dir or _settings(settings).work_dir) / "jobs")
     values.setdefault("env_root", Path(os.environ.get("MLFLOW_ENV_ROOT") or "~/.mlflow/envs").expanduser().absolute())
     values["env_manager"] = raw.get("ENV_MANAGER")
     values["storage_dir"] = raw.get("STORAGE_DIR")

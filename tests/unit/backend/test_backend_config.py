@@ -52,7 +52,8 @@ def test_default_base_is_the_shipped_slurm_profile(tmp_path: Path) -> None:
     assert config.directives() == ["--time=01:00:00", "--nodes=1", "--ntasks=1", "--cpus-per-task=1",
                                    "--mem=3815M"]
     assert config.python == sys.executable
-    assert config.job_dir == tmp_path / ".mltf" / "jobs"
+    # Under the settings' work_dir (the conftest points it at tmp_path/work), never the current directory.
+    assert config.job_dir == tmp_path / "work" / "jobs"
     assert config.env_root == Path("~/.mlflow/envs").expanduser()
     assert config.source_of("mem") == SHIPPED_SLURM
     assert config.source_of("exclusive") == "defaults"
