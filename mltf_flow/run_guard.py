@@ -42,9 +42,10 @@ class RunGuard:
     error_prefix: str = ""
     ended: bool = field(default=False, init=False)
 
-    def end(self, *, ok: bool, exit_code: int | None) -> None:
-        """End the run (``mltf.complete=true`` + FINISHED only when ``ok``) and settle the parent."""
-        self.tracker.finish_step(self.run_id, ok=ok, exit_code=exit_code)
+    def end(self, *, ok: bool, exit_code: int | None, status: str | None = None) -> None:
+        """End the run (``mltf.complete=true`` + FINISHED only when ``ok``; ``status`` when not, else FAILED)
+        and settle the parent."""
+        self.tracker.finish_step(self.run_id, ok=ok, exit_code=exit_code, status=None if ok else status)
         self.ended = True
         self._settle_parent(ok)
 

@@ -32,7 +32,7 @@ from mltf_flow.cache_key import git_state
 from mltf_flow.clusters import session
 from mltf_flow.code_set import command_files
 from mltf_flow.config.profiles import SlurmProfile
-from mltf_flow.errors import OutputMissing, StepFailed
+from mltf_flow.errors import OutputMissing, StepError, StepFailed
 from mltf_flow.invocation import INVOCATION_ENV, invocation_id
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
 from mltf_flow.mlproject import mlflow_command
@@ -359,6 +359,14 @@ def settle(plan: Plan, run: OpenRun, result: LaunchResult, wrote: list[str], gua
         raise StepFailed(
             step=name, run_id=run.run_id, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
             log_path=str(run.log_path), summary=result.summary,
+        )
+    verdict = tracker.run_status(run.run_id)
+    if verdict in ("FAILED", "KILLED"):  # the script ended its own run so: its verdict stands
+        guard.end(ok=False, exit_code=0, status=verdict)
+        raise StepError(
+            f"step '{name}' exited 0 but its script ended MLflow run {run.run_id} {verdict}: the run stays "
+            f"{verdict} and is not reused. Fix what made the script fail it (log: {run.log_path}).",
+            step=name, run_id=run.run_id,
         )
     _log_project_outputs(step, tracker, run.run_id, wrote)
     missing = missing_outputs(step, tracker, run.experiment_id, run.run_id)

@@ -300,6 +300,10 @@ class Tracker:
         self.client.update_run(run_id, status="RUNNING")
         return attempt
 
+    def run_status(self, run_id: str) -> str:
+        """The run's status now (the step's script may have ended it itself)."""
+        return str(self.client.get_run(run_id).info.status)
+
     def finish_step(self, run_id: str, *, ok: bool, exit_code: int | None, status: str | None = None) -> None:
         """Set the final status; ``mltf.complete=true`` only for a verified success."""
         if exit_code is not None:

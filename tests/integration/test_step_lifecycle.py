@@ -70,6 +70,20 @@ def test_failing_entry_point_fails_the_run_and_luigi(flaky: Path, mode: str, cod
     assert len(step_runs()) == 3  # failed, failed again, fixed; the cached rerun added nothing
 
 
+def test_a_run_the_script_ended_failed_stays_failed_though_it_exits_0(flaky: Path) -> None:
+    rc, out = run_flaky(flaky, mode="selffail")
+    assert rc == 30, out
+    assert "exited 0 but its script ended MLflow run" in out
+    (run,) = step_runs()
+    assert run.info.status == "FAILED"
+    assert "mltf.complete" not in run.data.tags
+    assert run.data.tags["mltf.exit_code"] == "0"
+    assert parents(store(), "flaky")[0].info.status == "FAILED"
+    rc, _ = run_flaky(flaky, mode="selffail")  # not reused: the step runs (and fails) again
+    assert rc == 30
+    assert len(step_runs()) == 2
+
+
 def test_fixing_the_script_reruns_with_a_new_key(flaky: Path) -> None:
     script = flaky / "step.py"
     script.write_text(script.read_text().replace('args.mode == "exit3"', 'args.mode in ("exit3", "ok")'))

@@ -18,6 +18,9 @@ with mlflow.start_run():
     if args.mode == "exit3":
         print("boom: calibration file missing", file=sys.stderr)
         sys.exit(3)  # MLflow still ends this run FINISHED; mltf_flow must not call it complete
+    if args.mode == "selffail":  # the script judges its own run failed, yet exits 0
+        mlflow.end_run(status="FAILED")
+        sys.exit(0)
     if args.mode == "raise":
         raise RuntimeError("kaboom in user code")
     if args.mode == "hang":
