@@ -203,16 +203,20 @@ def open_run(plan: Plan, cluster: Cluster, tracker: Tracker) -> OpenRun:
     tags = _run_tags(plan, cluster, key)
     if reaped:
         tags[TAG_REPLACES_RUN_IDS] = ",".join(reaped)
-    resumable = tracker.resumable_run(experiment_id, key)
-    if resumable is not None:
-        # A failed attempt left checkpoints: continue that run (epochs done are not repeated).
-        run_id = resumable[0]
-        attempt = tracker.reopen_run(run_id, resumable[1], parent_id=parent_id, tags=tags)
-        _log.info(f"step '{step.name}' resumes MLflow run {run_id} (attempt {attempt}) from its checkpoint "
-                  f"after epoch {resumable[1].get(TAG_CHECKPOINT_EPOCH)}")
-    else:
-        run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name=step.name, tags=tags,
-                                         params=dict(plan.params))
+    try:
+        resumable = tracker.resumable_run(experiment_id, key)
+        if resumable is not None:
+            # A failed attempt left checkpoints: continue that run (epochs done are not repeated).
+            run_id = resumable[0]
+            attempt = tracker.reopen_run(run_id, resumable[1], parent_id=parent_id, tags=tags)
+            _log.info(f"step '{step.name}' resumes MLflow run {run_id} (attempt {attempt}) from its checkpoint "
+                      f"after epoch {resumable[1].get(TAG_CHECKPOINT_EPOCH)}")
+        else:
+            run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name=step.name, tags=tags,
+                                             params=dict(plan.params))
+    except BaseException:  # no step run to guard yet: the parent must not stay RUNNING either
+        tracker.settle_parent(parent_id, step=step.name, ok=False)
+        raise
     log_path = settings.work_dir / "logs" / step.pipeline / f"{step.name}-{run_id}.log"
     return OpenRun(tracker, experiment_id, run_id, parent_id, log_path)
 

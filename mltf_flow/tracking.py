@@ -70,6 +70,12 @@ def process_identity(pid: int | None = None) -> tuple[str, str, str]:
     return socket.gethostname(), str(proc.pid), f"{proc.create_time():.2f}"
 
 
+def _main_pid() -> int:
+    """The pid of this invocation's main (DAG-building) process (mltf_flow.clusters.session)."""
+    value = os.environ.get("MLTF_MAIN_PID", "")
+    return int(value) if value.isdigit() else os.getpid()
+
+
 def process_alive(host: str, pid: str, started: str) -> bool | None:
     """True/False for a process on this host; None when it ran on another host (cannot tell)."""
     import psutil
@@ -168,7 +174,10 @@ class Tracker:
                 run_id = str(found[0].info.run_id)
                 self.client.update_run(run_id, status="RUNNING")
                 return run_id
-            host, pid, started = process_identity()
+            self.reap_stale_parents(experiment_id, pipeline)
+            # The invocation's main process owns the parent (a forked task process that creates it may
+            # end long before the invocation does).
+            host, pid, started = process_identity(_main_pid())
             run = self.client.create_run(
                 experiment_id,
                 run_name=f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -184,6 +193,21 @@ class Tracker:
                 },
             )
             return str(run.info.run_id)
+
+    def reap_stale_parents(self, experiment_id: str, pipeline: str) -> list[str]:
+        """Mark RUNNING parent runs of ``pipeline`` whose invocation is gone (its main process was killed,
+        e.g. SIGKILL, and could not end them) as KILLED; return their ids. Runs of another host are left."""
+        reaped: list[str] = []
+        for run in self.client.search_runs(
+            [experiment_id], f"tags.`{TAG_ROLE}` = 'pipeline' and tags.`{TAG_PIPELINE}` = '{pipeline}' "
+            "and attributes.status = 'RUNNING'", max_results=200,
+        ):
+            tags = run.data.tags
+            if process_alive(tags.get(TAG_HOST, ""), tags.get(TAG_PID, "0"), tags.get(TAG_PID_START, "")) is False:
+                self.client.set_tag(run.info.run_id, TAG_REAPED, "true")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                reaped.append(str(run.info.run_id))
+        return reaped
 
     def settle_parent(self, parent_id: str, *, step: str, ok: bool) -> None:
         """Record a step's outcome on the parent run; it is FAILED once any step failed."""
@@ -236,6 +260,25 @@ class Tracker:
             self.client.set_tag(ref.run_id, TAG_REAPED, "true")
             self.client.set_terminated(ref.run_id, "KILLED")
             reaped.append(ref.run_id)
+        return reaped + self._reap_unsettled(experiment, key)
+
+    def _reap_unsettled(self, experiment: str, key: str) -> list[str]:
+        """FINISHED runs with this key that were never verified: the script's MLflow ended them, then the
+        pipeline was killed before it checked the exit code and outputs. They are KILLED (a checkpoint in
+        them makes the retry resume, see resumable_run), unless their owner still runs (it is settling)."""
+        from mltf_flow.run_index import run_index
+
+        reaped: list[str] = []
+        for ref in run_index(self.settings.tracking_uri).find_with_status(experiment, key, "FINISHED"):
+            tags = self.client.get_run(ref.run_id).data.tags
+            if tags.get(TAG_COMPLETE) == "true" or tags.get(TAG_SLURM_JOB_DIR):  # verified, or the backend's
+                continue
+            if process_alive(tags.get(TAG_HOST, ""), tags.get(TAG_PID, "0"), tags.get(TAG_PID_START, "")) is not False:
+                continue
+            self.set_tags(ref.run_id, {TAG_REAPED: "true", TAG_ERROR: "ended FINISHED by its script but never "
+                                       "verified: the pipeline stopped before checking its exit code and outputs"})
+            self.client.set_terminated(ref.run_id, "KILLED")
+            reaped.append(ref.run_id)
         return reaped
 
     def create_step_run(
@@ -263,8 +306,13 @@ class Tracker:
         run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         run_id = str(run.info.run_id)
         items = [Param(k, v[:6000]) for k, v in sorted(redact(params).items())]
-        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self.client.log_batch(run_id, params=items[start : start + 100])
+        try:
+            for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+                self.client.log_batch(run_id, params=items[start : start + 100])
+        except BaseException as exc:  # e.g. a parameter name MLflow rejects: the run must not stay RUNNING
+            self.client.set_tag(run_id, TAG_ERROR, f"MLflow rejected the parameters: {exc}"[:5000])
+            self.client.set_terminated(run_id, "FAILED")
+            raise
         return run_id
 
     def resumable_run(self, experiment_id: str, key: str) -> tuple[str, dict[str, str]] | None:

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import BIN, REPO, git_project, run_luigi
+from tests.helpers import BIN, REPO, git_project, read_until, run_luigi
 from tests.integration.mlflow_queries import client, parents, runs, sqlite_uri
 
 FLAKY = Path(__file__).parent / "projects" / "flaky"
@@ -182,6 +182,66 @@ def test_sigterm_mid_step_kills_the_command_and_the_run(flaky: Path) -> None:
     # A retry starts afresh and completes.
     rc, out = run_flaky(flaky)
     assert rc == 0, out
+
+
+def _killed_at(project: Path, phase: str) -> None:
+    """Start the pipeline, wait until its script reaches ``phase``, SIGKILL the whole invocation."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLAKY_PAUSE": phase}
+    proc = subprocess.Popen(
+        [str(BIN / "luigi"), "--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(project),
+         "--run-step", "main", "--overrides", "{}", "--local-scheduler", "--no-lock"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    read_until(proc, f"[main] PAUSED {phase}")
+    os.killpg(proc.pid, signal.SIGKILL)  # nothing of ours gets to clean up
+    proc.communicate(timeout=60)
+
+
+def _running() -> list[str]:
+    return [f"{r.data.tags.get('mltf.role')} {r.info.run_id}" for r in runs(store(), "flaky")
+            if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_step_leaves_nothing_running_after_the_rerun(flaky: Path) -> None:
+    _killed_at(flaky, "running")
+    (killed,) = step_runs()
+    (old_parent,) = parents(store(), "flaky")
+    assert killed.info.status == "RUNNING" and old_parent.info.status == "RUNNING"  # what a SIGKILL leaves
+    rc, out = run_flaky(flaky)
+    assert rc == 0, out
+    assert client(store()).get_run(killed.info.run_id).info.status == "KILLED"
+    parent = client(store()).get_run(old_parent.info.run_id)
+    assert parent.info.status == "KILLED" and parent.data.tags["mltf.reaped"] == "true"
+    assert _running() == []
+
+
+@pytest.mark.slow
+def test_a_run_its_script_ended_before_the_kill_is_reaped_not_trusted(flaky: Path) -> None:
+    _killed_at(flaky, "ended")
+    (ended,) = step_runs()
+    assert ended.info.status == "FINISHED" and "mltf.complete" not in ended.data.tags  # never verified
+    rc, out = run_flaky(flaky)
+    assert rc == 0, out
+    old = client(store()).get_run(ended.info.run_id)
+    assert old.info.status == "KILLED" and old.data.tags["mltf.reaped"] == "true"
+    assert "never verified" in old.data.tags["mltf.error"]
+    new = next(r for r in step_runs() if r.data.tags.get("mltf.complete") == "true")
+    assert ended.info.run_id in new.data.tags["mltf.replaces_run_ids"]
+    assert _running() == []
+
+
+def test_a_parameter_mlflow_rejects_leaves_no_run_running(flaky: Path) -> None:
+    mlproject = flaky / "MLproject"
+    mlproject.write_text(mlproject.read_text().replace("api_token: {type: string, default: none}",
+                                                       "api_token: {type: string, default: none}\n      "
+                                                       "'odd@name': {type: string, default: x}"))
+    rc, out = run_flaky(flaky)
+    assert rc == 30, out
+    (run,) = step_runs()
+    assert run.info.status == "FAILED" and "MLflow rejected the parameters" in run.data.tags["mltf.error"]
+    assert parents(store(), "flaky")[0].info.status == "FAILED"
+    assert _running() == []
 
 
 def test_rucio_dataset_without_a_rucio_configuration_fails_clearly(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """A step whose failure mode is chosen by --mode: how real training scripts end badly."""
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -13,8 +14,20 @@ parser.add_argument("--mode", default="ok")
 parser.add_argument("--api-token", default="none")
 args = parser.parse_args()
 
+# FLAKY_PAUSE (not a parameter: the step's key stays the same) stops the script at a phase, printing
+# "PAUSED <phase>", so a test can kill the pipeline exactly there.
+PAUSE = os.environ.get("FLAKY_PAUSE", "")
+
+
+def pause(phase: str) -> None:
+    if phase == PAUSE:
+        print(f"PAUSED {phase}", flush=True)
+        time.sleep(600)  # killed by the test
+
+
 with mlflow.start_run():
     mlflow.log_metric("started", 1.0)
+    pause("running")
     if args.mode == "exit3":
         print("boom: calibration file missing", file=sys.stderr)
         sys.exit(3)  # MLflow still ends this run FINISHED; mltf_flow must not call it complete
@@ -32,3 +45,4 @@ with mlflow.start_run():
             out.write_text("ok\n")
             mlflow.log_artifact(str(out))
     print("done")
+pause("ended")  # MLflow has ended the run FINISHED; mltf_flow has not verified it yet
