@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ def list_files(uri: DatasetURI) -> list[tuple[str, Path]]:
     """(name relative to the dataset root, absolute path) of every file of a local dataset."""
     assert uri.path is not None
     root = uri.path
-    if root.is_file() and uri.pattern is None:
-        return [(root.name, root)]
+    if root.exists() and not root.is_dir() and uri.pattern is None:
+        return [(root.name, _regular(uri, root))]
     if not root.is_dir():
         raise StagingError(
             f"dataset {uri.canonical}: {root} does not exist. Check the path, or create the sample data "
@@ -38,11 +39,26 @@ def list_files(uri: DatasetURI) -> list[tuple[str, Path]]:
             if uri.pattern and not fnmatch.fnmatch(name, uri.pattern):
                 continue
             full = Path(dirpath) / name
-            found.append((str(full.relative_to(root)), full))
+            found.append((str(full.relative_to(root)), _regular(uri, full)))
     if not found:
         what = f"matching {uri.pattern!r} " if uri.pattern else ""
         raise StagingError(f"dataset {uri.canonical}: no files {what}under {root}.")
     return found
+
+
+def _regular(uri: DatasetURI, path: Path) -> Path:
+    """``path`` if it is a regular file (or a link to one). A FIFO, socket or device would block or never end
+    when read for its checksum, so it is refused before anything is read."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise StagingError(f"dataset {uri.canonical}: {path} cannot be read ({exc.strerror}); a broken link? "
+                           "Remove it or fix its target.") from None
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise StagingError(f"dataset {uri.canonical}: {path} is {kind}, not data. Move it out of the dataset "
+                           "directory, or select the data files with a glob (dataset: DIR/*.root).")
+    return path
 
 
 def stage_local(uri: DatasetURI) -> dict[str, Any]:

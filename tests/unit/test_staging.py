@@ -160,6 +160,20 @@ def test_missing_or_empty_dataset(tmp_path: Path) -> None:
         stage(tmp_path / "empty")
 
 
+def test_a_fifo_in_the_dataset_is_refused_before_anything_is_read(dataset: Path) -> None:
+    fifo = dataset / "sub" / "pipe.root"
+    os.mkfifo(fifo)  # reading it for its checksum would block forever
+    with pytest.raises(StagingError, match=r"pipe\.root is a FIFO, not data\. Move it out"):
+        stage(dataset)
+    with pytest.raises(StagingError, match="is a FIFO"):
+        stage(fifo)  # named alone
+    assert [f["name"] for f in stage(dataset / "a.root")["files"]] == ["a.root"]  # the rest is fine
+    (dataset / "gone.root").symlink_to(dataset / "missing")
+    fifo.unlink()
+    with pytest.raises(StagingError, match=r"gone\.root cannot be read .*broken link"):
+        stage(dataset)
+
+
 def test_digest_does_not_depend_on_location(dataset: Path, tmp_path: Path) -> None:
     copy = tmp_path / "elsewhere" / "copy"
     shutil.copytree(dataset, copy, copy_function=shutil.copy)  # new paths and new mtimes
