@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mltf_flow.errors import StagingError
+from mltf_flow.errors import DatasetNotFound
 from mltf_flow.staging.manifest import MANIFEST_VERSION, manifest_digest, sha256_file
 from mltf_flow.staging.uri import DatasetURI
 
@@ -25,7 +25,7 @@ def list_files(uri: DatasetURI) -> list[tuple[str, Path]]:
     if root.is_file() and uri.pattern is None:
         return [(root.name, root)]
     if not root.is_dir():
-        raise StagingError(
+        raise DatasetNotFound(
             f"dataset {uri.canonical}: {root} does not exist. Check the path, or create the sample data "
             "(make data)."
         )
@@ -41,7 +41,7 @@ def list_files(uri: DatasetURI) -> list[tuple[str, Path]]:
             found.append((str(full.relative_to(root)), full))
     if not found:
         what = f"matching {uri.pattern!r} " if uri.pattern else ""
-        raise StagingError(f"dataset {uri.canonical}: no files {what}under {root}.")
+        raise DatasetNotFound(f"dataset {uri.canonical}: no files {what}under {root}.")
     return found
 
 
@@ -67,7 +67,7 @@ def still_valid(uri: DatasetURI, manifest: dict[str, Any]) -> bool:
     """True when the files on disk are the ones the manifest describes (cheap: stat only)."""
     try:
         current = list_files(uri)
-    except StagingError:
+    except DatasetNotFound:
         return False
     recorded = {f["name"]: f for f in manifest["files"]}
     if sorted(recorded) != sorted(name for name, _ in current):
