@@ -239,10 +239,22 @@ class MLflowStep(luigi.Task):
         from mltf_flow.clusters.profiles import get_profile, gpu_variant
 
         def resolved() -> Profile:
-            profile = get_profile(self.profile_name())
+            try:
+                profile = get_profile(self.profile_name())
+            except ConfigError as exc:  # say where the name came from: a flag, a variable or a settings file
+                raise type(exc)(f"{exc} (profile {self.profile_name()!r} from {self._profile_origin()})") from exc
             return gpu_variant(profile) if self.definition().needs_gpu else profile
 
         return once_per_invocation(self._memo, "profile", resolved)
+
+    def _profile_origin(self) -> str:
+        if self.profile:
+            return "--profile"
+        if self.pipeline_profile:
+            return "--profile of the step that requires this one"
+        if os.environ.get("MLTF_FLOW_PROFILE"):
+            return "MLTF_FLOW_PROFILE"
+        return "the profile setting of a settings file"
 
     def upstream(self, cls: type[luigi.Task], **params: Any) -> luigi.Task:
         """Instantiate a requirement, handing down this pipeline's profile (use it in ``requires()``)."""

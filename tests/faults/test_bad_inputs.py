@@ -80,9 +80,11 @@ CASES = [
     Case("run-dataset-inner-glob", f"{RUN} -P stage.dataset=/data/*/jets.root", "wildcards are allowed in the last"),
     Case("status-dataset-missing", f"{STATUS} -P stage.dataset=/nonexistent/jets", "/nonexistent/jets does not exist"),
     # -- profiles and settings ------------------------------------------------------------------------------
-    Case("run-profile-variable", RUN, "no profile 'nosuch'", env=(("MLTF_FLOW_PROFILE", "nosuch"),)),
-    Case("run-profile-flag", f"{RUN} --profile nosuch", "no profile 'nosuch'"),
-    Case("status-profile-flag", f"{STATUS} --profile nosuch", "no profile 'nosuch'"),
+    Case(
+        "run-profile-variable", RUN, "(profile 'nosuch' from MLTF_FLOW_PROFILE)", env=(("MLTF_FLOW_PROFILE", "nosuch"),)
+    ),
+    Case("run-profile-flag", f"{RUN} --profile nosuch", "(profile 'nosuch' from --profile)"),
+    Case("status-profile-flag", f"{STATUS} --profile nosuch", "(profile 'nosuch' from --profile)"),
     Case(
         "run-profile-file-yaml",
         RUN,
@@ -182,8 +184,13 @@ CASES = [
         "luigi --module pipelines StageDataset --local-scheduler --no-lock --dataset rucio://x",
         "is not a valid Rucio DID",
     ),
-    Case("luigi-profile-flag", f"{LUIGI} --profile nosuch", "no profile 'nosuch'"),
-    Case("luigi-profile-variable", LUIGI, "no profile 'nosuch'", env=(("MLTF_FLOW_PROFILE", "nosuch"),)),
+    Case("luigi-profile-flag", f"{LUIGI} --profile nosuch", "(profile 'nosuch' from --profile)"),
+    Case(
+        "luigi-profile-variable",
+        LUIGI,
+        "(profile 'nosuch' from MLTF_FLOW_PROFILE)",
+        env=(("MLTF_FLOW_PROFILE", "nosuch"),),
+    ),
     # -- luigi --module mltf_flow.pipeline PipelineStep ------------------------------------------------------
     Case(
         "pipeline-overrides-bad-json",
