@@ -28,10 +28,9 @@ from typing import Any
 
 from mltf_flow import __version__
 from mltf_flow.console import use_console
-from mltf_flow.errors import ConfigError, MltfFlowError
+from mltf_flow.errors import EXIT_BAD_INPUT, ConfigError, MltfFlowError
 from mltf_flow.tags import TAG_COMPLETE, TAG_ERROR, TAG_SLURM_LOG, TAG_SLURM_REASON, TAG_SLURM_STATE
 
-EXIT_BAD_INPUT = 2
 _RETCODES = {"FAILED": 30, "FAILED_AND_SCHEDULING_FAILED": 30, "SCHEDULING_FAILED": 35, "NOT_RUN": 25,
              "MISSING_EXT": 20}
 
@@ -48,6 +47,7 @@ def _parse_params(items: Sequence[str]) -> dict[str, str]:
 
 
 def _build_target(args: argparse.Namespace) -> Any:
+    from mltf_flow.input_check import validate_tree
     from mltf_flow.pipeline import load_pipeline, make_task
 
     overrides = _parse_params(args.param)
@@ -57,43 +57,25 @@ def _build_target(args: argparse.Namespace) -> Any:
         raise ConfigError(f"-P names unknown step(s) {sorted(unknown_steps)}; steps are: {', '.join(spec.steps)}.")
     task = make_task(str(spec.root), args.step, overrides, allow_extra=args.allow_extra_params,
                      profile=getattr(args, "profile", None), env_manager=getattr(args, "env_manager", None))
-    _validate_tree(task)
+    validate_tree(task, set())  # parameters, environments, profiles, datasets: before Luigi starts anything
     return task
-
-
-def _validate_tree(task: Any, seen: set[str] | None = None) -> None:
-    """Check every step's parameters and dataset before Luigi starts anything."""
-    from mltf_flow.staging.step import StageStep
-    from mltf_flow.step import MLflowStep
-
-    seen = set() if seen is None else seen
-    if task.task_id in seen:
-        return
-    seen.add(task.task_id)
-    if isinstance(task, MLflowStep):
-        task.params()
-        # A docker_env project, conda without conda, a requirement pip cannot install: say so before
-        # anything runs (the environment is built here, once, and reused by the step).
-        task.environment()
-        for dep in task.requirements().values():
-            _validate_tree(dep, seen)
-    elif isinstance(task, StageStep):
-        task.uri()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import luigi
 
+    from mltf_flow.input_check import front_end
     from mltf_flow.invocation import new_invocation
 
     task = _build_target(args)
     new_invocation()
     if args.workers > 1:
         os.environ["MLTF_SCALE_AT_SCHEDULING"] = "1"  # forked task processes cannot scale clusters
-    result = luigi.build(
-        [task], local_scheduler=not args.scheduler_host, scheduler_host=args.scheduler_host or "localhost",
-        workers=args.workers, detailed_summary=True, log_level=args.log_level,
-    )
+    with front_end():  # an input error Luigi meets after all: one line, exit code 2
+        result = luigi.build(
+            [task], local_scheduler=not args.scheduler_host, scheduler_host=args.scheduler_host or "localhost",
+            workers=args.workers, detailed_summary=True, log_level=args.log_level,
+        )
     print(result.summary_text)
     name = result.status.name
     return 0 if name.startswith("SUCCESS") else _RETCODES.get(name, 30)
@@ -194,11 +176,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.backend_config is not None:
         from mltf_flow.backend.submit import render_for
 
+        config = _backend_config(args.backend_config)
         if not args.project_dir:
             raise ConfigError("render --backend-config needs the project: mltf-flow render --backend-config CFG "
                               "PROJECT_DIR -e ENTRY_POINT [-P key=value ...]")
-        print(render_for(args.project_dir, args.entry_point, _parse_params(args.param),
-                         _backend_config(args.backend_config), args.env_manager), end="")
+        print(render_for(args.project_dir, args.entry_point, _parse_params(args.param), config, args.env_manager),
+              end="")
         return 0
     if args.profile is None:
         raise ConfigError("render needs --profile NAME (a Dask worker job) or --backend-config CFG PROJECT_DIR "

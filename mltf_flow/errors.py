@@ -8,7 +8,8 @@ one class. A message says what failed, what was found, where it came from and wh
     │   ├── ParameterError     a parameter is unknown, missing or does not parse as its declared type
     │   └── BackendUnavailable a GDS read backend asked for by name cannot run here (fabric.gds.read_tensor)
     ├── StagingError           an input dataset cannot be staged or verified
-    │   └── RucioNotConfigured a rucio:// URI was given but no Rucio client is configured
+    │   ├── DatasetNotFound    a local dataset path does not exist or holds no files (also a ConfigError)
+    │   └── RucioNotConfigured a rucio:// URI was given but no Rucio client is configured (also a ConfigError)
     ├── TrackingError          the MLflow tracking store cannot be reached or answers unexpectedly
     ├── RunNotFound            a step's complete run was asked for before it exists (also a LookupError)
     ├── ClusterError           a Dask cluster could not be started or lost its workers
@@ -22,6 +23,11 @@ one class. A message says what failed, what was found, where it came from and wh
     │   └── StepInProgress     another live process is running the same step (same cache key)
     └── CommandError           an external command failed (carries command, exit code, stdout, stderr)
 
+A :class:`ConfigError` is a *user-input error*: the fix is in what the user typed or wrote (a flag, a
+parameter, a file, a variable). Both front ends treat it alike: one line on the console, exit code 2, the
+traceback only at debug level (``mltf-flow`` and ``luigi --module``; see :mod:`mltf_flow.input_check`).
+An error of another class is something that failed while working and keeps its own exit code.
+
 Classes with a second, builtin base (``ConfigError`` is a ``ValueError``, ``RunNotFound`` a ``LookupError``)
 keep working where callers catch the builtin. Not in this tree, on purpose: the ``BaseException`` classes
 that carry a stop signal out of a running command (:class:`mltf_flow.launch.local.Stopped` and its
@@ -31,6 +37,9 @@ that carry a stop signal out of a running command (:class:`mltf_flow.launch.loca
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+#: The exit code of both front ends for a user-input error (a :class:`ConfigError`), as argparse's own.
+EXIT_BAD_INPUT = 2
 
 
 class MltfFlowError(Exception):
@@ -51,6 +60,10 @@ class BackendUnavailable(ConfigError):
 
 class StagingError(MltfFlowError):
     """An input dataset could not be staged or verified."""
+
+
+class DatasetNotFound(StagingError, ConfigError):
+    """A local dataset path does not exist, or matches no files."""
 
 
 class RucioNotConfigured(StagingError, ConfigError):

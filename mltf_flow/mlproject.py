@@ -17,6 +17,7 @@ Parameter values are normalised to their declared type (:meth:`Parameter.normali
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import urllib.parse
@@ -46,6 +47,7 @@ _TYPE_ALIASES = {
     "path": "path",
     "uri": "uri",
 }
+_INT64_MAX = 2**63 - 1
 _ENV_FIELDS = ("docker_env", "python_env", "conda_env")
 _SCRIPT_COMMANDS = {".py": "python", ".sh": "bash"}
 
@@ -88,14 +90,23 @@ class Parameter:
                 raise ParameterError(f"{where}: {value!r} is not an integer. Pass e.g. {self.name}=10.") from None
             if number != number.to_integral_value():
                 raise ParameterError(f"{where}: {value!r} is not a whole number. Pass e.g. {self.name}=10.")
+            if abs(number) > _INT64_MAX:  # no entry point reads 1e400 as an int (argparse, torch, numpy)
+                raise ParameterError(f"{where}: {value!r} is beyond the range of a 64-bit integer. "
+                                     f"Pass e.g. {self.name}=10.")
             return int(number)
         if self.type == "float":
             try:
                 number = _parse_decimal(value)
             except ValueError:
-                raise ParameterError(f"{where}: {value!r} is not a number. Pass e.g. {self.name}=0.001.") from None
+                raise ParameterError(
+                    f"{where}: {value!r} is not a finite number. Pass e.g. {self.name}=0.001."
+                ) from None
             # float(Decimal) rounds correctly, so 1e-3 and 0.001 give the same float, hence one key.
-            return float(number)
+            result = float(number)
+            if not math.isfinite(result):  # 1e400: a finite decimal that no float holds
+                raise ParameterError(f"{where}: {value!r} is beyond the range of a float (about ±1.8e308). "
+                                     f"Pass e.g. {self.name}=0.001.")
+            return result
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ParameterError(f"{where}: expected a string, got {type(value).__name__} {value!r}.")
         text = str(value)

@@ -46,6 +46,7 @@ import luigi
 from mltf_flow.config.memo import remembered
 from mltf_flow.config.pipeline import PipelineFile, StepSpec, read_pipeline_file
 from mltf_flow.errors import ConfigError
+from mltf_flow.input_check import input_errors
 from mltf_flow.mlproject import Project, read_project
 from mltf_flow.staging.step import StageStep
 from mltf_flow.step import MLflowStep
@@ -145,9 +146,10 @@ class PipelineStep(MLflowStep):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.spec = load_pipeline(self.project_dir)
-        if self.spec.step(self.run_step).is_stage:
-            raise ConfigError(f"step {self.run_step!r} is a stage step: run it through the step that uses it.")
+        with input_errors():  # `luigi --module ... PipelineStep --run-step nosuch`: one line, exit code 2
+            self.spec = load_pipeline(self.project_dir)
+            if self.spec.step(self.run_step).is_stage:
+                raise ConfigError(f"step {self.run_step!r} is a stage step: run it through the step that uses it.")
 
     def definition(self) -> StepDefinition:
         """The step as ``pipeline.yaml`` declares it (the same value a Python MLflowStep would give)."""

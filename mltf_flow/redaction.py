@@ -7,6 +7,7 @@ MLflow params, logs, displayed commands and cache keys.
 from __future__ import annotations
 
 import shlex
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,4 +34,30 @@ def display_command(command: str, params: Mapping[str, Any]) -> str:
     return shown
 
 
-__all__ = ["display_command", "is_secret_name", "redact"]
+def mask_uri(uri: str) -> str:
+    """``uri`` with the password of its user info masked (``http://u:***@host:5000``), for messages."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        password, user = parts.password, parts.username
+    except ValueError:  # an unparsable port or bracket: show nothing of the user info
+        head, at, tail = uri.rpartition("@")
+        return f"{head.partition('//')[0]}//***@{tail}" if at else uri
+    if password is None and user is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    shown = f"{user}:***@" if password is not None else f"{user}@"
+    return parts._replace(netloc=shown + host).geturl()
+
+
+def split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
+    """(``uri`` without user info, user, password): urllib sends no credentials written into a URL."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri, None, None
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    user = urllib.parse.unquote(parts.username or "")
+    password = None if parts.password is None else urllib.parse.unquote(parts.password)
+    return bare, user, password
+
+
+__all__ = ["display_command", "is_secret_name", "mask_uri", "redact", "split_userinfo"]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mltf_flow.errors import TrackingError
+from mltf_flow.redaction import mask_uri, split_userinfo
 from mltf_flow.tags import TAG_CACHE_KEY, TAG_COMPLETE
 
 TAG_KEY = TAG_CACHE_KEY  # this module's name for it since the start (see mltf_flow.tags)
@@ -48,10 +49,7 @@ class RunRef:
 
 
 def _redact_uri(uri: str) -> str:
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password or parts.username:
-        return parts._replace(netloc=parts.hostname or "").geturl()
-    return uri
+    return mask_uri(uri)
 
 
 class RunIndex:
@@ -185,10 +183,15 @@ class RestRunIndex(RunIndex):
 
     def __init__(self, tracking_uri: str, prefetch_limit: int = 5000) -> None:
         super().__init__(tracking_uri.rstrip("/"), prefetch_limit)
+        # http://user:password@host: urllib would take "user:password@host" for the host name ("Name or service
+        # not known"); send the user info as Basic credentials instead, as MLflow's client (requests) does.
+        self._base, self._url_user, self._url_password = split_userinfo(self.tracking_uri)
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        if not (user and password) and self._url_user:
+            user, password = self._url_user, self._url_password or ""
         token = os.environ.get("MLFLOW_TRACKING_TOKEN")
         if user and password:  # MLflow's own order: Basic wins over a bearer token
             headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -199,7 +202,7 @@ class RestRunIndex(RunIndex):
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """One REST call (``path`` below ``/api/2.0/mlflow/``); None for 404. Also used for the few writes
         that must not wait for ``import mlflow`` (a job's wrapper marking its run RUNNING)."""
-        url = f"{self.tracking_uri}/api/2.0/mlflow/{path}"
+        url = f"{self._base}/api/2.0/mlflow/{path}"
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, method=method, headers=self._headers())
         self.round_trips += 1

@@ -32,6 +32,7 @@ from mltf_flow.clusters.session import is_main_process, mark_main_process
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.console import use_console
 from mltf_flow.errors import ConfigError, ParameterError
+from mltf_flow.input_check import check_luigi_command_line, input_errors, name_parse_errors
 from mltf_flow.invocation import invocation_id, once_per_invocation
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
 from mltf_flow.retcodes import apply_default_retcodes
@@ -98,6 +99,10 @@ class MLflowStep(luigi.Task):
         description="local | virtualenv | uv | conda, like `mlflow run` (default: setting env_manager, else "
                     "MLflow's default for the project); handed down to the steps this one requires",
     )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name_parse_errors(cls)  # `luigi ... Train --epochs abc` names the parameter
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -234,10 +239,22 @@ class MLflowStep(luigi.Task):
         from mltf_flow.clusters.profiles import get_profile, gpu_variant
 
         def resolved() -> Profile:
-            profile = get_profile(self.profile_name())
+            try:
+                profile = get_profile(self.profile_name())
+            except ConfigError as exc:  # say where the name came from: a flag, a variable or a settings file
+                raise type(exc)(f"{exc} (profile {self.profile_name()!r} from {self._profile_origin()})") from exc
             return gpu_variant(profile) if self.definition().needs_gpu else profile
 
         return once_per_invocation(self._memo, "profile", resolved)
+
+    def _profile_origin(self) -> str:
+        if self.profile:
+            return "--profile"
+        if self.pipeline_profile:
+            return "--profile of the step that requires this one"
+        if os.environ.get("MLTF_FLOW_PROFILE"):
+            return "MLTF_FLOW_PROFILE"
+        return "the profile setting of a settings file"
 
     def upstream(self, cls: type[luigi.Task], **params: Any) -> luigi.Task:
         """Instantiate a requirement, handing down this pipeline's profile (use it in ``requires()``)."""
@@ -251,8 +268,29 @@ class MLflowStep(luigi.Task):
             params.setdefault("pipeline", self.pipeline_name())
         return cls(**params)
 
+    def check_input(self) -> list[luigi.Task]:
+        """Everything the user gave this step, checked before anything runs (mltf_flow.input_check): its
+        parameters, environment (built now, once) and profile; returns the tasks it requires."""
+        self.params()
+        # A docker_env project, conda without conda, a requirement pip cannot install: said before anything runs.
+        self.environment()
+        self.cluster_profile()
+        return [dep.task if isinstance(dep, PlainUpstream) else dep for dep in self.requirements().values()
+                if isinstance(dep, PlainUpstream | luigi.Task)]
+
     # -- Luigi contract ----------------------------------------------------------------------------
     def complete(self) -> bool:
+        # On `luigi --module`: the whole tree checked at the first call, and an input error is one line and
+        # exit code 2, not Luigi's "error in complete() method" traceback (mltf_flow.input_check).
+        with input_errors():
+            check_luigi_command_line(self)
+            return self._complete()
+
+    def deps(self) -> list[luigi.Task]:
+        with input_errors():
+            return list(super().deps())  # type: ignore[no-untyped-call]
+
+    def _complete(self) -> bool:
         done = bool(super().complete()) and not self._stale_project_files()  # type: ignore[no-untyped-call]
         if not done and is_main_process():
             # Start (and pre-flight) the cluster now, in the process that runs Luigi: task processes

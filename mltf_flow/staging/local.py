@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from mltf_flow.errors import StagingError
+from mltf_flow.errors import DatasetNotFound
 from mltf_flow.staging.manifest import MANIFEST_VERSION, manifest_digest, sha256_file
 from mltf_flow.staging.uri import DatasetURI
 
@@ -26,7 +26,7 @@ def list_files(uri: DatasetURI) -> list[tuple[str, Path]]:
     if root.exists() and not root.is_dir() and uri.pattern is None:
         return [(root.name, _regular(uri, root))]
     if not root.is_dir():
-        raise StagingError(
+        raise DatasetNotFound(
             f"dataset {uri.canonical}: {root} does not exist. Check the path, or create the sample data "
             "(make data)."
         )
@@ -42,7 +42,7 @@ def list_files(uri: DatasetURI) -> list[tuple[str, Path]]:
             found.append((str(full.relative_to(root)), _regular(uri, full)))
     if not found:
         what = f"matching {uri.pattern!r} " if uri.pattern else ""
-        raise StagingError(f"dataset {uri.canonical}: no files {what}under {root}.")
+        raise DatasetNotFound(f"dataset {uri.canonical}: no files {what}under {root}.")
     return found
 
 
@@ -83,7 +83,7 @@ def still_valid(uri: DatasetURI, manifest: dict[str, Any]) -> bool:
     """True when the files on disk are the ones the manifest describes (cheap: stat only)."""
     try:
         current = list_files(uri)
-    except StagingError:
+    except DatasetNotFound:
         return False
     recorded = {f["name"]: f for f in manifest["files"]}
     if sorted(recorded) != sorted(name for name, _ in current):

@@ -22,6 +22,8 @@ import luigi
 
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.console import use_console
+from mltf_flow.errors import DatasetNotFound
+from mltf_flow.input_check import check_luigi_command_line, input_errors, name_parse_errors
 from mltf_flow.invocation import invocation_id, once_per_invocation
 from mltf_flow.progress import report_status
 from mltf_flow.retcodes import apply_default_retcodes
@@ -66,8 +68,27 @@ class StageStep(luigi.Task):
         description="pipeline (MLflow experiment) the staging run belongs to",
     )
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name_parse_errors(cls)
+
     def uri(self) -> DatasetURI:
         return parse_dataset_uri(str(self.dataset))
+
+    def check_input(self) -> list[luigi.Task]:
+        """The dataset, before anything runs (mltf_flow.input_check): a valid URI, and a local path that exists."""
+        uri = self.uri()
+        if uri.scheme == "file" and uri.path is not None and not uri.path.exists():
+            raise DatasetNotFound(
+                f"dataset {uri.canonical}: {uri.path} does not exist (dataset of {self.task_family}). Check the "
+                "path, or create the sample data (make data)."
+            )
+        return []
+
+    def complete(self) -> bool:
+        with input_errors():  # on `luigi --module`: one line and exit code 2 (mltf_flow.input_check)
+            check_luigi_command_line(self)
+            return bool(super().complete())  # type: ignore[no-untyped-call]
 
     def settings(self) -> Settings:
         """The settings of this invocation: resolved once, then handed down."""
