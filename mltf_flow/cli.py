@@ -47,7 +47,7 @@ def _parse_params(items: Sequence[str]) -> dict[str, str]:
 
 
 def _build_target(args: argparse.Namespace) -> Any:
-    from mltf_flow.input_check import validate_tree
+    from mltf_flow.input_check import check_tracking_server, validate_tree
     from mltf_flow.pipeline import load_pipeline, make_task
 
     overrides = _parse_params(args.param)
@@ -58,6 +58,7 @@ def _build_target(args: argparse.Namespace) -> Any:
     task = make_task(str(spec.root), args.step, overrides, allow_extra=args.allow_extra_params,
                      profile=getattr(args, "profile", None), env_manager=getattr(args, "env_manager", None))
     validate_tree(task, set())  # parameters, environments, profiles, datasets: before Luigi starts anything
+    check_tracking_server()
     return task
 
 

@@ -66,12 +66,20 @@ class DatasetNotFound(StagingError, ConfigError):
     """A local dataset path does not exist, or matches no files."""
 
 
+class DatasetNotData(StagingError, ConfigError):
+    """A local dataset holds something that is not a readable regular file (a FIFO, a socket, a broken link)."""
+
+
 class RucioNotConfigured(StagingError, ConfigError):
     """A ``rucio://`` dataset was requested but this installation has no Rucio configuration."""
 
 
 class TrackingError(MltfFlowError):
     """The MLflow tracking store failed or answered something unexpected."""
+
+
+class ServerUnreachable(TrackingError, ConfigError):
+    """The tracking server does not answer at all: the fix is the URI or starting the server (exit 2)."""
 
 
 class RunNotFound(MltfFlowError, LookupError):

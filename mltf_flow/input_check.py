@@ -95,6 +95,18 @@ def validate_tree(task: Any, seen: set[str] | None = None) -> None:
             validate_tree(dep, seen)
 
 
+def check_tracking_server() -> None:
+    """A tracking server that does not answer is found here, before Luigi starts anything, not when the first
+    step opens its run (mltf_flow.tracking_server: bounded retries, a line each, then one message)."""
+    from mltf_flow.config import load_settings
+
+    settings = load_settings()
+    if not settings.is_local_store:
+        from mltf_flow.tracking_server import check_server
+
+        check_server(settings.tracking_uri)
+
+
 def check_luigi_command_line(root: Any) -> None:
     """On Luigi's command line, once: no empty flag of a step, then the whole tree (:func:`validate_tree`)."""
     if not on_luigi_command_line() or root.task_id in _validated:
@@ -106,6 +118,7 @@ def check_luigi_command_line(root: Any) -> None:
             f"{flags}: empty value (an unset shell variable?); Luigi would silently use the default instead. "
             f"Pass a value, or leave {flags} out to use the default."
         )
+    check_tracking_server()
     validate_tree(root)
 
 

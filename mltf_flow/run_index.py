@@ -202,6 +202,9 @@ class RestRunIndex(RunIndex):
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """One REST call (``path`` below ``/api/2.0/mlflow/``); None for 404. Also used for the few writes
         that must not wait for ``import mlflow`` (a job's wrapper marking its run RUNNING)."""
+        from mltf_flow.tracking_server import check_server
+
+        check_server(self.tracking_uri)  # once per process: a server that does not answer fails fast, loudly
         url = f"{self._base}/api/2.0/mlflow/{path}"
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, method=method, headers=self._headers())

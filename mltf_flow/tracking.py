@@ -130,6 +130,9 @@ class Tracker:
                     client = MlflowClient(tracking_uri=self.settings.tracking_uri)
                     client.search_experiments(max_results=1)
             else:
+                from mltf_flow.tracking_server import check_server
+
+                check_server(self.settings.tracking_uri)  # MLflow's own retries are long and silent
                 client = MlflowClient(tracking_uri=self.settings.tracking_uri)
             self._client = client
         return self._client

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from mltf_flow.errors import DatasetNotFound
+from mltf_flow.errors import DatasetNotData, DatasetNotFound
 from mltf_flow.staging.manifest import MANIFEST_VERSION, manifest_digest, sha256_file
 from mltf_flow.staging.uri import DatasetURI
 
@@ -52,11 +52,11 @@ def _regular(uri: DatasetURI, path: Path) -> Path:
     try:
         mode = path.stat().st_mode
     except OSError as exc:
-        raise StagingError(f"dataset {uri.canonical}: {path} cannot be read ({exc.strerror}); a broken link? "
+        raise DatasetNotData(f"dataset {uri.canonical}: {path} cannot be read ({exc.strerror}); a broken link? "
                            "Remove it or fix its target.") from None
     if not stat.S_ISREG(mode):
         kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
-        raise StagingError(f"dataset {uri.canonical}: {path} is {kind}, not data. Move it out of the dataset "
+        raise DatasetNotData(f"dataset {uri.canonical}: {path} is {kind}, not data. Move it out of the dataset "
                            "directory, or select the data files with a glob (dataset: DIR/*.root).")
     return path
 
