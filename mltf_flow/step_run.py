@@ -141,7 +141,8 @@ def plan(step: ResolvedStep, requirements: Mapping[str, Upstream], settings: Set
 def connect(profile: Profile, reporter: luigi.Task) -> Cluster:
     """Reach the profile's cluster (the Luigi process started it) and wait for its workers."""
     address = session.address(profile)
-    client = session.get_client(address)
+    credentials = session.credentials(profile)
+    client = session.get_client(address, credentials.security() if credentials else None)
     report_status(reporter, f"waiting for {profile.expected_workers} Dask worker(s) of profile {profile.name!r}")
     session.wait_for_workers(client, profile)
     dashboard = session.dashboard_link(profile) or str(getattr(client, "dashboard_link", "") or "")
@@ -279,6 +280,9 @@ def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> 
     _keep_inputs(plan, run)
     env = command_env(step, settings, run.run_id, run.experiment_id)
     env["DASK_SCHEDULER_ADDRESS"] = cluster.address
+    credentials = session.credentials(cluster.profile)
+    if credentials is not None:  # the command's own Client(address) speaks TLS with the cluster's key
+        env.update(credentials.client_env())
     root = step.project.root
     before = snapshot(root)
     with ClusterProgress(reporter, cluster.client, f"{step.name} (dashboard {cluster.dashboard})"):

@@ -7,7 +7,10 @@ starts ``python -m mltf_flow.clusters.keeper PROFILE`` and talks to it over pipe
 message). The keeper dies with its parent (``PR_SET_PDEATHSIG``) and closes the cluster (cancelling
 SLURM jobs) on EOF, SIGTERM or its parent's death.
 
-Protocol: the keeper answers its start with ``{"ok": true, "address", "dashboard"}`` or
+Each cluster gets TLS credentials of its own (:mod:`mltf_flow.clusters.security`), made when it starts
+and removed when it closes; the keeper tells its parent where they are (a directory, never the keys).
+
+Protocol: the keeper answers its start with ``{"ok": true, "address", "dashboard", "security"}`` or
 ``{"ok": false, "error": CLASS, "message"}``; then reads commands (``scale``), one per line, answering
 each with one JSON line; EOF on stdin means: close and exit.
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from mltf_flow.clusters.security import Credentials, create
 from mltf_flow.launch.local import die_with_parent
 
 
@@ -39,11 +43,23 @@ def _gds_environment(profile: Any, work_dir: Path) -> None:
     os.environ.update(gds.job_env(str(config_dir)))
 
 
-def _start_cluster(name: str) -> tuple[Any, Any]:
-    from mltf_flow.clusters.profiles import LocalProfile, get_profile
+def _start_cluster(name: str) -> tuple[Any, Any, Credentials]:
+    """The profile, its running cluster, and the cluster's new credentials (removed again on failure)."""
+    from mltf_flow.clusters.profiles import get_profile
     from mltf_flow.config import load_settings
 
     profile, settings = get_profile(name), load_settings()
+    credentials = create(settings.work_dir)
+    try:
+        return profile, _make_cluster(profile, settings, credentials.security()), credentials
+    except BaseException:
+        credentials.remove()
+        raise
+
+
+def _make_cluster(profile: Any, settings: Any, security: Any) -> Any:
+    from mltf_flow.clusters.profiles import LocalProfile
+
     cluster: Any
     if isinstance(profile, LocalProfile):
         import dask
@@ -60,22 +76,23 @@ def _start_cluster(name: str) -> tuple[Any, Any]:
             dashboard_address=profile.dashboard_address,
             host="127.0.0.1",
             processes=True,
+            security=security,  # tls://, mutual: see mltf_flow.clusters.security
         )
-        return profile, cluster
+        return cluster
     from mltf_flow.clusters.slurm import make_slurm_cluster, preflight
 
-    cluster = make_slurm_cluster(profile, settings.work_dir / "slurm-logs" / profile.name)
+    cluster = make_slurm_cluster(profile, settings.work_dir / "slurm-logs" / profile.name, security=security)
     try:
         preflight(profile, str(cluster.job_script()))
     except BaseException:
         cluster.close()
         raise
-    return profile, cluster
+    return cluster
 
 
 def serve(commands: IO[str], answers: IO[str]) -> int:
     """Answer commands until EOF, then close every cluster started here."""
-    clusters: dict[str, tuple[Any, Any]] = {}
+    clusters: dict[str, tuple[Any, Any, Credentials]] = {}
 
     def send(message: dict[str, Any]) -> None:
         answers.write(json.dumps(message) + "\n")
@@ -95,10 +112,11 @@ def serve(commands: IO[str], answers: IO[str]) -> int:
                 if request["cmd"] == "start":
                     if name not in clusters:
                         clusters[name] = _start_cluster(name)
-                    cluster = clusters[name][1]
-                    send({"ok": True, "address": cluster.scheduler_address, "dashboard": cluster.dashboard_link or ""})
+                    _, cluster, credentials = clusters[name]
+                    send({"ok": True, "address": cluster.scheduler_address, "dashboard": cluster.dashboard_link or "",
+                          "security": str(credentials.directory)})
                 elif request["cmd"] == "scale":
-                    profile, cluster = clusters[name]
+                    profile, cluster, _ = clusters[name]
                     if hasattr(cluster, "job_cls"):  # dask-jobqueue: scale by jobs, each of its worker processes
                         cluster.scale(jobs=profile.workers)
                     send({"ok": True})
@@ -107,9 +125,10 @@ def serve(commands: IO[str], answers: IO[str]) -> int:
             except Exception as exc:  # reported to the parent, which raises it where it matters
                 send({"ok": False, "error": type(exc).__name__, "message": str(exc)})
     finally:
-        for _, cluster in clusters.values():
+        for _, cluster, credentials in clusters.values():
             with contextlib.suppress(Exception):  # close the others even if one fails
                 cluster.close(timeout=30)
+            credentials.remove()
     return 0
 
 

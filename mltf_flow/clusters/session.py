@@ -10,6 +10,9 @@
   ``Client(address)``: a Client inherited across ``fork`` hangs forever.
 * The main process closes every cluster (SLURM jobs are cancelled) at exit: success, failure, Ctrl-C,
   and SIGTERM (turned into an orderly exit).
+* Every cluster we start speaks TLS with credentials of its own (:mod:`mltf_flow.clusters.security`):
+  the keeper makes them and exports nothing but their directory, in ``MLTF_DASK_SECURITY__<PROFILE>``;
+  :func:`credentials` finds them for this process's clients and the step's command.
 * A profile with ``scheduler_address`` attaches to an existing scheduler and never starts or stops it.
 """
 
@@ -30,6 +33,7 @@ from types import FrameType
 from typing import Any
 
 from mltf_flow.clusters.profiles import Profile, SlurmProfile
+from mltf_flow.clusters.security import Credentials, from_directory
 from mltf_flow.errors import ClusterError, ConfigError, SlurmRejected, WorkersTimeout
 
 _log = logging.getLogger(__name__)
@@ -37,6 +41,7 @@ _log = logging.getLogger(__name__)
 MAIN_PID_ENV = "MLTF_MAIN_PID"
 _ADDRESS_ENV = "MLTF_DASK_ADDRESS__"
 _DASHBOARD_ENV = "MLTF_DASK_DASHBOARD__"
+_SECURITY_ENV = "MLTF_DASK_SECURITY__"
 _lock = threading.RLock()
 
 
@@ -150,6 +155,7 @@ def _start(profile: Profile) -> _Owned:
     owned = _Owned(profile, str(reply["address"]), str(reply["dashboard"]))
     os.environ[_env_name(_ADDRESS_ENV, profile.name)] = owned.address
     os.environ[_env_name(_DASHBOARD_ENV, profile.name)] = owned.dashboard
+    os.environ[_env_name(_SECURITY_ENV, profile.name)] = str(reply["security"])
     _log.info(f"Dask cluster for profile {profile.name!r} ({profile.kind}) at {owned.address}; "
               f"dashboard: {owned.dashboard or 'disabled'}")
     return owned
@@ -191,15 +197,25 @@ def dashboard_link(profile: Profile) -> str:
     return os.environ.get(_env_name(_DASHBOARD_ENV, profile.name), "")
 
 
-def get_client(addr: str) -> Any:
-    """A Client for this process (never one inherited across fork: that one hangs)."""
+def credentials(profile: Profile) -> Credentials | None:
+    """The TLS credentials of the cluster we started for ``profile`` (None when attached to a scheduler
+    of someone else's: dask's own configuration says how to reach that one)."""
+    if profile.scheduler_address:
+        return None
+    found = os.environ.get(_env_name(_SECURITY_ENV, profile.name))
+    return from_directory(found) if found else None
+
+
+def get_client(addr: str, security: Any = None) -> Any:
+    """A Client for this process (never one inherited across fork: that one hangs). ``security``: a
+    ``distributed.security.Security`` (see :func:`credentials`); None takes dask's configuration."""
     from distributed import Client
 
     slot = (os.getpid(), addr)
     with _lock:
         client = _CLIENTS.get(slot)
         if client is None or client.status != "running":
-            client = Client(addr, set_as_default=False, timeout="60s")
+            client = Client(addr, set_as_default=False, timeout="60s", security=security)
             _CLIENTS[slot] = client
         return client
 
@@ -246,3 +262,4 @@ def close_all() -> None:
         for entry in owned.values():
             os.environ.pop(_env_name(_ADDRESS_ENV, entry.profile.name), None)
             os.environ.pop(_env_name(_DASHBOARD_ENV, entry.profile.name), None)
+            os.environ.pop(_env_name(_SECURITY_ENV, entry.profile.name), None)

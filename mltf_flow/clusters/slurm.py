@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +88,8 @@ def slurm_cluster_kwargs(profile: Profile, log_directory: Path) -> dict[str, Any
 
 
 def make_slurm_cluster(profile: Profile, log_directory: Path, **overrides: Any) -> SLURMCluster:
-    """A ``SLURMCluster`` for ``profile`` (starts the Dask scheduler in this process; submits nothing)."""
+    """A ``SLURMCluster`` for ``profile`` (starts the Dask scheduler in this process; submits nothing). Pass
+    ``security=`` (:mod:`mltf_flow.clusters.security`): the scheduler and the workers then speak TLS only."""
     from dask_jobqueue.slurm import SLURMCluster
 
     kwargs = slurm_cluster_kwargs(profile, log_directory)
@@ -97,16 +99,22 @@ def make_slurm_cluster(profile: Profile, log_directory: Path, **overrides: Any) 
 
 
 def render_job_script(profile: Profile, log_directory: Path) -> str:
-    """The exact job script a profile submits (the scheduler address is this render's own)."""
-    # The scheduler of a render only needs an address: loopback works on any host (the worker's
-    # --interface from the profile is still written into the script).
-    cluster = make_slurm_cluster(
-        profile, log_directory, scheduler_options={"dashboard_address": None, "host": "127.0.0.1"}
-    )
-    try:
-        return str(cluster.job_script())
-    finally:
-        cluster.close()
+    """The exact job script a profile submits (the scheduler address and the paths of the TLS credentials
+    are this render's own: a started cluster gets new ones under the work dir)."""
+    from mltf_flow.clusters.security import create
+
+    with tempfile.TemporaryDirectory(prefix="mltf-render-") as scratch:
+        credentials = create(Path(scratch))
+        # The scheduler of a render only needs an address: loopback works on any host (the worker's
+        # --interface from the profile is still written into the script).
+        cluster = make_slurm_cluster(
+            profile, log_directory, scheduler_options={"dashboard_address": None, "host": "127.0.0.1"},
+            security=credentials.security(),
+        )
+        try:
+            return str(cluster.job_script())
+        finally:
+            cluster.close()
 
 
 def preflight(profile: SlurmProfile, script: str) -> str:

@@ -46,8 +46,10 @@ def run_on_worker(
 
 def step_env(env: Mapping[str, str]) -> dict[str, str]:
     """What of the launching process's environment travels to the worker: the step's MLflow and mltf
-    variables and the forwarded credentials (the worker's own environment comes from its job)."""
-    mine = {k: v for k, v in env.items() if k.startswith(("MLFLOW_", "MLTF_", "DASK_SCHEDULER"))}
+    variables, the forwarded credentials and the paths of the cluster's TLS files (the worker's own
+    environment comes from its job)."""
+    mine = {k: v for k, v in env.items()
+            if k.startswith(("MLFLOW_", "MLTF_", "DASK_SCHEDULER", "DASK_DISTRIBUTED__COMM__"))}
     mine.update({k: env[k] for k in _FORWARD if k in env})
     mine["PYTHONUNBUFFERED"] = "1"
     return mine

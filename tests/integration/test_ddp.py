@@ -141,10 +141,11 @@ def test_local_cluster_workers_can_start_child_processes() -> None:
     from mltf_flow.clusters.keeper import _start_cluster
 
     before = dask.config.get("distributed.worker.daemon", default=True)
-    _, cluster = _start_cluster("local")
+    _, cluster, credentials = _start_cluster("local")
     try:
-        with Client(cluster.scheduler_address, set_as_default=False) as client:
+        with Client(cluster.scheduler_address, set_as_default=False, security=credentials.security()) as client:
             assert client.submit(_start_a_child, pure=False).result(timeout=120) == (False, 0)
     finally:
         cluster.close()
+        credentials.remove()
         dask.config.set({"distributed.worker.daemon": before})
