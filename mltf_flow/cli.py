@@ -29,6 +29,7 @@ from typing import Any
 from mltf_flow import __version__
 from mltf_flow.console import use_console
 from mltf_flow.errors import ConfigError, MltfFlowError
+from mltf_flow.redaction import strip_credentials
 from mltf_flow.tags import TAG_COMPLETE, TAG_ERROR, TAG_SLURM_LOG, TAG_SLURM_REASON, TAG_SLURM_STATE
 
 EXIT_BAD_INPUT = 2
@@ -94,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         [task], local_scheduler=not args.scheduler_host, scheduler_host=args.scheduler_host or "localhost",
         workers=args.workers, detailed_summary=True, log_level=args.log_level,
     )
-    print(result.summary_text)
+    print(strip_credentials(result.summary_text))
     name = result.status.name
     return 0 if name.startswith("SUCCESS") else _RETCODES.get(name, 30)
 
@@ -257,10 +258,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from mltf_flow.config import load_settings
+    from mltf_flow.redaction import shown_value
 
     settings = load_settings()
     for key, value in vars(settings).items():
-        print(f"{key}: {value}")
+        print(f"{key}: {shown_value(key, value)}")
     return 0
 
 
@@ -326,10 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except ConfigError as exc:
-        print(f"mltf-flow: error: {exc}", file=sys.stderr)
+        print(f"mltf-flow: error: {strip_credentials(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except MltfFlowError as exc:
-        print(f"mltf-flow: {exc}", file=sys.stderr)
+        print(f"mltf-flow: {strip_credentials(str(exc))}", file=sys.stderr)
         return 1
 
 

@@ -34,7 +34,13 @@ from collections.abc import Sequence
 
 
 class MltfFlowError(Exception):
-    """Base class of every error mltf_flow raises on purpose."""
+    """Base class of every error mltf_flow raises on purpose. Its message never shows a URL's password
+    (:func:`mltf_flow.redaction.strip_credentials`), wherever it is printed, tagged or logged."""
+
+    def __str__(self) -> str:
+        from mltf_flow.redaction import strip_credentials
+
+        return strip_credentials(super().__str__())
 
 
 class ConfigError(MltfFlowError, ValueError):
