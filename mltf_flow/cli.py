@@ -37,10 +37,33 @@ _RETCODES = {"FAILED": 30, "FAILED_AND_SCHEDULING_FAILED": 30, "SCHEDULING_FAILE
              "MISSING_EXT": 20}
 
 
+_CLI_SECRET = "MLTF_SECRET_CLI_"
+
+
+def _hide_secret_argv(argv: list[str]) -> list[str] | None:
+    """``argv`` with the values of secret ``-P`` parameters (secret names, URLs with passwords) replaced by
+    placeholders whose values go into this process's environment; None when there are none. ``main`` then
+    runs itself again with it, so ``ps`` shows no secret for longer than that instant."""
+    from mltf_flow.redaction import is_secret_param
+
+    out, hidden = list(argv), False
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("-P", "--param"):
+            key, eq, value = argv[i + 1].partition("=")
+            if eq and not value.startswith(f"@@{_CLI_SECRET}") and is_secret_param(key.rpartition(".")[2], value):
+                env_name = f"{_CLI_SECRET}{i}"
+                os.environ[env_name] = value
+                out[i + 1] = f"{key}=@@{env_name}@@"
+                hidden = True
+    return out if hidden else None
+
+
 def _parse_params(items: Sequence[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for item in items:
         key, eq, value = item.partition("=")
+        if value.startswith(f"@@{_CLI_SECRET}") and value.endswith("@@"):
+            value = os.environ.get(value[2:-2], value)
         key = key.strip()
         if not eq or not key:
             raise ConfigError(f"-P {item!r}: expected KEY=VALUE or STEP.KEY=VALUE, e.g. -P epochs=3.")
@@ -321,6 +344,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and os.path.isfile(sys.argv[0]):
+        hidden = _hide_secret_argv(sys.argv[1:])
+        if hidden is not None:
+            os.execv(sys.executable, [sys.executable, sys.argv[0], *hidden])
     args = _parser().parse_args(argv)
     use_console()
     handler = {"run": cmd_run, "status": cmd_status, "ui": cmd_ui, "config": cmd_config, "profiles": cmd_profiles,
