@@ -33,7 +33,7 @@ class DaskTouch(luigi.Task):
     tag: str = luigi.Parameter()
 
     def run(self) -> None:
-        client = session.get_client(session.address(get_profile("local")))
+        client = session.client_for(get_profile("local"))
         assert client.submit(inc, self.i, pure=False).result() == self.i + 1
         self._done = True
 
@@ -49,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mltf-bench-") as tmp:
         os.environ["MLTF_FLOW_WORK_DIR"] = str(Path(tmp) / "work")
         session.mark_main_process()
-        client = session.get_client(session.address(get_profile("local")))
+        client = session.client_for(get_profile("local"))
         client.wait_for_workers(1)
         raw, mltf = [], []
         for rep in range(args.repeats):

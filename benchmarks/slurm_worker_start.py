@@ -42,7 +42,7 @@ def ours() -> float:
 
     profile = get_profile("slurm-ci")
     start = time.perf_counter()
-    client = session.get_client(session.address(profile))  # includes sbatch --test-only
+    client = session.client_for(profile)  # includes sbatch --test-only
     session.wait_for_workers(client, profile)
     elapsed = time.perf_counter() - start
     session.close_all()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mltf_flow.code_set import AUTO, CodeSet, select_code
-from mltf_flow.redaction import is_secret_name
+from mltf_flow.redaction import is_secret_name, strip_credentials
 
 KEY_VERSION = 2  # 2: code = code_set.select_code (never outputs); upstream by key, not requirement name
 
@@ -111,8 +111,10 @@ def git_state(root: Path, paths: Sequence[str] = (".",)) -> tuple[str | None, bo
 def keyed_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters as they enter a key: secret-looking ones (``api_token``, ``password``) by name only. A key
     is a tag anyone can read, and a hash over a short token would let them test guesses; a new token
-    does not change what a step computes either."""
-    return {k: "<secret>" if is_secret_name(k) else v for k, v in params.items()}
+    does not change what a step computes either. A URL enters without its password (the same reasons):
+    ``postgresql://u:***@host/db``."""
+    return {k: "<secret>" if is_secret_name(k) else strip_credentials(v) if isinstance(v, str) else v
+            for k, v in params.items()}
 
 
 def cache_key(

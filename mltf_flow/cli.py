@@ -29,16 +29,40 @@ from typing import Any
 from mltf_flow import __version__
 from mltf_flow.console import use_console
 from mltf_flow.errors import EXIT_BAD_INPUT, ConfigError, MltfFlowError
+from mltf_flow.redaction import strip_credentials
 from mltf_flow.tags import TAG_COMPLETE, TAG_ERROR, TAG_SLURM_LOG, TAG_SLURM_REASON, TAG_SLURM_STATE
 
 _RETCODES = {"FAILED": 30, "FAILED_AND_SCHEDULING_FAILED": 30, "SCHEDULING_FAILED": 35, "NOT_RUN": 25,
              "MISSING_EXT": 20}
 
 
+_CLI_SECRET = "MLTF_SECRET_CLI_"
+
+
+def _hide_secret_argv(argv: list[str]) -> list[str] | None:
+    """``argv`` with the values of secret ``-P`` parameters (secret names, URLs with passwords) replaced by
+    placeholders whose values go into this process's environment; None when there are none. ``main`` then
+    runs itself again with it, so ``ps`` shows no secret for longer than that instant."""
+    from mltf_flow.redaction import is_secret_param
+
+    out, hidden = list(argv), False
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("-P", "--param"):
+            key, eq, value = argv[i + 1].partition("=")
+            if eq and not value.startswith(f"@@{_CLI_SECRET}") and is_secret_param(key.rpartition(".")[2], value):
+                env_name = f"{_CLI_SECRET}{i}"
+                os.environ[env_name] = value
+                out[i + 1] = f"{key}=@@{env_name}@@"
+                hidden = True
+    return out if hidden else None
+
+
 def _parse_params(items: Sequence[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for item in items:
         key, eq, value = item.partition("=")
+        if value.startswith(f"@@{_CLI_SECRET}") and value.endswith("@@"):
+            value = os.environ.get(value[2:-2], value)
         key = key.strip()
         if not eq or not key:
             raise ConfigError(f"-P {item!r}: expected KEY=VALUE or STEP.KEY=VALUE, e.g. -P epochs=3.")
@@ -77,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             [task], local_scheduler=not args.scheduler_host, scheduler_host=args.scheduler_host or "localhost",
             workers=args.workers, detailed_summary=True, log_level=args.log_level,
         )
-    print(result.summary_text)
+    print(strip_credentials(result.summary_text))
     name = result.status.name
     return 0 if name.startswith("SUCCESS") else _RETCODES.get(name, 30)
 
@@ -241,10 +265,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from mltf_flow.config import load_settings
+    from mltf_flow.redaction import shown_value
 
     settings = load_settings()
     for key, value in vars(settings).items():
-        print(f"{key}: {value}")
+        print(f"{key}: {shown_value(key, value)}")
     return 0
 
 
@@ -303,6 +328,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and os.path.isfile(sys.argv[0]):
+        hidden = _hide_secret_argv(sys.argv[1:])
+        if hidden is not None:
+            os.execv(sys.executable, [sys.executable, sys.argv[0], *hidden])
     args = _parser().parse_args(argv)
     use_console()
     handler = {"run": cmd_run, "status": cmd_status, "ui": cmd_ui, "config": cmd_config, "profiles": cmd_profiles,
@@ -310,10 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except ConfigError as exc:
-        print(f"mltf-flow: error: {exc}", file=sys.stderr)
+        print(f"mltf-flow: error: {strip_credentials(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except MltfFlowError as exc:
-        print(f"mltf-flow: {exc}", file=sys.stderr)
+        print(f"mltf-flow: {strip_credentials(str(exc))}", file=sys.stderr)
         return 1
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from mltf_flow.redaction import strip_credentials
+
 LOGGER = "mltf_flow"
 FORMAT = "mltf_flow: %(message)s"
 
@@ -27,7 +29,7 @@ class _Console(logging.Handler):
         if logging.getLogger().handlers:
             return
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.write(strip_credentials(self.format(record)) + "\n")
             sys.stderr.flush()
         except Exception:  # logging's contract: report through handleError, never raise
             self.handleError(record)

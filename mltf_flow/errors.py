@@ -43,7 +43,13 @@ EXIT_BAD_INPUT = 2
 
 
 class MltfFlowError(Exception):
-    """Base class of every error mltf_flow raises on purpose."""
+    """Base class of every error mltf_flow raises on purpose. Its message never shows a URL's password
+    (:func:`mltf_flow.redaction.strip_credentials`), wherever it is printed, tagged or logged."""
+
+    def __str__(self) -> str:
+        from mltf_flow.redaction import strip_credentials
+
+        return strip_credentials(super().__str__())
 
 
 class ConfigError(MltfFlowError, ValueError):

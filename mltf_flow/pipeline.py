@@ -48,6 +48,7 @@ from mltf_flow.config.pipeline import PipelineFile, StepSpec, read_pipeline_file
 from mltf_flow.errors import ConfigError
 from mltf_flow.input_check import input_errors
 from mltf_flow.mlproject import Project, read_project
+from mltf_flow.redaction import is_secret_name, shown_value
 from mltf_flow.staging.step import StageStep
 from mltf_flow.step import MLflowStep
 from mltf_flow.step_def import StepDefinition
@@ -112,6 +113,18 @@ def scoped_overrides(overrides: Mapping[str, Any], step: str, target: str, steps
     return out
 
 
+class OverridesParameter(luigi.DictParameter):
+    """``--overrides``: parsed by Luigi as JSON, but shown (task repr, task id, summary, ERROR lines, the
+    scheduler) with secret-looking values masked and URL credentials stripped
+    (:func:`mltf_flow.redaction.shown_value`). Secrets stay out of a task's identity as they stay out of its
+    cache key; the step itself gets the real values."""
+
+    def serialize(self, x: Any) -> str:
+        shown = {k: shown_value(k.rpartition(".")[2], v) if isinstance(v, str) or is_secret_name(k) else v
+                 for k, v in dict(x).items()}
+        return str(super().serialize(shown))  # type: ignore[no-untyped-call]
+
+
 def make_task(
     project_dir: str, step: str, overrides: Mapping[str, Any], allow_extra: bool = False,
     pipeline_profile: str | None = None, profile: str | None = None, env_manager: str | None = None,
@@ -139,7 +152,7 @@ class PipelineStep(MLflowStep):
         description="directory holding MLproject (and pipeline.yaml)"
     )
     run_step: str = luigi.Parameter(description="step to run (with everything it needs)")
-    overrides: dict[str, Any] = luigi.DictParameter(
+    overrides: dict[str, Any] = OverridesParameter(
         default={}, description='parameter values: {"param": v} for this step, {"step.param": v} for any'
     )
     allow_extra: bool = luigi.BoolParameter(default=False, description="pass unknown params as --key value")
@@ -182,4 +195,5 @@ class PipelineStep(MLflowStep):
         return {k: v for k, v in self.overrides.items() if k.partition(".")[0] in self.spec.steps}
 
 
-__all__ = ["PipelineSpec", "PipelineStep", "StepSpec", "load_pipeline", "make_task", "scoped_overrides"]
+__all__ = ["OverridesParameter", "PipelineSpec", "PipelineStep", "StepSpec", "load_pipeline", "make_task",
+           "scoped_overrides"]

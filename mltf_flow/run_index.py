@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mltf_flow.errors import TrackingError
-from mltf_flow.redaction import mask_uri, split_userinfo
+from mltf_flow.redaction import split_userinfo, strip_credentials
 from mltf_flow.tags import TAG_CACHE_KEY, TAG_COMPLETE
 
 TAG_KEY = TAG_CACHE_KEY  # this module's name for it since the start (see mltf_flow.tags)
@@ -49,7 +49,7 @@ class RunRef:
 
 
 def _redact_uri(uri: str) -> str:
-    return mask_uri(uri)
+    return strip_credentials(uri)
 
 
 class RunIndex:

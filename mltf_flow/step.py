@@ -35,6 +35,7 @@ from mltf_flow.errors import ConfigError, ParameterError
 from mltf_flow.input_check import check_luigi_command_line, input_errors, name_parse_errors
 from mltf_flow.invocation import invocation_id, once_per_invocation
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
+from mltf_flow.redaction import is_secret_name, strip_credentials
 from mltf_flow.retcodes import apply_default_retcodes
 from mltf_flow.step_def import MODEL_PREFIX, ResolvedStep, StepDefinition, Upstream, code_version, resolve, step_params
 from mltf_flow.targets.mlflow_run import MLflowRunTarget
@@ -101,8 +102,14 @@ class MLflowStep(luigi.Task):
     )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Luigi parameters with secret-looking names (``api_token``) are kept out of Luigi's sight: not
+        significant (not in the task id, repr or ERROR lines) and private (never sent to the scheduler)."""
         super().__init_subclass__(**kwargs)
         name_parse_errors(cls)  # `luigi ... Train --epochs abc` names the parameter
+        for name, value in vars(cls).items():
+            if isinstance(value, luigi.Parameter) and is_secret_name(name):
+                value.significant = False
+                value.visibility = luigi.parameter.ParameterVisibility.PRIVATE
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
@@ -110,6 +117,10 @@ class MLflowStep(luigi.Task):
         mark_main_process()
         use_console()
         self._memo: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        # A URL-valued parameter is shown without its password wherever Luigi names the task.
+        return strip_credentials(str(super().__repr__()))  # type: ignore[no-untyped-call]
 
     # -- what the step is: a definition, resolved into a value ---------------------------------------
     def definition(self) -> StepDefinition:

@@ -23,10 +23,11 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mltf_flow import secret_args
 from mltf_flow.backend.liveness import submitted_job_alive
 from mltf_flow.cache_key import git_state
 from mltf_flow.clusters import session
@@ -93,9 +94,12 @@ class Plan:
     task_id: str
     #: Every parameter of the command: the step's own and the upstream outputs resolved into values.
     params: Mapping[str, Any]
+    #: The command, with placeholders where secret values go (:mod:`mltf_flow.secret_args`).
     command: str
     upstream_runs: Mapping[str, str]
     manifests: Mapping[str, Path]
+    #: ``MLTF_SECRET_<NAME>`` -> value: the secret parameters, for the command's environment only.
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -134,15 +138,17 @@ def plan(step: ResolvedStep, requirements: Mapping[str, Upstream], settings: Set
             upstream_runs[name] = run_id
     params: dict[str, Any] = {**step.params, **resolved}
     storage = settings.work_dir / "storage" / invocation_id() / step.name
-    command = mlflow_command(step.project, step.definition.entry_point, params, storage)
-    return Plan(step, settings, task_id, params, command, upstream_runs, manifests)
+    types = {name: p.type for name, p in step.entry.parameters.items()}
+    command_values, secret_env = secret_args.split(params, types)
+    command = secret_args.hide(mlflow_command(step.project, step.definition.entry_point, command_values, storage),
+                               secret_env)
+    return Plan(step, settings, task_id, params, command, upstream_runs, manifests, secret_env)
 
 
 def connect(profile: Profile, reporter: luigi.Task) -> Cluster:
     """Reach the profile's cluster (the Luigi process started it) and wait for its workers."""
     address = session.address(profile)
-    credentials = session.credentials(profile)
-    client = session.get_client(address, credentials.security() if credentials else None)
+    client = session.client_for(profile)
     report_status(reporter, f"waiting for {profile.expected_workers} Dask worker(s) of profile {profile.name!r}")
     session.wait_for_workers(client, profile)
     dashboard = session.dashboard_link(profile) or str(getattr(client, "dashboard_link", "") or "")
@@ -283,6 +289,7 @@ def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> 
     credentials = session.credentials(cluster.profile)
     if credentials is not None:  # the command's own Client(address) speaks TLS with the cluster's key
         env.update(credentials.client_env())
+    env.update(plan.secret_env)
     root = step.project.root
     before = snapshot(root)
     with ClusterProgress(reporter, cluster.client, f"{step.name} (dashboard {cluster.dashboard})"):

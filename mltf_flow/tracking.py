@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from mltf_flow.config import Settings
 from mltf_flow.errors import StepInProgress, TrackingError
-from mltf_flow.redaction import redact
+from mltf_flow.redaction import redact, strip_credentials
 from mltf_flow.tags import (
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_SOURCE_TYPE,
@@ -306,7 +306,8 @@ class Tracker:
         }
         if parent_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
-        run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        run = self.client.create_run(experiment_id, run_name=run_name,
+                                     tags={k: strip_credentials(v) for k, v in all_tags.items()})
         run_id = str(run.info.run_id)
         items = [Param(k, v[:6000]) for k, v in sorted(redact(params).items())]
         try:
@@ -422,7 +423,7 @@ class Tracker:
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.log_batch(run_id, tags=[RunTag(k, strip_credentials(v)) for k, v in tags.items()])
 
 
 def mark_running_over_rest(tracking_uri: str, run_id: str, tags: Mapping[str, str]) -> bool:

@@ -17,7 +17,7 @@ import urllib.request
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from mltf_flow.errors import ServerUnreachable
-from mltf_flow.redaction import mask_uri, split_userinfo
+from mltf_flow.redaction import split_userinfo, strip_credentials
 
 _log = logging.getLogger(__name__)
 #: Tries, and the timeout of each, before a server is declared unreachable (~20 s in all when nothing answers).
@@ -35,7 +35,7 @@ def check_server(tracking_uri: str, *, attempts: int = ATTEMPTS, timeout_s: floa
     if it does not after ``attempts`` tries. Not for sqlite stores."""
     if tracking_uri in _CHECKED:
         return
-    shown = mask_uri(tracking_uri)
+    shown = strip_credentials(tracking_uri)
 
     def say(state: RetryCallState) -> None:
         wait = state.next_action.sleep if state.next_action is not None else 0.0

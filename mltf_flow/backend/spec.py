@@ -1,7 +1,8 @@
 """What one job runs: ``spec.json`` in the job's directory, written at submission, read by the wrapper.
 
-Nothing secret is in it (it is also kept as an MLflow artifact): the command refers to secret-looking
-parameters as ``"$MLTF_SECRET_<NAME>"``, whose values reach the job through sbatch's environment.
+Nothing secret is in it (it is also kept as an MLflow artifact): the command refers to secret parameters
+as placeholders ``@@MLTF_SECRET_<NAME>@@``, whose values reach the job through sbatch's environment and the
+command through its own (:mod:`mltf_flow.secret_args`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
     from mltf_flow.fabric.spec import FabricSpec
 
 SPEC_VERSION = 1
-SECRET_PREFIX = "MLTF_SECRET_"
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ Order matters, so that a bad request leaves nothing behind (no run, no job, no h
 1. :func:`plan_job` checks everything that can be checked where the user is: the backend config, the
    tracking URI, the project (fetched into the shared job directory when it is a git or zip URI: the
    nodes cannot read the login node's ``/tmp``), the entry point's parameters (typed, as in the
-   pipelines), the environment manager, and the command as MLflow computes it. Secret-looking
-   parameters are referred to as ``"$MLTF_SECRET_<NAME>"`` in the command and travel in sbatch's
-   environment, never in the script, the spec, a tag or a param;
+   pipelines), the environment manager, and the command as MLflow computes it. Secret parameters
+   (secret-looking names, URLs with passwords) are placeholders ``@@MLTF_SECRET_<NAME>@@`` in the command
+   and travel in sbatch's environment, never in the script, the spec, a tag, a param or any argv
+   (:mod:`mltf_flow.secret_args`);
 2. the script is rendered with a placeholder run id and pre-flighted with ``sbatch --test-only``, so
    SLURM's own rejection (unknown partition, gres beyond any node, time above the partition's limit)
    arrives before a run exists;
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from mltf_flow.backend.config import BackendConfig, parse_backend_config
 from mltf_flow.backend.script import ScriptInputs, render_script
-from mltf_flow.backend.spec import SECRET_PREFIX, JobSpec
+from mltf_flow.backend.spec import JobSpec
 from mltf_flow.errors import ConfigError
 from mltf_flow.mlproject import Project, read_project
 from mltf_flow.tags import (
@@ -196,10 +197,6 @@ def _env_manager(config: BackendConfig, project: Project) -> tuple[str, dict[str
     return "virtualenv", default.as_dict()
 
 
-def _secret_env_name(param: str) -> str:
-    return SECRET_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", param).upper()
-
-
 def _source_tags(project_uri: str, project: Project, version: str | None) -> dict[str, str]:
     from mlflow.projects.utils import _expand_uri, _is_local_uri
     from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
@@ -225,10 +222,11 @@ def plan_job(project_uri: str, entry_point: str, params: Mapping[str, Any] | Non
              settings: Settings | None = None) -> JobPlan:
     """Check a request and compute its job (step 1 of the module docstring); submits nothing. ``settings``:
     the resolved settings, when the caller has them."""
+    from mltf_flow import secret_args
     from mltf_flow.cache_key import cache_key, code_hash
     from mltf_flow.config import load_settings
     from mltf_flow.mlproject import mlflow_command
-    from mltf_flow.redaction import is_secret_name
+    from mltf_flow.redaction import display_command
 
     tracking_uri = check_tracking_uri(tracking_uri)
     settings = settings or load_settings()
@@ -240,23 +238,13 @@ def plan_job(project_uri: str, entry_point: str, params: Mapping[str, Any] | Non
     values = ep.normalise(given, allow_extra=True)
     env_manager, python_env = _env_manager(config, project)
 
-    secrets: dict[str, str] = {}
-    command_values: dict[str, Any] = dict(values)
-    for name, value in values.items():
-        param = ep.parameters.get(name)
-        # Paths and URIs are checked by MLflow when the command is computed: those stay as they are.
-        if is_secret_name(name) and (param is None or param.type not in ("path", "uri")) and str(value):
-            secrets[_secret_env_name(name)] = str(value)
-            command_values[name] = f"@@{_secret_env_name(name)}@@"  # shlex.quote leaves it alone
+    types = {name: param.type for name, param in ep.parameters.items()}
+    command_values, secrets = secret_args.split(values, types)
     storage = Path(config.storage_dir or config.job_dir / "storage" / uuid.uuid4().hex)
-    command = mlflow_command(project, ep.name, command_values, storage)
+    command = secret_args.hide(mlflow_command(project, ep.name, command_values, storage), secrets)
     if storage.is_dir() and not any(storage.iterdir()):
         storage.rmdir()  # no remote path parameter was downloaded into it
-    for env_name in secrets:
-        command = command.replace(f"@@{env_name}@@", f'"${{{env_name}}}"')
-    shown = command
-    for env_name in secrets:
-        shown = shown.replace(f'"${{{env_name}}}"', "***")
+    shown = display_command(command, values)
 
     from mltf_flow.cache_key import keyed_params
 

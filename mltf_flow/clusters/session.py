@@ -206,6 +206,13 @@ def credentials(profile: Profile) -> Credentials | None:
     return from_directory(found) if found else None
 
 
+def client_for(profile: Profile) -> Any:
+    """This process's Client of ``profile``'s cluster, with the cluster's TLS credentials."""
+    addr = address(profile)  # first: it starts the cluster (and makes its credentials) in the main process
+    found = credentials(profile)
+    return get_client(addr, found.security() if found is not None else None)
+
+
 def get_client(addr: str, security: Any = None) -> Any:
     """A Client for this process (never one inherited across fork: that one hangs). ``security``: a
     ``distributed.security.Security`` (see :func:`credentials`); None takes dask's configuration."""

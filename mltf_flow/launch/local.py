@@ -24,6 +24,8 @@ from types import FrameType
 from typing import IO
 
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
+from mltf_flow.redaction import mask_text
+from mltf_flow.secret_args import command_env, secret_values
 
 _PR_SET_PDEATHSIG = 1
 
@@ -70,17 +72,23 @@ def run_streaming(
     (stderr marked ``!``) and, with ``echo_prefix``, to our stdout/stderr. Returns (exit code, stderr
     tail). ``should_stop`` is polled every second; when it says so the command is stopped. On any
     exception while waiting (Ctrl-C, SIGTERM) the command is stopped (SIGTERM, then SIGKILL after
-    ``stop_grace`` seconds) and the exception re-raised."""
+    ``stop_grace`` seconds) and the exception re-raised.
+
+    Secret values in ``env`` (``MLTF_SECRET_*``, see :mod:`mltf_flow.secret_args`) reach a Python command's
+    ``sys.argv`` through the argv hook, never any argv; they and URL credentials are masked in every line
+    logged, echoed or kept."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = command_env(env)
+    secrets = secret_values(env)
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     lock = threading.Lock()
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
-        log.write(f"$ {display}\n")
+        log.write(f"$ {mask_text(display, secrets)}\n")
         log.flush()
         proc = subprocess.Popen(
             ["bash", "-c", command],
             cwd=cwd,
-            env=dict(env),
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -92,7 +100,7 @@ def run_streaming(
 
         def pump(stream: IO[bytes], echo: IO[str], is_err: bool) -> None:
             for raw in iter(stream.readline, b""):
-                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                line = mask_text(raw.decode("utf-8", errors="replace").rstrip("\n"), secrets)
                 with lock:
                     log.write(("! " if is_err else "  ") + line + "\n")
                     log.flush()

@@ -30,7 +30,7 @@ def plan(project: Path | str = FLAKY, params: dict[str, Any] | None = None, entr
 def test_secret_parameters_travel_in_the_environment_only(tmp_path: Path) -> None:
     secret = "tok-9d1f0b"
     job = plan(params={"mode": "ok", "api_token": secret})
-    assert '--api-token "${MLTF_SECRET_API_TOKEN}"' in job.command and secret not in job.command
+    assert '--api-token @@MLTF_SECRET_API_TOKEN@@' in job.command and secret not in job.command
     assert job.secrets == {"MLTF_SECRET_API_TOKEN": secret}
     assert job.display_command.endswith("--api-token ***")
     assert job.params["api_token"] == "<secret>"

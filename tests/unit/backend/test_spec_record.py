@@ -20,7 +20,7 @@ def full_spec(tmp_path: Path) -> JobSpec:
     """Every field away from its default."""
     return JobSpec(
         run_id="r" * 32, experiment_id="3", tracking_uri="http://127.0.0.1:5000", project_dir=str(tmp_path / "p"),
-        command='python train.py --token "$MLTF_SECRET_TOKEN" --lr 0.1', display_command="python train.py --lr 0.1",
+        command="python train.py --token @@MLTF_SECRET_TOKEN@@ --lr 0.1", display_command="python train.py --lr 0.1",
         job_dir=str(tmp_path / "jobs" / "r"), env_manager="virtualenv", local_bin="/opt/py/bin",
         python_env={"python": "3.11", "dependencies": ["numpy==2.0"], "build_dependencies": ["pip"]},
         env_hash="abc123", env_root=str(tmp_path / "envs"), tasks=4, fabric={"kind": "socket", "socket_ifname": "lo"},
