@@ -12,7 +12,9 @@ import pytest
 
 from mltf_flow.errors import ConfigError, ServerUnreachable
 from mltf_flow.tracking_server import check_server
-from tests.helpers import EXAMPLE, MlflowServer, git_project, run_mltf
+from tests.helpers import MlflowServer, git_project, run_mltf
+
+FLAKY = Path(__file__).parent / "projects" / "flaky"
 
 
 @pytest.fixture
@@ -56,8 +58,8 @@ def test_a_running_server_passes(mlflow_server: MlflowServer) -> None:
 
 
 def test_mltf_flow_run_against_a_closed_port_exits_2_with_one_message(tmp_path: Path, closed_port: int) -> None:
-    project = git_project(EXAMPLE, tmp_path / "jet")
-    result = run_mltf("run", str(project), "--step", "features",
+    project = git_project(FLAKY, tmp_path / "flaky")  # needs no data: only the server can be wrong
+    result = run_mltf("run", str(project), "--step", "main",
                       env={"MLTF_FLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port}"})
     assert result.returncode == 2, result.output
     assert f"MLflow server http://127.0.0.1:{closed_port} does not answer" in result.output
