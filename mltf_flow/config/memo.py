@@ -88,9 +88,7 @@ def _load(entry: Path) -> tuple[Any, list[tuple[type[Warning], str]]] | None:
     try:
         with entry.open("rb") as handle:
             loaded = pickle.load(handle)  # our own cache directory (mode 0700), written by _store
-    except FileNotFoundError:
-        return None
-    except Exception:
+    except Exception:  # missing, truncated, or pickled by another version: computed again and replaced
         return None
     if not isinstance(loaded, tuple) or len(loaded) != 2:
         return None
