@@ -19,6 +19,7 @@ one class. A message says what failed, what was found, where it came from and wh
     ├── EnvBuildError          a job could not build the project's Python environment on its node
     ├── StepError              a pipeline step did not produce a complete, verified run
     │   ├── StepFailed         the entry point exited non-zero (carries exit code and stderr tail)
+    │   │   └── StepTimedOut   it ran past the step's (or profile's) timeout and was stopped
     │   ├── OutputMissing      the entry point exited 0 but a declared output is missing
     │   └── StepInProgress     another live process is running the same step (same cache key)
     └── CommandError           an external command failed (carries command, exit code, stdout, stderr)
@@ -143,6 +144,28 @@ class StepFailed(StepError):
         self.stderr_tail = list(stderr_tail)
         self.log_path = log_path
         self.summary = summary
+
+
+class StepTimedOut(StepFailed):
+    """The step's command ran past its timeout: it was stopped with every process of its session."""
+
+    def __init__(
+        self, *, step: str, run_id: str | None, exit_code: int, stderr_tail: Sequence[str], log_path: str,
+        timeout: str, source: str, summary: str | None = None,
+    ) -> None:
+        super().__init__(step=step, run_id=run_id, exit_code=exit_code, stderr_tail=stderr_tail, log_path=log_path,
+                         summary=summary)
+        tail = "\n".join(f"    {line}" for line in stderr_tail[-5:]) or "    (no stderr output)"
+        self.reason = (f"timed out after {timeout} (timeout from {source}): its command and its processes were "
+                       "stopped")
+        message = (
+            f"step '{step}' {self.reason} (MLflow run {run_id}, marked FAILED). Raise the timeout, or make the "
+            f"command finish sooner (fewer epochs, a checkpoint to resume from).\n"
+            f"  last lines of stderr:\n{tail}\n  full log: {log_path}"
+        )
+        StepError.__init__(self, message, step=step, run_id=run_id)
+        self.timeout = timeout
+        self.source = source
 
 
 class OutputMissing(StepError):

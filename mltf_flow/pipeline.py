@@ -173,7 +173,8 @@ class PipelineStep(MLflowStep):
                 project_dir=self.spec.root, entry_point=step.entry_point, name=step.name, pipeline=self.spec.name,
                 code_paths=step.code, outputs=step.outputs, inputs=step.inputs,
                 allow_extra_params=bool(self.allow_extra), needs_gpu=step.gpu, run_on=step.run_on,
-                default_world_size=step.world_size,
+                default_world_size=step.world_size, timeout=step.timeout,
+                timeout_source=f"{self.spec.root / PIPELINE_FILE}: step {step.name!r}, key 'timeout'",
             )
         definition: StepDefinition = self._memo["definition"]
         return definition

@@ -37,7 +37,16 @@ from mltf_flow.invocation import invocation_id, once_per_invocation
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
 from mltf_flow.redaction import is_secret_name, strip_credentials
 from mltf_flow.retcodes import apply_default_retcodes
-from mltf_flow.step_def import MODEL_PREFIX, ResolvedStep, StepDefinition, Upstream, code_version, resolve, step_params
+from mltf_flow.step_def import (
+    MODEL_PREFIX,
+    ResolvedStep,
+    StepDefinition,
+    Upstream,
+    code_version,
+    resolve,
+    step_params,
+    step_timeout,
+)
 from mltf_flow.targets.mlflow_run import MLflowRunTarget
 
 if TYPE_CHECKING:
@@ -87,6 +96,9 @@ class MLflowStep(luigi.Task):
     run_on: ClassVar[str] = "driver"
     #: Ranks of a "ddp" step when no ``world_size`` parameter says otherwise; None = every worker.
     default_world_size: ClassVar[int | None] = None
+    #: How long the command may run before it is stopped and the step fails: "90s", "2h", "01:30:00" or
+    #: seconds; None = the profile's ``timeout`` (default: no limit). At most the walltime of a SLURM profile.
+    timeout: ClassVar[str | float | None] = None
 
     profile: str | None = luigi.OptionalParameter(
         default=None, significant=False, description="cluster profile of this step (default: the pipeline's)"
@@ -131,10 +143,21 @@ class MLflowStep(luigi.Task):
                 pipeline=self.pipeline, code_paths=tuple(self.code_paths), outputs=dict(self.outputs),
                 inputs=dict(self.inputs), pass_through=tuple(self.pass_through),
                 allow_extra_params=self.allow_extra_params, needs_gpu=self.needs_gpu, run_on=self.run_on,
-                default_world_size=self.default_world_size,
+                default_world_size=self.default_world_size, timeout=self._timeout_seconds(),
+                timeout_source=f"{type(self).__name__}.timeout",
             )
         definition: StepDefinition = self._memo["definition"]
         return definition
+
+    def _timeout_seconds(self) -> float | None:
+        from mltf_flow.config.units import timeout_seconds
+
+        if self.timeout is None:
+            return None
+        try:
+            return timeout_seconds(self.timeout)
+        except ValueError as exc:
+            raise ConfigError(f"{type(self).__name__}.timeout: {exc} Set e.g. timeout = \"2h\".") from None
 
     def project(self) -> Project:
         if "project" not in self._memo:
@@ -285,7 +308,8 @@ class MLflowStep(luigi.Task):
         self.params()
         # A docker_env project, conda without conda, a requirement pip cannot install: said before anything runs.
         self.environment()
-        self.cluster_profile()
+        # A timeout beyond a SLURM profile's walltime: said now, before any job is submitted.
+        step_timeout(self.definition(), self.cluster_profile())
         return [dep.task if isinstance(dep, PlainUpstream) else dep for dep in self.requirements().values()
                 if isinstance(dep, PlainUpstream | luigi.Task)]
 

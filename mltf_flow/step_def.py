@@ -21,6 +21,7 @@ from mltf_flow.cache_key import CodeVersion, cache_key, code_hash
 from mltf_flow.code_set import AUTO, parameter_files
 from mltf_flow.config.pipeline import LAUNCHERS
 from mltf_flow.errors import ConfigError
+from mltf_flow.launch.base import StepTimeout
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project
 from mltf_flow.project_outputs import load_outputs
 
@@ -52,6 +53,10 @@ class StepDefinition:
     needs_gpu: bool = False
     run_on: str = "driver"
     default_world_size: int | None = None
+    #: Seconds the command may run (wins over the profile's ``timeout``); None: the profile's, if any.
+    timeout: float | None = None
+    #: Where ``timeout`` was declared (file and key, or class attribute), for messages.
+    timeout_source: str = ""
 
     def __post_init__(self) -> None:
         if self.run_on not in LAUNCHERS:
@@ -114,6 +119,9 @@ class ResolvedStep:
     profile: Profile
     #: Ranks of a ddp step (None otherwise).
     world_size: int | None = None
+    #: How long the command may run (the step's own value, else its profile's); not in the key: a run that
+    #: finished within any limit is the same result.
+    timeout: StepTimeout | None = None
 
     @property
     def name(self) -> str:
@@ -223,6 +231,29 @@ def ddp_world_size(definition: StepDefinition, profile: Profile, given: int | No
     return int(size)
 
 
+def step_timeout(definition: StepDefinition, profile: Profile) -> StepTimeout | None:
+    """The step's timeout: its own ``timeout``, else its profile's; None when neither sets one. On a SLURM
+    profile the walltime is the outer bound (the command runs inside, or beside, jobs SLURM ends at their
+    walltime): a longer timeout is an input error, raised before anything is submitted."""
+    from mltf_flow.config.profiles import SlurmProfile
+    from mltf_flow.config.units import clock, walltime_seconds
+
+    if definition.timeout is not None:
+        found = StepTimeout(definition.timeout, definition.timeout_source or f"step {definition.step_name!r}")
+    elif profile.timeout is not None:
+        found = StepTimeout(profile.timeout, f"{profile.source_of('timeout')}: profile {profile.name!r}, key 'timeout'")
+    else:
+        return None
+    if isinstance(profile, SlurmProfile) and found.seconds > walltime_seconds(profile.walltime):
+        raise ConfigError(
+            f"{found.source}: step {definition.step_name!r} has timeout {clock(found.seconds)}, longer than walltime "
+            f"{profile.walltime} of its SLURM profile {profile.name!r} ({profile.source_of('walltime')}): SLURM would "
+            f"end the jobs first. Lower the timeout to at most \"{clock(walltime_seconds(profile.walltime))}\" or "
+            "raise the profile's walltime."
+        )
+    return found
+
+
 def resolve(
     definition: StepDefinition, project: Project, params: Mapping[str, ParamValue], *,
     requirements: Mapping[str, Upstream], code: CodeVersion, environment: StepEnvironment, profile: Profile,
@@ -235,10 +266,11 @@ def resolve(
     inputs, keys, datasets = refs
     return ResolvedStep(definition=definition, project=project, params=dict(params), inputs=inputs,
                         upstream=keys, datasets=datasets, code=code, environment=environment, profile=profile,
-                        world_size=ddp_world_size(definition, profile, world_size))
+                        world_size=ddp_world_size(definition, profile, world_size),
+                        timeout=step_timeout(definition, profile))
 
 
 __all__ = [
     "LAUNCHERS", "MODEL_PREFIX", "InputRef", "ResolvedStep", "StepDefinition", "Upstream", "code_version",
-    "ddp_world_size", "resolve", "step_parameter_files", "step_params", "upstream_refs",
+    "ddp_world_size", "resolve", "step_parameter_files", "step_params", "step_timeout", "upstream_refs",
 ]

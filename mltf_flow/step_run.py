@@ -33,7 +33,8 @@ from mltf_flow.cache_key import git_state
 from mltf_flow.clusters import session
 from mltf_flow.code_set import command_files
 from mltf_flow.config.profiles import SlurmProfile
-from mltf_flow.errors import OutputMissing, StepError, StepFailed
+from mltf_flow.config.units import clock
+from mltf_flow.errors import OutputMissing, StepError, StepFailed, StepTimedOut
 from mltf_flow.invocation import INVOCATION_ENV, invocation_id
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
 from mltf_flow.mlproject import mlflow_command
@@ -62,6 +63,7 @@ from mltf_flow.tags import (
     TAG_ENV_HASH,
     TAG_ENV_MANAGER,
     TAG_ENV_PREFIX,
+    TAG_ERROR,
     TAG_GIT_DIRTY,
     TAG_INPUTS,
     TAG_INVOCATION_ID,
@@ -304,6 +306,7 @@ def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> 
                 on_start=lambda pid: tracker.set_tags(run.run_id, {TAG_COMMAND_PID: str(pid)}),
                 on_tags=lambda more: tracker.set_tags(run.run_id, more),
                 display_command=display_command(plan.command, plan.params),
+                timeout=step.timeout,
             )
         )
     after = snapshot(root)
@@ -369,6 +372,15 @@ def settle(plan: Plan, run: OpenRun, result: LaunchResult, wrote: list[str], gua
            reporter: luigi.Task) -> None:
     """Phase 4: FINISHED + ``mltf.complete=true`` only for exit code 0 with every declared output."""
     step, tracker, name = plan.step, run.tracker, plan.step.name
+    if result.timed_out and step.timeout is not None:
+        timed_out = StepTimedOut(
+            step=name, run_id=run.run_id, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
+            log_path=str(run.log_path), timeout=clock(step.timeout.seconds), source=step.timeout.source,
+            summary=result.summary,
+        )
+        tracker.set_tags(run.run_id, {TAG_ERROR: timed_out.reason})
+        guard.end(ok=False, exit_code=result.exit_code)
+        raise timed_out
     if result.exit_code != 0:
         guard.end(ok=False, exit_code=result.exit_code)
         raise StepFailed(

@@ -107,11 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         monitor = RankMonitor(spec.run_id, spec.tracking_uri, f"rank-{rank}", env.get("MLTF_GPU_DEVICE"),
                               float(env.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10"))).start()
     try:
-        code, _ = run_streaming(
+        code = run_streaming(
             spec.command, cwd=Path(spec.project_dir), env=env,
             log_path=Path(spec.job_dir) / f"rank{rank}-{job}.log", display=spec.display_command,
             tail_lines=spec.stderr_tail_lines, echo_prefix="", stop_grace=spec.kill_grace,
-        )
+        ).exit_code
     except Stopped:
         code = 128 + signal.SIGTERM
     finally:

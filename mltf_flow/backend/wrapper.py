@@ -300,13 +300,13 @@ class Wrapper:
             def remember(pid: int) -> None:
                 self.child_pid = pid
 
-            code, tail = run_streaming(
+            ended = run_streaming(
                 command, cwd=Path(self.spec.project_dir), env=env,
                 log_path=Path(self.spec.job_dir) / f"command-{self.job_id}.log",
                 display=self.spec.display_command, tail_lines=self.spec.stderr_tail_lines, echo_prefix="",
                 on_start=remember, stop_grace=self.spec.kill_grace,
             )
-            outcome = _outcome_of_exit(code, tail)
+            outcome = _outcome_of_exit(ended.exit_code, ended.tail)
         except Stopped as stop:
             outcome = _outcome_of_signal(stop.signum, self.job_id, self.pre_timeout_at is not None)
         except Exception as exc:

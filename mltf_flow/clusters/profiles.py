@@ -25,7 +25,7 @@ from mltf_flow.config.files import load_yaml, read_yaml_mapping, stamp
 from mltf_flow.config.memo import remembered
 from mltf_flow.config.profiles import KEYS, KINDS, SLURM_KEYS, AnyProfile, LocalProfile, Profile, SlurmProfile
 from mltf_flow.config.schema import validate
-from mltf_flow.config.units import duration_seconds, walltime_seconds
+from mltf_flow.config.units import clock, duration_seconds, walltime_seconds
 from mltf_flow.errors import ConfigError
 
 __all__ = ["AnyProfile", "LocalProfile", "Profile", "SlurmProfile", "duration_seconds", "get_profile",
@@ -210,6 +210,13 @@ def _check_consistency(p: Profile) -> None:
             f"{where('lifetime')}: lifetime {p.lifetime} (+ stagger {p.lifetime_stagger or '0s'}) is not below "
             f"walltime {p.walltime}; workers would be killed by SLURM mid-task. Use e.g. lifetime: 50m, "
             "lifetime_stagger: 4m with walltime: \"01:00:00\"."
+        )
+    # A step's command runs inside the workers' jobs: SLURM would end them before the timeout fires.
+    if p.timeout is not None and p.timeout > walltime_seconds(p.walltime):
+        raise ConfigError(
+            f"{where('timeout')}, key 'timeout': timeout {clock(p.timeout)} is longer than the profile's walltime "
+            f"{p.walltime} ({p.source_of('walltime')}): SLURM would end the workers first. Lower timeout (e.g. "
+            f"timeout: \"{clock(walltime_seconds(p.walltime))}\") or raise walltime."
         )
     if p.gpus_per_node and p.processes not in (None, p.gpus_per_node):
         raise ConfigError(

@@ -21,6 +21,7 @@ import yaml
 from mltf_flow.config.fields import Before, Ge, StrictBool, StrictInt, StrictStr
 from mltf_flow.config.files import load_yaml
 from mltf_flow.config.schema import Schema, validate
+from mltf_flow.config.units import TIMEOUT_HINT, Timeout
 from mltf_flow.errors import ConfigError
 from mltf_flow.staging.uri import parse_dataset_uri
 
@@ -65,6 +66,7 @@ class StepEntry(Schema):
         "outputs": "a mapping of output name: path or model:NAME", "code": "'auto' or a list of paths/globs",
         "requires": "a list of step names",
         "run_on": "'driver', 'worker' or 'ddp'", "world_size": "a whole number >= 1",
+        "timeout": f"{TIMEOUT_HINT}, or null",
     }
 
     entry_point: StrictStr | None = None  # None for a stage step
@@ -76,6 +78,8 @@ class StepEntry(Schema):
     gpu: StrictBool = False
     run_on: Launcher = "driver"
     world_size: Annotated[StrictInt, Ge(1)] | None = None
+    #: Seconds the step's command may run (wins over the profile's ``timeout``); None: the profile's.
+    timeout: Timeout | None = None
 
     def __post_init__(self) -> None:
         # Runs after each key was checked; a ValueError here is reported for the whole step.
@@ -84,6 +88,8 @@ class StepEntry(Schema):
         if self.world_size is not None and self.run_on != "ddp":
             raise ValueError(f"world_size is for steps with run_on: ddp (this one runs on {self.run_on!r}); "
                              "set run_on: ddp or remove world_size.")
+        if self.dataset is not None and self.timeout is not None:
+            raise ValueError("a stage step runs no command: remove timeout (or put it on the step that uses it).")
         if self.dataset is not None:
             parse_dataset_uri(self.dataset)  # a ConfigError (a ValueError) that says what is wrong
             if self.inputs or self.outputs:

@@ -17,7 +17,7 @@ from mltf_flow.config.fields import Before, Ge, Gt, StrictFloat, StrictInt, Stri
 from mltf_flow.config.gds import GdsSettings
 from mltf_flow.config.rucio import RucioSettings
 from mltf_flow.config.schema import Schema
-from mltf_flow.config.units import DURATION_HINT, SIZE_HINT, Duration, Size, Walltime
+from mltf_flow.config.units import DURATION_HINT, SIZE_HINT, TIMEOUT_HINT, Duration, Size, Timeout, Walltime
 
 _WHOLE = "a whole number >= 1"
 
@@ -38,7 +38,8 @@ class Profile(Schema):
         "kind": "'local' or 'slurm'", "workers": _WHOLE, "threads_per_worker": _WHOLE, "cores": _WHOLE,
         "death_timeout": _WHOLE, "processes": f"{_WHOLE}, or null", "gpus_per_node": "a whole number >= 0",
         "worker_start_timeout": "a number of seconds > 0", "memory": SIZE_HINT, "lifetime": DURATION_HINT,
-        "lifetime_stagger": DURATION_HINT, "gpu_directive": "'gres' or 'gpus-per-node'",
+        "lifetime_stagger": DURATION_HINT, "timeout": f"{TIMEOUT_HINT}, or null",
+        "gpu_directive": "'gres' or 'gpus-per-node'",
         "prologue": "a list of strings", "extra_directives": "a list of strings",
         **dict.fromkeys(("dashboard_address", "scheduler_address", "gpu_profile", "interface", "local_directory",
                          "partition", "account", "qos", "log_directory", "python", "job_name"), "a string or null"),
@@ -63,6 +64,9 @@ class Profile(Schema):
     rucio: RucioSettings | None = None
     #: GPUDirect Storage for the jobs (cufile.json, node-local scratch); see mltf_flow.fabric.gds.
     gds: GdsSettings | None = None
+    #: Seconds a step's command may run on this profile before it is stopped and the step fails; None: no
+    #: limit. A step's own ``timeout`` wins (mltf_flow.step_def.step_timeout).
+    timeout: Timeout | None = None
     #: Where each key's value came from (file or variable), for error messages and `doctor`.
     sources: dict[str, str] = field(default_factory=dict, repr=False)
 

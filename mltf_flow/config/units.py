@@ -10,13 +10,14 @@ profile means) and so is a leading number. SLURM's time format (``D-H:M:S`` ...)
 its ``--mem`` (``16G`` is 16 GiB there, 16*10^9 bytes to Dask; a bare number is megabytes): the backend
 config (:mod:`mltf_flow.config.backend`) takes both as sbatch does, a profile takes Dask's sizes.
 
-The annotated types (:data:`Duration`, :data:`Seconds`, :data:`Interval`, :data:`Size`, :data:`Walltime`,
-:data:`TimeLimit`, :data:`SlurmMemory`) are what the models in this package declare; their messages say
-what is expected.
+The annotated types (:data:`Duration`, :data:`Seconds`, :data:`Interval`, :data:`Timeout`, :data:`Size`,
+:data:`Walltime`, :data:`TimeLimit`, :data:`SlurmMemory`) are what the models in this package declare; their
+messages say what is expected.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -49,6 +50,7 @@ SIZE_HINT = "a size like '4GB' or '16GiB'"
 WALLTIME_HINT = 'a quoted SLURM time like "02:00:00" or "1-00:00:00"'
 TIME_LIMIT_HINT = 'a SLURM time limit like "00:30:00", "1-00:00:00", minutes, or "UNLIMITED"'
 SLURM_MEMORY_HINT = 'SLURM memory per node like "16G" or "4000M"'
+TIMEOUT_HINT = 'a duration like 90s, 30m or 2h, a clock time like "01:30:00", or seconds above zero'
 
 
 def _split(text: str, units: dict[str, float] | dict[str, int]) -> tuple[float, float]:
@@ -125,6 +127,38 @@ def _interval(value: Any) -> Any:
     raise ValueError(f"expected seconds above zero, or a duration like 10s or 2m; found {value!r}.")
 
 
+def timeout_seconds(value: Any) -> float:
+    """Seconds in a step's timeout: a duration (``90s``, ``2h``: :func:`duration_seconds`), a clock time
+    (``"01:30:00"``: :func:`walltime_seconds`, as the profile's walltime it must fit in is written) or a
+    number of seconds (YAML reads an unquoted ``01:30:00`` as the number 5400: the same seconds). Above zero;
+    raises ``ValueError`` with the message the user sees."""
+    if isinstance(value, str) and ":" in value:
+        try:
+            seconds = float(walltime_seconds(value))
+        except ValueError:
+            seconds = 0.0
+    else:
+        try:
+            seconds = float(_interval(value))
+        except ValueError:
+            seconds = 0.0
+    if 0 < seconds < math.inf:
+        return seconds
+    raise ValueError(f"expected {TIMEOUT_HINT}, found {value!r}.")
+
+
+def clock(seconds: float) -> str:
+    """Seconds as messages show them: ``"45s"`` below a minute, else ``"01:30:00"`` (walltime's form).
+
+    >>> clock(2.5), clock(5400), clock(90000)
+    ('2.5s', '01:30:00', '25:00:00')
+    """
+    if seconds < 60:
+        return f"{seconds:g}s"
+    whole = round(seconds)
+    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
 def _size(value: Any) -> Any:
     if isinstance(value, str):
         try:
@@ -174,6 +208,8 @@ Duration = Annotated[str, Before(_duration)]
 Seconds = Annotated[float, Before(_seconds)]
 #: Seconds above zero, from a number or a duration string (``2m`` -> 120.0).
 Interval = Annotated[float, Before(_interval)]
+#: Seconds above zero from a duration, a clock time or a number (``2h`` -> 7200.0, ``"01:30:00"`` -> 5400.0).
+Timeout = Annotated[float, Before(timeout_seconds)]
 #: A size kept as written, e.g. a job's ``memory: 4GB``.
 Size = Annotated[str, Before(_size)]
 #: A SLURM time limit kept as written (quoted in YAML).

@@ -87,14 +87,18 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
         monitor = RankMonitor(run_id, spec["tracking_uri"], f"rank-{rank}", env.get("MLTF_GPU_DEVICE"),
                               float(spec["metrics_interval"])).start()
     try:
-        code, tail = run_streaming(
+        ended = run_streaming(
             spec["command"], cwd=Path(spec["cwd"]), env=env, log_path=log_path, display=spec["display"],
             tail_lines=int(spec["tail_lines"]), echo_prefix=None, should_stop=stop.is_set,
+            timeout=spec.get("timeout"),
         )
     finally:
         if monitor is not None:
             monitor.finish()
-    return {"exit_code": code, "tail": tail, "fabric": fabric.env, "note": fabric.note}
+    outcome = {"exit_code": ended.exit_code, "tail": ended.tail, "fabric": fabric.env, "note": fabric.note}
+    if ended.timed_out:
+        outcome.update(timed_out=True, status=f"timed out after {spec['timeout']:g} s (stopped)")
+    return outcome
 
 
 def worker_addresses(dask_scheduler: Any) -> list[str]:
@@ -215,6 +219,8 @@ class DDPLauncher:
                 "fabric": self.profile.fabric, "interface": interface,
                 "tracking_uri": request.env.get("MLFLOW_TRACKING_URI"),
                 "metrics_interval": request.env.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10"),
+                # Each rank counts from its own start: a rank that overruns stops, and the others with it.
+                "timeout": request.timeout.seconds if request.timeout else None,
             }
             futures[ra.rank] = self.client.submit(
                 run_rank, spec, workers=[ra.worker.address], allow_other_workers=False, pure=False, retries=0,
@@ -263,7 +269,8 @@ class DDPLauncher:
             lines.extend(f"      ! {line}" for line in tail[-8:])
         code = outcomes[first].get("exit_code")
         return LaunchResult(int(code) if code is not None else -9, list(outcomes[first].get("tail", [])),
-                            request.log_path, duration, summary="\n".join(lines), extra_logs=logs)
+                            request.log_path, duration, summary="\n".join(lines), extra_logs=logs,
+                            timed_out=bool(outcomes[first].get("timed_out")))
 
     @staticmethod
     def _status(outcome: Mapping[str, Any]) -> str:

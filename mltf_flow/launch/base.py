@@ -9,6 +9,15 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class StepTimeout:
+    """How long a step's command may run, and who said so (for the message when it fires)."""
+
+    seconds: float
+    #: Where the value came from, e.g. "pipeline.yaml: step 'train', key 'timeout'" or "profile 'gpu' (FILE)".
+    source: str
+
+
+@dataclass(frozen=True)
 class LaunchRequest:
     """Everything a launcher needs to run a step's command."""
 
@@ -24,6 +33,8 @@ class LaunchRequest:
     on_start: Callable[[int], None] | None = field(default=None, compare=False)
     #: Called with tags for the step's run while it runs (e.g. where each rank of a DDP job runs).
     on_tags: Callable[[Mapping[str, str]], None] | None = field(default=None, compare=False)
+    #: Stop the command (its whole session: every rank of a DDP job) this long after it started; None: never.
+    timeout: StepTimeout | None = None
 
 
 @dataclass(frozen=True)
@@ -38,11 +49,15 @@ class LaunchResult:
     summary: str | None = None
     #: More logs to keep with the run: (artifact file name, local path), e.g. the other ranks' logs.
     extra_logs: tuple[tuple[str, Path], ...] = ()
+    #: The command was stopped because it ran past the request's timeout.
+    timed_out: bool = False
 
 
 class Launcher(Protocol):
     """Runs a step command; returns when it has ended. Must not leave the command running when
-    interrupted (KeyboardInterrupt / SIGTERM): stop it, then re-raise."""
+    interrupted (KeyboardInterrupt / SIGTERM): stop it, then re-raise. Stops it after ``request.timeout``
+    (then ``timed_out``), and leaves none of its processes behind when it ends (see
+    :func:`mltf_flow.launch.local.run_streaming`)."""
 
     name: str
 

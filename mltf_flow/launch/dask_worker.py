@@ -28,20 +28,23 @@ _FORWARD = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRAC
 
 
 def run_on_worker(
-    command: str, cwd: str, env: Mapping[str, str], log_path: str, display: str, tail_lines: int, stop_event: str
+    command: str, cwd: str, env: Mapping[str, str], log_path: str, display: str, tail_lines: int, stop_event: str,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Executed on the worker: run the command, return its exit code and stderr tail."""
+    """Executed on the worker: run the command (``timeout`` counts from its start there, not from the queue),
+    return its exit code, stderr tail and whether it timed out."""
     from distributed import Event, get_client
 
     from mltf_flow.launch.local import run_streaming
 
     event = Event(stop_event, client=get_client())
     merged = {**os.environ, **env, "PATH": worker_path()}
-    code, tail = run_streaming(
+    ended = run_streaming(
         command, cwd=Path(cwd), env=merged, log_path=Path(log_path), display=display, tail_lines=tail_lines,
-        echo_prefix=None, should_stop=event.is_set,
+        echo_prefix=None, should_stop=event.is_set, timeout=timeout,
     )
-    return {"exit_code": code, "tail": tail, "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
+    return {"exit_code": ended.exit_code, "tail": ended.tail, "timed_out": ended.timed_out,
+            "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
 
 
 def step_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -101,6 +104,7 @@ class DaskWorkerLauncher:
         future = self.client.submit(
             run_on_worker, request.command, str(request.cwd), step_env(request.env), str(request.log_path),
             request.display_command or request.command, request.stderr_tail_lines, stop_name,
+            request.timeout.seconds if request.timeout else None,
             resources=resources, pure=False, retries=0, key=f"mltf-step-{request.step}-{stop_name}",
         )
         offset = 0
@@ -120,4 +124,4 @@ class DaskWorkerLauncher:
             raise
         self.last = result
         return LaunchResult(int(result["exit_code"]), list(result["tail"]), request.log_path,
-                            time.monotonic() - start)
+                            time.monotonic() - start, timed_out=bool(result.get("timed_out")))

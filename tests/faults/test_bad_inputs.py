@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,17 @@ class Case:
     env: tuple[tuple[str, str], ...] = ()
     files: tuple[tuple[str, str], ...] = ()  # (name under the case's dir, text)
     code: int = 2
+
+
+#: A fake ``sbatch`` first on PATH (the case's ``bin``): it records that it was called. No case may call it.
+FAKE_SBATCH = ("bin/sbatch", "#!/bin/sh\ntouch \"$(dirname \"$0\")/../sbatch-called\"\nexit 1\n")
+SLURM_T = 't: {{extends: slurm, partition: debug, walltime: "00:10:00", timeout: {timeout}}}\n'
+
+
+def timeout_project(timeout: str) -> tuple[tuple[str, str], ...]:
+    """A one-step project whose step ``main`` has ``timeout`` in pipeline.yaml."""
+    return (("proj/MLproject", "name: t\nentry_points:\n  main:\n    command: \"true\"\n"),
+            ("proj/pipeline.yaml", f"steps:\n  main:\n    entry_point: main\n    timeout: {timeout}\n"))
 
 
 RUN = f"mltf-flow run {P} --step train"
@@ -210,11 +222,54 @@ CASES = [
         "no step 'nosuch'",
     ),
     Case("pipeline-empty-dataset", f'{PIPE} --overrides \'{{"stage.dataset": ""}}\'', "empty dataset URI"),
+    # -- timeouts: bad values, and longer than a SLURM profile's walltime (refused before any sbatch) ---------
+    Case(
+        "profile-timeout-bad",
+        f"{RUN} --profile t",
+        "profile 't', key 'timeout': expected a duration like 90s, 30m or 2h",
+        env=(("MLTF_FLOW_PROFILE_FILES", "{T}/p.yaml"),),
+        files=(("p.yaml", "t: {extends: local, timeout: soon}\n"),),
+    ),
+    Case(
+        "profile-timeout-zero",
+        f"{RUN} --profile t",
+        "key 'timeout': expected a duration",
+        env=(("MLTF_FLOW_PROFILE_FILES", "{T}/p.yaml"),),
+        files=(("p.yaml", "t: {extends: local, timeout: 0}\n"),),
+    ),
+    Case(
+        "profile-timeout-beyond-walltime",
+        f"{RUN} --profile t",
+        "timeout 01:00:00 is longer than the profile's walltime 00:10:00",
+        env=(("MLTF_FLOW_PROFILE_FILES", "{T}/p.yaml"),),
+        files=(("p.yaml", SLURM_T.format(timeout="1h")), FAKE_SBATCH),
+    ),
+    Case(
+        "step-timeout-bad",
+        "mltf-flow run {T}/proj --step main",
+        "step 'main', key 'timeout': expected a duration like 90s",
+        files=timeout_project("soon"),
+    ),
+    Case(
+        "step-timeout-beyond-walltime",
+        "mltf-flow run {T}/proj --step main --profile t",
+        "step 'main' has timeout 02:00:00, longer than walltime 00:10:00 of its SLURM profile 't'",
+        env=(("MLTF_FLOW_PROFILE_FILES", "{T}/p.yaml"),),
+        files=(("p.yaml", SLURM_T.format(timeout="null")), FAKE_SBATCH, *timeout_project("2h")),
+    ),
+    Case(
+        "luigi-step-timeout-beyond-walltime",
+        "luigi --module mltf_flow.pipeline PipelineStep --local-scheduler --no-lock --project-dir {T}/proj "
+        "--run-step main --profile t",
+        "Lower the timeout to at most \"00:10:00\" or raise the profile's walltime",
+        env=(("MLTF_FLOW_PROFILE_FILES", "{T}/p.yaml"),),
+        files=(("p.yaml", SLURM_T.format(timeout="null")), FAKE_SBATCH, *timeout_project('"01:00:00"')),
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Case, Result]]]:
+def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Case, Result, Path]]]:
     site = [str(path) for path in SITE_SETTINGS if path.exists()]
     if site:
         pytest.skip(f"{', '.join(site)} holds site settings that would change every result")
@@ -224,11 +279,14 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tupl
     (data / "jets.root").write_bytes(b"not really ROOT")
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MLTF_", "MLFLOW_"))}
 
-    def run(case: Case) -> tuple[Case, Result]:
+    def run(case: Case) -> tuple[Case, Result, Path]:
         home = root / case.id
         home.mkdir()
         for name, text in case.files:
+            (home / name).parent.mkdir(parents=True, exist_ok=True)
             (home / name).write_text(text)
+            if name.startswith("bin/"):
+                (home / name).chmod(0o755)
         env = {
             **base,
             "HOME": str(home),
@@ -237,12 +295,12 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tupl
             "LUIGI_CONFIG_PATH": str(REPO / "configs" / "luigi.cfg"),
             "MLTF_FLOW_WORK_DIR": str(home / "work"),
             "MLTF_FLOW_ENV_MANAGER": "local",
-            "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}",
+            "PATH": os.pathsep.join([str(home / "bin"), str(BIN), base.get("PATH", "")]),
         }
         env.update({k: v.replace("{T}", str(home)) for k, v in case.env})
         command = case.command.replace("{P}", P).replace("{T}", str(home)).replace("{DATA}", str(data))
         words = shlex.split(command.replace("$NO_SUCH_VARIABLE_SET", ""))
-        return case, run_cmd([str(BIN / words[0]), *words[1:]], env=env, cwd=home, timeout=120)
+        return case, run_cmd([str(BIN / words[0]), *words[1:]], env=env, cwd=home, timeout=120), home
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         yield {case.id: outcome for case, outcome in zip(CASES, pool.map(run, CASES), strict=True)}
@@ -254,11 +312,12 @@ def test_there_are_enough_cases() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_bad_input_is_one_line_and_exit_2(case: Case, results: dict[str, tuple[Case, Result]]) -> None:
-    _, result = results[case.id]
+def test_bad_input_is_one_line_and_exit_2(case: Case, results: dict[str, tuple[Case, Result, Path]]) -> None:
+    _, result, home = results[case.id]
     shown = f"{case.command}\nexit code {result.returncode}\n{result.output[-3000:]}"
     assert "Traceback" not in result.output, shown
     assert result.returncode == case.code, shown
     assert case.fragment in result.output, shown
     assert SECRET not in result.output, shown
     assert "Will not run" not in result.output, shown  # Luigi's scheduling-error report
+    assert not (home / "sbatch-called").exists(), shown  # rejected before anything was submitted

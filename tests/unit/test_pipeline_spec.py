@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -140,6 +141,30 @@ def test_unknown_top_level_key(project: Path) -> None:
 def test_world_size_needs_ddp(project: Path) -> None:
     with_pipeline(project, VALID.replace("    code: [train.py]\n", "    code: [train.py]\n    world_size: 2\n"))
     with pytest.raises(ConfigError, match="step 'train': world_size is for steps with run_on: ddp"):
+        load_pipeline(project)
+
+
+def test_a_step_timeout_is_seconds(project: Path) -> None:
+    with_pipeline(project, VALID.replace("    code: [train.py]\n", "    code: [train.py]\n    timeout: 2h\n"))
+    steps = load_pipeline(project).steps
+    assert steps["train"].timeout == 7200.0 and steps["features"].timeout is None
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("soon", "step 'train', key 'timeout': expected a duration like 90s, 30m or 2h"),
+    ("0", "key 'timeout'"),
+])
+def test_a_bad_step_timeout_names_step_and_key(project: Path, value: str, message: str) -> None:
+    with_pipeline(project, VALID.replace("    code: [train.py]\n", f"    code: [train.py]\n    timeout: {value}\n"))
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_pipeline(project)
+    assert "pipeline.yaml" in str(info.value)
+
+
+def test_a_stage_step_has_no_timeout(project: Path) -> None:
+    stage = "    dataset: data/jet_sample\n"
+    with_pipeline(project, VALID.replace(stage, f"{stage}    timeout: 1h\n"))
+    with pytest.raises(ConfigError, match="step 'stage': a stage step runs no command: remove timeout"):
         load_pipeline(project)
 
 

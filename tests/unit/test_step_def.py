@@ -11,10 +11,12 @@ import luigi
 import pytest
 
 from mltf_flow.config import Settings, load_settings
+from mltf_flow.config.profiles import LocalProfile, SlurmProfile
 from mltf_flow.errors import ConfigError
+from mltf_flow.launch.base import StepTimeout
 from mltf_flow.pipeline import PipelineStep
 from mltf_flow.step import MLflowStep
-from mltf_flow.step_def import ResolvedStep, StepDefinition, resolve
+from mltf_flow.step_def import ResolvedStep, StepDefinition, resolve, step_timeout
 from mltf_flow.step_run import plan
 
 MLPROJECT = """\
@@ -151,3 +153,40 @@ def test_plan_resolves_inputs_and_lineage_before_a_run(project: Path, tmp_path: 
     assert f"--data {table}" in planned.command
     assert planned.upstream_runs == {"prep": "r1"}
     assert planned.manifests == {"data": manifest}
+
+
+# -- timeouts: the step's own, else its profile's; a SLURM profile's walltime bounds both -----------------------
+
+
+def _with_timeout(project: Path, step_value: float | None, profile: Any) -> Any:
+    definition = dataclasses.replace(PipelineStep(project_dir=str(project), run_step="prep").definition(),
+                                     timeout=step_value, timeout_source="pipeline.yaml: step 'prep', key 'timeout'")
+    return step_timeout(definition, profile)
+
+
+def test_the_steps_timeout_wins_over_the_profiles(project: Path) -> None:
+    profile = LocalProfile(name="p", timeout=60.0, sources={"timeout": "/etc/p.yaml"})
+    assert _with_timeout(project, 5.0, profile) == StepTimeout(5.0, "pipeline.yaml: step 'prep', key 'timeout'")
+    assert _with_timeout(project, None, profile) == StepTimeout(60.0, "/etc/p.yaml: profile 'p', key 'timeout'")
+    assert _with_timeout(project, None, LocalProfile(name="p")) is None
+
+
+def test_a_timeout_beyond_a_slurm_walltime_is_an_input_error(project: Path) -> None:
+    slurm = SlurmProfile(name="gpu", walltime="00:30:00", sources={"walltime": "/site/profiles.yaml"})
+    assert _with_timeout(project, 1800.0, slurm) is not None  # exactly the walltime: fine
+    with pytest.raises(ConfigError) as info:
+        _with_timeout(project, 7200.0, slurm)
+    message = str(info.value)
+    assert message.startswith("pipeline.yaml: step 'prep', key 'timeout': step 'prep' has timeout 02:00:00, longer "
+                              "than walltime 00:30:00 of its SLURM profile 'gpu' (/site/profiles.yaml)")
+    assert 'at most "00:30:00"' in message and "\n" not in message
+
+
+def test_a_python_step_declares_its_timeout_as_a_class_attribute(project: Path) -> None:
+    prep = _python_prep(project)
+    timed = type("Timed", (prep,), {"timeout": "01:30:00"})
+    assert timed().definition().timeout == 5400.0
+    assert timed().definition().timeout_source == "Timed.timeout"
+    bad = type("Bad", (prep,), {"timeout": "soon"})
+    with pytest.raises(ConfigError, match=r"Bad\.timeout: expected a duration like 90s"):
+        bad().definition()

@@ -540,3 +540,35 @@ def test_repository_site_profiles_all_resolve(monkeypatch: pytest.MonkeyPatch) -
             assert variant.gpus_per_node > 0, f"{name}'s gpu_profile {profile.gpu_profile} has no GPUs"
         if profile.kind == "slurm":
             assert profile.expected_workers == profile.workers * profile.worker_processes
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("45m", 2700.0), ('"01:00:00"', 3600.0), ("90", 90.0)])
+def test_timeout_is_seconds_and_at_most_the_walltime(value: str, seconds: float, write_profiles: WriteCwd) -> None:
+    write_profiles(f"t:\n  extends: slurm\n  walltime: \"01:00:00\"\n  timeout: {value}\n")
+    assert get_profile("t").timeout == seconds
+    assert get_profile("local").timeout is None  # no timeout unless one is set
+
+
+@pytest.mark.parametrize("value", ["61m", '"01:00:01"', "2h"])
+def test_timeout_beyond_the_walltime_is_an_error(value: str, write_profiles: WriteCwd) -> None:
+    path = write_profiles(f"t:\n  extends: slurm\n  walltime: \"01:00:00\"\n  timeout: {value}\n")
+    with pytest.raises(ConfigError) as info:
+        get_profile("t")
+    message = str(info.value)
+    assert f"{path.resolve()}: profile 't', key 'timeout'" in message
+    assert "longer than the profile's walltime 01:00:00" in message
+    assert 'timeout: "01:00:00"' in message  # the fix
+
+
+def test_a_local_profile_has_no_walltime_to_fit_in(write_profiles: WriteCwd) -> None:
+    write_profiles({"t": {"extends": "local", "timeout": "3d"}})
+    assert get_profile("t").timeout == 3 * 86400.0
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1s"])
+def test_bad_timeout_names_file_and_key(value: str, write_profiles: WriteCwd) -> None:
+    path = write_profiles(f"t:\n  extends: local\n  timeout: {value}\n")
+    with pytest.raises(ConfigError) as info:
+        get_profile("t")
+    assert str(path.resolve()) in str(info.value) and "key 'timeout'" in str(info.value)
+    assert "a clock time like" in str(info.value)

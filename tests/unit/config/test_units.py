@@ -44,3 +44,33 @@ def test_a_unit_and_a_number_are_required_where_dask_would_guess(text: str, dask
     assert (parse_bytes(text) if text != "55" else parse_timedelta(text)) == dask_reads
     with pytest.raises(ValueError):
         size_bytes(text) if text != "55" else duration_seconds(text)
+
+
+# -- step timeouts: a duration, a clock time (as walltime is written) or seconds -----------------------------------
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("90s", 90.0), ("2h", 7200.0), ("1.5m", 90.0), ("01:30:00", 5400.0), ("1-00:00:00", 86400.0), ("30:00", 1800.0),
+    (5400, 5400.0), (2.5, 2.5),
+])
+def test_timeouts_accept_durations_clock_times_and_seconds(value: object, seconds: float) -> None:
+    from mltf_flow.config.units import timeout_seconds
+
+    assert timeout_seconds(value) == seconds
+
+
+def test_an_unquoted_clock_time_is_the_same_timeout() -> None:
+    import yaml
+
+    from mltf_flow.config.units import timeout_seconds
+
+    # YAML reads it as the sexagesimal number 5400: seconds, as the quoted form means.
+    assert timeout_seconds(yaml.safe_load("t: 01:30:00")["t"]) == timeout_seconds("01:30:00") == 5400.0
+
+
+@pytest.mark.parametrize("value", ["soon", "90", "", "0s", 0, -5, "1:99:99:99", True, float("inf"), [1]])
+def test_bad_timeouts_say_what_is_expected(value: object) -> None:
+    from mltf_flow.config.units import timeout_seconds
+
+    with pytest.raises(ValueError, match="a duration like 90s, 30m or 2h, a clock time like"):
+        timeout_seconds(value)
