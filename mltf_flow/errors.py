@@ -158,10 +158,12 @@ class StepTimedOut(StepFailed):
         tail = "\n".join(f"    {line}" for line in stderr_tail[-5:]) or "    (no stderr output)"
         self.reason = (f"timed out after {timeout} (timeout from {source}): its command and its processes were "
                        "stopped")
+        # The first line says it all (the console's one line); then how the command (or each rank) ended.
         message = (
             f"step '{step}' {self.reason} (MLflow run {run_id}, marked FAILED). Raise the timeout, or make the "
             f"command finish sooner (fewer epochs, a checkpoint to resume from).\n"
-            f"  last lines of stderr:\n{tail}\n  full log: {log_path}"
+            + (f"{summary}\n" if summary else f"  last lines of stderr:\n{tail}\n")
+            + f"  full log: {log_path}"
         )
         StepError.__init__(self, message, step=step, run_id=run_id)
         self.timeout = timeout

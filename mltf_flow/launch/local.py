@@ -253,6 +253,8 @@ def _end_session(proc: subprocess.Popen[bytes], leader: _Leader, grace: float, *
                     continue
                 time.sleep(min(left, _POLL_S))  # the leader is gone; its group is not yet
     finally:
+        if not leader.exited():  # interrupted (a second Ctrl-C or SIGTERM): no more grace
+            _signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
