@@ -1,8 +1,9 @@
 """Run a step's command as a local subprocess, streaming its output to the console and a log file.
 
 The command runs under ``bash -c`` in the project directory, as MLflow's local backend does, in its
-own session (so it can be stopped with its children) and with ``PR_SET_PDEATHSIG`` so it dies with
-the Luigi process even on SIGKILL. stdout and stderr are read by two threads; every line goes to the
+own session (so it can be stopped with its children, and what it leaves behind ended when it exits or
+times out: :mod:`mltf_flow.launch.session`) and with ``PR_SET_PDEATHSIG`` so it dies with the Luigi
+process even on SIGKILL. stdout and stderr are read by two threads; every line goes to the
 log (stderr lines marked) and to our own stdout/stderr, and the last stderr lines are kept for the
 error message.
 """
@@ -12,8 +13,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
-import os
-import select
 import signal
 import subprocess
 import sys
@@ -26,12 +25,11 @@ from types import FrameType
 from typing import IO
 
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
+from mltf_flow.launch.session import Leader, end_session, stop_session, wait_session
 from mltf_flow.redaction import mask_text
 from mltf_flow.secret_args import command_env, secret_values
 
 _PR_SET_PDEATHSIG = 1
-#: Seconds between looks at a process where no event tells us (no pidfd; members of a process group).
-_POLL_S = 0.05
 
 __all__ = ["Ended", "LocalLauncher", "Stopped", "die_with_parent", "run_streaming", "stop_session"]
 
@@ -85,18 +83,13 @@ def run_streaming(
     timeout: float | None = None,
 ) -> Ended:
     """Run ``command`` under ``bash -c`` in its own session; every output line goes to ``log_path``
-    (stderr marked ``!``) and, with ``echo_prefix``, to our stdout/stderr. ``should_stop`` is polled every
-    second; when it says so the command is stopped; ``timeout`` seconds after the start it is stopped too
-    (``timed_out``). On any exception while waiting (Ctrl-C, SIGTERM) the command is stopped and the
-    exception re-raised. Stopping = SIGTERM to the session, SIGKILL after ``stop_grace`` seconds.
-
-    When the command's first process ends (any exit code), the processes it left in its session (``cmd &``,
-    a ``Popen`` never waited for) are ended the same way: a step leaves nothing running. A process that
-    left the session (``setsid``, a daemon) is not seen; see docs/pipelines.md.
-
-    Secret values in ``env`` (``MLTF_SECRET_*``, see :mod:`mltf_flow.secret_args`) reach a Python command's
-    ``sys.argv`` through the argv hook, never any argv; they and URL credentials are masked in every line
-    logged, echoed or kept."""
+    (stderr marked ``!``) and, with ``echo_prefix``, to our stdout/stderr. The command is stopped (SIGTERM
+    to its session, SIGKILL after ``stop_grace`` s) when ``should_stop()`` (asked every second) says so,
+    ``timeout`` s after its start (``timed_out``), or on any exception while waiting (Ctrl-C, SIGTERM; then
+    re-raised). When it exits, what it left in its session (``cmd &``, a ``Popen`` never waited for) is
+    ended the same way (:mod:`mltf_flow.launch.session`). Secret values in ``env`` (``MLTF_SECRET_*``,
+    :mod:`mltf_flow.secret_args`) reach a Python command's ``sys.argv`` through the argv hook, never any
+    argv; they and URL credentials are masked in every line logged, echoed or kept."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = command_env(env)
     secrets = secret_values(env)
@@ -105,18 +98,11 @@ def run_streaming(
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         log.write(f"$ {mask_text(display, secrets)}\n")
         log.flush()
-        proc = subprocess.Popen(
-            ["bash", "-c", command],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=die_with_parent)
         deadline = None if timeout is None else time.monotonic() + timeout
-        leader = _Leader(proc)
+        leader = Leader(proc)
         if on_start is not None:
             on_start(proc.pid)
 
@@ -139,21 +125,12 @@ def run_streaming(
         ]
         for thread in threads:
             thread.start()
-        timed_out = stop = False
         try:
-            while not leader.wait(_slice(deadline, should_stop)):
-                if deadline is not None and time.monotonic() >= deadline:
-                    timed_out = stop = True
-                    with lock:
-                        log.write(f"# mltf_flow: timeout: still running after {timeout:g} s, stopping its "
-                                  "processes\n")
-                    break
-                if should_stop is not None and should_stop():
-                    stop = True
-                    break
-            _end_session(proc, leader, stop_grace, stop=stop)
+            if timed_out := wait_session(proc, leader, deadline, should_stop, stop_grace):
+                with lock:
+                    log.write(f"# mltf_flow: timeout: still running after {timeout:g} s; stopped\n")
         except BaseException:
-            _end_session(proc, leader, stop_grace, stop=True)
+            end_session(proc, leader, stop_grace, stop=True)
             raise
         finally:
             leader.close()
@@ -162,109 +139,8 @@ def run_streaming(
                 thread.join(timeout=10)
                 if not thread.is_alive():
                     stream.close()
-    assert proc.returncode is not None  # reaped by _end_session
+    assert proc.returncode is not None  # reaped by wait_session / end_session
     return Ended(proc.returncode, list(tail), timed_out)
-
-
-def _slice(deadline: float | None, should_stop: Callable[[], bool] | None) -> float | None:
-    """How long to wait for the command before looking at the deadline or ``should_stop`` again."""
-    waits = [1.0] if should_stop is not None else []
-    if deadline is not None:
-        waits.append(max(deadline - time.monotonic(), 0.0))
-    return min(waits) if waits else None
-
-
-class _Leader:
-    """The command's first process (its session and process group id), watched *without reaping it*:
-    until it is reaped its pid cannot be reused, so signalling its group never reaches a stranger, even
-    after it exited and while what it left behind is ended. A pidfd makes the wait an event (Linux 5.3+);
-    older kernels poll."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.pid = proc.pid
-        self.fd: int | None = None
-        with contextlib.suppress(AttributeError, OSError):
-            self.fd = os.pidfd_open(proc.pid)
-
-    def exited(self) -> bool:
-        try:
-            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None
-        except ChildProcessError:  # reaped already
-            return True
-
-    def wait(self, seconds: float | None) -> bool:
-        """True once the process has exited; False when ``seconds`` passed first (None: no limit)."""
-        end = None if seconds is None else time.monotonic() + seconds
-        while not self.exited():
-            left = None if end is None else end - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            if self.fd is not None:
-                select.select([self.fd], [], [], left)
-            else:
-                time.sleep(_POLL_S if left is None else min(left, _POLL_S))
-        return True
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid`` except its leader (from /proc: Linux)."""
-    found = []
-    with contextlib.suppress(OSError):
-        entries = list(os.scandir("/proc"))
-        for entry in entries:
-            if not entry.name.isdigit() or int(entry.name) == pgid:
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                    stat = handle.read()
-            except OSError:  # ended meanwhile
-                continue
-            # After "(comm)": state, ppid, pgrp, ... (comm may hold spaces and parentheses: split after the last).
-            state, _, pgrp = stat[stat.rindex(b")") + 2 :].split()[:3]
-            if int(pgrp) == pgid and state not in (b"Z", b"X"):
-                found.append(int(entry.name))
-    return found
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _end_session(proc: subprocess.Popen[bytes], leader: _Leader, grace: float, *, stop: bool) -> None:
-    """End the command's process group, then reap its leader. ``stop``: the leader runs and is stopped too;
-    else it exited and only what it left behind is ended. SIGTERM, then SIGKILL after ``grace`` seconds for
-    whatever still lives; the unreaped leader keeps the group id ours until the end (see :class:`_Leader`)."""
-    try:
-        if stop or _group_members(proc.pid):
-            _signal_group(proc.pid, signal.SIGTERM)
-            end = time.monotonic() + grace
-            while not (leader.exited() and not _group_members(proc.pid)):
-                left = end - time.monotonic()
-                if left <= 0:
-                    _signal_group(proc.pid, signal.SIGKILL)
-                    break
-                if not leader.wait(min(left, _POLL_S)):
-                    continue
-                time.sleep(min(left, _POLL_S))  # the leader is gone; its group is not yet
-    finally:
-        if not leader.exited():  # interrupted (a second Ctrl-C or SIGTERM): no more grace
-            _signal_group(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def stop_session(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """Stop the command's whole session (SIGTERM, then SIGKILL after ``grace`` seconds) and reap it."""
-    leader = _Leader(proc)
-    try:
-        _end_session(proc, leader, grace, stop=True)
-    finally:
-        leader.close()
 
 
 class LocalLauncher:

@@ -27,9 +27,10 @@ from tests.integration.mlflow_queries import runs, sqlite_uri
 
 PROJECT = Path(__file__).parent / "projects" / "timeout"
 #: Every pipeline step runs on this profile: its timeout applies to the steps without one of their own.
-PROFILES = {"limited": {"extends": "local", "workers": 1, "timeout": "5s"}}
+PROFILES = {"limited": {"extends": "local", "workers": 2, "timeout": "5s"}}
 #: (step, entry-point parameters) run by the one invocation of the ``pipeline`` fixture.
-CASES = [("hang", {}), ("hang_profile", {}), ("hang_worker", {}), ("spawn", {"code": 0}), ("spawn", {"code": 3})]
+CASES = [("hang", {}), ("hang_profile", {}), ("hang_worker", {}), ("hang_ddp", {}), ("spawn", {"code": 0}),
+         ("spawn", {"code": 3})]
 
 
 @dataclass
@@ -50,9 +51,9 @@ class Pipeline:
                     and all(r.data.params.get(k) == str(v) for k, v in params.items())]
         return found
 
-    def child_pid(self, run: Any) -> int:
-        """The pid of the background child the run's command started (steps.py wrote it)."""
-        return int((self.pids / f"{run.info.run_id}.pid").read_text())
+    def child_pid(self, run: Any, rank: str = "") -> int:
+        """The pid of the background child the run's command (or its rank ``rank``) started (steps.py wrote it)."""
+        return int((self.pids / f"{run.info.run_id}{rank}.pid").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def gone(pid: int) -> bool:
         return True
 
 
-def assert_timed_out(pipeline: Pipeline, step: str, after: str, source: str) -> None:
+def assert_timed_out(pipeline: Pipeline, step: str, after: str, source: str, ranks: tuple[str, ...] = ("",)) -> None:
     assert pipeline.returncode == 30, pipeline.output  # [retcode] task_failed, like any failed step
     lines = [x for x in pipeline.output.splitlines() if f"step '{step}' timed out" in x]
     assert lines, pipeline.output
@@ -97,7 +98,8 @@ def assert_timed_out(pipeline: Pipeline, step: str, after: str, source: str) -> 
     assert "mltf.complete" not in run.data.tags
     assert run.data.tags["mltf.error"].startswith(f"timed out after {after} (timeout from {source}")
     # The command's background child went with it (the command never ended by itself).
-    assert gone(pipeline.child_pid(run))
+    for rank in ranks:
+        assert gone(pipeline.child_pid(run, rank))
 
 
 def test_step_timeout_wins_over_the_profiles(pipeline: Pipeline) -> None:
@@ -112,6 +114,12 @@ def test_timeout_on_a_dask_worker(pipeline: Pipeline) -> None:
     assert_timed_out(pipeline, "hang_worker", "1s", f"{pipeline.project / 'pipeline.yaml'}: step 'hang_worker'")
 
 
+def test_timeout_stops_every_rank_of_a_ddp_step(pipeline: Pipeline) -> None:
+    assert_timed_out(pipeline, "hang_ddp", "1s", f"{pipeline.project / 'pipeline.yaml'}: step 'hang_ddp'",
+                     ranks=("0", "1"))
+    assert "rank 0" in pipeline.output and "rank 1" in pipeline.output  # how each rank ended
+
+
 @pytest.mark.parametrize(("code", "status"), [(0, "FINISHED"), (3, "FAILED")])
 def test_background_child_is_ended_when_the_command_exits(pipeline: Pipeline, code: int, status: str) -> None:
     run = pipeline.run("spawn", code=code)
@@ -123,7 +131,7 @@ def test_background_child_is_ended_when_the_command_exits(pipeline: Pipeline, co
 
 
 def test_the_cases_take_little_time(pipeline: Pipeline) -> None:
-    # Nothing waits for a child left behind (its pipes): the timeouts (1 + 5 + 1 s) and the invocation itself.
+    # Nothing waits for a child left behind (its pipes): the timeouts (1 + 5 + 1 + 1 s) and the invocation.
     assert pipeline.seconds < 120, pipeline.output
 
 
@@ -150,7 +158,7 @@ def test_timeout_stops_a_command_that_ignores_sigterm(tmp_path: Path) -> None:
                    stop_grace=0.5)
     assert ended.timed_out and ended.exit_code == -9
     assert ended.tail == ["started"]
-    assert "# mltf_flow: timeout: still running after 0.5 s" in (tmp_path / "cmd.log").read_text()
+    assert "# mltf_flow: timeout: still running after 0.5 s; stopped" in (tmp_path / "cmd.log").read_text()
 
 
 def test_a_command_that_ends_in_time_is_not_timed_out(tmp_path: Path) -> None:
@@ -161,10 +169,10 @@ def test_a_command_that_ends_in_time_is_not_timed_out(tmp_path: Path) -> None:
 def test_a_process_that_left_the_session_escapes(tmp_path: Path) -> None:
     """The documented limit (docs/pipelines.md): ``setsid`` makes a new session, which is not ours to end."""
     pid_file = tmp_path / "pid"
+    # The command exits once the other process is in its new session (it wrote its pid from there).
     ended = stream(tmp_path, f"setsid sh -c 'echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file} && "
-                             "exec sleep 1000' > /dev/null 2>&1 &")
+                             f"exec sleep 1000' > /dev/null 2>&1 & until [ -e {pid_file} ]; do sleep 0.05; done")
     assert ended.exit_code == 0
-    wait_until(pid_file.exists, 10, "the escaped process to write its pid")
     pid = int(pid_file.read_text())
     try:
         escaped = psutil.Process(pid)

@@ -226,7 +226,7 @@ def test_bad_key_and_value_in_pipeline_yaml(tmp_path: Path) -> None:
     assert message.splitlines() == [
         f"{path}: step 'train', key 'gpu': expected true or false, found 'maybe'.",
         f"{path}: step 'train': unknown key(s) entrypoint; known: entry_point, dataset, inputs, outputs, code, "
-        "requires, gpu, run_on, world_size. Did you mean 'entry_point'?",
+        "requires, gpu, run_on, world_size, timeout. Did you mean 'entry_point'?",
     ]
 
 

@@ -1,7 +1,8 @@
 """Steps that outlive their welcome: ``hang`` never ends by itself, ``spawn`` exits leaving a child.
 
 Both start a background ``sleep`` that is never waited for and write its pid to
-``$MLTF_TEST_PIDS/<MLflow run id>.pid``, so a test can check that nothing is left. (An ``MLTF_`` variable: it
+``$MLTF_TEST_PIDS/<MLflow run id><RANK>.pid`` (RANK: a DDP rank's number, else empty), so a test can check
+that nothing is left. (An ``MLTF_`` variable: it
 reaches commands on Dask workers too.)
 """
 
@@ -17,7 +18,7 @@ parser.add_argument("--code", type=int, default=0)
 args = parser.parse_args()
 
 child = subprocess.Popen(["sleep", "1000"])
-target = os.path.join(os.environ["MLTF_TEST_PIDS"], os.environ["MLFLOW_RUN_ID"] + ".pid")
+target = os.path.join(os.environ["MLTF_TEST_PIDS"], os.environ["MLFLOW_RUN_ID"] + os.environ.get("RANK", "") + ".pid")
 with open(target + ".tmp", "w") as handle:
     handle.write(str(child.pid))
 os.replace(target + ".tmp", target)
