@@ -130,6 +130,24 @@ def test_background_child_is_ended_when_the_command_exits(pipeline: Pipeline, co
     assert gone(pid)
 
 
+@pytest.mark.slurm
+def test_timeout_on_a_slurm_worker_counts_from_the_commands_start(tmp_path: Path) -> None:
+    """The 1 s start only once the command runs in its SLURM job (submitting and starting take longer)."""
+    project = git_project(PROJECT, tmp_path / "timeout")
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    result = run_luigi("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(project), "--run-step",
+                       "hang_worker", "--profile", "slurm-ci", env={"MLTF_TEST_PIDS": str(pids)})
+    assert result.returncode == 30, result.output
+    assert "[hang_worker@worker] READY" in result.output  # it ran before the timeout stopped it
+    assert "step 'hang_worker' timed out after 1s" in result.output
+    (run,) = [r for r in runs(sqlite_uri(os.environ["MLTF_FLOW_WORK_DIR"]), "timeout")
+              if r.data.tags.get("mltf.role") == "step"]
+    assert run.info.status == "FAILED" and run.data.tags["mltf.error"].startswith("timed out after 1s")
+    assert run.data.tags["mltf.slurm_job_ids"]
+    assert gone(int((pids / f"{run.info.run_id}.pid").read_text()))
+
+
 def test_the_cases_take_little_time(pipeline: Pipeline) -> None:
     # Nothing waits for a child left behind (its pipes): the timeouts (1 + 5 + 1 + 1 s) and the invocation.
     assert pipeline.seconds < 120, pipeline.output
