@@ -25,8 +25,8 @@ from mltf_flow.console import use_console
 from mltf_flow.errors import DatasetNotFound
 from mltf_flow.input_check import check_luigi_command_line, input_errors, name_parse_errors
 from mltf_flow.invocation import invocation_id, once_per_invocation
+from mltf_flow.luigi_defaults import apply_luigi_defaults
 from mltf_flow.progress import report_status
-from mltf_flow.retcodes import apply_default_retcodes
 from mltf_flow.run_guard import run_guard
 from mltf_flow.staging.local import stage_local
 from mltf_flow.staging.manifest import write_manifest
@@ -49,7 +49,7 @@ from mltf_flow.targets.manifest import ManifestTarget
 
 _log = logging.getLogger(__name__)
 
-apply_default_retcodes()  # see mltf_flow.retcodes: failures exit non-zero wherever luigi runs
+apply_luigi_defaults()  # see mltf_flow.luigi_defaults: failures exit non-zero wherever luigi runs
 
 
 class StageStep(luigi.Task):

@@ -152,11 +152,12 @@ def test_stale_running_run_is_reaped_not_reused(flaky: Path) -> None:
     assert new.data.tags["mltf.replaces_run_ids"] == stale
 
 
-def test_running_run_of_a_live_process_blocks_a_second_launch(flaky: Path) -> None:
+def test_running_run_of_a_live_process_is_not_launched_twice(flaky: Path) -> None:
     live = _fake_running_run(flaky, os.getpid())
-    rc, out = run_flaky(flaky)
-    assert rc == 30, out
-    assert "already running with the same inputs" in out and live in out
+    result = run_luigi("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(flaky), "--run-step",
+                       "main", "--overrides", "{}", env={"MLTF_FLOW_WAIT_FOR_RUNNING": "false"})
+    assert result.returncode == 30, result.output
+    assert "already running with the same inputs" in result.output and live in result.output
     assert client(store()).get_run(live).info.status == "RUNNING"
 
 
