@@ -120,6 +120,7 @@ class StageStep(luigi.Task):
 
     def _stage_rucio(self, uri: DatasetURI) -> dict[str, Any]:
         from mltf_flow.clusters.profiles import get_profile
+        from mltf_flow.lease import renewer
         from mltf_flow.progress import RuleProgress
         from mltf_flow.staging.rucio import RucioStager, forget, rucio_settings
         from mltf_flow.tracking import Tracker
@@ -144,6 +145,8 @@ class StageStep(luigi.Task):
             TAG_PROFILE: profile.name, TAG_INVOCATION_ID: invocation_id(), TAG_TASK_ID: self.task_id,
         })
         stager.on_rule = lambda rule: tracker.set_tags(run_id, {TAG_RUCIO_RULE_ID: rule})
+        leases = renewer(settings.tracking_uri, settings.lease_seconds)  # a rule can take hours
+        leases.hold(run_id, parent_id or "")
         try:
             with run_guard(tracker, run_id, parent_id=parent_id, step="stage") as guard:
                 with progress:
@@ -152,6 +155,7 @@ class StageStep(luigi.Task):
                 self._record(tracker, run_id, manifest)
                 guard.end(ok=True, exit_code=None)
         finally:
+            leases.release(run_id, parent_id or "")
             forget(uri)  # complete() lists the DID again after a staging attempt
         return manifest
 

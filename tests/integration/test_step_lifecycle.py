@@ -125,17 +125,19 @@ def _key_of(project: Path) -> str:
 
 
 def _fake_running_run(project: Path, pid: int) -> str:
-    """A RUNNING run with this step's key, as a launcher that died would leave it."""
+    """A RUNNING run with this step's key whose owner is process ``pid`` on this machine (a dead one: as a
+    launcher that died would leave it)."""
     from mltf_flow.config import load_settings
-    from mltf_flow.tracking import Tracker, process_identity
+    from mltf_flow.lease import lease_tags, process_identity
+    from mltf_flow.tracking import Tracker
 
     tracker = Tracker(load_settings())
     exp_id = tracker.ensure_experiment("flaky")
-    host, _, _ = process_identity()
+    owner = process_identity()
     started = f"{psutil.Process(pid).create_time():.2f}" if psutil.pid_exists(pid) else "1.00"
     run = tracker.client.create_run(exp_id, tags={
-        "mltf.cache_key": _key_of(project), "mltf.step": "main", "mltf.host": host, "mltf.pid": str(pid),
-        "mltf.pid_start": started,
+        "mltf.cache_key": _key_of(project), "mltf.step": "main", **owner, "mltf.pid": str(pid),
+        "mltf.pid_start": started, **lease_tags(3600),  # a lease far from expiry: only the pid tells
     })
     return str(run.info.run_id)
 
