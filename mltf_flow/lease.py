@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mltf_flow.redaction import strip_credentials
 from mltf_flow.tags import TAG_BOOT_ID, TAG_HOST, TAG_LEASE_EXPIRES, TAG_PID, TAG_PID_START
 
 if TYPE_CHECKING:
@@ -101,8 +102,8 @@ class LeaseRenewer:
     """Renews the leases of the runs this process holds, from one daemon thread.
 
     ``hold``/``release`` count: a parent run held by two steps of one process stays leased until both are
-    done. Renewal errors (the tracking server restarting) are logged once per outage and retried at the
-    next beat: the lease is long enough to ride out a short outage.
+    done. A tracking server that does not answer is said on the console once per outage (and when it is
+    back: a step's own MLflow calls retry silently for minutes), and the renewal is tried at the next beat.
     """
 
     def __init__(self, tracking_uri: str, lease_seconds: float) -> None:
@@ -131,25 +132,37 @@ class LeaseRenewer:
             return sorted(self._held)
 
     def _beat(self) -> None:
-        failing = False
+        down_since: float | None = None
         while not self._wake.wait(self.lease_seconds / 3):
             runs = self.held()
             if not runs:
                 continue
             try:
-                client = self._client_once()
-                tags = lease_tags(self.lease_seconds)
-                for run_id in runs:
-                    for name, value in tags.items():
-                        client.set_tag(run_id, name, value)
-                if failing:
-                    _log.warning("lease renewal works again")
-                failing = False
-            except Exception as exc:  # the store is down: keep beating, say it once
-                if not failing:
-                    _log.warning(f"could not renew the lease of MLflow run(s) {', '.join(runs)}: {exc}; retrying "
-                                 f"every {self.lease_seconds / 3:.0f} s (the lease lasts {self.lease_seconds:.0f} s)")
-                failing = True
+                self._renew(runs)
+            except Exception as exc:  # the store is down: keep beating, say so once per outage
+                if down_since is None:
+                    down_since = time.monotonic()
+                    _log.warning(f"the tracking store {strip_credentials(self.tracking_uri)} does not answer ({exc}): "
+                                 "the step goes on and MLflow's client in it keeps retrying; the lease of "
+                                 f"MLflow run(s) {', '.join(runs)} is renewed again once it answers")
+                continue
+            if down_since is not None:
+                _log.warning(f"the tracking store {strip_credentials(self.tracking_uri)} answers again (after "
+                             f"{time.monotonic() - down_since:.0f} s)")
+                down_since = None
+
+    def _renew(self, runs: list[str]) -> None:
+        if self.tracking_uri.startswith(("http://", "https://")):
+            # MLflow's client would retry for minutes, silently: ask once, briefly, to be able to say it.
+            from mltf_flow.tracking_server import silence
+
+            reason = silence(self.tracking_uri)
+            if reason is not None:
+                raise ConnectionError(reason)
+        client = self._client_once()
+        for run_id in runs:
+            for name, value in lease_tags(self.lease_seconds).items():
+                client.set_tag(run_id, name, value)
 
     def _client_once(self) -> MlflowClient:
         # A client of its own: MlflowClient objects are not documented as thread-safe.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from mltf_flow.lease import boot_id, is_stale, lease_tags, process_identity, renewer
 from tests.helpers import wait_until
@@ -72,3 +75,16 @@ def test_the_renewer_keeps_a_held_lease_ahead_and_stops_when_released(tmp_path: 
     assert leases.held() == [run_id]
     leases.release(run_id)
     assert leases.held() == []
+
+
+def test_a_server_that_does_not_answer_is_said_once_on_the_console(caplog: pytest.LogCaptureFixture) -> None:
+    # A step's own MLflow calls retry silently for minutes; the renewer tells the console at its next beat.
+    from tests.helpers import free_port
+
+    leases = renewer(f"http://127.0.0.1:{free_port()}", 3)
+    with caplog.at_level(logging.WARNING, logger="mltf_flow.lease"):
+        leases.hold("0123456789abcdef")
+        wait_until(lambda: "does not answer" in caplog.text, 30, "the warning")
+        leases.release("0123456789abcdef")
+    (line,) = [r.getMessage() for r in caplog.records if "does not answer" in r.getMessage()]
+    assert "MLflow run(s) 0123456789abcdef" in line and "keeps retrying" in line
