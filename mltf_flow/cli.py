@@ -14,7 +14,8 @@
     mltf-flow --version
 
 Exit codes of ``run`` follow ``configs/luigi.cfg``'s ``[retcode]``: 0 success, 30 a step failed,
-35 scheduling error, 25 not run, 20 missing input; 2 for bad input detected before anything ran.
+35 scheduling error, 25 not run, 20 missing input; 2 for bad input detected before anything ran; 10 with
+``--no-wait`` when another invocation is running a step this one needs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from mltf_flow import __version__
 from mltf_flow.console import use_console
-from mltf_flow.errors import EXIT_BAD_INPUT, ConfigError, MltfFlowError
+from mltf_flow.errors import EXIT_ALREADY_RUNNING, EXIT_BAD_INPUT, ConfigError, MltfFlowError
 from mltf_flow.redaction import strip_credentials
 from mltf_flow.tags import TAG_COMPLETE, TAG_ERROR, TAG_SLURM_LOG, TAG_SLURM_REASON, TAG_SLURM_STATE
 
@@ -92,8 +93,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mltf_flow.input_check import front_end
     from mltf_flow.invocation import new_invocation
 
+    if args.no_wait:  # a setting like any other, so that forked task processes see it too
+        os.environ["MLTF_FLOW_WAIT_FOR_RUNNING"] = "false"
     task = _build_target(args)
     new_invocation()
+    in_progress = _watch_in_progress()
     if args.workers > 1:
         os.environ["MLTF_SCALE_AT_SCHEDULING"] = "1"  # forked task processes cannot scale clusters
     with front_end():  # an input error Luigi meets after all: one line, exit code 2
@@ -103,7 +107,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     print(strip_credentials(result.summary_text))
     name = result.status.name
-    return 0 if name.startswith("SUCCESS") else _RETCODES.get(name, 30)
+    if name.startswith("SUCCESS"):
+        return 0
+    return EXIT_ALREADY_RUNNING if in_progress else _RETCODES.get(name, 30)
+
+
+def _watch_in_progress() -> list[str]:
+    """Steps that failed because another invocation runs them (``--no-wait``), as Luigi reports them in
+    this process (task processes forked for ``--workers`` > 1 report theirs there: exit code 30)."""
+    import luigi
+
+    from mltf_flow.errors import StepInProgress
+
+    seen: list[str] = []
+
+    def failed(task: luigi.Task, exc: BaseException) -> None:
+        if isinstance(exc, StepInProgress):
+            seen.append(task.task_id)
+
+    luigi.Task.event_handler(luigi.Event.FAILURE)(failed)
+    return seen
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -299,6 +322,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--workers", type=int, default=1, help="Luigi worker processes")
             p.add_argument("--scheduler-host", default=None, help="central luigid (default: local scheduler)")
             p.add_argument("--log-level", default="WARNING")
+            p.add_argument("--no-wait", action="store_true",
+                           help="a step another invocation is running with the same inputs: exit 10 instead of "
+                                "waiting for its result")
     p = sub.add_parser("ui", help="start the MLflow UI on the configured tracking store")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)

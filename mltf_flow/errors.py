@@ -21,7 +21,7 @@ one class. A message says what failed, what was found, where it came from and wh
     │   ├── StepFailed         the entry point exited non-zero (carries exit code and stderr tail)
     │   │   └── StepTimedOut   it ran past the step's (or profile's) timeout and was stopped
     │   ├── OutputMissing      the entry point exited 0 but a declared output is missing
-    │   └── StepInProgress     another live process is running the same step (same cache key)
+    │   └── StepInProgress     another invocation runs the same step (same cache key) and we may not wait
     └── CommandError           an external command failed (carries command, exit code, stdout, stderr)
 
 A :class:`ConfigError` is a *user-input error*: the fix is in what the user typed or wrote (a flag, a
@@ -41,6 +41,8 @@ from collections.abc import Sequence
 
 #: The exit code of both front ends for a user-input error (a :class:`ConfigError`), as argparse's own.
 EXIT_BAD_INPUT = 2
+#: ``mltf-flow run --no-wait``: another invocation runs a step this one needs (Luigi's ``already_running``).
+EXIT_ALREADY_RUNNING = 10
 
 
 class MltfFlowError(Exception):
@@ -175,7 +177,8 @@ class OutputMissing(StepError):
 
 
 class StepInProgress(StepError):
-    """A live process already runs this step with the same cache key."""
+    """Another invocation holds this step's cache key (its lease is live) and this one was told not to wait
+    (setting ``wait_for_running: false``, ``mltf-flow run --no-wait``)."""
 
 
 class CommandError(MltfFlowError):

@@ -26,8 +26,8 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from mltf_flow.errors import ConfigError
+from mltf_flow.luigi_defaults import RETCODES
 from mltf_flow.mlproject import EntryPoint, Parameter, Project, find_mlproject, read_project
-from mltf_flow.retcodes import RETCODES
 
 DEFAULT_MODULE = "pipeline_steps"
 EXAMPLE = "jet_tagging"

@@ -34,9 +34,9 @@ from mltf_flow.console import use_console
 from mltf_flow.errors import ConfigError, ParameterError
 from mltf_flow.input_check import check_luigi_command_line, input_errors, name_parse_errors
 from mltf_flow.invocation import invocation_id, once_per_invocation
+from mltf_flow.luigi_defaults import apply_luigi_defaults
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
 from mltf_flow.redaction import is_secret_name, strip_credentials
-from mltf_flow.retcodes import apply_default_retcodes
 from mltf_flow.step_def import (
     MODEL_PREFIX,
     ResolvedStep,
@@ -54,8 +54,9 @@ if TYPE_CHECKING:
     from mltf_flow.clusters.profiles import Profile
     from mltf_flow.environment import StepEnvironment
 
-# `luigi --module M` reads [retcode] right after importing M: failures must exit non-zero anywhere.
-apply_default_retcodes()
+# `luigi --module M` reads [retcode] and [core] right after importing M: failures must exit non-zero
+# anywhere, and steps are claimed by key, not by Luigi's command-line lock.
+apply_luigi_defaults()
 
 _log = logging.getLogger(__name__)
 _OWN_PARAMS = ("profile", "pipeline_profile", "world_size", "env_manager")

@@ -5,9 +5,10 @@ half-done:
 
 1. **plan**: everything that can be checked is checked before a run exists (upstream outputs resolved into
    parameters, the command as MLflow computes it, lineage);
-2. **open**: the profile's cluster is reached; stale RUNNING runs with this key are reaped (a live one stops
-   us: no double launch); the step run is created under the invocation's parent run, with params and
-   lineage tags (or a failed run with checkpoints is reopened);
+2. **open**: the profile's cluster is reached; the step's key is claimed: runs with this key whose owner's
+   lease expired are reaped, a live one (another invocation runs the step) is waited for and its result
+   used (no double launch); the step run is created under the invocation's parent run, with params and
+   lineage tags (or a failed run with checkpoints is reopened), and leased while this process runs it;
 3. **launch**: the command runs; its log is logged as artifact ``mltf/step.log`` whatever happens;
 4. **settle**: only exit code 0 **and** every declared output present give ``mltf.complete=true`` +
    FINISHED; anything else ends the run FAILED and raises.
@@ -34,9 +35,10 @@ from mltf_flow.clusters import session
 from mltf_flow.code_set import command_files
 from mltf_flow.config.profiles import SlurmProfile
 from mltf_flow.config.units import clock
-from mltf_flow.errors import OutputMissing, StepError, StepFailed, StepTimedOut
+from mltf_flow.errors import OutputMissing, StepError, StepFailed, StepInProgress, StepTimedOut
 from mltf_flow.invocation import INVOCATION_ENV, invocation_id
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
+from mltf_flow.lease import renewer
 from mltf_flow.mlproject import mlflow_command
 from mltf_flow.progress import ClusterProgress, report_status
 from mltf_flow.project_outputs import load_outputs, remember_outputs, snapshot, written
@@ -76,7 +78,7 @@ from mltf_flow.tags import (
     TAG_TASK_ID,
     TAG_UPSTREAM_RUN_IDS,
 )
-from mltf_flow.tracking import Tracker, lineage_key_tags
+from mltf_flow.tracking import Holder, Tracker, file_lock, lineage_key_tags
 
 if TYPE_CHECKING:
     import luigi
@@ -201,19 +203,73 @@ def _run_tags(plan: Plan, cluster: Cluster, key: str) -> dict[str, str]:
     return tags
 
 
-def open_run(plan: Plan, cluster: Cluster, tracker: Tracker) -> OpenRun:
-    """Reap stale runs of this key, then create the step run (or reopen a checkpointed failed one)."""
+def open_run(plan: Plan, cluster: Cluster, tracker: Tracker, reporter: luigi.Task) -> OpenRun | None:
+    """Claim the step's key and create its run (or reopen a checkpointed failed one); None when another
+    invocation held the key and completed the step meanwhile (see :mod:`mltf_flow.lease`).
+
+    The claim is checked and made under a lock on the key (this machine), and checked again after the run
+    exists (another machine): of two runs created at once for one key, the later one is withdrawn."""
     step, settings = plan.step, plan.settings
     key = step.key
     experiment = settings.experiment_for(step.pipeline)
     experiment_id = tracker.ensure_experiment(experiment)
-    reaped = tracker.reap_stale(experiment, experiment_id, key, step.name, job_alive=submitted_job_alive)
+    reaped: list[str] = []
+    while True:
+        with file_lock(settings.work_dir / "locks" / f"key-{key[:40]}.lock"):
+            stale, holder = tracker.reap_stale(experiment, key, job_alive=submitted_job_alive)
+            reaped += stale
+            if holder is None:
+                run = _create(plan, cluster, tracker, experiment_id, reaped)
+                holder = tracker.earlier_claim(experiment_id, key, run.run_id)
+                if holder is None:
+                    return run
+                tracker.withdraw(run.run_id)
+                tracker.settle_parent(run.parent_id, step="", ok=True)
+        if _await(holder, plan, tracker, experiment_id, reporter):
+            return None
+
+
+def _await(holder: Holder, plan: Plan, tracker: Tracker, experiment_id: str, reporter: luigi.Task) -> bool:
+    """Wait until the run another invocation holds our key with ends: True when it completed the step
+    (its result is ours), False when it did not (failed, killed, or its owner's lease ran out): then we
+    claim the key again. With ``wait_for_running: false`` raise StepInProgress (exit code 10) instead."""
+    name = plan.step.name
+    if not plan.settings.wait_for_running:
+        raise StepInProgress(
+            f"step '{name}' is already running with the same inputs in another invocation: MLflow run "
+            f"{holder.run_id}, {holder.owner}. Wait for it (run again without --no-wait, or with "
+            "MLTF_FLOW_WAIT_FOR_RUNNING=true), or stop it.", step=name, run_id=holder.run_id,
+        )
+    message = (f"step '{name}' is already running with the same inputs in another invocation (MLflow run "
+               f"{holder.run_id}, {holder.owner}): waiting for its result")
+    _log.warning(message)
+    report_status(reporter, message)
+    poll = min(2.0, plan.settings.lease_seconds / 6)
+    started = time.monotonic()
+    while (outcome := tracker.holder_outcome(holder)) is None:
+        time.sleep(poll)  # another process's progress: nothing to wait on but the store
+        if time.monotonic() - started > 600:
+            _log.warning(f"{message} (for {(time.monotonic() - started) / 60:.0f} min)")
+            started = time.monotonic()
+    if outcome != "complete":
+        _log.warning(f"step '{name}': MLflow run {holder.run_id} of the other invocation ended {outcome}; "
+                     "running the step here")
+        return False
+    run_index(plan.settings.tracking_uri, plan.settings.prefetch_limit).remember(
+        experiment_id, RunRef(holder.run_id, "FINISHED", plan.step.key, int(time.time() * 1000)))
+    _log.info(f"step '{name}': the other invocation completed it (MLflow run {holder.run_id}); using its result")
+    report_status(reporter, f"done by another invocation: MLflow run {holder.run_id}", percent=100)
+    return True
+
+
+def _create(plan: Plan, cluster: Cluster, tracker: Tracker, experiment_id: str, reaped: list[str]) -> OpenRun:
+    step, settings = plan.step, plan.settings
     parent_id = tracker.parent_run(experiment_id, step.pipeline, invocation_id())
-    tags = _run_tags(plan, cluster, key)
+    tags = _run_tags(plan, cluster, step.key)
     if reaped:
         tags[TAG_REPLACES_RUN_IDS] = ",".join(reaped)
     try:
-        resumable = tracker.resumable_run(experiment_id, key)
+        resumable = tracker.resumable_run(experiment_id, step.key)
         if resumable is not None:
             # A failed attempt left checkpoints: continue that run (epochs done are not repeated).
             run_id = resumable[0]
@@ -432,13 +488,21 @@ def execute(step: ResolvedStep, requirements: Mapping[str, Upstream], *, setting
     planned = plan(step, requirements, settings, task_id)
     cluster = connect(step.profile, reporter)
     tracker = Tracker(settings)
-    run = open_run(planned, cluster, tracker)
+    run = open_run(planned, cluster, tracker, reporter)
+    if run is None:  # another invocation ran it with the same inputs while we waited
+        return
     url = _tracking_url(settings.tracking_uri, run.experiment_id, run.run_id)
     report_status(reporter, f"running: MLflow run {run.run_id}; Dask dashboard {cluster.dashboard}",
                   url=url or cluster.dashboard, percent=0)
-    with run_guard(tracker, run.run_id, parent_id=run.parent_id, step=step.name, log_path=run.log_path) as guard:
-        result, wrote = launch(planned, cluster, run, reporter)
-        settle(planned, run, result, wrote, guard, reporter)
+    leases = renewer(settings.tracking_uri, settings.lease_seconds)
+    leases.hold(run.run_id, run.parent_id)
+    try:
+        with run_guard(tracker, run.run_id, parent_id=run.parent_id, step=step.name,
+                       log_path=run.log_path) as guard:
+            result, wrote = launch(planned, cluster, run, reporter)
+            settle(planned, run, result, wrote, guard, reporter)
+    finally:
+        leases.release(run.run_id, run.parent_id)
 
 
 __all__ = ["Cluster", "OpenRun", "Plan", "command_env", "connect", "execute", "launch", "make_launcher",

@@ -123,6 +123,8 @@ TAG_REPLACES_RUN_IDS = "mltf.replaces_run_ids"
 TAG_HOST = "mltf.host"
 TAG_PID = "mltf.pid"
 TAG_PID_START = "mltf.pid_start"
+TAG_BOOT_ID = "mltf.boot_id"
+TAG_LEASE_EXPIRES = "mltf.lease_expires"
 TAG_COMMAND_PID = "mltf.command_pid"
 # outcome
 TAG_COMPLETE = "mltf.complete"

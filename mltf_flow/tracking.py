@@ -8,10 +8,12 @@ Lifecycle of a step run (DESIGN.md "The step contract")::
     create (RUNNING, lineage tags, params) -> command runs with MLFLOW_RUN_ID -> outputs verified
         -> tag mltf.complete=true, mltf.exit_code=0, FINISHED      (success)
         -> tag mltf.exit_code=N, FAILED                            (failure)
-        -> KILLED + mltf.reaped=true by a later attempt            (launcher died: pid gone)
+        -> KILLED + mltf.reaped=true by a later attempt            (its owner's lease expired)
 
-Runs record the launching host and pid (with its start time, against pid reuse); a RUNNING run whose
-process is gone is *stale* and is reaped, one whose process is alive means the step is in progress.
+Runs record their owner (host, boot id, pid and its start time) and carry a lease the owner renews
+(:mod:`mltf_flow.lease`): a RUNNING run whose lease expired, or whose owner is provably gone from this
+machine, is *stale* and is reaped; any other RUNNING run holds its key, and a second invocation that
+needs the key waits for it.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import contextlib
 import fcntl
 import getpass
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mltf_flow.config import Settings
-from mltf_flow.errors import StepInProgress, TrackingError
+from mltf_flow.errors import TrackingError
+from mltf_flow.lease import is_stale, lease_tags, process_identity
 from mltf_flow.redaction import redact, strip_credentials
 from mltf_flow.tags import (
     MLFLOW_PARENT_RUN_ID,
@@ -46,7 +49,6 @@ from mltf_flow.tags import (
     TAG_INVOCATION_ID,
     TAG_KEY_VERSION,
     TAG_PID,
-    TAG_PID_START,
     TAG_PIPELINE,
     TAG_PREVIOUS_PARENT_RUN_IDS,
     TAG_REAPED,
@@ -62,31 +64,10 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 
-def process_identity(pid: int | None = None) -> tuple[str, str, str]:
-    """(host, pid, pid start time) of a process; the start time tells a reused pid apart."""
-    import psutil
-
-    proc = psutil.Process(pid or os.getpid())
-    return socket.gethostname(), str(proc.pid), f"{proc.create_time():.2f}"
-
-
 def _main_pid() -> int:
     """The pid of this invocation's main (DAG-building) process (mltf_flow.clusters.session)."""
     value = os.environ.get("MLTF_MAIN_PID", "")
     return int(value) if value.isdigit() else os.getpid()
-
-
-def process_alive(host: str, pid: str, started: str) -> bool | None:
-    """True/False for a process on this host; None when it ran on another host (cannot tell)."""
-    import psutil
-
-    if host != socket.gethostname():
-        return None
-    try:
-        proc = psutil.Process(int(pid))
-        return f"{proc.create_time():.2f}" == started and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, ValueError):
-        return False
 
 
 @contextlib.contextmanager
@@ -107,6 +88,15 @@ def file_lock(path: Path) -> Iterator[None]:
 #: (:func:`mltf_flow.backend.liveness.submitted_job_alive`); this module sits below the backend and does
 #: not import it: the caller of :meth:`Tracker.reap_stale` passes it in.
 JobLiveness = Callable[[str, str], bool]
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A run of another invocation that holds a key: it runs (or settles) the step we need."""
+
+    run_id: str
+    #: Who runs it, for messages ("pid 4242 on node-a", "SLURM job 17").
+    owner: str
 
 
 class Tracker:
@@ -180,7 +170,6 @@ class Tracker:
             self.reap_stale_parents(experiment_id, pipeline)
             # The invocation's main process owns the parent (a forked task process that creates it may
             # end long before the invocation does).
-            host, pid, started = process_identity(_main_pid())
             run = self.client.create_run(
                 experiment_id,
                 run_name=f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -188,9 +177,8 @@ class Tracker:
                     TAG_INVOCATION_ID: invocation_id,
                     TAG_PIPELINE: pipeline,
                     TAG_ROLE: "pipeline",
-                    TAG_HOST: host,
-                    TAG_PID: pid,
-                    TAG_PID_START: started,
+                    **process_identity(_main_pid()),
+                    **lease_tags(self.settings.lease_seconds),
                     MLFLOW_USER: getpass.getuser(),
                     MLFLOW_SOURCE_TYPE: "PROJECT",
                 },
@@ -199,90 +187,103 @@ class Tracker:
 
     def reap_stale_parents(self, experiment_id: str, pipeline: str) -> list[str]:
         """Mark RUNNING parent runs of ``pipeline`` whose invocation is gone (its main process was killed,
-        e.g. SIGKILL, and could not end them) as KILLED; return their ids. Runs of another host are left."""
+        e.g. SIGKILL, and could not end them; on another machine: its lease expired) as KILLED; return
+        their ids."""
         reaped: list[str] = []
         for run in self.client.search_runs(
             [experiment_id], f"tags.`{TAG_ROLE}` = 'pipeline' and tags.`{TAG_PIPELINE}` = '{pipeline}' "
             "and attributes.status = 'RUNNING'", max_results=200,
         ):
-            tags = run.data.tags
-            if process_alive(tags.get(TAG_HOST, ""), tags.get(TAG_PID, "0"), tags.get(TAG_PID_START, "")) is False:
+            if is_stale(run.data.tags, run.info.start_time, self.settings.lease_seconds):
                 self.client.set_tag(run.info.run_id, TAG_REAPED, "true")
                 self.client.set_terminated(run.info.run_id, "KILLED")
                 reaped.append(str(run.info.run_id))
         return reaped
 
     def settle_parent(self, parent_id: str, *, step: str, ok: bool) -> None:
-        """Record a step's outcome on the parent run; it is FAILED once any step failed."""
+        """Record a step's outcome on the parent run (no ``step``: nothing to record, only end it); it is
+        FAILED once any step failed."""
         with file_lock(self.settings.work_dir / "locks" / f"parent-{parent_id}.lock"):
             tags = self.client.get_run(parent_id).data.tags
             failed = [s for s in tags.get(TAG_FAILED_STEPS, "").split(",") if s]
             done = [s for s in tags.get(TAG_STEPS_RUN, "").split(",") if s]
-            if ok:
+            if ok and step:  # no step: the invocation withdrew its claim (another one runs the step)
                 done.append(step)
                 self.client.set_tag(parent_id, TAG_STEPS_RUN, ",".join(done))
-            else:
+            elif not ok:
                 failed.append(step)
                 self.client.set_tag(parent_id, TAG_FAILED_STEPS, ",".join(failed))
             self.client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
 
     # -- step runs ----------------------------------------------------------------------------
-    def reap_stale(self, experiment: str, experiment_id: str, key: str, step: str, *,
-                   job_alive: JobLiveness) -> list[str]:
-        """Mark RUNNING runs with this key whose launcher is gone as KILLED; return their ids.
+    def reap_stale(self, experiment: str, key: str, *, job_alive: JobLiveness) -> tuple[list[str], Holder | None]:
+        """Reap the runs with this key whose owner is gone; return their ids and the run that still holds
+        the key, if any (another invocation's step is running or settling it: see :mod:`mltf_flow.lease`).
 
-        Raises :class:`StepInProgress` when a live process on this host runs the same key, or when
-        ``job_alive`` says the SLURM job of a run submitted by ``mlflow run --backend mltf`` still runs.
+        A RUNNING run that ``mlflow run --backend mltf`` submitted (tag ``mltf.slurm.job_dir``) is alive
+        while ``job_alive`` says SLURM still runs its job. A FINISHED run that was never verified (the
+        script's MLflow ended it, then its pipeline was killed before checking exit code and outputs) is
+        KILLED, a checkpoint in it making the retry resume (see resumable_run), unless its owner still
+        settles it.
         """
         from mltf_flow.run_index import run_index
 
+        index = run_index(self.settings.tracking_uri)
         reaped: list[str] = []
-        for ref in run_index(self.settings.tracking_uri).find_with_status(experiment, key, "RUNNING"):
-            tags = self.client.get_run(ref.run_id).data.tags
-            if tags.get(TAG_SLURM_JOB_DIR):
-                # Submitted by `mlflow run --backend mltf`: alive while SLURM runs its job. A job that is
-                # over gets its real final status (reconciled), so it is neither reaped nor in progress.
-                if not job_alive(ref.run_id, self.settings.tracking_uri):
+        holder: Holder | None = None
+        for status in ("RUNNING", "FINISHED"):
+            for ref in index.find_with_status(experiment, key, status):
+                run = self.client.get_run(ref.run_id)
+                tags = run.data.tags
+                if status == "FINISHED" and (tags.get(TAG_COMPLETE) == "true" or tags.get(TAG_SLURM_JOB_DIR)):
+                    continue  # verified, or the backend's (reconciled by its own wrapper)
+                if tags.get(TAG_SLURM_JOB_DIR):
+                    # Over jobs get their real final status from job_alive (reconciled): neither reaped nor held.
+                    if job_alive(ref.run_id, self.settings.tracking_uri) and holder is None:
+                        holder = Holder(ref.run_id, f"SLURM job {tags.get(TAG_SLURM_JOB_IDS)} "
+                                        "(`mlflow run --backend mltf`)")
                     continue
-                raise StepInProgress(
-                    f"step '{step}' is already running with the same inputs: MLflow run {ref.run_id}, SLURM job "
-                    f"{tags.get(TAG_SLURM_JOB_IDS)} (`mlflow run --backend mltf`). Wait for it (mltf-flow job "
-                    f"{ref.run_id} --wait) or cancel it (mltf-flow job {ref.run_id} --cancel).",
-                    step=step, run_id=ref.run_id,
-                )
-            alive = process_alive(tags.get(TAG_HOST, ""), tags.get(TAG_PID, "0"), tags.get(TAG_PID_START, ""))
-            if alive:
-                raise StepInProgress(
-                    f"step '{step}' is already running with the same inputs: MLflow run {ref.run_id}, "
-                    f"pid {tags.get(TAG_PID)} on {tags.get(TAG_HOST)}. Wait for it, or stop that process.",
-                    step=step,
-                    run_id=ref.run_id,
-                )
-            # alive is False (process gone) or None (another host, no liveness signal yet: the
-            # cluster launchers of later issues record SLURM job ids for that case).
-            self.client.set_tag(ref.run_id, TAG_REAPED, "true")
-            self.client.set_terminated(ref.run_id, "KILLED")
-            reaped.append(ref.run_id)
-        return reaped + self._reap_unsettled(experiment, key)
+                if not is_stale(tags, run.info.start_time, self.settings.lease_seconds):
+                    if holder is None:
+                        holder = Holder(ref.run_id, f"pid {tags.get(TAG_PID)} on {tags.get(TAG_HOST)}")
+                    continue
+                error = ("the lease of its owner expired" if status == "RUNNING" else "ended FINISHED by its script "
+                         "but never verified: the pipeline stopped before checking its exit code and outputs")
+                self.set_tags(ref.run_id, {TAG_REAPED: "true", TAG_ERROR: error})
+                self.client.set_terminated(ref.run_id, "KILLED")
+                reaped.append(ref.run_id)
+        return reaped, holder
 
-    def _reap_unsettled(self, experiment: str, key: str) -> list[str]:
-        """FINISHED runs with this key that were never verified: the script's MLflow ended them, then the
-        pipeline was killed before it checked the exit code and outputs. They are KILLED (a checkpoint in
-        them makes the retry resume, see resumable_run), unless their owner still runs (it is settling)."""
-        from mltf_flow.run_index import run_index
+    def earlier_claim(self, experiment_id: str, key: str, run_id: str) -> Holder | None:
+        """A live run with this key created before ``run_id`` (by start time, then id): two invocations on
+        different machines that created runs for one key at the same moment agree on which one goes on."""
+        mine = self.client.get_run(run_id).info
+        for run in self.client.search_runs(
+            [experiment_id], f"tags.`{TAG_CACHE_KEY}` = '{key}' and attributes.status = 'RUNNING'", max_results=50,
+        ):
+            info = run.info
+            if info.run_id == run_id or is_stale(run.data.tags, info.start_time, self.settings.lease_seconds):
+                continue
+            if (info.start_time or 0, info.run_id) < (mine.start_time or 0, mine.run_id):
+                return Holder(str(info.run_id), f"pid {run.data.tags.get(TAG_PID)} on {run.data.tags.get(TAG_HOST)}")
+        return None
 
-        reaped: list[str] = []
-        for ref in run_index(self.settings.tracking_uri).find_with_status(experiment, key, "FINISHED"):
-            tags = self.client.get_run(ref.run_id).data.tags
-            if tags.get(TAG_COMPLETE) == "true" or tags.get(TAG_SLURM_JOB_DIR):  # verified, or the backend's
-                continue
-            if process_alive(tags.get(TAG_HOST, ""), tags.get(TAG_PID, "0"), tags.get(TAG_PID_START, "")) is not False:
-                continue
-            self.set_tags(ref.run_id, {TAG_REAPED: "true", TAG_ERROR: "ended FINISHED by its script but never "
-                                       "verified: the pipeline stopped before checking its exit code and outputs"})
-            self.client.set_terminated(ref.run_id, "KILLED")
-            reaped.append(ref.run_id)
-        return reaped
+    def withdraw(self, run_id: str) -> None:
+        """Delete a run this process created but must not use (another invocation claimed the key first)."""
+        self.client.delete_run(run_id)
+
+    def holder_outcome(self, holder: Holder) -> str | None:
+        """How the run another invocation holds stands now: None while it still holds the key; "complete"
+        when it ended with ``mltf.complete=true``; otherwise its status (FAILED, KILLED, a stale owner)."""
+        run = self.client.get_run(holder.run_id)
+        tags, status = run.data.tags, run.info.status
+        if tags.get(TAG_COMPLETE) == "true" and status == "FINISHED":
+            return "complete"
+        if status in ("RUNNING", "FINISHED") and not tags.get(TAG_SLURM_JOB_DIR):
+            return "stale" if is_stale(tags, run.info.start_time, self.settings.lease_seconds) else None
+        if status == "RUNNING":  # a backend job: SLURM's state decides, checked by the next claim
+            return None
+        return str(status)
 
     def create_step_run(
         self,
@@ -296,12 +297,10 @@ class Tracker:
         """Create the step's run (RUNNING) with lineage tags and its parameters."""
         from mlflow.entities import Param
 
-        host, pid, started = process_identity()
         all_tags = {
             MLFLOW_USER: getpass.getuser(),
-            TAG_HOST: host,
-            TAG_PID: pid,
-            TAG_PID_START: started,
+            **process_identity(),
+            **lease_tags(self.settings.lease_seconds),
             **tags,
         }
         if parent_id:
@@ -335,12 +334,11 @@ class Tracker:
     def reopen_run(self, run_id: str, previous: Mapping[str, str], *, parent_id: str | None,
                    tags: Mapping[str, str]) -> int:
         """Set a failed run RUNNING again for this process (a resumed attempt); return the attempt number."""
-        host, pid, started = process_identity()
         attempt = int(previous.get(TAG_ATTEMPT, "1")) + 1
         for stale in (TAG_ERROR, TAG_EXIT_CODE, TAG_REAPED, TAG_COMMAND_PID):
             if stale in previous:
                 self.client.delete_tag(run_id, stale)
-        fresh = {**tags, TAG_HOST: host, TAG_PID: pid, TAG_PID_START: started, TAG_ATTEMPT: str(attempt),
+        fresh = {**tags, **process_identity(), **lease_tags(self.settings.lease_seconds), TAG_ATTEMPT: str(attempt),
                  TAG_RESUMED_FROM_EPOCH: previous.get(TAG_CHECKPOINT_EPOCH, "")}
         if parent_id:
             fresh[MLFLOW_PARENT_RUN_ID] = parent_id

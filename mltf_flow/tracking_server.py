@@ -54,6 +54,16 @@ def check_server(tracking_uri: str, *, attempts: int = ATTEMPTS, timeout_s: floa
     _CHECKED.add(tracking_uri)
 
 
+def silence(tracking_uri: str, timeout_s: float = TIMEOUT_S) -> str | None:
+    """Why the server at ``tracking_uri`` does not answer now (one try), or None when it answers: a cheap
+    probe for a process that wants to *say* that the server is down, not to wait for it."""
+    try:
+        _ask(split_userinfo(tracking_uri)[0].rstrip("/") + "/health", timeout_s)
+    except _NoAnswer as exc:
+        return str(exc)
+    return None
+
+
 def _ask(url: str, timeout_s: float) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from mltf_flow.config.fields import Ge, StrictInt, StrictStr
+from mltf_flow.config.fields import Ge, StrictBool, StrictInt, StrictStr
 from mltf_flow.config.files import read_yaml_mapping, stamp
 from mltf_flow.config.memo import remembered
 from mltf_flow.config.schema import Schema, validate
@@ -40,7 +40,8 @@ class SettingsLayer(Schema):
     joiner: ClassVar[str] = ": "
     expect: ClassVar[dict[str, str]] = {
         "prefetch_limit": "a whole number >= 0", "stderr_tail_lines": "a whole number >= 1",
-        "profile_files": "a list of profile files",
+        "profile_files": "a list of profile files", "lease_seconds": "a whole number of seconds >= 3",
+        "wait_for_running": "true or false",
     }
 
     work_dir: StrictStr = ""
@@ -53,12 +54,17 @@ class SettingsLayer(Schema):
     env_manager: StrictStr | None = None
     env_root: StrictStr | None = None
     profile_files: tuple[StrictStr, ...] = ()
+    lease_seconds: Annotated[StrictInt, Ge(3)] = 60
+    wait_for_running: StrictBool = True
 
 
 #: Every setting's name (``MLTF_FLOW_<NAME>`` sets it from the environment).
 SETTING_KEYS = tuple(f.name for f in fields(SettingsLayer))
 #: Settings whose variables are read as whole numbers.
-_WHOLE_NUMBERS = ("prefetch_limit", "stderr_tail_lines")
+_WHOLE_NUMBERS = ("prefetch_limit", "stderr_tail_lines", "lease_seconds")
+#: Settings whose variables are read as yes/no, and the words for it.
+_YES_NO = ("wait_for_running",)
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +84,10 @@ class Settings:
     env_root: Path | None = None
     #: Profile files read after the shipped, site and user ones (mltf_flow.clusters.profiles), in order.
     profile_files: tuple[Path, ...] = ()
+    #: How long a run's owner's lease lasts (mltf_flow.lease); renewed every third of it.
+    lease_seconds: int = 60
+    #: A step that another invocation is running: wait for its result (True) or fail with exit code 10.
+    wait_for_running: bool = True
 
     @property
     def is_local_store(self) -> bool:
@@ -151,6 +161,10 @@ def _from_environment() -> dict[str, Any]:
                 raise ConfigError(f"environment {variable}={raw!r} is not an integer.") from exc
         elif name == "profile_files":
             values[name] = [entry for entry in raw.split(os.pathsep) if entry]
+        elif name in _YES_NO:
+            if raw.lower() not in _BOOLEANS:
+                raise ConfigError(f"environment {variable}={raw!r} is not true or false.")
+            values[name] = _BOOLEANS[raw.lower()]
         else:
             values[name] = raw
     return values
@@ -186,6 +200,8 @@ def _resolve(files: list[Path], overrides: Mapping[str, Any]) -> Settings:
         env_manager=_env_manager(values.get("env_manager")),
         env_root=Path(values["env_root"]).expanduser().resolve() if values.get("env_root") else None,
         profile_files=tuple(values.get("profile_files", ())),
+        lease_seconds=values["lease_seconds"],
+        wait_for_running=values["wait_for_running"],
     )
 
 

@@ -25,8 +25,8 @@ from mltf_flow.console import use_console
 from mltf_flow.errors import DatasetNotFound
 from mltf_flow.input_check import check_luigi_command_line, input_errors, name_parse_errors
 from mltf_flow.invocation import invocation_id, once_per_invocation
+from mltf_flow.luigi_defaults import apply_luigi_defaults
 from mltf_flow.progress import report_status
-from mltf_flow.retcodes import apply_default_retcodes
 from mltf_flow.run_guard import run_guard
 from mltf_flow.staging.local import stage_local
 from mltf_flow.staging.manifest import write_manifest
@@ -49,7 +49,7 @@ from mltf_flow.targets.manifest import ManifestTarget
 
 _log = logging.getLogger(__name__)
 
-apply_default_retcodes()  # see mltf_flow.retcodes: failures exit non-zero wherever luigi runs
+apply_luigi_defaults()  # see mltf_flow.luigi_defaults: failures exit non-zero wherever luigi runs
 
 
 class StageStep(luigi.Task):
@@ -120,6 +120,7 @@ class StageStep(luigi.Task):
 
     def _stage_rucio(self, uri: DatasetURI) -> dict[str, Any]:
         from mltf_flow.clusters.profiles import get_profile
+        from mltf_flow.lease import renewer
         from mltf_flow.progress import RuleProgress
         from mltf_flow.staging.rucio import RucioStager, forget, rucio_settings
         from mltf_flow.tracking import Tracker
@@ -144,6 +145,8 @@ class StageStep(luigi.Task):
             TAG_PROFILE: profile.name, TAG_INVOCATION_ID: invocation_id(), TAG_TASK_ID: self.task_id,
         })
         stager.on_rule = lambda rule: tracker.set_tags(run_id, {TAG_RUCIO_RULE_ID: rule})
+        leases = renewer(settings.tracking_uri, settings.lease_seconds)  # a rule can take hours
+        leases.hold(run_id, parent_id or "")
         try:
             with run_guard(tracker, run_id, parent_id=parent_id, step="stage") as guard:
                 with progress:
@@ -152,6 +155,7 @@ class StageStep(luigi.Task):
                 self._record(tracker, run_id, manifest)
                 guard.end(ok=True, exit_code=None)
         finally:
+            leases.release(run_id, parent_id or "")
             forget(uri)  # complete() lists the DID again after a staging attempt
         return manifest
 

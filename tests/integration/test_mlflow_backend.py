@@ -487,7 +487,7 @@ def test_a_pipeline_step_sees_the_same_job_as_in_progress_then_reuses_its_result
     step = ["--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(FLAKY), "--run-step", "main"]
     sub = project_run("main", {"mode": "hang"}, {"profile": "slurm-ci"}, "flaky")
     _running(sub)
-    result = run_luigi(*step, "--overrides", '{"mode": "hang"}', env=env)
+    result = run_luigi(*step, "--overrides", '{"mode": "hang"}', env={**env, "MLTF_FLOW_WAIT_FOR_RUNNING": "false"})
     assert result.returncode == 30, result.output  # no second launch of what SLURM is running
     assert "already running with the same inputs" in result.output and f"SLURM job {sub.job_id}" in result.output
     sub.cancel()

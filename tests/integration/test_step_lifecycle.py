@@ -125,17 +125,19 @@ def _key_of(project: Path) -> str:
 
 
 def _fake_running_run(project: Path, pid: int) -> str:
-    """A RUNNING run with this step's key, as a launcher that died would leave it."""
+    """A RUNNING run with this step's key whose owner is process ``pid`` on this machine (a dead one: as a
+    launcher that died would leave it)."""
     from mltf_flow.config import load_settings
-    from mltf_flow.tracking import Tracker, process_identity
+    from mltf_flow.lease import lease_tags, process_identity
+    from mltf_flow.tracking import Tracker
 
     tracker = Tracker(load_settings())
     exp_id = tracker.ensure_experiment("flaky")
-    host, _, _ = process_identity()
+    owner = process_identity()
     started = f"{psutil.Process(pid).create_time():.2f}" if psutil.pid_exists(pid) else "1.00"
     run = tracker.client.create_run(exp_id, tags={
-        "mltf.cache_key": _key_of(project), "mltf.step": "main", "mltf.host": host, "mltf.pid": str(pid),
-        "mltf.pid_start": started,
+        "mltf.cache_key": _key_of(project), "mltf.step": "main", **owner, "mltf.pid": str(pid),
+        "mltf.pid_start": started, **lease_tags(3600),  # a lease far from expiry: only the pid tells
     })
     return str(run.info.run_id)
 
@@ -152,11 +154,12 @@ def test_stale_running_run_is_reaped_not_reused(flaky: Path) -> None:
     assert new.data.tags["mltf.replaces_run_ids"] == stale
 
 
-def test_running_run_of_a_live_process_blocks_a_second_launch(flaky: Path) -> None:
+def test_running_run_of_a_live_process_is_not_launched_twice(flaky: Path) -> None:
     live = _fake_running_run(flaky, os.getpid())
-    rc, out = run_flaky(flaky)
-    assert rc == 30, out
-    assert "already running with the same inputs" in out and live in out
+    result = run_luigi("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(flaky), "--run-step",
+                       "main", "--overrides", "{}", env={"MLTF_FLOW_WAIT_FOR_RUNNING": "false"})
+    assert result.returncode == 30, result.output
+    assert "already running with the same inputs" in result.output and live in result.output
     assert client(store()).get_run(live).info.status == "RUNNING"
 
 

@@ -102,6 +102,20 @@ def test_env_integers_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
+def test_env_yes_no_and_the_lease_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().wait_for_running is True and load_settings().lease_seconds == 60
+    monkeypatch.setenv("MLTF_FLOW_WAIT_FOR_RUNNING", "false")
+    monkeypatch.setenv("MLTF_FLOW_LEASE_SECONDS", "5")
+    assert load_settings().wait_for_running is False and load_settings().lease_seconds == 5
+    monkeypatch.setenv("MLTF_FLOW_WAIT_FOR_RUNNING", "maybe")
+    with pytest.raises(ConfigError, match="MLTF_FLOW_WAIT_FOR_RUNNING='maybe' is not true or false"):
+        load_settings()
+    monkeypatch.setenv("MLTF_FLOW_WAIT_FOR_RUNNING", "1")
+    monkeypatch.setenv("MLTF_FLOW_LEASE_SECONDS", "1")
+    with pytest.raises(ConfigError, match="lease_seconds"):
+        load_settings()
+
+
 def test_mlflow_tracking_uri_honoured_when_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     settings = load_settings()
@@ -128,7 +142,8 @@ def test_none_kwarg_is_not_given_for_mlflow_tracking_uri(monkeypatch: pytest.Mon
 @pytest.mark.parametrize(
     ("key", "value"),
     [("prefetch_limit", "many"), ("prefetch_limit", True), ("prefetch_limit", 1.5), ("work_dir", 3),
-     ("tracking_uri", ["sqlite:///x"]), ("experiment", {"name": "x"})],
+     ("tracking_uri", ["sqlite:///x"]), ("experiment", {"name": "x"}), ("wait_for_running", "no"),
+     ("lease_seconds", 2)],
 )
 def test_wrong_type_names_file_and_key(clean_env: Path, key: str, value: object) -> None:
     path = user_file(clean_env, {key: value})

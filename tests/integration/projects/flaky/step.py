@@ -25,9 +25,17 @@ def pause(phase: str) -> None:
         time.sleep(600)  # killed by the test
 
 
+# FLAKY_GATE=<path> (not a parameter either): print "AT GATE" and go on once the file exists, so a test can
+# hold a step running while it starts a second invocation, then let it finish.
+GATE = os.environ.get("FLAKY_GATE", "")
+
 with mlflow.start_run():
     mlflow.log_metric("started", 1.0)
     pause("running")
+    if GATE:
+        print("AT GATE", flush=True)
+        while not os.path.exists(GATE):
+            time.sleep(0.05)  # the test creates the file
     if args.mode == "exit3":
         print("boom: calibration file missing", file=sys.stderr)
         sys.exit(3)  # MLflow still ends this run FINISHED; mltf_flow must not call it complete
