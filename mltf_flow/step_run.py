@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mltf_flow import secret_args
-from mltf_flow.backend.liveness import submitted_job_alive
 from mltf_flow.cache_key import git_state
+from mltf_flow.claim import Claim, claim
 from mltf_flow.clusters import session
 from mltf_flow.code_set import command_files
 from mltf_flow.config.profiles import SlurmProfile
 from mltf_flow.config.units import clock
-from mltf_flow.errors import OutputMissing, StepError, StepFailed, StepInProgress, StepTimedOut
+from mltf_flow.errors import OutputMissing, StepError, StepFailed, StepTimedOut
 from mltf_flow.invocation import INVOCATION_ENV, invocation_id
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
 from mltf_flow.lease import renewer
@@ -78,7 +78,7 @@ from mltf_flow.tags import (
     TAG_TASK_ID,
     TAG_UPSTREAM_RUN_IDS,
 )
-from mltf_flow.tracking import Holder, Tracker, file_lock, lineage_key_tags
+from mltf_flow.tracking import Tracker, lineage_key_tags
 
 if TYPE_CHECKING:
     import luigi
@@ -126,6 +126,8 @@ class OpenRun:
     run_id: str
     parent_id: str
     log_path: Path
+    #: A failed run with checkpoints set RUNNING again (not a new run).
+    reopened: bool = False
 
 
 def plan(step: ResolvedStep, requirements: Mapping[str, Upstream], settings: Settings, task_id: str) -> Plan:
@@ -204,62 +206,13 @@ def _run_tags(plan: Plan, cluster: Cluster, key: str) -> dict[str, str]:
 
 
 def open_run(plan: Plan, cluster: Cluster, tracker: Tracker, reporter: luigi.Task) -> OpenRun | None:
-    """Claim the step's key and create its run (or reopen a checkpointed failed one); None when another
-    invocation held the key and completed the step meanwhile (see :mod:`mltf_flow.lease`).
-
-    The claim is checked and made under a lock on the key (this machine), and checked again after the run
-    exists (another machine): of two runs created at once for one key, the later one is withdrawn."""
+    """Claim the step's key (:mod:`mltf_flow.claim`) and create its run, or reopen a checkpointed failed
+    one; None when another invocation held the key and completed the step meanwhile."""
     step, settings = plan.step, plan.settings
-    key = step.key
     experiment = settings.experiment_for(step.pipeline)
     experiment_id = tracker.ensure_experiment(experiment)
-    reaped: list[str] = []
-    while True:
-        with file_lock(settings.work_dir / "locks" / f"key-{key[:40]}.lock"):
-            stale, holder = tracker.reap_stale(experiment, key, job_alive=submitted_job_alive)
-            reaped += stale
-            if holder is None:
-                run = _create(plan, cluster, tracker, experiment_id, reaped)
-                holder = tracker.earlier_claim(experiment_id, key, run.run_id)
-                if holder is None:
-                    return run
-                tracker.withdraw(run.run_id)
-                tracker.settle_parent(run.parent_id, step="", ok=True)
-        if _await(holder, plan, tracker, experiment_id, reporter):
-            return None
-
-
-def _await(holder: Holder, plan: Plan, tracker: Tracker, experiment_id: str, reporter: luigi.Task) -> bool:
-    """Wait until the run another invocation holds our key with ends: True when it completed the step
-    (its result is ours), False when it did not (failed, killed, or its owner's lease ran out): then we
-    claim the key again. With ``wait_for_running: false`` raise StepInProgress (exit code 10) instead."""
-    name = plan.step.name
-    if not plan.settings.wait_for_running:
-        raise StepInProgress(
-            f"step '{name}' is already running with the same inputs in another invocation: MLflow run "
-            f"{holder.run_id}, {holder.owner}. Wait for it (run again without --no-wait, or with "
-            "MLTF_FLOW_WAIT_FOR_RUNNING=true), or stop it.", step=name, run_id=holder.run_id,
-        )
-    message = (f"step '{name}' is already running with the same inputs in another invocation (MLflow run "
-               f"{holder.run_id}, {holder.owner}): waiting for its result")
-    _log.warning(message)
-    report_status(reporter, message)
-    poll = min(2.0, plan.settings.lease_seconds / 6)
-    started = time.monotonic()
-    while (outcome := tracker.holder_outcome(holder)) is None:
-        time.sleep(poll)  # another process's progress: nothing to wait on but the store
-        if time.monotonic() - started > 600:
-            _log.warning(f"{message} (for {(time.monotonic() - started) / 60:.0f} min)")
-            started = time.monotonic()
-    if outcome != "complete":
-        _log.warning(f"step '{name}': MLflow run {holder.run_id} of the other invocation ended {outcome}; "
-                     "running the step here")
-        return False
-    run_index(plan.settings.tracking_uri, plan.settings.prefetch_limit).remember(
-        experiment_id, RunRef(holder.run_id, "FINISHED", plan.step.key, int(time.time() * 1000)))
-    _log.info(f"step '{name}': the other invocation completed it (MLflow run {holder.run_id}); using its result")
-    report_status(reporter, f"done by another invocation: MLflow run {holder.run_id}", percent=100)
-    return True
+    return claim(Claim(step.name, step.key, experiment, experiment_id, settings), tracker, reporter,
+                 create=lambda reaped: _create(plan, cluster, tracker, experiment_id, reaped))
 
 
 def _create(plan: Plan, cluster: Cluster, tracker: Tracker, experiment_id: str, reaped: list[str]) -> OpenRun:
@@ -283,7 +236,7 @@ def _create(plan: Plan, cluster: Cluster, tracker: Tracker, experiment_id: str, 
         tracker.settle_parent(parent_id, step=step.name, ok=False)
         raise
     log_path = settings.work_dir / "logs" / step.pipeline / f"{step.name}-{run_id}.log"
-    return OpenRun(tracker, experiment_id, run_id, parent_id, log_path)
+    return OpenRun(tracker, experiment_id, run_id, parent_id, log_path, reopened=resumable is not None)
 
 
 def command_env(step: ResolvedStep, settings: Settings, run_id: str, experiment_id: str) -> dict[str, str]:

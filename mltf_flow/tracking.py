@@ -268,9 +268,13 @@ class Tracker:
                 return Holder(str(info.run_id), f"pid {run.data.tags.get(TAG_PID)} on {run.data.tags.get(TAG_HOST)}")
         return None
 
-    def withdraw(self, run_id: str) -> None:
-        """Delete a run this process created but must not use (another invocation claimed the key first)."""
-        self.client.delete_run(run_id)
+    def withdraw(self, run_id: str, *, reopened: bool) -> None:
+        """Give up a run this process created (deleted) or reopened (KILLED again, its checkpoints kept for
+        the next attempt): another invocation claimed the key first."""
+        if reopened:
+            self.client.set_terminated(run_id, "KILLED")
+        else:
+            self.client.delete_run(run_id)
 
     def holder_outcome(self, holder: Holder) -> str | None:
         """How the run another invocation holds stands now: None while it still holds the key; "complete"
