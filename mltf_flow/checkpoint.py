@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mltf_flow import phases
 from mltf_flow.ddp.rank import is_rank_zero
 from mltf_flow.errors import TrackingError
 from mltf_flow.tags import TAG_CHECKPOINT_EPOCH, TAG_CHECKPOINT_LATEST, TAG_CHECKPOINT_SHA256
@@ -103,6 +104,7 @@ def save(state: Any, epoch: int, *, run_id: str | None = None, keep: int = 2) ->
     artifact = f"{_DIR}/{name}"
     client.log_batch(run, tags=[RunTag(TAG_LATEST, artifact), RunTag(TAG_EPOCH, str(epoch)),
                                 RunTag(TAG_SHA256, digest)])
+    phases.reached(phases.CHECKPOINT_SAVED)
     if keep > 0:
         _prune(client, run, keep)
     return artifact

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mltf_flow import secret_args
+from mltf_flow import phases, secret_args
 from mltf_flow.cache_key import git_state
 from mltf_flow.claim import Claim, claim
 from mltf_flow.clusters import session
@@ -318,6 +318,7 @@ def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> 
                 timeout=step.timeout,
             )
         )
+    phases.reached(phases.COMMAND_EXITED, step.name)
     after = snapshot(root)
     named = command_files(root, step.entry.command) | step_parameter_files(step.project, step.entry, step.params)
     wrote = written(before, after, keep=named, known=load_outputs(settings.work_dir, root))
@@ -422,6 +423,7 @@ def settle(plan: Plan, run: OpenRun, result: LaunchResult, wrote: list[str], gua
         tracker.set_tags(run.run_id, {TAG_CACHE_KEY: final.key, TAG_CODE_HASH: final.code.hash,
                                       TAG_KEY_BEFORE_RUN: key})
         key = final.key
+    phases.reached(phases.OUTPUTS_VERIFIED, name)
     guard.end(ok=True, exit_code=0)
     run_index(plan.settings.tracking_uri, plan.settings.prefetch_limit).remember(
         run.experiment_id, RunRef(run.run_id, "FINISHED", key, int(time.time() * 1000))
@@ -444,6 +446,7 @@ def execute(step: ResolvedStep, requirements: Mapping[str, Upstream], *, setting
     run = open_run(planned, cluster, tracker, reporter)
     if run is None:  # another invocation ran it with the same inputs while we waited
         return
+    phases.reached(phases.RUN_CREATED, step.name)
     url = _tracking_url(settings.tracking_uri, run.experiment_id, run.run_id)
     report_status(reporter, f"running: MLflow run {run.run_id}; Dask dashboard {cluster.dashboard}",
                   url=url or cluster.dashboard, percent=0)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mltf_flow import phases
 from mltf_flow.config import Settings
 from mltf_flow.errors import TrackingError
 from mltf_flow.lease import is_stale, lease_tags, process_identity
@@ -183,6 +184,7 @@ class Tracker:
                     MLFLOW_SOURCE_TYPE: "PROJECT",
                 },
             )
+            phases.reached(phases.PARENT_CREATED)
             return str(run.info.run_id)
 
     def reap_stale_parents(self, experiment_id: str, pipeline: str) -> list[str]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from mltf_flow import phases
 from mltf_flow.clusters.profiles import Profile, SlurmProfile
 from mltf_flow.clusters.security import Credentials, from_directory
 from mltf_flow.errors import ClusterError, ConfigError, SlurmRejected, WorkersTimeout
@@ -158,6 +159,7 @@ def _start(profile: Profile) -> _Owned:
     os.environ[_env_name(_SECURITY_ENV, profile.name)] = str(reply["security"])
     _log.info(f"Dask cluster for profile {profile.name!r} ({profile.kind}) at {owned.address}; "
               f"dashboard: {owned.dashboard or 'disabled'}")
+    phases.reached(phases.CLUSTER_STARTED)
     return owned
 
 

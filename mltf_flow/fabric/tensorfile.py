@@ -44,6 +44,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mltf_flow import phases
 from mltf_flow.errors import ConfigError, StagingError
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ def write_tensor_file(path: str | os.PathLike[str], arrays: Mapping[str, Any],
                 digests.append(digest.hexdigest())
                 f.write(bytes(_align(nbytes) - nbytes))
                 del data, flat, view
+                phases.reached(phases.TENSORFILE_HALF_WRITTEN)
             index = _build_index(plan, header, meta_obj, digests)
             final = _encode(index)
             assert len(final) == len(blob), "index length changed after hashing"
@@ -344,6 +346,7 @@ def load_arrays(path: str | os.PathLike[str], names: Iterable[str] | None = None
         combined = ReadInfo(backend="+".join(backends), nbytes=sum(i.nbytes for i in infos),
                             seconds=sum(i.seconds for i in infos), compat=compats.pop() if len(compats) == 1 else None,
                             notes=tuple(dict.fromkeys(note for i in infos for note in i.notes)))
+    phases.reached(phases.TENSORFILE_LOADED)
     return {name: tensors[name] for name in wanted}, combined
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import luigi
 
+from mltf_flow import phases
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.console import use_console
 from mltf_flow.errors import DatasetNotFound
@@ -115,7 +116,9 @@ class StageStep(luigi.Task):
         self.manifest_path().unlink(missing_ok=True)
         report_status(self, f"staging {uri.canonical}")
         manifest = self._stage_rucio(uri) if uri.scheme == "rucio" else stage_local(uri)
+        phases.reached(phases.STAGE_CHECKSUMMED)
         write_manifest(self.manifest_path(), manifest)
+        phases.reached(phases.STAGE_DONE)
         report_status(self, f"staged {len(manifest['files'])} files, digest {manifest['digest'][:12]}", percent=100)
 
     def _stage_rucio(self, uri: DatasetURI) -> dict[str, Any]:
