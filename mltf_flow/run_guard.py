@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mltf_flow import phases
 from mltf_flow.launch.local import Stopped
 from mltf_flow.tags import TAG_ERROR
 
@@ -44,10 +45,16 @@ class RunGuard:
 
     def end(self, *, ok: bool, exit_code: int | None, status: str | None = None) -> None:
         """End the run (``mltf.complete=true`` + FINISHED only when ``ok``; ``status`` when not, else FAILED)
-        and settle the parent."""
+        and settle the parent.
+
+        The parent is told first. Killed between the two, this run stays RUNNING: the next invocation runs the
+        step again, reaping this run and, as it opens its own parent, any parent left RUNNING. In the other
+        order a kill could leave a complete last step under a RUNNING parent, and a rerun that finds every
+        step complete runs nothing, so nothing would ever end that parent."""
+        self._settle_parent(ok)
+        phases.reached(phases.PARENT_TOLD, self.step)
         self.tracker.finish_step(self.run_id, ok=ok, exit_code=exit_code, status=None if ok else status)
         self.ended = True
-        self._settle_parent(ok)
 
     def _settle_parent(self, ok: bool) -> None:
         if self.parent_id:
