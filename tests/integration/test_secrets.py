@@ -7,17 +7,80 @@ hashes). Also `mltf-flow config` and `mltf-flow render --backend-config`."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import signal
 import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from tests.helpers import BIN, REPO, git_project, run_mltf
+import pytest
+
+from tests.helpers import BIN, REPO, free_port, git_project, run_mltf, wait_until
 from tests.integration.mlflow_queries import runs, sqlite_uri
 
 SECRETS = Path(__file__).parent / "projects" / "secrets"
+#: Where the canary secrets are looked for (tests below; `mltf-flow render` of a backend job script included).
+PLACES = (
+    "argv of every process (ps) while the step runs",
+    "the MLflow store (sqlite bytes) and run params",
+    "the artifacts",
+    "the step logs and work dir",
+    "the console output",
+    "the run's TMPDIR",
+    "/tmp (files written while it ran)",
+    "error lines of a failing step",
+    "`mltf-flow config`",
+    "a rendered SLURM backend job script",
+    "luigid HTTP API: task lists, search, workers, resources",
+    "luigid HTTP API: dependency graphs and task parameters",
+    "luigid HTTP API: task error messages",
+    "luigid state file and logs",
+)
+_LUIGID: dict[str, subprocess.Popen[bytes]] = {}
+
+
+@pytest.fixture
+def luigid_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real `luigid` on a free port with its state file and logs under ``tmp_path``/luigid."""
+    from tests.integration.test_luigid import api
+
+    state_dir = tmp_path / "luigid"
+    state_dir.mkdir()
+    port = free_port()
+    with open(state_dir / "luigid.out", "wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(state_dir),
+             "--state-path", str(state_dir / "luigid-state.pickle")],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    _LUIGID[base] = proc
+
+    def up() -> bool:
+        try:
+            api(base, "task_list", {"status": "RUNNING", "upstream_status": "", "search": ""})
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 60, "luigid to answer")
+        yield base, state_dir
+    finally:
+        _stop_luigid(base)
+
+
+def _stop_luigid(base: str) -> None:
+    """SIGTERM: luigid writes its state file on the way out."""
+    proc = _LUIGID.pop(base, None)
+    if proc is not None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def _canaries() -> tuple[str, str, str]:
@@ -132,3 +195,57 @@ def test_rendered_backend_job_script_holds_no_secret(tmp_path: Path) -> None:
     assert result.returncode == 0, result.output
     assert "@@MLTF_SECRET_API_TOKEN@@" not in result.output or "command:" in result.output
     assert not any(c in result.output for c in canaries), result.output
+
+
+def _luigid_answers(base: str, canaries: tuple[str, ...]) -> tuple[int, str, list[str]]:
+    """Every task luigid knows, through its HTTP API (lists by status, search, details, dependency graphs,
+    errors, workers, resources): how many tasks it answered about, all answers as text, and the answers that
+    hold a canary."""
+    from tests.integration.test_luigid import api
+
+    answers: list[tuple[str, Any]] = []
+    tasks: dict[str, Any] = {}
+    for status in ("PENDING", "RUNNING", "DONE", "FAILED", "DISABLED"):
+        listed = api(base, "task_list", {"status": status, "upstream_status": "", "search": ""})
+        answers.append((f"task_list {status}", listed))
+        tasks.update(listed)
+    answers.append(("task_search", api(base, "task_search", {"task_str": ""})))
+    answers.append(("worker_list", api(base, "worker_list", {})))
+    answers.append(("resource_list", api(base, "resource_list", {})))
+    for task_id in tasks:
+        answers.append((f"dep_graph {task_id}", api(base, "dep_graph", {"task_id": task_id, "include_done": True})))
+        answers.append((f"inverse_dep_graph {task_id}",
+                        api(base, "inverse_dep_graph", {"task_id": task_id, "include_done": True})))
+        answers.append((f"fetch_error {task_id}", api(base, "fetch_error", {"task_id": task_id})))
+    hits = [f"{what}: {json.dumps(answer)[:300]}" for what, answer in answers
+            if any(c in json.dumps(answer) for c in canaries)]
+    return len(tasks), json.dumps(answers), hits
+
+
+def test_luigid_sees_no_secret_value(luigid_server: tuple[str, Path], tmp_path: Path) -> None:
+    """A run and a failing run against a real `luigid`: its API answers (task lists, parameters, dependency
+    graphs, error messages), its state file and its logs hold neither canary."""
+    base, state_dir = luigid_server
+    token, _password, url = canaries = _canaries()
+    port = base.rsplit(":", 1)[1]
+    config = tmp_path / "luigi.cfg"
+    config.write_text((REPO / "configs" / "luigi.cfg").read_text().replace(
+        "[core]\n", f"[core]\ndefault_scheduler_port = {port}\n", 1))
+    project = git_project(SECRETS, tmp_path / "secrets")
+    env = {"LUIGI_CONFIG_PATH": str(config)}
+    ok = run_mltf("run", str(project), "--step", "main", "--scheduler-host", "127.0.0.1", "-P", f"api_token={token}",
+                  "-P", f"db_url={url}", env=env)
+    assert ok.returncode == 0, ok.output
+    failed = run_mltf("run", str(project), "--step", "main", "--scheduler-host", "127.0.0.1", "-P",
+                      f"api_token={token}", "-P", f"db_url={url}", "-P", "fail=yes", env=env)
+    assert failed.returncode == 30, failed.output
+    n_tasks, text, hits = _luigid_answers(base, canaries)
+    assert n_tasks >= 2  # both runs reached luigid
+    assert "step 'main' failed" in text or "exit code 4" in text  # the error message is among the answers
+    assert r'\"fail\": \"yes\"' in text  # so are parameters (the overrides, JSON in JSON): a secret would show
+    assert hits == []
+    assert not any(c in ok.output + failed.output for c in canaries)
+    assert not _files_with([Path(os.environ["MLTF_FLOW_WORK_DIR"])], canaries)
+    _stop_luigid(base)
+    assert (state_dir / "luigid-state.pickle").exists()  # written when luigid stops
+    assert not _files_with([state_dir], canaries)
