@@ -47,7 +47,8 @@ class Kill:
 
 
 _S, _F, _T = "stage", "features", "train"
-#: The chain, in the order an invocation passes the phases.
+#: The chain, in the order an invocation passes the phases: each named phase once (a kill costs a restart;
+#: phases both steps pass are taken in features, the cheaper one, except the last).
 KILLS = [
     Kill(phases.CLUSTER_STARTED, frozenset()),
     Kill(phases.STAGE_CHECKSUMMED, frozenset()),
@@ -57,7 +58,6 @@ KILLS = [
     Kill(phases.TENSORFILE_HALF_WRITTEN, frozenset({_S})),
     Kill(f"{phases.COMMAND_EXITED}:features", frozenset({_S})),
     Kill(f"{phases.OUTPUTS_VERIFIED}:features", frozenset({_S})),
-    Kill(f"{phases.PARENT_TOLD}:features", frozenset({_S})),
     Kill(phases.TENSORFILE_LOADED, frozenset({_S, _F})),
     Kill(phases.CHECKPOINT_SAVED, frozenset({_S, _F})),
     Kill(f"{phases.PARENT_TOLD}:train", frozenset({_S, _F})),
