@@ -57,6 +57,8 @@ def test_failing_entry_point_fails_the_run_and_luigi(flaky: Path, mode: str, cod
     assert "mltf.complete" not in run.data.tags
     assert run.data.tags["mltf.exit_code"] == str(code)
     assert parents(store(), "flaky")[0].info.status == "FAILED"
+    if mode != "exit3":
+        return  # what follows a failure does not depend on how the script failed: checked once
 
     # The same inputs again: the failed run is not reused, the step runs (and fails) again.
     rc, _ = run_flaky(flaky, mode=mode)
@@ -206,24 +208,12 @@ def _running() -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_step_leaves_nothing_running_after_the_rerun(flaky: Path) -> None:
-    _killed_at(flaky, "running")
-    (killed,) = step_runs()
-    (old_parent,) = parents(store(), "flaky")
-    assert killed.info.status == "RUNNING" and old_parent.info.status == "RUNNING"  # what a SIGKILL leaves
-    rc, out = run_flaky(flaky)
-    assert rc == 0, out
-    assert client(store()).get_run(killed.info.run_id).info.status == "KILLED"
-    parent = client(store()).get_run(old_parent.info.run_id)
-    assert parent.info.status == "KILLED" and parent.data.tags["mltf.reaped"] == "true"
-    assert _running() == []
-
-
-@pytest.mark.slow
 def test_a_run_its_script_ended_before_the_kill_is_reaped_not_trusted(flaky: Path) -> None:
     _killed_at(flaky, "ended")
     (ended,) = step_runs()
     assert ended.info.status == "FINISHED" and "mltf.complete" not in ended.data.tags  # never verified
+    (old_parent,) = parents(store(), "flaky")
+    assert old_parent.info.status == "RUNNING"  # what a SIGKILL leaves
     rc, out = run_flaky(flaky)
     assert rc == 0, out
     old = client(store()).get_run(ended.info.run_id)
@@ -231,6 +221,8 @@ def test_a_run_its_script_ended_before_the_kill_is_reaped_not_trusted(flaky: Pat
     assert "never verified" in old.data.tags["mltf.error"]
     new = next(r for r in step_runs() if r.data.tags.get("mltf.complete") == "true")
     assert ended.info.run_id in new.data.tags["mltf.replaces_run_ids"]
+    parent = client(store()).get_run(old_parent.info.run_id)  # its invocation is gone: reaped by the rerun
+    assert parent.info.status == "KILLED" and parent.data.tags["mltf.reaped"] == "true"
     assert _running() == []
 
 
