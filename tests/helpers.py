@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -13,10 +14,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,3 +188,43 @@ def worker_jobs(name: str = "mltf-worker,mltf-gpu") -> list[str]:
 
 def no_worker_jobs() -> None:
     wait_until(lambda: not worker_jobs(), 30, "SLURM to list no mltf-worker job")
+
+
+def luigid_api(base: str, method: str, data: dict[str, Any]) -> Any:
+    """One call of luigid's JSON API (what the visualiser asks)."""
+    url = f"{base}/api/{method}?" + urllib.parse.urlencode({"data": json.dumps(data)})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)["response"]
+
+
+class Luigid:
+    """A real `luigid` on 127.0.0.1 and a free port, its logs and state file in ``state_dir``; ``stop()`` sends
+    SIGTERM, on which luigid writes its state file."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)  # luigid does not create its log directory
+        port = free_port()
+        with open(state_dir / "luigid.out", "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(state_dir),
+                 "--state-path", str(state_dir / "luigid-state.pickle")],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        self.base = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(self._answers, 60, "luigid to answer")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _answers(self) -> bool:
+        try:
+            luigid_api(self.base, "task_list", {"status": "RUNNING", "upstream_status": "", "search": ""})
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)

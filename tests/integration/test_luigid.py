@@ -13,42 +13,19 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import BIN, REPO, free_port, wait_until
+from tests.helpers import BIN, REPO, Luigid, luigid_api, wait_until
 
 pytestmark = pytest.mark.slow
 PROJECTS = Path(__file__).parent / "projects"
 
 
-def api(base: str, method: str, data: dict[str, Any]) -> Any:
-    url = f"{base}/api/{method}?" + urllib.parse.urlencode({"data": json.dumps(data)})
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)["response"]
-
-
 @pytest.fixture
 def luigid(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    (tmp_path / "luigid").mkdir()  # luigid does not create its log directory
-    proc = subprocess.Popen(
-        [str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(tmp_path / "luigid"),
-         "--state-path", str(tmp_path / "luigid-state.pickle")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            api(base, "task_list", {"status": "RUNNING", "upstream_status": "", "search": ""})
-            return True
-        except OSError:
-            return False
-
+    server = Luigid(tmp_path / "luigid")
     try:
-        wait_until(up, 60, "luigid to answer")
-        yield base
+        yield server.base
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
 
 
 def test_running_step_reports_dashboard_and_progress_to_luigid(luigid: str, tmp_path: Path) -> None:
@@ -63,7 +40,7 @@ def test_running_step_reports_dashboard_and_progress_to_luigid(luigid: str, tmp_
     )
     try:
         def running_status() -> dict[str, Any] | None:
-            tasks = api(luigid, "task_list", {"status": "RUNNING", "upstream_status": "", "search": ""})
+            tasks = luigid_api(luigid, "task_list", {"status": "RUNNING", "upstream_status": "", "search": ""})
             for task in tasks.values():
                 # The gate step submits one Dask task, then waits: progress must reach 1/1.
                 if "1/1 Dask tasks" in (task.get("status_message") or ""):
@@ -73,7 +50,7 @@ def test_running_step_reports_dashboard_and_progress_to_luigid(luigid: str, tmp_
         try:
             task = wait_until(running_status, 30, "the step's Dask progress in luigid")
         except AssertionError:
-            print(api(luigid, "task_list", {"status": "RUNNING", "upstream_status": "", "search": ""}))
+            print(luigid_api(luigid, "task_list", {"status": "RUNNING", "upstream_status": "", "search": ""}))
             raise
         assert isinstance(task, dict)
         assert "dashboard http://127.0.0.1:" in task["status_message"]

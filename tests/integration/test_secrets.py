@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import BIN, REPO, free_port, git_project, run_mltf, wait_until
+from tests.helpers import BIN, REPO, Luigid, git_project, run_mltf
 from tests.integration.mlflow_queries import runs, sqlite_uri
 
 SECRETS = Path(__file__).parent / "projects" / "secrets"
@@ -41,46 +40,25 @@ PLACES = (
     "luigid HTTP API: task error messages",
     "luigid state file and logs",
 )
-_LUIGID: dict[str, subprocess.Popen[bytes]] = {}
+_LUIGID: dict[str, Luigid] = {}
 
 
 @pytest.fixture
 def luigid_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A real `luigid` on a free port with its state file and logs under ``tmp_path``/luigid."""
-    from tests.integration.test_luigid import api
-
-    state_dir = tmp_path / "luigid"
-    state_dir.mkdir()
-    port = free_port()
-    with open(state_dir / "luigid.out", "wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(state_dir),
-             "--state-path", str(state_dir / "luigid-state.pickle")],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    _LUIGID[base] = proc
-
-    def up() -> bool:
-        try:
-            api(base, "task_list", {"status": "RUNNING", "upstream_status": "", "search": ""})
-            return True
-        except OSError:
-            return False
-
+    """A real `luigid` with its state file and logs under ``tmp_path``/luigid."""
+    server = Luigid(tmp_path / "luigid")
+    _LUIGID[server.base] = server
     try:
-        wait_until(up, 60, "luigid to answer")
-        yield base, state_dir
+        yield server.base, tmp_path / "luigid"
     finally:
-        _stop_luigid(base)
+        _stop_luigid(server.base)
 
 
 def _stop_luigid(base: str) -> None:
     """SIGTERM: luigid writes its state file on the way out."""
-    proc = _LUIGID.pop(base, None)
-    if proc is not None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+    server = _LUIGID.pop(base, None)
+    if server is not None:
+        server.stop()
 
 
 def _canaries() -> tuple[str, str, str]:
@@ -201,7 +179,7 @@ def _luigid_answers(base: str, canaries: tuple[str, ...]) -> tuple[int, str, lis
     """Every task luigid knows, through its HTTP API (lists by status, search, details, dependency graphs,
     errors, workers, resources): how many tasks it answered about, all answers as text, and the answers that
     hold a canary."""
-    from tests.integration.test_luigid import api
+    from tests.helpers import luigid_api as api
 
     answers: list[tuple[str, Any]] = []
     tasks: dict[str, Any] = {}
