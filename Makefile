@@ -11,7 +11,7 @@ export LUIGI_CONFIG_PATH := $(CURDIR)/configs/luigi.cfg
 # read from the current directory. A value already in the environment is kept.
 export MLTF_FLOW_PROFILE_FILES ?= $(CURDIR)/configs/profiles.yaml
 
-.PHONY: run install data test test-fast lint slurm rucio-venv rucio-demo ui bench clean
+.PHONY: run install data test test-fast lint slurm cron rucio-venv rucio-demo ui bench clean
 
 run: install data
 	$(BIN)/luigi --module pipelines Train --local-scheduler
@@ -43,9 +43,9 @@ lint: install
 # them run, and fail if it is missing; tests of the others are skipped. As root `make test` starts SLURM and
 # asks for it; it always builds .venv-rucio and asks for rucio. Add gpu on a machine with a CUDA GPU:
 #   make test TEST_ENVIRONMENTS="slurm rucio gpu"
-TEST_ENVIRONMENTS ?= $(if $(filter 0,$(shell id -u)),slurm rucio,rucio)
+TEST_ENVIRONMENTS ?= $(if $(filter 0,$(shell id -u)),slurm rucio cron,rucio)
 
-test: install lint slurm rucio-venv
+test: install lint slurm cron rucio-venv
 	$(PY) -m pytest --durations=25 $(addprefix -E ,$(TEST_ENVIRONMENTS))
 
 # A real single-node SLURM (Debian slurm-wlm + munge) for the tests marked `slurm`; needs root. Without it
@@ -53,6 +53,14 @@ test: install lint slurm rucio-venv
 slurm:
 	@if [ "$$(id -u)" = 0 ]; then tests/infra/slurm.sh up; \
 	else echo "not root: SLURM tests will be skipped (sudo tests/infra/slurm.sh up, then make test TEST_ENVIRONMENTS='slurm rucio')"; fi
+
+# cron's crontab (Debian package cron) for the tests marked `cron` (schedules installed as crontab lines);
+# needs root to install. The tests write a block into the user's crontab and remove it again.
+cron:
+	@if command -v crontab >/dev/null; then :; elif [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq cron >/dev/null 2>&1 || (apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron >/dev/null)); \
+	else echo "not root: cron tests will be skipped (sudo make cron)"; fi
 
 # A separate venv with the Rucio server + daemons (package `rucio`) for the tests marked `rucio`
 # (tests/integration/rucio_env.py). Kept out of $(VENV): `rucio` and `rucio-clients` overlap on disk.

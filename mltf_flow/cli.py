@@ -11,6 +11,7 @@
     mltf-flow job RUN_ID [--wait | --cancel]                a run `mlflow run --backend mltf` submitted
     mltf-flow init DIR [--module NAME] [--force]            pipeline.yaml + Luigi module for DIR's MLproject
                                                             (or a copy of the example project)
+    mltf-flow schedule add|list|show|pause|resume|remove|fire   recurring fires of a pipeline (SLURM, cron)
     mltf-flow --version
 
 Exit codes of ``run`` follow ``configs/luigi.cfg``'s ``[retcode]``: 0 success, 30 a step failed,
@@ -29,15 +30,10 @@ from typing import Any
 
 from mltf_flow import __version__
 from mltf_flow.console import use_console
-from mltf_flow.errors import EXIT_ALREADY_RUNNING, EXIT_BAD_INPUT, ConfigError, MltfFlowError
+from mltf_flow.errors import EXIT_BAD_INPUT, ConfigError, MltfFlowError
+from mltf_flow.pipeline_run import CLI_SECRET_PREFIX, parse_params
 from mltf_flow.redaction import strip_credentials
 from mltf_flow.tags import TAG_COMPLETE, TAG_ERROR, TAG_SLURM_LOG, TAG_SLURM_REASON, TAG_SLURM_STATE
-
-_RETCODES = {"FAILED": 30, "FAILED_AND_SCHEDULING_FAILED": 30, "SCHEDULING_FAILED": 35, "NOT_RUN": 25,
-             "MISSING_EXT": 20}
-
-
-_CLI_SECRET = "MLTF_SECRET_CLI_"
 
 
 def _hide_secret_argv(argv: list[str]) -> list[str] | None:
@@ -50,83 +46,38 @@ def _hide_secret_argv(argv: list[str]) -> list[str] | None:
     for i, arg in enumerate(argv[:-1]):
         if arg in ("-P", "--param"):
             key, eq, value = argv[i + 1].partition("=")
-            if eq and not value.startswith(f"@@{_CLI_SECRET}") and is_secret_param(key.rpartition(".")[2], value):
-                env_name = f"{_CLI_SECRET}{i}"
+            if eq and not value.startswith(f"@@{CLI_SECRET_PREFIX}") and is_secret_param(key.rpartition(".")[2], value):
+                env_name = f"{CLI_SECRET_PREFIX}{i}"
                 os.environ[env_name] = value
                 out[i + 1] = f"{key}=@@{env_name}@@"
                 hidden = True
     return out if hidden else None
 
 
-def _parse_params(items: Sequence[str]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if value.startswith(f"@@{_CLI_SECRET}") and value.endswith("@@"):
-            value = os.environ.get(value[2:-2], value)
-        key = key.strip()
-        if not eq or not key:
-            raise ConfigError(f"-P {item!r}: expected KEY=VALUE or STEP.KEY=VALUE, e.g. -P epochs=3.")
-        params[key] = value
-    return params
+def _request(args: argparse.Namespace) -> Any:
+    from mltf_flow.pipeline_run import Request
+
+    return Request(args.project_dir, args.step, parse_params(args.param), allow_extra=args.allow_extra_params,
+                   profile=getattr(args, "profile", None), env_manager=getattr(args, "env_manager", None))
 
 
 def _build_target(args: argparse.Namespace) -> Any:
-    from mltf_flow.input_check import check_tracking_server, validate_tree
-    from mltf_flow.pipeline import load_pipeline, make_task
+    from mltf_flow.pipeline_run import build_target
 
-    overrides = _parse_params(args.param)
-    spec = load_pipeline(args.project_dir)
-    unknown_steps = {k.partition(".")[0] for k in overrides if "." in k} - set(spec.steps) - {args.step}
-    if unknown_steps and spec.declared:
-        raise ConfigError(f"-P names unknown step(s) {sorted(unknown_steps)}; steps are: {', '.join(spec.steps)}.")
-    task = make_task(str(spec.root), args.step, overrides, allow_extra=args.allow_extra_params,
-                     profile=getattr(args, "profile", None), env_manager=getattr(args, "env_manager", None))
-    validate_tree(task, set())  # parameters, environments, profiles, datasets: before Luigi starts anything
-    check_tracking_server()
-    return task
+    return build_target(_request(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import luigi
-
-    from mltf_flow.input_check import front_end
     from mltf_flow.invocation import new_invocation
+    from mltf_flow.pipeline_run import run_tasks
 
     if args.no_wait:  # a setting like any other, so that forked task processes see it too
         os.environ["MLTF_FLOW_WAIT_FOR_RUNNING"] = "false"
     task = _build_target(args)
     new_invocation()
-    in_progress = _watch_in_progress()
-    if args.workers > 1:
-        os.environ["MLTF_SCALE_AT_SCHEDULING"] = "1"  # forked task processes cannot scale clusters
-    with front_end():  # an input error Luigi meets after all: one line, exit code 2
-        result = luigi.build(
-            [task], local_scheduler=not args.scheduler_host, scheduler_host=args.scheduler_host or "localhost",
-            workers=args.workers, detailed_summary=True, log_level=args.log_level,
-        )
-    print(strip_credentials(result.summary_text))
-    name = result.status.name
-    if name.startswith("SUCCESS"):
-        return 0
-    return EXIT_ALREADY_RUNNING if in_progress else _RETCODES.get(name, 30)
-
-
-def _watch_in_progress() -> list[str]:
-    """Steps that failed because another invocation runs them (``--no-wait``), as Luigi reports them in
-    this process (task processes forked for ``--workers`` > 1 report theirs there: exit code 30)."""
-    import luigi
-
-    from mltf_flow.errors import StepInProgress
-
-    seen: list[str] = []
-
-    def failed(task: luigi.Task, exc: BaseException) -> None:
-        if isinstance(exc, StepInProgress):
-            seen.append(task.task_id)
-
-    luigi.Task.event_handler(luigi.Event.FAILURE)(failed)
-    return seen
+    outcome = run_tasks([task], workers=args.workers, scheduler_host=args.scheduler_host, log_level=args.log_level)
+    print(outcome.summary)
+    return outcome.exit_code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -228,7 +179,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         if not args.project_dir:
             raise ConfigError("render --backend-config needs the project: mltf-flow render --backend-config CFG "
                               "PROJECT_DIR -e ENTRY_POINT [-P key=value ...]")
-        print(render_for(args.project_dir, args.entry_point, _parse_params(args.param), config, args.env_manager),
+        print(render_for(args.project_dir, args.entry_point, parse_params(args.param), config, args.env_manager),
               end="")
         return 0
     if args.profile is None:
@@ -303,6 +254,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from mltf_flow.schedule.commands import cmd_schedule as schedule
+
+    return schedule(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mltf-flow", description="MLflow projects as cached pipelines.")
     parser.add_argument("--version", action="version", version=f"mltf-flow {__version__}")
@@ -350,6 +307,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--module", default="pipeline_steps", help="name of the Luigi module to write (default: "
                    "pipeline_steps)")
     p.add_argument("--force", action="store_true", help="overwrite files that exist")
+    from mltf_flow.schedule.commands import add_parser
+
+    add_parser(sub)
     return parser
 
 
@@ -358,10 +318,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         hidden = _hide_secret_argv(sys.argv[1:])
         if hidden is not None:
             os.execv(sys.executable, [sys.executable, sys.argv[0], *hidden])
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "schedule" and args.action == "add" and args.project_dir is None \
+            and not extra[0].startswith("-"):
+        # argparse fills an optional positional only where it first meets positionals: after NAME and
+        # --every, PROJECT_DIR comes back unrecognized. It is the project (as in `mltf-flow run PROJECT ...`).
+        args.project_dir = extra.pop(0)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     use_console()
     handler = {"run": cmd_run, "status": cmd_status, "ui": cmd_ui, "config": cmd_config, "profiles": cmd_profiles,
-               "render": cmd_render, "doctor": cmd_doctor, "job": cmd_job, "init": cmd_init}[args.command]
+               "render": cmd_render, "doctor": cmd_doctor, "job": cmd_job, "init": cmd_init,
+               "schedule": cmd_schedule}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

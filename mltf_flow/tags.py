@@ -52,6 +52,16 @@ mltf.checkpoint.sha256                its sha256 (checked before it is loaded)
 *the parent run of a pipeline invocation*
 mltf.steps_run                        steps that ran and finished in this invocation (comma list)
 mltf.failed_steps                     steps that failed in it (comma list); the parent run is then FAILED
+*the parent run of a schedule's fire* (:mod:`mltf_flow.schedule.fire`; also ``mltf.steps_run``/``failed_steps``)
+mltf.schedule                         the schedule's name (``mltf-flow schedule``)
+mltf.schedule.id                      the schedule's id (a schedule removed and added again has a new one)
+mltf.schedule.slot                    the time the fire stands for (local time, to the second)
+mltf.schedule.via                     how it was started: ``slurm``, ``scrontab``, ``cron`` or ``manual``
+mltf.schedule.job_id                  the fire's own SLURM job
+mltf.schedule.next                    what holds the next fire (a SLURM fire submits it before running)
+mltf.schedule.overlap                 what the fire did about an earlier fire still running (waited / skipped)
+mltf.schedule.outcome                 ``ran: <steps>``, ``nothing to do``, ``skipped: ...``, ``failed: ...``,
+                                      ``lost: ...`` (set last: a fire without it is running or was killed)
 *staging* (:mod:`mltf_flow.staging.step`)
 mltf.dataset.uri                      the dataset URI, canonical form
 mltf.dataset.files                    how many files the manifest lists
@@ -141,6 +151,15 @@ TAG_CHECKPOINT_SHA256 = "mltf.checkpoint.sha256"
 # the parent run of a pipeline invocation
 TAG_STEPS_RUN = "mltf.steps_run"
 TAG_FAILED_STEPS = "mltf.failed_steps"
+# the parent run of a schedule's fire
+TAG_SCHEDULE = "mltf.schedule"
+TAG_SCHEDULE_ID = "mltf.schedule.id"
+TAG_SCHEDULE_SLOT = "mltf.schedule.slot"
+TAG_SCHEDULE_VIA = "mltf.schedule.via"
+TAG_SCHEDULE_JOB_ID = "mltf.schedule.job_id"
+TAG_SCHEDULE_NEXT = "mltf.schedule.next"
+TAG_SCHEDULE_OVERLAP = "mltf.schedule.overlap"
+TAG_SCHEDULE_OUTCOME = "mltf.schedule.outcome"
 # staging
 TAG_DATASET_URI = "mltf.dataset.uri"
 TAG_DATASET_FILES = "mltf.dataset.files"

@@ -56,6 +56,15 @@ def _probe_rucio() -> str | None:
     return None
 
 
+def _probe_cron() -> str | None:
+    if shutil.which("crontab") is None:
+        return "crontab is not on PATH"
+    proc = subprocess.run(["crontab", "-l"], capture_output=True, text=True, timeout=20)
+    if proc.returncode != 0 and "no crontab" not in proc.stderr:
+        return f"`crontab -l` failed (exit code {proc.returncode}): {proc.stderr.strip()}"
+    return None
+
+
 def _probe_gpu() -> str | None:
     try:
         import torch
@@ -78,6 +87,8 @@ ENVIRONMENTS = {
                          "start the single-node test cluster: sudo tests/infra/slurm.sh up", _probe_slurm),
     "rucio": Environment("the Rucio test server's venv (.venv-rucio with the `rucio` package)",
                          "build it: make rucio-venv", _probe_rucio),
+    "cron": Environment("cron's crontab command (Debian package cron)", "install it as root: make cron",
+                        _probe_cron),
     "gpu": Environment("a CUDA GPU that torch sees", "run on a machine with an NVIDIA GPU and a CUDA build of torch",
                        _probe_gpu),
 }

@@ -28,10 +28,11 @@ def sbatch_path(hint: str = "") -> str:
     return path
 
 
-def submit(script_path: Path, env: Mapping[str, str]) -> str:
+def submit(script_path: Path, env: Mapping[str, str], options: Sequence[str] = ()) -> str:
     """Submit ``script_path``; return the job id. ``env`` is sbatch's environment (with ``--export=ALL``
-    the job's): values that must not be written into the script travel this way."""
-    args = [sbatch_path(), "--parsable", str(script_path)]
+    the job's): values that must not be written into the script travel this way. ``options`` go before
+    the script (``--begin=...``: what changes from one submission of the same script to the next)."""
+    args = [sbatch_path(), "--parsable", *options, str(script_path)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env=dict(env))
     match = _SUBMITTED.search(proc.stdout)
     if proc.returncode != 0 or match is None:

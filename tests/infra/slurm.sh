@@ -56,6 +56,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
+# Jobs held by --begin (self-resubmitting schedules) start within a second or two of their time, not up to
+# the default 60 s main scheduling interval later.
+SchedulerParameters=bf_interval=1,sched_interval=2
 ReturnToService=2
 # Use the CPUs declared below even though the machine has fewer (oversubscription, test node only).
 SlurmdParameters=config_overrides

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mltf_flow.cli import _parse_params, main
+from mltf_flow.cli import main
 from mltf_flow.errors import ConfigError
 from mltf_flow.pipeline import StepSpec, load_pipeline, scoped_overrides
+from mltf_flow.pipeline_run import parse_params as _parse_params
 
 REPO = Path(__file__).resolve().parents[2]
 JET = REPO / "pipelines" / "jet_tagging"
