@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from mltf_flow.staging.rucio import adler32_file
-from tests.helpers import EXAMPLE, Result, run_luigi
+from tests.helpers import EXAMPLE, Result, run_luigi, run_mltf
 from tests.integration.mlflow_queries import client as mlflow_client
 from tests.integration.mlflow_queries import runs, sqlite_uri
 
@@ -90,7 +90,11 @@ def test_pipeline_from_rucio_reruns_nothing_and_retrains_on_a_new_version(
     (trained,) = role_runs(work, "step", "train")
     assert trained.data.tags["mltf.complete"] == "true"
 
-    again = run_luigi(*train, env=env)  # same DID, same files: nothing to do
+    # From here on the same command is a nightly schedule's fires (docs/scheduling.md): fired by hand here.
+    nightly = run_mltf("schedule", "add", "nightly", "--cron", "0 2 * * *", "--via", "none", "--pipeline",
+                       "jet_tagging", "--luigi", *train, env=env)
+    assert nightly.returncode == 0, nightly.output[-3000:]
+    again = run_mltf("schedule", "fire", "nightly", env=env)  # same DID, same files: nothing to do
     assert again.returncode == 0, again.output[-3000:]
     assert len(role_runs(work, "stage")) == 1 and len(role_runs(work, "step")) == 2
     assert [r["id"] for r in facility_rules(rucio_seeded, "jets_v1")] == [rule["id"]]
@@ -102,8 +106,11 @@ def test_pipeline_from_rucio_reruns_nothing_and_retrains_on_a_new_version(
     added = extra / "jets_v1_extra.root"
     next(extra.glob("*.root")).rename(added)
     rucio_seeded.attach_file("jets_v1", added)
-    third = run_luigi(*train, env=env)
+    third = run_mltf("schedule", "fire", "nightly", env=env)
     assert third.returncode == 0, third.output[-5000:]
+    fires = [r for r in role_runs(work, "pipeline") if r.data.tags.get("mltf.schedule") == "nightly"]
+    assert [f.data.tags["mltf.schedule.outcome"] for f in fires] == ["nothing to do",
+                                                                      "ran: stage, features, train"]
     (latest,) = manifests(work)
     assert len(latest["files"]) == 3 and latest["digest"] != manifest["digest"]
     assert latest["rule_id"] == rule["id"]  # the same rule, re-evaluated by Rucio: no second one
