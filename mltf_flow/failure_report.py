@@ -212,6 +212,9 @@ def run_facts(settings: Settings, run_ids: Sequence[str]) -> tuple[dict[str, Run
     from mltf_flow.tracking import Tracker, run_url
 
     facts: dict[str, RunFacts] = {}
+    silent = store_silence(settings)
+    if silent:
+        return facts, [silent]
     try:
         tracker = Tracker(settings)
         for run_id in run_ids:
@@ -221,6 +224,18 @@ def run_facts(settings: Settings, run_ids: Sequence[str]) -> tuple[dict[str, Run
         return facts, [f"the tracking store {strip_credentials(settings.tracking_uri)} did not say where the runs "
                        f"are ({type(exc).__name__}: {strip_credentials(str(exc)).splitlines()[0] if str(exc) else ''})"]
     return facts, []
+
+
+def store_silence(settings: Settings) -> str | None:
+    """Why the tracking server does not answer, after one quick try (the failure may well be that): then the
+    report goes on without it instead of waiting through the client's retries. None when it answers."""
+    if settings.is_local_store:
+        return None
+    from mltf_flow.tracking_server import silence
+
+    why = silence(settings.tracking_uri)
+    return None if why is None else (f"the tracking server {strip_credentials(settings.tracking_uri)} does not "
+                                     f"answer ({why}): no run links, and the report is not on the parent run")
 
 
 # -- rendering -------------------------------------------------------------------------------------------------
@@ -312,7 +327,10 @@ def keep(settings: Settings, report: FailureReport, pipelines: Sequence[str]) ->
              write_atomic(folder / f"{ARTIFACT_NAME}.json", json.dumps(report.as_dict(), indent=1, sort_keys=True))]
     kept: list[str] = []
     notes = list(report.notes)
-    if pipelines:
+    silent = store_silence(settings) if pipelines else None
+    if silent and silent not in notes:
+        notes.append(silent)
+    if pipelines and not silent:
         try:
             from mltf_flow.tracking import Tracker, run_url
 

@@ -181,3 +181,20 @@ def test_a_failure_before_any_run_gets_a_failed_parent_run_holding_the_report(st
     keep(settings, report, ["report"])
     assert tracker.invocation_parent("report", invocation, create=True) == parent
     assert tracker.run_status(parent) == "FAILED"
+
+
+def test_a_tracking_server_that_does_not_answer_leaves_the_report_without_links(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = load_settings(tracking_uri=f"http://alice:CANARYpw@127.0.0.1:{port}")
+    run_id = uuid.uuid4().hex
+    report = build_report(settings, [from_exception(_step(), _failed(run_id))], invocation_id="inv2", title="t")
+    report = keep(settings, report, ["flaky"])
+    (note,) = report.notes
+    assert note.startswith(f"the tracking server http://alice:***@127.0.0.1:{port} does not answer")
+    assert report.groups[0].occurrences[0].run == f"MLflow run {run_id}"
+    assert report.kept_at == (str(settings.work_dir / "invocations" / "inv2" / "failure_report.md"),)
+    assert "CANARYpw" not in render_text(report)
