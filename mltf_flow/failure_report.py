@@ -321,23 +321,24 @@ def success_message(title: str, invocation_id: str, context: Mapping[str, str]) 
 
 
 def keep(settings: Settings, report: FailureReport, pipelines: Sequence[str]) -> FailureReport:
-    """Write the report into the invocation's directory and onto its parent run(s); ``kept_at`` says where."""
+    """Write the report into the invocation's directory and onto its parent run(s) (made, FAILED, in the
+    experiments of ``pipelines`` when it has none); ``kept_at`` says where."""
     folder = invocation_dir(settings.work_dir, report.invocation_id)
     files = [write_atomic(folder / f"{ARTIFACT_NAME}.md", render_markdown(report)),
              write_atomic(folder / f"{ARTIFACT_NAME}.json", json.dumps(report.as_dict(), indent=1, sort_keys=True))]
     kept: list[str] = []
     notes = list(report.notes)
-    silent = store_silence(settings) if pipelines else None
+    silent = store_silence(settings)
     if silent and silent not in notes:
         notes.append(silent)
-    if pipelines and not silent:
+    if not silent:
         try:
             from mltf_flow.tracking import Tracker, run_url
 
             tracker = Tracker(settings)
-            for pipeline in pipelines:
-                parent = tracker.invocation_parent(pipeline, report.invocation_id, create=True)
-                assert parent is not None  # create=True
+            parents = tracker.invocation_parents(report.invocation_id) or [
+                tracker.failed_parent(pipeline, report.invocation_id) for pipeline in pipelines]
+            for parent in parents:
                 for path in files:
                     tracker.log_artifact(parent, path, ARTIFACT_DIR)
                 experiment_id = tracker.run_place(parent)[0]
@@ -368,6 +369,7 @@ def report_outcome(settings: Settings, *, invocation_id: str, succeeded: bool, t
     except Exception as exc:
         _log.warning(f"warning: could not build the failure report: {type(exc).__name__}: {exc}")
         return None
+    _REPORTED.add(invocation_id)
     try:
         report = keep(settings, report, sorted({f.pipeline for f in failures if f.pipeline}))
     except Exception as exc:  # an unwritable work dir: the report is still shown and sent
@@ -381,6 +383,9 @@ def report_outcome(settings: Settings, *, invocation_id: str, succeeded: bool, t
 # -- the front ends ----------------------------------------------------------------------------------------------
 
 _AT_EXIT: list[str] = []
+#: Invocations of this process reported already (a schedule's fire running a `luigi` command line in-process
+#: reports it itself: the report at exit is not given twice).
+_REPORTED: set[str] = set()
 
 
 def watch_failures(task: luigi.Task, base: type[luigi.Task]) -> None:
@@ -406,7 +411,7 @@ def _report_at_exit() -> None:
     from mltf_flow.config import load_settings
     from mltf_flow.invocation import invocation_id
 
-    if multiprocessing.parent_process() is not None:
+    if multiprocessing.parent_process() is not None or invocation_id() in _REPORTED:
         return
     try:
         settings = load_settings()

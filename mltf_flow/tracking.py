@@ -187,22 +187,23 @@ class Tracker:
             phases.reached(phases.PARENT_CREATED)
             return str(run.info.run_id)
 
-    def invocation_parent(self, pipeline: str, invocation_id: str, *, create: bool) -> str | None:
-        """The parent run of ``invocation_id`` in ``pipeline``'s experiment, its status left as it is (unlike
-        :meth:`parent_run`); None when there is none. With ``create``, an invocation that failed before any run
-        existed gets one, ended FAILED, to hold what is said about it (the failure report)."""
-        experiment = self.settings.experiment_for(pipeline)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None:
-            runs = self.client.search_runs(
-                [found.experiment_id],
-                f"tags.`{TAG_INVOCATION_ID}` = '{invocation_id}' and tags.`{TAG_ROLE}` = 'pipeline'", max_results=1,
-            )
-            if runs:
-                return str(runs[0].info.run_id)
-        if not create:
-            return None
-        run_id = self.parent_run(self.ensure_experiment(experiment), pipeline, invocation_id)
+    def invocation_parents(self, invocation_id: str) -> list[str]:
+        """The parent runs of ``invocation_id`` (one per pipeline it ran; a schedule's fire made its own) in
+        every active experiment, their status left as it is (unlike :meth:`parent_run`)."""
+        experiments = [e.experiment_id for e in self.client.search_experiments(max_results=1000)]
+        if not experiments:
+            return []
+        runs = self.client.search_runs(
+            experiments, f"tags.`{TAG_INVOCATION_ID}` = '{invocation_id}' and tags.`{TAG_ROLE}` = 'pipeline'",
+            max_results=100,
+        )
+        return [str(run.info.run_id) for run in runs]
+
+    def failed_parent(self, pipeline: str, invocation_id: str) -> str:
+        """A parent run for an invocation of ``pipeline`` that failed before it had one, ended FAILED at once:
+        it holds what is said about the invocation (the failure report)."""
+        run_id = self.parent_run(self.ensure_experiment(self.settings.experiment_for(pipeline)), pipeline,
+                                 invocation_id)
         self.client.set_terminated(run_id, "FAILED")
         return run_id
 

@@ -170,17 +170,17 @@ def test_a_failure_before_any_run_gets_a_failed_parent_run_holding_the_report(st
     report = keep(settings, build_report(settings, [failure], invocation_id=invocation, title="pipeline report"),
                   ["report"])
     tracker = Tracker(settings)
-    parent = tracker.invocation_parent("report", invocation, create=False)
-    assert parent is not None and tracker.run_status(parent) == "FAILED"
+    (parent,) = tracker.invocation_parents(invocation)
+    assert tracker.run_status(parent) == "FAILED"
     names = sorted(a.path for a in tracker.client.list_artifacts(parent, "mltf"))
     assert names == ["mltf/failure_report.json", "mltf/failure_report.md"]
     assert report.kept_at[0].startswith(f"MLflow run {parent} (`mltf-flow ui`)")
     local = tracker.artifact_local_path(parent, "mltf/failure_report.json", store / "got")
     assert json.loads(local.read_text())["groups"][0]["cause"] == "DatasetNotFound"
     # A second report of the same invocation goes to the same parent, which stays as it was.
-    keep(settings, report, ["report"])
-    assert tracker.invocation_parent("report", invocation, create=True) == parent
-    assert tracker.run_status(parent) == "FAILED"
+    again = keep(settings, report, ["report"])
+    assert tracker.invocation_parents(invocation) == [parent] and tracker.run_status(parent) == "FAILED"
+    assert again.kept_at[0].startswith(f"MLflow run {parent} ")
 
 
 def test_a_tracking_server_that_does_not_answer_leaves_the_report_without_links(tmp_path: Path) -> None:
@@ -198,3 +198,19 @@ def test_a_tracking_server_that_does_not_answer_leaves_the_report_without_links(
     assert report.groups[0].occurrences[0].run == f"MLflow run {run_id}"
     assert report.kept_at == (str(settings.work_dir / "invocations" / "inv2" / "failure_report.md"),)
     assert "CANARYpw" not in render_text(report)
+
+
+def test_the_report_goes_to_the_parent_the_invocation_has(store: Path) -> None:
+    """A schedule's fire opens its parent run itself; an input error then fails it with no step failure."""
+    from mltf_flow.tracking import Tracker
+
+    settings = load_settings(work_dir=str(store), tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    invocation = uuid.uuid4().hex
+    tracker = Tracker(settings)
+    parent = tracker.parent_run(tracker.ensure_experiment("fires"), "fires", invocation)
+    report = keep(settings, build_report(settings, [], invocation_id=invocation, title="schedule nightly fire",
+                                         context={"error": "no such step"}), [])
+    assert report.kept_at[0].startswith(f"MLflow run {parent} ")
+    assert sorted(a.path for a in tracker.client.list_artifacts(parent, "mltf")) == [
+        "mltf/failure_report.json", "mltf/failure_report.md"]
+    assert "No step recorded a failure" in render_text(report) and "error: no such step" in render_text(report)
