@@ -68,15 +68,20 @@ def _build_target(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from mltf_flow.config import load_settings
+    from mltf_flow.failure_report import report_outcome
     from mltf_flow.invocation import new_invocation
     from mltf_flow.pipeline_run import run_tasks
 
     if args.no_wait:  # a setting like any other, so that forked task processes see it too
         os.environ["MLTF_FLOW_WAIT_FOR_RUNNING"] = "false"
     task = _build_target(args)
-    new_invocation()
+    invocation = new_invocation()
     outcome = run_tasks([task], workers=args.workers, scheduler_host=args.scheduler_host, log_level=args.log_level)
     print(outcome.summary)
+    pipeline = task.pipeline_name() if hasattr(task, "pipeline_name") else task.pipeline
+    report_outcome(load_settings(), invocation_id=invocation, succeeded=outcome.succeeded,
+                   title=f"pipeline {pipeline}, step {args.step}")  # grouped failures; notifications
     return outcome.exit_code
 
 

@@ -1,6 +1,8 @@
 """The pipeline invocation: one id shared by every process of one ``luigi``/``mltf-flow`` command.
 
 Every step run of an invocation hangs under one parent run found by this id (tag ``mltf.invocation_id``).
+What the invocation's processes write about it together (its failures, the log of their tracebacks, its
+failure report) lives in :func:`invocation_dir`.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 INVOCATION_ENV = "MLTF_INVOCATION_ID"
@@ -29,6 +32,11 @@ def new_invocation() -> str:
     return os.environ[INVOCATION_ENV]
 
 
+def invocation_dir(work_dir: Path, invocation: str) -> Path:
+    """The directory of one invocation under the work dir (made by whoever writes into it first)."""
+    return work_dir / "invocations" / invocation
+
+
 def once_per_invocation(memo: dict[str, Any], name: str, compute: Callable[[], T]) -> T:
     """``memo[name]``, computed once per invocation: a task object may outlive one (a program calling
     ``luigi.build`` again with a new invocation sees settings and profiles afresh)."""
@@ -40,4 +48,4 @@ def once_per_invocation(memo: dict[str, Any], name: str, compute: Callable[[], T
     return value
 
 
-__all__ = ["INVOCATION_ENV", "invocation_id", "new_invocation", "once_per_invocation"]
+__all__ = ["INVOCATION_ENV", "invocation_dir", "invocation_id", "new_invocation", "once_per_invocation"]

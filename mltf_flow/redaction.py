@@ -9,6 +9,10 @@ Two kinds of secret, one rule each:
   (params, tags, log lines, ``mltf/step.log``, rendered scripts, ``mltf-flow config``, error messages):
   :func:`strip_credentials` gives ``postgresql://u:***@host/db``; the key covers the URL without them.
 
+A webhook URL (a value whose name says ``webhook``) carries its token in its path or query
+(``https://hooks.slack.com/services/T0/B0/XXXX``): it is shown as its origin only, ``https://hooks.slack.com/***``
+(:func:`url_origin`).
+
 Both kinds reach a step's command through its environment, never its argv (:mod:`mltf_flow.secret_args`).
 """
 
@@ -53,8 +57,23 @@ def is_secret_param(name: str, value: Any) -> bool:
 
 
 def shown_value(name: str, value: Any) -> str:
-    """A parameter's value as it may be stored or shown."""
-    return MASK if is_secret_name(name) else strip_credentials(str(value))
+    """A parameter's (or setting's) value as it may be stored or shown."""
+    if is_secret_name(name):
+        return MASK
+    if "webhook" in name.lower() and isinstance(value, str):
+        return url_origin(value)
+    return strip_credentials(str(value))
+
+
+def url_origin(url: str) -> str:
+    """``url`` without what may be a secret: no user info, and ``/***`` for any path or query
+    (``https://hooks.example.org/***``). For URLs whose token is their path, as webhooks' are."""
+    parts = urllib.parse.urlsplit(url.strip())
+    host = parts.netloc.rpartition("@")[2]
+    if not parts.scheme or not host:
+        return MASK
+    hidden = parts.path not in ("", "/") or parts.query or parts.fragment
+    return f"{parts.scheme}://{host}" + (f"/{MASK}" if hidden else "")
 
 
 def redact(params: Mapping[str, Any]) -> dict[str, str]:
@@ -97,4 +116,4 @@ def secret_env_name(param: str) -> str:
 
 
 __all__ = ["MASK", "SECRET_ENV_PREFIX", "display_command", "has_credentials", "is_secret_name", "is_secret_param",
-           "mask_text", "redact", "secret_env_name", "shown_value", "split_userinfo", "strip_credentials"]
+           "mask_text", "redact", "secret_env_name", "shown_value", "split_userinfo", "strip_credentials", "url_origin"]

@@ -32,6 +32,7 @@ from mltf_flow.clusters.session import is_main_process, mark_main_process
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.console import use_console
 from mltf_flow.errors import ConfigError, ParameterError
+from mltf_flow.failure_report import watch_failures
 from mltf_flow.input_check import check_luigi_command_line, input_errors, name_parse_errors
 from mltf_flow.invocation import invocation_id, once_per_invocation
 from mltf_flow.luigi_defaults import apply_luigi_defaults
@@ -129,6 +130,7 @@ class MLflowStep(luigi.Task):
         invocation_id()
         mark_main_process()
         use_console()
+        watch_failures(self, MLflowStep)  # recorded for the failure report; tracebacks to the invocation's log
         self._memo: dict[str, Any] = {}
 
     def __repr__(self) -> str:

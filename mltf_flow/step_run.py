@@ -78,7 +78,7 @@ from mltf_flow.tags import (
     TAG_TASK_ID,
     TAG_UPSTREAM_RUN_IDS,
 )
-from mltf_flow.tracking import Tracker, lineage_key_tags
+from mltf_flow.tracking import Tracker, lineage_key_tags, run_url
 
 if TYPE_CHECKING:
     import luigi
@@ -431,12 +431,6 @@ def settle(plan: Plan, run: OpenRun, result: LaunchResult, wrote: list[str], gua
     report_status(reporter, f"done: MLflow run {run.run_id} ({result.duration_s:.1f} s)", percent=100)
 
 
-def _tracking_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return None
-
-
 def execute(step: ResolvedStep, requirements: Mapping[str, Upstream], *, settings: Settings, task_id: str,
             reporter: luigi.Task) -> None:
     """Run a resolved step through the four phases (see the module docstring)."""
@@ -447,7 +441,7 @@ def execute(step: ResolvedStep, requirements: Mapping[str, Upstream], *, setting
     if run is None:  # another invocation ran it with the same inputs while we waited
         return
     phases.reached(phases.RUN_CREATED, step.name)
-    url = _tracking_url(settings.tracking_uri, run.experiment_id, run.run_id)
+    url = run_url(settings.tracking_uri, run.experiment_id, run.run_id)
     report_status(reporter, f"running: MLflow run {run.run_id}; Dask dashboard {cluster.dashboard}",
                   url=url or cluster.dashboard, percent=0)
     leases = renewer(settings.tracking_uri, settings.lease_seconds)

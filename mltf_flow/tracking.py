@@ -32,7 +32,7 @@ from mltf_flow import phases
 from mltf_flow.config import Settings
 from mltf_flow.errors import TrackingError
 from mltf_flow.lease import is_stale, lease_tags, process_identity
-from mltf_flow.redaction import redact, strip_credentials
+from mltf_flow.redaction import redact, split_userinfo, strip_credentials
 from mltf_flow.tags import (
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_SOURCE_TYPE,
@@ -186,6 +186,32 @@ class Tracker:
             )
             phases.reached(phases.PARENT_CREATED)
             return str(run.info.run_id)
+
+    def invocation_parents(self, invocation_id: str) -> list[str]:
+        """The parent runs of ``invocation_id`` (one per pipeline it ran; a schedule's fire made its own) in
+        every active experiment, their status left as it is (unlike :meth:`parent_run`)."""
+        experiments = [e.experiment_id for e in self.client.search_experiments(max_results=1000)]
+        if not experiments:
+            return []
+        runs = self.client.search_runs(
+            experiments, f"tags.`{TAG_INVOCATION_ID}` = '{invocation_id}' and tags.`{TAG_ROLE}` = 'pipeline'",
+            max_results=100,
+        )
+        return [str(run.info.run_id) for run in runs]
+
+    def failed_parent(self, pipeline: str, invocation_id: str) -> str:
+        """A parent run for an invocation of ``pipeline`` that failed before it had one, ended FAILED at once:
+        it holds what is said about the invocation (the failure report)."""
+        run_id = self.parent_run(self.ensure_experiment(self.settings.experiment_for(pipeline)), pipeline,
+                                 invocation_id)
+        self.client.set_terminated(run_id, "FAILED")
+        return run_id
+
+    def run_place(self, run_id: str) -> tuple[str, str, dict[str, str]]:
+        """(experiment id, experiment name, tags) of a run: where to find it and what it says about itself."""
+        run = self.client.get_run(run_id)
+        experiment_id = str(run.info.experiment_id)
+        return experiment_id, str(self.client.get_experiment(experiment_id).name), dict(run.data.tags)
 
     def reap_stale_parents(self, experiment_id: str, pipeline: str) -> list[str]:
         """Mark RUNNING parent runs of ``pipeline`` whose invocation is gone (its main process was killed,
@@ -428,6 +454,13 @@ class Tracker:
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(k, strip_credentials(v)) for k, v in tags.items()])
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the tracking server's UI; None for a sqlite store (``mltf-flow ui`` serves it)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{split_userinfo(tracking_uri)[0].rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def mark_running_over_rest(tracking_uri: str, run_id: str, tags: Mapping[str, str]) -> bool:

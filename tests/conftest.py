@@ -1,7 +1,7 @@
-"""Shared fixtures: isolated work dirs, a small generated jet sample, a real `mlflow server`, and a writer of
-a profiles file listed in MLTF_FLOW_PROFILE_FILES. Helpers (running `luigi` and `mltf-flow` the way users do,
-polling, ...) are in tests/helpers.py; the test environments (-E slurm|rucio|gpu and their markers) in
-tests/environments.py."""
+"""Shared fixtures: isolated work dirs, a small generated jet sample, a real `mlflow server`, a real SMTP server
+and webhook receiver (tests/receivers.py), and a writer of a profiles file listed in MLTF_FLOW_PROFILE_FILES.
+Helpers (running `luigi` and `mltf-flow` the way users do, polling, ...) are in tests/helpers.py; the test
+environments (-E slurm|rucio|gpu and their markers) in tests/environments.py."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.helpers import BIN, EXAMPLE, REPO, REPO_PROFILES, MlflowServer, WriteProfiles, free_port
+from tests.receivers import SmtpServer, WebhookReceiver
 
 pytest_plugins = ["tests.environments"]
 
@@ -127,6 +128,38 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def _smtp_session() -> Iterator[SmtpServer]:
+    server = SmtpServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def smtp_server(_smtp_session: SmtpServer) -> SmtpServer:
+    """The session's real SMTP server (aiosmtpd on 127.0.0.1), emptied for this test."""
+    _smtp_session.clear()
+    return _smtp_session
+
+
+@pytest.fixture(scope="session")
+def _webhook_session() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver().start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture
+def webhook_receiver(_webhook_session: WebhookReceiver) -> WebhookReceiver:
+    """The session's HTTP receiver of webhook POSTs (127.0.0.1), emptied for this test."""
+    _webhook_session.clear()
+    return _webhook_session
 
 
 @pytest.fixture

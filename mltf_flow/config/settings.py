@@ -16,11 +16,12 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from mltf_flow.config.fields import Ge, StrictBool, StrictInt, StrictStr
+from mltf_flow.config.fields import Before, Ge, StrictBool, StrictInt, StrictStr
 from mltf_flow.config.files import read_yaml_mapping, stamp
 from mltf_flow.config.memo import remembered
+from mltf_flow.config.notify import SMTP_PASSWORD_ENV, check_addresses, check_smtp_url, check_webhook
 from mltf_flow.config.schema import Schema, validate
 from mltf_flow.errors import ConfigError
 
@@ -41,7 +42,8 @@ class SettingsLayer(Schema):
     expect: ClassVar[dict[str, str]] = {
         "prefetch_limit": "a whole number >= 0", "stderr_tail_lines": "a whole number >= 1",
         "profile_files": "a list of profile files", "lease_seconds": "a whole number of seconds >= 3",
-        "wait_for_running": "true or false",
+        "wait_for_running": "true or false", "notify_on": "failure, always or never",
+        "notify_email": "a list of e-mail addresses",
     }
 
     work_dir: StrictStr = ""
@@ -56,6 +58,11 @@ class SettingsLayer(Schema):
     profile_files: tuple[StrictStr, ...] = ()
     lease_seconds: Annotated[StrictInt, Ge(3)] = 60
     wait_for_running: StrictBool = True
+    notify_on: Literal["failure", "always", "never"] = "failure"
+    notify_email: Annotated[tuple[StrictStr, ...], Before(check_addresses)] = ()
+    notify_from: StrictStr | None = None
+    smtp_url: Annotated[StrictStr, Before(check_smtp_url)] | None = None
+    notify_webhook: Annotated[StrictStr, Before(check_webhook)] | None = None
 
 
 #: Every setting's name (``MLTF_FLOW_<NAME>`` sets it from the environment).
@@ -64,6 +71,8 @@ SETTING_KEYS = tuple(f.name for f in fields(SettingsLayer))
 _WHOLE_NUMBERS = ("prefetch_limit", "stderr_tail_lines", "lease_seconds")
 #: Settings whose variables are read as yes/no, and the words for it.
 _YES_NO = ("wait_for_running",)
+#: Settings whose variables are lists separated by commas.
+_COMMA_LISTS = ("notify_email",)
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -88,6 +97,15 @@ class Settings:
     lease_seconds: int = 60
     #: A step that another invocation is running: wait for its result (True) or fail with exit code 10.
     wait_for_running: bool = True
+    #: When the outcome of an invocation is sent (mltf_flow.failure_report): failure, always or never.
+    notify_on: str = "failure"
+    #: Who gets it by e-mail (through smtp_url), and from which address (None: <user>@<this host>).
+    notify_email: tuple[str, ...] = ()
+    notify_from: str | None = None
+    #: smtp://, smtp+starttls:// or smtps://[user@]host[:port] (mltf_flow.config.notify); no password.
+    smtp_url: str | None = None
+    #: A URL that receives the outcome as a JSON POST (shown as its origin only: its path is often a token).
+    notify_webhook: str | None = None
 
     @property
     def is_local_store(self) -> bool:
@@ -119,7 +137,8 @@ def load_settings(**overrides: Any) -> Settings:
         if not explicit.is_file():
             raise ConfigError(f"MLTF_FLOW_CONFIG={explicit} does not exist. Point it at a YAML file or unset it.")
         files.append(explicit)
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("MLTF_FLOW_")
+    # The SMTP password is no setting: it takes no part in the key of the remembered settings.
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if (k.startswith("MLTF_FLOW_") and k != SMTP_PASSWORD_ENV)
                        or k == "MLFLOW_TRACKING_URI"))
     key = (tuple(stamp(f) for f in files), env, os.getcwd(), tuple(sorted((k, repr(v)) for k, v in overrides.items())))
     if key not in _RESOLVED:
@@ -130,8 +149,10 @@ def load_settings(**overrides: Any) -> Settings:
     return _RESOLVED[key]
 
 
-def _layer(values: dict[str, Any], data: Mapping[str, Any], where: Callable[[str], str], base: Path) -> None:
-    """Check ``data`` (one source) and merge the keys it sets into ``values``."""
+def _layer(values: dict[str, Any], data: Mapping[str, Any], where: Callable[[str], str], base: Path,
+           origins: dict[str, str] | None = None) -> None:
+    """Check ``data`` (one source) and merge the keys it sets into ``values`` (and where each came from into
+    ``origins``)."""
     known = {k: v for k, v in data.items() if k in SETTING_KEYS}
     for unknown in sorted(set(data) - set(known), key=str):
         warnings.warn(f"{where(unknown)}: unknown setting {unknown!r} ignored (known: {', '.join(SETTING_KEYS)})",
@@ -139,6 +160,8 @@ def _layer(values: dict[str, Any], data: Mapping[str, Any], where: Callable[[str
     layer = validate(SettingsLayer, known, where)
     for name in known:  # only what this source sets
         values[name] = getattr(layer, name)
+        if origins is not None:
+            origins[name] = where(name)
     if "profile_files" in known:  # relative to the file that names them
         values["profile_files"] = tuple((base / Path(p).expanduser()).resolve() for p in layer.profile_files)
 
@@ -161,6 +184,8 @@ def _from_environment() -> dict[str, Any]:
                 raise ConfigError(f"environment {variable}={raw!r} is not an integer.") from exc
         elif name == "profile_files":
             values[name] = [entry for entry in raw.split(os.pathsep) if entry]
+        elif name in _COMMA_LISTS:
+            values[name] = [entry.strip() for entry in raw.split(",") if entry.strip()]
         elif name in _YES_NO:
             if raw.lower() not in _BOOLEANS:
                 raise ConfigError(f"environment {variable}={raw!r} is not true or false.")
@@ -172,15 +197,20 @@ def _from_environment() -> dict[str, Any]:
 
 def _resolve(files: list[Path], overrides: Mapping[str, Any]) -> Settings:
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for path in files:
-        _layer(values, read_yaml_mapping(path), _always(str(path)), path.parent)
+        _layer(values, read_yaml_mapping(path), _always(str(path)), path.parent, origins)
     if overrides.get("tracking_uri") is None and values.get("tracking_uri") is None and os.environ.get(
         "MLFLOW_TRACKING_URI"
     ):
         values["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
-    _layer(values, _from_environment(), lambda k: f"${'MLTF_FLOW_' + k.upper()}", Path.cwd())
+    _layer(values, _from_environment(), lambda k: f"${'MLTF_FLOW_' + k.upper()}", Path.cwd(), origins)
     _layer(values, {k: v for k, v in overrides.items() if v is not None}, _always("load_settings() arguments"),
-           Path.cwd())
+           Path.cwd(), origins)
+    if values.get("notify_email") and not values.get("smtp_url"):
+        raise ConfigError(f"{origins['notify_email']}: key 'notify_email' needs key 'smtp_url' (set neither, or "
+                          "add e.g. smtp_url: smtp+starttls://mail.example.org to the same file, or set "
+                          "MLTF_FLOW_SMTP_URL).")
 
     work_dir = Path(values["work_dir"]).expanduser().resolve()
     tracking_uri = values.get("tracking_uri") or f"sqlite:///{work_dir / 'mlflow.db'}"
@@ -202,6 +232,11 @@ def _resolve(files: list[Path], overrides: Mapping[str, Any]) -> Settings:
         profile_files=tuple(values.get("profile_files", ())),
         lease_seconds=values["lease_seconds"],
         wait_for_running=values["wait_for_running"],
+        notify_on=values.get("notify_on", "failure"),
+        notify_email=tuple(values.get("notify_email", ())),
+        notify_from=values.get("notify_from"),
+        smtp_url=values.get("smtp_url"),
+        notify_webhook=values.get("notify_webhook"),
     )
 
 

@@ -24,6 +24,7 @@ from mltf_flow import phases
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.console import use_console
 from mltf_flow.errors import DatasetNotFound
+from mltf_flow.failure_report import watch_failures
 from mltf_flow.input_check import check_luigi_command_line, input_errors, name_parse_errors
 from mltf_flow.invocation import invocation_id, once_per_invocation
 from mltf_flow.luigi_defaults import apply_luigi_defaults
@@ -107,6 +108,7 @@ class StageStep(luigi.Task):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         use_console()
+        watch_failures(self, StageStep)  # recorded for the failure report (mltf_flow.failure_report)
         self._memo: dict[str, Any] = {}
 
     def run(self) -> None:

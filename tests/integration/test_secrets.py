@@ -2,7 +2,8 @@
 and a URL with a password. While the step runs (it waits at a fifo the test controls), no process's argv
 holds either; afterwards neither is in the MLflow store, the artifacts, the work dir, the console output or
 files the run created in its temporary directories; the entry point itself received both (it recorded their
-hashes). Also `mltf-flow config` and `mltf-flow render --backend-config`."""
+hashes). A failing run's failure report (console, the parent run's artifacts, the e-mail a real SMTP server
+received, the webhook POST) holds none either. Also `mltf-flow config` and `mltf-flow render --backend-config`."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 
 from tests.helpers import BIN, REPO, Luigid, git_project, run_mltf
 from tests.integration.mlflow_queries import runs, sqlite_uri
+from tests.receivers import SmtpServer, WebhookReceiver
 
 SECRETS = Path(__file__).parent / "projects" / "secrets"
 #: Where the canary secrets are looked for (tests below; `mltf-flow render` of a backend job script included).
@@ -33,6 +35,8 @@ PLACES = (
     "the run's TMPDIR",
     "/tmp (files written while it ran)",
     "error lines of a failing step",
+    "the failure report: console, parent run artifacts, e-mail (SMTP server), webhook POST",
+    "Luigi's tracebacks in the invocation's log",
     "`mltf-flow config`",
     "a rendered SLURM backend job script",
     "luigid HTTP API: task lists, search, workers, resources",
@@ -96,11 +100,12 @@ def _files_with(roots: list[Path], canaries: tuple[str, ...], since: float | Non
     return found
 
 
-def _start(project: Path, tmp_path: Path, *params: str) -> tuple[subprocess.Popen[bytes], Path]:
+def _start(project: Path, tmp_path: Path, *params: str,
+           env_more: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
     tmp = tmp_path / "tmpdir"
     tmp.mkdir(exist_ok=True)
     console = tmp_path / "console.txt"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmp)}
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmp), **(env_more or {})}
     args = [str(BIN / "mltf-flow"), "run", str(project), "--step", "main", "--log-level", "INFO"]
     for param in params:
         args += ["-P", param]
@@ -149,21 +154,43 @@ def test_secret_values_reach_the_step_by_environment_and_are_stored_nowhere(tmp_
     assert not _files_with([Path("/tmp")], (token, password), since=started)
 
 
-def test_a_failing_step_shows_no_secret_in_error_lines(tmp_path: Path) -> None:
-    token, _password, url = canaries = _canaries()
+def test_a_failing_step_shows_no_secret_in_error_lines_nor_its_failure_report(
+    tmp_path: Path, smtp_server: SmtpServer, webhook_receiver: WebhookReceiver,
+) -> None:
+    token, _password, url = _canaries()
+    smtp_password, hook_token = f"CANARY4{uuid.uuid4().hex[:12]}", f"CANARY5{uuid.uuid4().hex[:12]}"
+    canaries = (token, url, smtp_password, hook_token)
     project = git_project(SECRETS, tmp_path / "secrets")
-    proc, console = _start(project, tmp_path, f"api_token={token}", f"db_url={url}", "fail=yes")
+    notify = {"MLTF_FLOW_NOTIFY_EMAIL": "ops@example.org", "MLTF_FLOW_SMTP_URL": smtp_server.url("bot"),
+              "MLTF_FLOW_SMTP_PASSWORD": smtp_password,
+              "MLTF_FLOW_NOTIFY_WEBHOOK": f"{webhook_receiver.base}/hooks/{hook_token}"}
+    proc, console = _start(project, tmp_path, f"api_token={token}", f"db_url={url}", "fail=yes", env_more=notify)
     assert proc.wait(timeout=300) == 30
     output = console.read_text()
     assert "failing with token *** url ***" in output, output[-4000:]
-    assert "ERROR" in output
-    assert not _files_with([Path(os.environ["MLTF_FLOW_WORK_DIR"]), console], canaries)
+    assert "ERROR" in output and "mltf_flow failure report" in output
+    # The report's artifacts (sqlite store: under the work dir, searched with it), the invocation's log of
+    # Luigi's tracebacks (there too), the e-mail and the webhook POST that were received.
+    work = Path(os.environ["MLTF_FLOW_WORK_DIR"])
+    assert list(work.glob("artifacts/*/*/artifacts/mltf/failure_report.md"))
+    assert list(work.glob("invocations/*/tracebacks.log"))
+    (mail,) = smtp_server.mails
+    (post,) = webhook_receiver.posts
+    assert "exit code 4" in mail.body and "exit code 4" in post.json["text"]
+    assert not [c for c in canaries for text in (mail.raw.decode(), post.body.decode()) if c in text]
+    assert not _files_with([work, console], canaries)
 
 
-def test_config_masks_a_tracking_password(tmp_path: Path) -> None:
-    result = run_mltf("config", env={"MLTF_FLOW_TRACKING_URI": "http://alice:CANARY3pw@127.0.0.1:5999"})
+def test_config_masks_a_tracking_password_and_the_notifiers_secrets(tmp_path: Path) -> None:
+    result = run_mltf("config", env={"MLTF_FLOW_TRACKING_URI": "http://alice:CANARY3pw@127.0.0.1:5999",
+                                     "MLTF_FLOW_NOTIFY_WEBHOOK": "https://hooks.example.org/services/CANARY6tok",
+                                     "MLTF_FLOW_SMTP_URL": "smtps://bot@mail.example.org",
+                                     "MLTF_FLOW_SMTP_PASSWORD": "CANARY7pw"})
     assert result.returncode == 0, result.output
     assert "CANARY3pw" not in result.output and "http://alice:***@127.0.0.1:5999" in result.output
+    assert "notify_webhook: https://hooks.example.org/***" in result.output
+    assert "smtp_url: smtps://bot@mail.example.org" in result.output
+    assert "CANARY6tok" not in result.output and "CANARY7pw" not in result.output
 
 
 def test_rendered_backend_job_script_holds_no_secret(tmp_path: Path) -> None:

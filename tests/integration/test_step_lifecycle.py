@@ -52,6 +52,9 @@ def test_failing_entry_point_fails_the_run_and_luigi(flaky: Path, mode: str, cod
     assert rc == 30, out  # [retcode] task_failed
     assert f"step 'main' failed: its command exited with code {code}" in out
     assert stderr_line in out
+    # On `luigi --module` too: the grouped report at exit, Luigi's traceback (not the script's) in the log file.
+    assert f"[1] step 'main' (pipeline flaky): exit code {code}" in out
+    assert "luigi/worker.py" not in out and "(StepFailed; traceback in " in out
     (run,) = step_runs()
     assert run.info.status == "FAILED"
     assert "mltf.complete" not in run.data.tags
