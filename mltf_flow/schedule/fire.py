@@ -83,12 +83,18 @@ def fire(definition: Path) -> int:
                "command": schedule.target.command()}
     target, error = _target(schedule)
     record = FireRecord(settings, settings.experiment_for(_pipeline(schedule)))
-    parent_id = record.open(f"{schedule.name}-{stamp(slot)}", {
-        **_owner(settings), TAG_INVOCATION_ID: invocation, TAG_PIPELINE: _pipeline(schedule),
-        TAG_SCHEDULE: schedule.name, TAG_SCHEDULE_ID: schedule.id, TAG_SCHEDULE_SLOT: stamp(slot),
-        TAG_SCHEDULE_VIA: _started_by(schedule), TAG_SCHEDULE_NEXT: next_fire,
-        **({TAG_SCHEDULE_JOB_ID: os.environ["SLURM_JOB_ID"]} if os.environ.get("SLURM_JOB_ID") else {}),
-    })
+    try:
+        parent_id = record.open(f"{schedule.name}-{stamp(slot)}", {
+            **_owner(settings), TAG_INVOCATION_ID: invocation, TAG_PIPELINE: _pipeline(schedule),
+            TAG_SCHEDULE: schedule.name, TAG_SCHEDULE_ID: schedule.id, TAG_SCHEDULE_SLOT: stamp(slot),
+            TAG_SCHEDULE_VIA: _started_by(schedule), TAG_SCHEDULE_NEXT: next_fire,
+            **({TAG_SCHEDULE_JOB_ID: os.environ["SLURM_JOB_ID"]} if os.environ.get("SLURM_JOB_ID") else {}),
+        })
+    except MltfFlowError as exc:  # the tracking store does not answer: nothing can run, but say so to someone
+        message = strip_credentials(str(exc))
+        print(f"mltf-flow: the fire of schedule {schedule.name!r} for {stamp(slot)} cannot be recorded: {message}")
+        _report(settings, invocation, schedule, slot, succeeded=False, context={**context, "error": message})
+        return 1
     print(f"fire of schedule {schedule.name!r} for {stamp(slot)}: MLflow run {parent_id}")
     from mltf_flow.lease import renewer
 

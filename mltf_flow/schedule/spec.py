@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mltf_flow.errors import ConfigError
-from mltf_flow.redaction import has_credentials, is_secret_name, is_secret_param
+from mltf_flow.redaction import has_credentials, is_secret_name, is_secret_param, shown_value
 from mltf_flow.schedule.when import When
 
 SCHEDULE_VERSION = 1
@@ -162,8 +162,10 @@ def kept_environment(environ: Mapping[str, str]) -> dict[str, str]:
     kept: dict[str, str] = {}
     for name, value in environ.items():
         if name in KEPT_VARIABLES or name.startswith(KEPT_PREFIXES):
-            if is_secret_name(name) or has_credentials(value):
-                continue  # the fire gets it from its own environment, or fails saying what is missing
+            if is_secret_name(name) or shown_value(name, value) != value:
+                # A secret (a password, a token, a webhook URL whose path is its token): the fire gets it from
+                # its own environment (sbatch exports it) or a file, or fails saying what is missing.
+                continue
             kept[name] = value
     return kept
 

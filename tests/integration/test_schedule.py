@@ -22,6 +22,7 @@ import pytest
 
 from tests.helpers import BIN, MlflowServer, git_project, read_until, run_cmd, run_mltf, wait_until
 from tests.integration.mlflow_queries import client
+from tests.receivers import SmtpServer, WebhookReceiver
 
 PROJECT = Path(__file__).parent / "projects" / "scheduled"
 HOST_B = ["unshare", "--uts", "--fork", "sh", "-c", 'hostname node-b-of-test && exec "$@"', "sh"]
@@ -296,3 +297,41 @@ def test_a_cron_schedule_is_a_crontab_line_whose_command_fires(pipeline: Pipelin
     assert gone.returncode == 0, gone.output
     after = subprocess.run(["crontab", "-l"], capture_output=True, text=True).stdout
     assert after == before  # every other line as it was
+
+
+def test_a_failing_fire_is_reported_grouped_on_the_console_the_run_by_mail_and_webhook_without_secrets(
+    pipeline: Pipeline, tmp_path: Path, smtp_server: SmtpServer, webhook_receiver: WebhookReceiver
+) -> None:
+    password, hook, token = (f"CANARY{i}-{uuid.uuid4().hex[:10]}" for i in range(3))
+    env = {"MLTF_FLOW_NOTIFY_EMAIL": "ops@example.org", "MLTF_FLOW_SMTP_URL": smtp_server.url("bot"),
+           "MLTF_FLOW_SMTP_PASSWORD": password, "MLTF_FLOW_NOTIFY_WEBHOOK": f"{webhook_receiver.base}/hooks/{hook}",
+           "MLFLOW_TRACKING_TOKEN": token}
+    added = run_mltf("schedule", "add", "nightly", "--every", "1d", "--via", "none",
+                     *pipeline.target("-P", "train.mode=fail"), env=env)
+    assert added.returncode == 0, added.output
+    fired = run_mltf("schedule", "fire", "nightly", env=env)
+    out = fired.output
+    assert fired.returncode == 30, out[-4000:]
+    (fire,) = pipeline.fires("nightly")
+    assert fire.info.status == "FAILED" and outcome(fire) == "failed: train"
+    # The console: the grouped report, not Luigi's traceback wall.
+    assert "Traceback" not in out
+    title = f"schedule nightly fire {fire.data.tags['mltf.schedule.slot']}: FAILED, 1 failure(s), 1 cause(s)"
+    assert title in out and "exit code 4" in out and "training diverged: loss is nan at epoch 3" in out
+    # The artifact on the fire's parent run.
+    mlflow = client(pipeline.uri)
+    names = {a.path for a in mlflow.list_artifacts(fire.info.run_id, "mltf")}
+    assert {"mltf/failure_report.md", "mltf/failure_report.json"} <= names
+    report = Path(mlflow.download_artifacts(fire.info.run_id, "mltf/failure_report.md", str(tmp_path)))
+    markdown = report.read_text()
+    assert "training diverged" in markdown and "**schedule**: nightly" in markdown
+    # One e-mail and one webhook POST.
+    (mail,) = smtp_server.mails
+    assert mail.message["Subject"] == f"[mltf-flow] {title}" and "training diverged" in mail.body
+    (post,) = webhook_receiver.posts
+    assert post.json["event"] == "failure" and post.path == f"/hooks/{hook}"
+    # No secret anywhere: console, artifact, e-mail, webhook body, the schedule's file, the fire's log.
+    definition = Path(os.environ["MLTF_FLOW_WORK_DIR"]) / "schedules" / "nightly" / "schedule.json"
+    places = {"console": out, "report": markdown, "e-mail": mail.raw.decode(), "webhook": post.body.decode(),
+              "schedule.json": definition.read_text(), "tags": repr(fire.data.tags)}
+    assert [(name, c) for name, text in places.items() for c in (password, hook, token) if c in text] == []

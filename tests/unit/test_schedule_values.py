@@ -107,7 +107,8 @@ def test_no_secret_is_kept_in_a_schedule() -> None:
     with pytest.raises(ConfigError, match="--api-token"):
         check_luigi_args(("--module", "m", "Train", "--api-token", "x"))
     kept = kept_environment({"MLTF_FLOW_WORK_DIR": "/w", "MLFLOW_TRACKING_URI": "http://u:pw@h:5000",
-                             "MLTF_FLOW_SMTP_PASSWORD": "pw", "PATH": "/bin", "HOME": "/root"})
+                             "MLTF_FLOW_SMTP_PASSWORD": "pw", "PATH": "/bin", "HOME": "/root",
+                             "MLTF_FLOW_NOTIFY_WEBHOOK": "https://hooks.example.org/T0/B1/s3cr3t"})
     assert kept == {"MLTF_FLOW_WORK_DIR": "/w", "PATH": "/bin"}
 
 
