@@ -116,6 +116,8 @@ class LeaseRenewer:
         self._client: MlflowClient | None = None
 
     def hold(self, *run_ids: str) -> None:
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            self._client_once()  # mlflow is imported here, in the caller's thread, never in the beat's (see _renew)
         with self._lock:
             self._held.update(r for r in run_ids if r)
             if self._thread is None or not self._thread.is_alive():
@@ -154,11 +156,21 @@ class LeaseRenewer:
     def _renew(self, runs: list[str]) -> None:
         if self.tracking_uri.startswith(("http://", "https://")):
             # MLflow's client would retry for minutes, silently: ask once, briefly, to be able to say it.
+            from mltf_flow.run_index import RestRunIndex, run_index
             from mltf_flow.tracking_server import silence
 
             reason = silence(self.tracking_uri)
             if reason is not None:
                 raise ConnectionError(reason)
+            # Through MLflow's REST API, as its client would: this thread must not import mlflow while the main
+            # thread may be importing it (two threads importing one package with import cycles, as mlflow's,
+            # can see a partly initialised module: "cannot import name 'run' from partially initialized module").
+            index = run_index(self.tracking_uri)
+            assert isinstance(index, RestRunIndex)
+            for run_id in runs:
+                index.call("POST", "runs/log-batch", {"run_id": run_id, "tags": [
+                    {"key": name, "value": value} for name, value in lease_tags(self.lease_seconds).items()]})
+            return
         client = self._client_once()
         for run_id in runs:
             for name, value in lease_tags(self.lease_seconds).items():

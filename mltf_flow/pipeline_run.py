@@ -115,6 +115,8 @@ def run_luigi_args(args: Sequence[str]) -> Outcome:
     argv = list(args)
     if not any(a.startswith(("--scheduler-host", "--scheduler-url", "--local-scheduler")) for a in argv):
         argv.append("--local-scheduler")
+    if not any(a.startswith("--log-level") for a in argv):
+        argv += ["--log-level", "WARNING"]  # as `mltf-flow run`: Luigi's default (DEBUG) fills the fire's log
     in_progress = _watch_in_progress()
     with front_end(), CmdlineParser.global_instance(argv) as parser:
         result = _schedule_and_run([parser.get_task_obj()])

@@ -63,6 +63,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--partition", help="SLURM partition of the fire's job (slurm, scrontab)")
     p.add_argument("--account", help="SLURM account of the fire's job")
     p.add_argument("--time-limit", help="SLURM time limit of the fire's job (default: the partition's)")
+    p.add_argument("--mem", help="SLURM memory of the fire's job, e.g. 4G (default: the partition's; some sites "
+                                 "give a job the whole node)")
     p.add_argument("--replace", action="store_true", help="replace a schedule of the same name")
     p.add_argument("--pipeline", help="with --luigi: the pipeline (MLflow experiment) its steps record to")
     p.add_argument("project_dir", nargs="?", help="the project, as for `mltf-flow run`")
@@ -103,34 +105,63 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def _add(args: argparse.Namespace, work_dir: Path) -> int:
     name = check_name(args.name)
     path = store.definition_path(work_dir, name)
-    if path.exists():
-        if not args.replace:
-            raise ConfigError(f"schedule {name!r} exists ({path}). Add --replace to replace it, or `mltf-flow "
-                              f"schedule remove {name}` first.")
-        _uninstall(store.load(path))
+    old = store.load(path) if path.exists() else None
+    if old is not None and not args.replace:
+        raise ConfigError(f"schedule {name!r} exists ({path}). Add --replace to replace it, or `mltf-flow "
+                          f"schedule remove {name}` first.")
     now = time.time()
+    via = args.via or _default_via()
     schedule = Schedule(
-        name=name, id=uuid.uuid4().hex, when=When.parse(every=args.every, cron=args.cron, start=args.start, now=now),
-        target=_target(args), via=args.via or _default_via(), if_running=args.if_running, cwd=os.getcwd(),
-        python=current_python(), environment=kept_environment(os.environ),
-        slurm=SlurmOptions(args.partition, args.account, args.time_limit), created=now,
+        # A replaced schedule keeps its id: its history (fires are found by it) goes on.
+        name=name, id=old.id if old else uuid.uuid4().hex,
+        when=When.parse(every=args.every, cron=args.cron, start=args.start, now=now), target=_target(args), via=via,
+        if_running=args.if_running, cwd=os.getcwd(), python=current_python(),
+        environment=kept_environment(os.environ), slurm=_slurm_options(args, via), created=now,
     )
-    if schedule.via in ("cron", "scrontab"):
-        schedule.when.cron_expression(schedule.via)  # a period cron cannot express fails here
-    if schedule.via == "scrontab":
-        crontab.scrontab_path()
-    if schedule.via == "slurm":
-        slurm_chain.preflight(schedule, path)
+    _check_where(schedule, path)  # everything is checked before the old one is taken away
+    if old is not None:
+        _uninstall(old)
     store.save(schedule, path)
     try:
         what = _install(schedule, path, now)
     except BaseException:
         store.forget(path)  # nothing half-installed stays behind
         raise
-    print(f"schedule {name!r} added: {schedule.target.command()}")
+    print(f"schedule {name!r} {'replaced' if old else 'added'}: {schedule.target.command()}")
     print(f"  {schedule.when.describe()}, via {schedule.via}: {what}")
+    _say_what_cron_lacks(schedule)
     print(f"  history: mltf-flow schedule show {name}; remove: mltf-flow schedule remove {name}")
     return 0
+
+
+def _slurm_options(args: argparse.Namespace, via: str) -> SlurmOptions:
+    options = SlurmOptions(args.partition, args.account, args.time_limit, args.mem)
+    given = [flag for flag, value in (("--partition", args.partition), ("--account", args.account),
+                                      ("--time-limit", args.time_limit), ("--mem", args.mem)) if value]
+    if given and via not in ("slurm", "scrontab"):
+        raise ConfigError(f"{', '.join(given)}: options of the fire's SLURM job, but --via {via} starts no job. "
+                          "Use --via slurm, or leave them out.")
+    return options
+
+
+def _check_where(schedule: Schedule, path: Path) -> None:
+    if schedule.via in ("cron", "scrontab"):
+        schedule.when.cron_expression(schedule.via)  # a period cron cannot express fails here
+    if schedule.via == "scrontab":
+        crontab.scrontab_path()
+    if schedule.via == "slurm":
+        slurm_chain.preflight(schedule, path)
+
+
+def _say_what_cron_lacks(schedule: Schedule) -> None:
+    """cron passes no environment: settings held in variables a schedule does not keep (secrets) are missing."""
+    if schedule.via != "cron":
+        return
+    dropped = sorted(name for name in os.environ if name.startswith(("MLTF_FLOW_", "MLFLOW_TRACKING_"))
+                     and name not in schedule.environment)
+    if dropped:
+        print(f"  note: cron fires will not have {', '.join(dropped)} (secrets are not kept in a schedule): put "
+              "them in ~/.config/mltf_flow/config.yaml or a file only you can read (docs/scheduling.md, Secrets)")
 
 
 def _target(args: argparse.Namespace) -> Target:
@@ -149,14 +180,15 @@ def _target(args: argparse.Namespace) -> Target:
     if not args.project_dir or not args.step:
         raise ConfigError("schedule add needs what to run: PROJECT_DIR --step STEP [-P k=v ...] (as for "
                           "`mltf-flow run`), or --luigi followed by a luigi command line.")
-    from mltf_flow.pipeline_run import Request, build_target, parse_params
+    from mltf_flow.pipeline_run import Request, build_target, parse_params, pipeline_name
 
     params = parse_params(args.param)
     check_params(params)
     project = str(Path(args.project_dir).resolve())
     build_target(Request(project, args.step, params, profile=args.profile, env_manager=args.env_manager))
     return Target(project_dir=project, step=args.step, params=tuple(params.items()), profile=args.profile,
-                  env_manager=args.env_manager, workers=args.workers, pipeline=args.pipeline or "")
+                  env_manager=args.env_manager, workers=args.workers,
+                  pipeline=args.pipeline or pipeline_name(project))
 
 
 def _check_luigi_target(luigi_args: tuple[str, ...]) -> None:
@@ -197,15 +229,15 @@ def _install(schedule: Schedule, path: Path, now: float) -> str:
     return crontab.install(schedule, path, schedule.via)
 
 
-def _uninstall(schedule: Schedule) -> str:
+def _uninstall(schedule: Schedule, *, running_too: bool = True) -> str:
     if schedule.via == "none":
         return "nothing was installed"
     if schedule.via == "slurm":
-        cancelled = slurm_chain.uninstall(schedule)
+        cancelled = slurm_chain.uninstall(schedule, running_too=running_too)
         return f"cancelled SLURM job(s) {', '.join(cancelled)}" if cancelled else "no SLURM job was queued"
     removed = crontab.uninstall(schedule, schedule.via)
     if schedule.via == "scrontab":
-        slurm_chain.uninstall(schedule)  # scrontab's pending job, and a running fire
+        slurm_chain.uninstall(schedule, running_too=running_too)  # scrontab's pending job (and a running fire)
     return f"removed its {schedule.via} line" if removed else f"no {schedule.via} line was installed"
 
 
@@ -220,7 +252,7 @@ def _installed(schedule: Schedule) -> str:
             return "; ".join(f"job {f.job_id} {f.state.lower()}" + (f", begins {f.begins}" if f.state == "PENDING"
                                                                     else "") for f in fires)
         if crontab.installed(schedule, schedule.via):
-            return f"{schedule.via} line installed"
+            return f"{schedule.via} line installed, next fire at {stamp(schedule.when.next_slot(time.time()))}"
         return f"NOT INSTALLED: no {schedule.via} line (mltf-flow schedule resume {schedule.name})"
     except Exception as exc:  # a status display: say what could not be asked
         return f"unknown ({type(exc).__name__}: {exc})"
@@ -262,13 +294,13 @@ def _show(args: argparse.Namespace, work_dir: Path) -> int:
 
 def _print_fires(schedule: Schedule, count: int) -> None:
     from mltf_flow.config import load_settings
-    from mltf_flow.schedule.fire import _pipeline
     from mltf_flow.schedule.record import FireRecord
     from mltf_flow.tags import TAG_SCHEDULE_OUTCOME, TAG_SCHEDULE_SLOT, TAG_SCHEDULE_VIA
 
     settings = load_settings()
-    fires = FireRecord(settings, settings.experiment_for(_pipeline(schedule))).fires(schedule.id, count)
-    print(f"  last fires ({len(fires)}; MLflow experiment {settings.experiment_for(_pipeline(schedule))!r}):")
+    experiment = settings.experiment_for(schedule.target.pipeline)
+    fires = FireRecord(settings, experiment).fires(schedule.id, count)
+    print(f"  last fires ({len(fires)}; MLflow experiment {experiment!r}):")
     for fire in fires:
         outcome = fire.tags.get(TAG_SCHEDULE_OUTCOME, "running (or killed: no outcome yet)")
         print(f"    {fire.tags.get(TAG_SCHEDULE_SLOT, '?'):<20} {fire.status:<9} "
@@ -278,8 +310,8 @@ def _print_fires(schedule: Schedule, count: int) -> None:
 def _pause(args: argparse.Namespace, work_dir: Path) -> int:
     schedule, path = store.find(work_dir, args.name)
     store.save(replace(schedule, paused=True), path)  # first: a fire starting now sees it and does nothing
-    print(f"schedule {schedule.name!r} paused: {_uninstall(schedule)}. `mltf-flow schedule resume "
-          f"{schedule.name}` fires it again.")
+    print(f"schedule {schedule.name!r} paused: {_uninstall(schedule, running_too=False)} (a fire that is running "
+          f"finishes). `mltf-flow schedule resume {schedule.name}` fires it again.")
     return 0
 
 

@@ -57,7 +57,7 @@ def block(schedule: Schedule, definition: Path, via: str) -> list[str]:
         lines.append(f"#SCRON --job-name={schedule.job_name}")
         lines.append(f"#SCRON --output={log_dir(definition)}/fire-%j.log")
         for flag, value in (("partition", schedule.slurm.partition), ("account", schedule.slurm.account),
-                            ("time", schedule.slurm.time_limit)):
+                            ("time", schedule.slurm.time_limit), ("mem", schedule.slurm.mem)):
             if value:
                 lines.append(f"#SCRON --{flag}={value}")
     else:

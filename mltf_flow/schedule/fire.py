@@ -164,12 +164,7 @@ def _target(schedule: Schedule) -> tuple[object | None, str | None]:
 
 
 def _pipeline(schedule: Schedule) -> str:
-    if schedule.target.pipeline:
-        return schedule.target.pipeline
-    from mltf_flow.pipeline_run import pipeline_name
-
-    assert schedule.target.project_dir is not None
-    return pipeline_name(schedule.target.project_dir)
+    return schedule.target.pipeline
 
 
 def _owner(settings: Settings) -> dict[str, str]:
@@ -197,7 +192,8 @@ def _overlap(schedule: Schedule, record: FireRecord, mine: FireRun) -> str | Non
     started = time.monotonic()
     while record.unfinished(schedule.id, mine):
         time.sleep(WAIT_POLL_S)
-    return f"waited {time.monotonic() - started:.0f} s: {what}"
+    return (f"waited {time.monotonic() - started:.0f} s for fire {first.run_id} (slot "
+            f"{first.tags.get(TAG_SCHEDULE_SLOT, '?')}) to end")
 
 
 def _run(schedule: Schedule, target: object | None) -> Outcome:
@@ -215,6 +211,8 @@ def _run(schedule: Schedule, target: object | None) -> Outcome:
 
 def _describe(outcome: Outcome, tags: Mapping[str, str]) -> str:
     ran = [s for s in tags.get(TAG_STEPS_RUN, "").split(",") if s]
+    if "StageStep" in outcome.ran and "stage" not in ran:
+        ran.insert(0, "stage")  # a local dataset is staged without a run of its own: Luigi says it ran
     failed = [s for s in tags.get(TAG_FAILED_STEPS, "").split(",") if s]
     if not outcome.succeeded:
         return f"failed: {', '.join(failed) or f'exit code {outcome.exit_code}'}"

@@ -60,6 +60,8 @@ def render(schedule: Schedule, definition: Path) -> str:
         lines.append(f"#SBATCH --account={schedule.slurm.account}")
     if schedule.slurm.time_limit:
         lines.append(f"#SBATCH --time={schedule.slurm.time_limit}")
+    if schedule.slurm.mem:
+        lines.append(f"#SBATCH --mem={schedule.slurm.mem}")
     lines += [
         f"# A fire of schedule {schedule.name!r} ({schedule.when.describe()}): it submits the next fire, then runs",
         f"#   {schedule.target.command()}",
@@ -140,14 +142,15 @@ def chain_next(schedule: Schedule, definition: Path, slot: float, now: float) ->
     return submit(schedule, definition, schedule.when.next_slot(max(slot, now)))
 
 
-def uninstall(schedule: Schedule, *, timeout_s: float = 60.0) -> list[str]:
-    """Cancel every job of the schedule (the pending next fire and a running one); wait until ``squeue`` shows
-    none; return their ids."""
+def uninstall(schedule: Schedule, *, running_too: bool = True, timeout_s: float = 60.0) -> list[str]:
+    """Cancel the schedule's jobs: the pending next fire, and a running one unless ``running_too`` is false
+    (``pause`` lets it finish: it finds the schedule paused and submits no next fire). Wait until ``squeue``
+    shows none of those cancelled; return their ids."""
     scancel = _tool("scancel")
     cancelled: list[str] = []
     deadline = time.monotonic() + timeout_s
     while True:
-        left = queued(schedule)
+        left = [f for f in queued(schedule) if running_too or f.state == "PENDING"]
         if not left:
             return cancelled
         if time.monotonic() > deadline:
@@ -155,7 +158,7 @@ def uninstall(schedule: Schedule, *, timeout_s: float = 60.0) -> list[str]:
                                    f"still in squeue after scancel; cancel them with `scancel --name="
                                    f"{schedule.job_name}`.")
         cancelled += [f.job_id for f in left if f.job_id not in cancelled]
-        args = [scancel, f"--name={schedule.job_name}"]
+        args = [scancel, f"--name={schedule.job_name}", *([] if running_too else ["--state=PENDING"])]
         proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             raise CommandError(args, proc.returncode, proc.stdout, proc.stderr)

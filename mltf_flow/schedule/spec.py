@@ -51,7 +51,8 @@ class Target:
     workers: int = 1
     #: The ``luigi`` form: its arguments after ``luigi``.
     luigi_args: tuple[str, ...] = ()
-    #: The pipeline (MLflow experiment, unless setting ``experiment`` names one) that records the fires.
+    #: The pipeline (MLflow experiment, unless setting ``experiment`` names one) that records the fires: read
+    #: from the project when the schedule is added (a fire of a moved project is recorded all the same).
     pipeline: str = ""
 
     def command(self) -> str:
@@ -79,6 +80,8 @@ class SlurmOptions:
     account: str | None = None
     #: The fire job's time limit (sbatch --time); None: the partition's default.
     time_limit: str | None = None
+    #: The fire job's memory (sbatch --mem); None: the partition's default, on some sites the whole node.
+    mem: str | None = None
 
 
 @dataclass(frozen=True)
