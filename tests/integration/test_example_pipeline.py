@@ -3,6 +3,7 @@ what a first run records, that a rerun does nothing, and that changes rerun exac
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,26 +33,32 @@ class YamlRun:
     args: list[str]  # the `mltf-flow run` command line that made the run
     env: dict[str, str]
     uri: str
+    scratch: Path  # the gds section's node-local scratch
     train: Any  # its train run, as it was before any test changed the checkout
 
 
 @pytest.fixture(scope="module")
 def yaml_run(tmp_path_factory: pytest.TempPathFactory, jet_sample: Path, store_template: Path) -> YamlRun:
-    """The same pipeline as ``first_run`` (dataset, epochs 2) run from scratch a second time, through the other
-    front end (pipeline.yaml, ``mltf-flow run``), on a git checkout of the example project, into a store of
-    its own. Shared because each of three tests needs a second fresh full run and one serves them all
-    (a full run costs ~40 s here): the fresh run's weights and keys must equal first_run's, luigi must find
-    its runs, and an uncommitted edit of its checkout must rerun only train."""
+    """The same pipeline as ``first_run`` (dataset, epochs 2) run from scratch a second time, differing from it
+    in all that must not change a result: the front end (pipeline.yaml, ``mltf-flow run``), where the project
+    is (a git checkout), the store (one of its own), and how training reads its features (the ``local``
+    profile's gds section enabled: the posix backend on this CPU machine, after a copy to node-local scratch).
+    Shared because four tests each need a full run made apart from first_run, and one serves them all (a full
+    run costs ~40 s here): its weights and keys must equal first_run's, luigi must find its runs, its
+    training must have read through the GDS path, and an uncommitted edit of its checkout must rerun only
+    train."""
     base = tmp_path_factory.mktemp("yaml-run")
     project = git_project(EXAMPLE, base / "checkout")
     work = seed_store(base / "work", store_template)
-    env = {"MLTF_FLOW_WORK_DIR": str(work)}
+    scratch = base / "nvme"
+    gds = {"enabled": True, "scratch": str(scratch), "cufile": {"allow_compat_mode": True, "log_level": "WARN"}}
+    env = {"MLTF_FLOW_WORK_DIR": str(work), "MLTF_FLOW_SET__LOCAL__GDS": json.dumps(gds)}
     args = ["run", str(project), "--step", "train", "-P", f"stage.dataset={jet_sample}", "-P", "epochs=2"]
     result = run_mltf(*args, env=env)
     assert result.returncode == 0, result.output
     uri = sqlite_uri(work)
     (train,) = step_runs(uri, "train")
-    return YamlRun(project, args, env, uri, train)
+    return YamlRun(project, args, env, uri, scratch, train)
 
 
 def train_args(jet_sample: Path, *extra: str) -> list[str]:
@@ -142,12 +149,31 @@ def test_changed_parameters_rerun_exactly_the_affected_steps(
 
 def test_fresh_runs_give_bit_identical_weights(first_run: tuple[dict[str, str], str], yaml_run: YamlRun) -> None:
     """A second run from scratch (another store, so nothing is cached) trains the same weights under the same
-    key (the key depends on neither the front end nor where the project is checked out)."""
+    key (neither depends on the front end, where the project is checked out, or the data path)."""
     _, uri = first_run
     first = step_runs(uri, "train")[0]  # first_run's: the earliest train run of its store
     second = yaml_run.train
     assert second.data.tags["weights_sha256"] == first.data.tags["weights_sha256"]
     assert second.data.tags["mltf.cache_key"] == first.data.tags["mltf.cache_key"]
+
+
+def test_training_reads_its_features_through_the_gds_path(yaml_run: YamlRun) -> None:
+    """With the profile's gds section enabled (CPU machine: the posix backend): the workers get a cufile.json
+    through CUFILE_ENV_PATH_JSON, the features file is copied to the node-local scratch before training, and
+    the run records which backend loaded the data and how fast."""
+    scratch = yaml_run.scratch
+    tags, metrics = yaml_run.train.data.tags, yaml_run.train.data.metrics
+    assert tags["mltf.data.backend"] == "posix"  # no GPU here: auto falls back to POSIX reads
+    source = Path(tags["mltf.data.source"])
+    assert source.is_relative_to(scratch) and source.is_file()  # staged to node-local scratch once
+    assert metrics["data_load_gbps"] > 0 and metrics["data_load_seconds"] >= 0
+    config = Path(tags["mltf.data.cufile_json"])  # what the training process saw
+    # ... written by the cluster before its workers started (one directory per cluster: the edit test's
+    # rerun adds another)
+    assert config.name == "cufile.json" and config.parent.parent == scratch, config
+    assert config.parent.name.startswith("mltf-gds-"), config
+    doc = json.loads(config.read_text())
+    assert doc["properties"]["allow_compat_mode"] is True and doc["logging"]["level"] == "WARN"
 
 
 def test_uncommitted_edit_reruns_only_the_edited_step(yaml_run: YamlRun) -> None:
