@@ -1,5 +1,9 @@
 """The example pipeline end to end with `luigi --module pipelines Train`, on the embedded sqlite store:
-what a first run records, that a rerun does nothing, and that changes rerun exactly what they affect."""
+what a first run records, that a rerun does nothing, and that changes rerun exactly what they affect.
+
+Two full runs serve every test (module fixtures): ``first_run`` (luigi) and ``yaml_run`` (the same pipeline
+from scratch through pipeline.yaml, elsewhere, with the GDS data path); the tests that change something
+rerun only what they change on top of them."""
 
 from __future__ import annotations
 
