@@ -6,7 +6,6 @@ environments (-E slurm|rucio|gpu and their markers) in tests/environments.py."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import BIN, EXAMPLE, REPO, REPO_PROFILES, MlflowServer, WriteProfiles, free_port
+from tests.helpers import BIN, EXAMPLE, REPO, REPO_PROFILES, MlflowServer, WriteProfiles, free_port, seed_store
 from tests.receivers import SmtpServer, WebhookReceiver
 
 pytest_plugins = ["tests.environments"]
@@ -56,13 +55,6 @@ def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True, capture_output=True,
     )
     return path
-
-
-def seed_store(work_dir: Path, template: Path) -> Path:
-    """``work_dir`` with a migrated, empty tracking store (a copy of ``store_template``)."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, work_dir / "mlflow.db")
-    return work_dir
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ wheels for environment builds."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,39 @@ class MlflowServer:
     root: Path
 
 
+#: Set to a scheduler's address, it makes the ``local`` profile attach to that scheduler (its
+#: ``scheduler_address``) instead of starting a LocalCluster of its own.
+ATTACH_LOCAL = "MLTF_FLOW_SET__LOCAL__SCHEDULER_ADDRESS"
+
+
+@contextlib.contextmanager
+def shared_scheduler() -> Iterator[str]:
+    """A Dask scheduler (plain TCP on 127.0.0.1, threaded workers) in this process, for tests whose steps
+    never use Dask and that run many of them: each invocation that runs a step starts and closes a LocalCluster
+    of its own by default (~3 s here); with :data:`ATTACH_LOCAL` set to the address yielded here it attaches
+    instead. It has as many workers as the ``local`` profile (a step waits for its profile's workers). Starting,
+    closing and securing clusters is tested elsewhere (test_clusters.py, test_security.py, the fault suite),
+    never with this."""
+    from distributed import LocalCluster
+
+    from mltf_flow.clusters.profiles import get_profile
+
+    workers = get_profile("local").expected_workers
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=False, protocol="tcp://",
+                      host="127.0.0.1", dashboard_address=None) as cluster:
+        yield str(cluster.scheduler_address)
+
+
 # -- projects, profiles, wheels ------------------------------------------------------------------------------------
+
+
+def seed_store(work_dir: Path, template: Path) -> Path:
+    """``work_dir`` with a migrated, empty tracking store: a copy of the ``store_template`` fixture
+    (tests/conftest.py). Module-scoped fixtures that make a work dir of their own use it too: migrating a new
+    store costs 2-6 s of this machine's time, a copy milliseconds."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, work_dir / "mlflow.db")
+    return work_dir
 
 
 def git_project(src: Path, dest: Path) -> Path:

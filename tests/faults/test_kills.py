@@ -1,10 +1,14 @@
 """SIGKILL at every named phase of the example pipeline (issue 14, item 8), then a rerun.
 
-One tracking store, one chain of invocations of ``luigi --module pipelines Train`` (local profile, 2 DDP
-ranks, 2 epochs): invocation *i* pauses at phase *i* (``MLTF_PAUSE_AT``, :mod:`mltf_flow.phases`: a marker
+One tracking store, one chain of invocations of ``luigi --module pipelines Train`` (local profile, 2 epochs,
+one DDP rank): invocation *i* pauses at phase *i* (``MLTF_PAUSE_AT``, :mod:`mltf_flow.phases`: a marker
 file, not timing) and its whole process group is SIGKILLed there; invocation *i+1* is the rerun of that
 kill and goes on to the next phase; a last invocation runs without pausing. A chain costs one pipeline run
-plus a restart per kill, where a fresh pipeline per phase would cost a whole run per phase.
+plus a restart per kill, where a fresh pipeline per phase would cost a whole run per phase. One rank, not
+the local profile's two: the rank is still a DDP rank launched on a Dask worker (what must die with the
+invocation), and a second one only costs every training invocation of the chain another torch process on
+this 2-core machine; SIGKILL with two ranks running, on two workers, is
+:func:`test_sigkill_while_ranks_run_on_slurm_workers_leaves_no_job`.
 
 After each kill: no complete run lacks its declared outputs, no manifest is half a manifest, and no process
 of the invocation is left (its Dask cluster, step commands and DDP ranks die with it). After the reruns:
@@ -33,7 +37,7 @@ from tests.faults.invocations import (
     store_state,
     wait_for_marker,
 )
-from tests.helpers import BIN, wait_until, worker_jobs
+from tests.helpers import BIN, seed_store, wait_until, worker_jobs
 from tests.integration.mlflow_queries import client, sqlite_uri, step_runs
 
 pytestmark = pytest.mark.slow
@@ -99,11 +103,11 @@ def _manifest(work: Path) -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory, jet_sample: Path) -> Chain:
+def chain(tmp_path_factory: pytest.TempPathFactory, jet_sample: Path, store_template: Path) -> Chain:
     base = tmp_path_factory.mktemp("kills")
-    work = base / "work"
+    work = seed_store(base / "work", store_template)
     args = [str(BIN / "luigi"), "--module", "pipelines", "Train", "--dataset", str(jet_sample), "--epochs", "2",
-            "--local-scheduler", "--no-lock"]
+            "--world-size", "1", "--local-scheduler", "--no-lock"]
     uri = sqlite_uri(work)
     kills: dict[str, Observed] = {}
     for number, kill in enumerate(KILLS):

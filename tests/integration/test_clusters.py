@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -107,21 +106,6 @@ def test_two_independent_branches_run_in_parallel(profile: str, tmp_path: Path) 
     assert len(parents) == 1  # forked task processes share one parent run
     if profile.startswith("slurm"):
         no_worker_jobs()
-
-
-def test_dashboard_answers_while_a_step_runs(tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    proc = popen("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(PROJECTS / "branches"),
-                 "--run-step", "gate", "--overrides", json.dumps({"gate_file": str(gate)}))
-    read_until(proc, "gate: waiting")
-    (run,) = [r for r in runs(store(), "branches") if r.data.tags.get("mltf.step") == "gate"]
-    assert run.info.status == "RUNNING"
-    link = run.data.tags["mltf.dask_dashboard"]
-    with urllib.request.urlopen(link, timeout=10) as response:
-        assert response.status == 200 and link.endswith("/status")
-    gate.touch()
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0, out
 
 
 def _bad_profiles(tmp_path: Path) -> dict[str, str]:

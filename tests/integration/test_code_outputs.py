@@ -1,15 +1,30 @@
-"""An explicit code list that covers a step's own outputs: said at once, and fixed by a "!glob"."""
+"""An explicit code list that covers a step's own outputs: said at once, and fixed by a "!glob".
+
+The steps here never use Dask: every invocation attaches to one scheduler for the module
+(:func:`tests.helpers.shared_scheduler`) instead of starting a LocalCluster each (9 of them)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cmd
+from tests.helpers import ATTACH_LOCAL, run_cmd, shared_scheduler
 from tests.integration.mlflow_queries import sqlite_uri, step_runs
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> Iterator[str]:
+    with shared_scheduler() as address:
+        yield address
+
+
+@pytest.fixture(autouse=True)
+def _attach_local_profile(scheduler: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ATTACH_LOCAL, scheduler)
 
 SCRIPT = 'import pathlib\npathlib.Path("out.yaml").write_text("a: 1\\n")\npathlib.Path("out.txt").write_text("x")\n'
 

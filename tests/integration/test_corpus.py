@@ -3,9 +3,10 @@
 Each project runs through ``mltf-flow run`` and through a Python ``MLflowStep`` subclass, twice, and the
 second invocation creates no run; both front ends build the same step, so a result of one is a cache hit
 for the other; a one-line edit to the project's script runs it again. To keep this fast the cacheable
-projects share one sandbox (work dir, sqlite store) and one Luigi module whose wrapper task requires every
-corpus step, so one ``luigi`` invocation covers them all; the invocations happen once in a module fixture
-(:func:`corpus`), in phases, and each test reads what its project did in each phase.
+projects share one sandbox (work dir, sqlite store, and a Dask scheduler the ``local`` profile attaches to)
+and one Luigi module whose wrapper task requires every corpus step, so one ``luigi`` invocation covers them
+all; the invocations happen once in a module fixture (:func:`corpus`), in phases, and each test reads what
+its project did in each phase.
 
 Environments: ``python_env.yaml`` (built with the default env manager, reused, rebuilt when the file
 changes; once more with uv), ``conda.yaml`` (built where conda exists, else a one-line error naming
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import BIN, REPO, Result, git_project, make_wheel
+from tests.helpers import ATTACH_LOCAL, BIN, REPO, Result, git_project, make_wheel, seed_store, shared_scheduler
 from tests.integration.mlflow_queries import client, sqlite_uri
 
 pytestmark = pytest.mark.slow
@@ -50,6 +51,9 @@ class Sandbox:
         self.env_root = root / "envs"
         self.modules = root / "modules"
         self.modules.mkdir(parents=True, exist_ok=True)
+        #: A running Dask scheduler the ``local`` profile attaches to (its ``scheduler_address``), or None:
+        #: each invocation that runs a step starts a LocalCluster of its own, as by default.
+        self.scheduler: str | None = None
 
     def env(self, env_manager: str | None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
@@ -61,6 +65,8 @@ class Sandbox:
         )
         if env_manager is not None:  # None: the default env manager, as a user without settings has
             env["MLTF_FLOW_ENV_MANAGER"] = env_manager
+        if self.scheduler is not None:
+            env[ATTACH_LOCAL] = self.scheduler
         return env
 
     def run(self, args: list[str], cwd: Path, env_manager: str | None, timeout: float = 300) -> Result:
@@ -259,8 +265,9 @@ def _cli_phase(sandbox: Sandbox, projects: dict[str, Path], which: int) -> dict[
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
+def corpus(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> CorpusRun:
     sandbox = Sandbox(tmp_path_factory.mktemp("corpus"))
+    seed_store(sandbox.work, store_template)  # as the per-test sandboxes' work dirs are (tests/conftest.py)
     base = sandbox.root / "projects"
     base.mkdir()
     for name in ("outputs", "shell", "params", "no_params"):  # outside git
@@ -278,20 +285,26 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
         result = sandbox.luigi("Corpus")
         return dict.fromkeys((case.id for case in CASES), result)
 
-    phase(PHASES[0][0], _cli_phase(sandbox, projects, 0))
-    # Edits elsewhere in the subdir project's repository: not its code.
-    repo = base / "subdir_repo"
-    (repo / "README.md").write_text((repo / "README.md").read_text() + "\nMore words.\n")
-    helper = repo / "tools" / "helper.py"
-    helper.write_text(helper.read_text().replace("return 1", "return 2"))
-    (repo / "tools" / "new_tool.py").write_text("print('untracked, outside the project')\n")
-    phase(PHASES[1][0], _cli_phase(sandbox, projects, 1))
-    phase(PHASES[2][0], python_phase())
-    for case in CASES:
-        one_line_edit(projects[case.id] / case.edit)
-    phase(PHASES[3][0], python_phase())
-    phase(PHASES[4][0], python_phase())
-    phase(PHASES[5][0], _cli_phase(sandbox, projects, 2))
+    # One Dask scheduler for every invocation of the phases (tests.helpers.shared_scheduler): the projects
+    # never use Dask, and a cluster of its own would cost each of the 8 invocations that run steps a
+    # LocalCluster start.
+    with shared_scheduler() as scheduler:
+        sandbox.scheduler = scheduler
+        phase(PHASES[0][0], _cli_phase(sandbox, projects, 0))
+        # Edits elsewhere in the subdir project's repository: not its code.
+        repo = base / "subdir_repo"
+        (repo / "README.md").write_text((repo / "README.md").read_text() + "\nMore words.\n")
+        helper = repo / "tools" / "helper.py"
+        helper.write_text(helper.read_text().replace("return 1", "return 2"))
+        (repo / "tools" / "new_tool.py").write_text("print('untracked, outside the project')\n")
+        phase(PHASES[1][0], _cli_phase(sandbox, projects, 1))
+        phase(PHASES[2][0], python_phase())
+        for case in CASES:
+            one_line_edit(projects[case.id] / case.edit)
+        phase(PHASES[3][0], python_phase())
+        phase(PHASES[4][0], python_phase())
+        phase(PHASES[5][0], _cli_phase(sandbox, projects, 2))
+        sandbox.scheduler = None
     return run
 
 

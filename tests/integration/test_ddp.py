@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -74,7 +75,8 @@ def test_torchrun_script_unchanged_gives_the_weights_torchrun_gives(project: Pat
     assert under_torchrun == {0: digest, 1: digest}
 
 
-def test_rank_that_raises_stops_all_ranks_then_retry_resumes(project: Path, tmp_path: Path) -> None:
+def test_rank_that_raises_stops_all_ranks_then_retry_resumes(project: Path, tmp_path: Path,
+                                                             store_template: Path) -> None:
     work = Path(os.environ["MLTF_FLOW_WORK_DIR"])
     fail = {"MLTF_TEST_FAIL_RANK": "1", "MLTF_TEST_FAIL_EPOCH": "2"}
     result = run_step(project, "resumable", env=fail)
@@ -105,12 +107,23 @@ def test_rank_that_raises_stops_all_ranks_then_retry_resumes(project: Path, tmp_
     assert "rank 1 resuming after epoch 1" in logs[1]
     digest = assert_ddp_run(uri, resumed, tmp_path / "check")
 
-    # Resuming changes nothing: an uninterrupted run (fresh store) ends with the same weights.
-    fresh = tmp_path / "fresh-work"
-    clean = run_step(project, "resumable", env={"MLTF_FLOW_WORK_DIR": str(fresh)})
-    assert clean.returncode == 0, clean.output
-    (reference,) = step_runs(fresh, "resumable")
-    assert final_digests(rank_logs(sqlite_uri(fresh), reference, tmp_path / "ref"))[0] == digest
+    # Resuming changes nothing: the same script run uninterrupted under torchrun ends with the same weights (a
+    # reference without a second pipeline run; that the launcher gives torchrun's weights is the torchrun
+    # test's). Its checkpoints go to a run in a store of its own.
+    from mlflow.tracking import MlflowClient
+
+    shutil.copyfile(store_template, tmp_path / "reference.db")  # migrated and empty (tests/conftest.py)
+    reference_uri = f"sqlite:///{tmp_path}/reference.db"
+    reference = MlflowClient(reference_uri)
+    experiment = reference.create_experiment("reference", artifact_location=(tmp_path / "reference").as_uri())
+    run_id = reference.create_run(experiment).info.run_id
+    env = {**os.environ, "MLFLOW_TRACKING_URI": reference_uri, "MLFLOW_RUN_ID": run_id, "PYTHONUNBUFFERED": "1",
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "resumable.py"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming" not in proc.stdout  # a fresh run: nothing to resume from
+    assert final_digests({0: proc.stdout, 1: proc.stdout}) == {0: digest, 1: digest}
 
 
 def test_world_size_beyond_the_profile_is_refused_before_anything_runs(project: Path) -> None:

@@ -1,13 +1,20 @@
 """The example pipeline end to end with `luigi --module pipelines Train`, on the embedded sqlite store:
-what a first run records, that a rerun does nothing, and that changes rerun exactly what they affect."""
+what a first run records, that a rerun does nothing, and that changes rerun exactly what they affect.
+
+Two full runs serve every test (module fixtures): ``first_run`` (luigi) and ``yaml_run`` (the same pipeline
+from scratch through pipeline.yaml, elsewhere, with the GDS data path); the tests that change something
+rerun only what they change on top of them."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import run_luigi
+from tests.helpers import EXAMPLE, git_project, run_luigi, run_mltf, seed_store
 from tests.integration.ddp_checks import assert_ddp_run
 from tests.integration.mlflow_queries import client, parents, runs, sqlite_uri, step_runs
 
@@ -15,12 +22,47 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory: pytest.TempPathFactory, jet_sample: Path) -> tuple[dict[str, str], str]:
-    work = tmp_path_factory.mktemp("example") / "work"
+def first_run(tmp_path_factory: pytest.TempPathFactory, jet_sample: Path, store_template: Path
+              ) -> tuple[dict[str, str], str]:
+    work = seed_store(tmp_path_factory.mktemp("example") / "work", store_template)
     env = {"MLTF_FLOW_WORK_DIR": str(work)}
-    result = run_luigi("--module", "pipelines", "Train", "--dataset", str(jet_sample), "--epochs", "2", env=env)
+    result = run_luigi(*train_args(jet_sample), env=env)
     assert result.returncode == 0, result.output
     return env, sqlite_uri(work)
+
+
+@dataclass(frozen=True)
+class YamlRun:
+    project: Path  # a git checkout of the example project (test_uncommitted_edit... edits it)
+    args: list[str]  # the `mltf-flow run` command line that made the run
+    env: dict[str, str]
+    uri: str
+    scratch: Path  # the gds section's node-local scratch
+    train: Any  # its train run, as it was before any test changed the checkout
+
+
+@pytest.fixture(scope="module")
+def yaml_run(tmp_path_factory: pytest.TempPathFactory, jet_sample: Path, store_template: Path) -> YamlRun:
+    """The same pipeline as ``first_run`` (dataset, epochs 2) run from scratch a second time, differing from it
+    in all that must not change a result: the front end (pipeline.yaml, ``mltf-flow run``), where the project
+    is (a git checkout), the store (one of its own), and how training reads its features (the ``local``
+    profile's gds section enabled: the posix backend on this CPU machine, after a copy to node-local scratch).
+    Shared because four tests each need a full run made apart from first_run, and one serves them all (a full
+    run costs ~40 s here): its weights and keys must equal first_run's, luigi must find its runs, its
+    training must have read through the GDS path, and an uncommitted edit of its checkout must rerun only
+    train."""
+    base = tmp_path_factory.mktemp("yaml-run")
+    project = git_project(EXAMPLE, base / "checkout")
+    work = seed_store(base / "work", store_template)
+    scratch = base / "nvme"
+    gds = {"enabled": True, "scratch": str(scratch), "cufile": {"allow_compat_mode": True, "log_level": "WARN"}}
+    env = {"MLTF_FLOW_WORK_DIR": str(work), "MLTF_FLOW_SET__LOCAL__GDS": json.dumps(gds)}
+    args = ["run", str(project), "--step", "train", "-P", f"stage.dataset={jet_sample}", "-P", "epochs=2"]
+    result = run_mltf(*args, env=env)
+    assert result.returncode == 0, result.output
+    uri = sqlite_uri(work)
+    (train,) = step_runs(uri, "train")
+    return YamlRun(project, args, env, uri, scratch, train)
 
 
 def train_args(jet_sample: Path, *extra: str) -> list[str]:
@@ -109,41 +151,51 @@ def test_changed_parameters_rerun_exactly_the_affected_steps(
     assert manifest.stat().st_mtime_ns == staged_at  # StageDataset did not run again
 
 
-def test_fresh_runs_give_bit_identical_weights(
-    first_run: tuple[dict[str, str], str], jet_sample: Path, tmp_path: Path
-) -> None:
+def test_fresh_runs_give_bit_identical_weights(first_run: tuple[dict[str, str], str], yaml_run: YamlRun) -> None:
+    """A second run from scratch (another store, so nothing is cached) trains the same weights under the same
+    key (neither depends on the front end, where the project is checked out, or the data path)."""
     _, uri = first_run
-    first = next(r for r in step_runs(uri, "train") if r.data.params["lr"] == "0.003"
-                 and r.data.tags.get("mltf.complete") == "true")
-    env = {"MLTF_FLOW_WORK_DIR": str(tmp_path / "other-work")}
-    result = run_luigi(*train_args(jet_sample), env=env)
-    assert result.returncode == 0, result.output
-    second = step_runs(sqlite_uri(tmp_path / "other-work"), "train")[0]
+    first = step_runs(uri, "train")[0]  # first_run's: the earliest train run of its store
+    second = yaml_run.train
     assert second.data.tags["weights_sha256"] == first.data.tags["weights_sha256"]
     assert second.data.tags["mltf.cache_key"] == first.data.tags["mltf.cache_key"]
 
 
-def test_uncommitted_edit_reruns_only_the_edited_step(jet_sample: Path, tmp_path: Path) -> None:
-    """Through pipeline.yaml (`mltf-flow run`) on a git checkout of the example project."""
-    from tests.helpers import EXAMPLE, git_project, run_mltf
+def test_training_reads_its_features_through_the_gds_path(yaml_run: YamlRun) -> None:
+    """With the profile's gds section enabled (CPU machine: the posix backend): the workers get a cufile.json
+    through CUFILE_ENV_PATH_JSON, the features file is copied to the node-local scratch before training, and
+    the run records which backend loaded the data and how fast."""
+    scratch = yaml_run.scratch
+    tags, metrics = yaml_run.train.data.tags, yaml_run.train.data.metrics
+    assert tags["mltf.data.backend"] == "posix"  # no GPU here: auto falls back to POSIX reads
+    source = Path(tags["mltf.data.source"])
+    assert source.is_relative_to(scratch) and source.is_file()  # staged to node-local scratch once
+    assert metrics["data_load_gbps"] > 0 and metrics["data_load_seconds"] >= 0
+    config = Path(tags["mltf.data.cufile_json"])  # what the training process saw
+    # ... written by the cluster before its workers started (one directory per cluster: the edit test's
+    # rerun adds another)
+    assert config.name == "cufile.json" and config.parent.parent == scratch, config
+    assert config.parent.name.startswith("mltf-gds-"), config
+    doc = json.loads(config.read_text())
+    assert doc["properties"]["allow_compat_mode"] is True and doc["logging"]["level"] == "WARN"
 
-    project = git_project(EXAMPLE, tmp_path / "checkout")
-    uri = sqlite_uri(tmp_path / "work")
-    args = ["run", str(project), "--step", "train", "-P", f"stage.dataset={jet_sample}", "-P", "epochs=1"]
-    result = run_mltf(*args)
-    assert result.returncode == 0, result.output
-    with open(project / "train.py", "a") as handle:
+
+def test_uncommitted_edit_reruns_only_the_edited_step(yaml_run: YamlRun) -> None:
+    """Through pipeline.yaml (`mltf-flow run`) on a git checkout of the example project."""
+    with open(yaml_run.project / "train.py", "a") as handle:
         handle.write("# a one-line uncommitted edit\n")
-    result = run_mltf(*args)
+    result = run_mltf(*yaml_run.args, env=yaml_run.env)
     assert result.returncode == 0, result.output
+    uri = yaml_run.uri
     assert (len(step_runs(uri, "features")), len(step_runs(uri, "train"))) == (1, 2)
     edited = step_runs(uri, "train")[-1]
+    assert edited.info.run_id != yaml_run.train.info.run_id
     assert edited.data.tags["mltf.git_dirty"] == "true"
-    assert edited.data.tags["mltf.upstream_run_ids"] == step_runs(uri, "train")[0].data.tags["mltf.upstream_run_ids"]
+    assert edited.data.tags["mltf.upstream_run_ids"] == yaml_run.train.data.tags["mltf.upstream_run_ids"]
 
 
 def test_example_project_still_runs_under_plain_mlflow_run(tmp_path: Path) -> None:
-    from tests.helpers import EXAMPLE, run_cmd
+    from tests.helpers import run_cmd
 
     result = run_cmd(
         ["mlflow", "run", str(EXAMPLE), "-e", "generate", "--env-manager", "local", "-P", f"out_dir={tmp_path}/d",
@@ -155,25 +207,21 @@ def test_example_project_still_runs_under_plain_mlflow_run(tmp_path: Path) -> No
 
 
 def test_luigi_and_pipeline_yaml_reuse_each_others_runs(
-    first_run: tuple[dict[str, str], str], jet_sample: Path
+    first_run: tuple[dict[str, str], str], yaml_run: YamlRun, jet_sample: Path
 ) -> None:
     """`luigi --module pipelines Train` (Python classes) and `mltf-flow run pipelines/jet_tagging --step train`
-    (pipeline.yaml) describe the same steps: each finds the runs the other made."""
-    from tests.helpers import EXAMPLE, run_mltf
-
+    (pipeline.yaml) describe the same steps: each finds the runs the other made (first_run's were made by
+    luigi, yaml_run's by pipeline.yaml)."""
     env, uri = first_run
     before = len(runs(uri))
-    yaml_args = ["run", str(EXAMPLE), "--step", "train", "-P", f"stage.dataset={jet_sample}"]
-    result = run_mltf(*yaml_args, "-P", "epochs=2", env=env)
+    yaml_args = ["run", str(EXAMPLE), "--step", "train", "-P", f"stage.dataset={jet_sample}", "-P", "epochs=2"]
+    result = run_mltf(*yaml_args, env=env)
     assert result.returncode == 0, result.output
     assert "Did not run any tasks" in result.output
     assert len(runs(uri)) == before
 
-    n_features, n_train = len(step_runs(uri, "features")), len(step_runs(uri, "train"))
-    result = run_mltf(*yaml_args, "-P", "epochs=3", env=env)  # new: made by the pipeline.yaml front end
-    assert result.returncode == 0, result.output
-    assert (len(step_runs(uri, "features")), len(step_runs(uri, "train"))) == (n_features, n_train + 1)
-    result = run_luigi("--module", "pipelines", "Train", "--dataset", str(jet_sample), "--epochs", "3", env=env)
+    before = len(runs(yaml_run.uri))
+    result = run_luigi(*train_args(jet_sample), env=yaml_run.env)
     assert result.returncode == 0, result.output
     assert "Did not run any tasks" in result.output
-    assert len(step_runs(uri, "train")) == n_train + 1
+    assert len(runs(yaml_run.uri)) == before

@@ -1,4 +1,5 @@
-"""A real `luigid`: a running step shows the Dask dashboard link and progress as its Luigi status."""
+"""A real `luigid`: a running step shows the Dask dashboard link and progress as its Luigi status, and the
+dashboard its run links to answers while the step runs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import BIN, REPO, Luigid, luigid_api, wait_until
+from tests.integration.mlflow_queries import runs, sqlite_uri
 
 pytestmark = pytest.mark.slow
 PROJECTS = Path(__file__).parent / "projects"
@@ -56,6 +58,13 @@ def test_running_step_reports_dashboard_and_progress_to_luigid(luigid: str, tmp_
         assert "dashboard http://127.0.0.1:" in task["status_message"]
         assert task["progress_percentage"] == 100  # the gate step's one Dask task is done
         assert task["tracking_url"].startswith("http://127.0.0.1:")
+        # The dashboard the step's MLflow run links to (mltf.dask_dashboard) answers while the step runs.
+        (run,) = [r for r in runs(sqlite_uri(os.environ["MLTF_FLOW_WORK_DIR"]), "branches")
+                  if r.data.tags.get("mltf.step") == "gate"]
+        assert run.info.status == "RUNNING"
+        link = run.data.tags["mltf.dask_dashboard"]
+        with urllib.request.urlopen(link, timeout=10) as response:
+            assert response.status == 200 and link.endswith("/status")
     finally:
         gate.touch()
         out = proc.communicate(timeout=120)[0]

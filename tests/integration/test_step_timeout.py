@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.helpers import REPO, git_project, run_luigi, wait_until
+from tests.helpers import REPO, git_project, run_luigi, seed_store, wait_until
 from tests.integration.mlflow_queries import runs, sqlite_uri
 
 PROJECT = Path(__file__).parent / "projects" / "timeout"
@@ -57,8 +57,9 @@ class Pipeline:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+def pipeline(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> Iterator[Pipeline]:
     root = tmp_path_factory.mktemp("timeout")
+    seed_store(root / "work", store_template)
     project = git_project(PROJECT, root / "timeout")
     profiles = root / "profiles.yaml"
     profiles.write_text(yaml.safe_dump(PROFILES))

@@ -1,8 +1,10 @@
 """Who may use the Dask clusters mltf_flow starts: only processes holding the cluster's TLS key.
 
-Each test runs a real pipeline step (the `gate` step of the `branches` project, which itself submits a
-task through a plain ``Client(DASK_SCHEDULER_ADDRESS)``) and, while it waits at its gate, knocks at the
-scheduler its run recorded in ``mltf.dask_scheduler``."""
+A real pipeline step (the `gate` step of the `branches` project, which itself submits a task through a
+plain ``Client(DASK_SCHEDULER_ADDRESS)``) is held at its gate, and the tests knock at the scheduler its run
+recorded in ``mltf.dask_scheduler``: one gated pipeline on SLURM workers, and one on the ``local`` profile
+shared by the two tests that knock at a local cluster (:func:`local_gate`; they come after the SLURM test,
+so that the shared gate, closed at the end of the module, is not held open while the SLURM test runs)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import popen, read_until, worker_jobs
+from tests.helpers import popen, read_until, seed_store, worker_jobs
 from tests.integration.mlflow_queries import runs, sqlite_uri
 
 pytestmark = pytest.mark.slow
@@ -68,7 +70,8 @@ def running_gate(work_dir: Path, tmp_path: Path, profile: str = "local") -> Iter
     no credentials behind."""
     gate = tmp_path / "gate"
     proc = popen("--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir", str(BRANCHES), "--run-step",
-                 "gate", "--overrides", json.dumps({"gate_file": str(gate)}), "--profile", profile)
+                 "gate", "--overrides", json.dumps({"gate_file": str(gate)}), "--profile", profile,
+                 env={"MLTF_FLOW_WORK_DIR": str(work_dir)})
     try:
         output = read_until(proc, "gate: waiting")
         (run,) = [r for r in runs(sqlite_uri(work_dir), "branches") if r.data.tags.get("mltf.step") == "gate"]
@@ -119,66 +122,6 @@ def assert_no_secret_in_run(run: object, credentials: Path) -> None:
         assert "PRIVATE KEY" not in value and key_body not in value
 
 
-@pytest.fixture
-def open_work_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A work dir other users may enter (pytest's tmp_path is under a 0700 directory): then only the modes
-    of the credentials keep them out."""
-    path = Path(tempfile.mkdtemp(prefix="mltf-security-", dir="/tmp"))
-    path.chmod(0o755)
-    monkeypatch.setenv("MLTF_FLOW_WORK_DIR", str(path))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_local_cluster_refuses_clients_without_its_key(open_work_dir: Path, tmp_path: Path) -> None:
-    from distributed import Client
-
-    from mltf_flow.clusters.security import from_directory
-
-    with running_gate(open_work_dir, tmp_path) as gate:
-        assert gate.address.startswith("tls://127.0.0.1:"), gate.address
-        assert_private(gate.credentials)
-        assert_no_secret_in_run(gate.run, gate.credentials)
-        # A client with dask's default configuration, as any other process has it: no TLS.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
-        answer = knock([sys.executable], gate.address, env=env)
-        assert all(v.startswith("refused") for v in answer.values()), answer
-        security = from_directory(gate.credentials).security()
-        with Client(gate.address, timeout="30s", set_as_default=False, security=security) as client:
-            assert client.submit(sum, [2, 3], pure=False).result(timeout=60) == 5
-    assert "gate: Dask task done on tls://" in gate.output  # the step's own plain Client(address) got in
-
-
-def _python_for_nobody() -> list[str] | None:
-    """A python that user nobody may run and that imports distributed (ours may live under /root)."""
-    import distributed
-
-    site = str(Path(distributed.__file__).parent.parent)
-    for python, env in ((sys.executable, []), ("/usr/bin/python3", [f"PYTHONPATH={site}"])):
-        command = ["runuser", "-u", "nobody", "--", "env", "-i", *env, python]
-        if subprocess.run([*command, "-c", "import distributed"], capture_output=True, cwd="/").returncode == 0:
-            return command
-    return None
-
-
-def test_another_local_user_cannot_use_the_cluster(open_work_dir: Path, tmp_path: Path) -> None:
-    if shutil.which("runuser") is None:
-        pytest.skip("runuser (util-linux) is not installed: cannot act as a second user")
-    if subprocess.run(["id", "nobody"], capture_output=True).returncode != 0:
-        pytest.skip("there is no user nobody to act as a second user")
-    if os.getuid() != 0:
-        pytest.skip("runuser -u nobody needs root")
-    python = _python_for_nobody()
-    if python is None:
-        pytest.skip("user nobody can run no python that imports distributed (neither ours nor /usr/bin/python3)")
-    with running_gate(open_work_dir, tmp_path) as gate:
-        key, cert = gate.credentials / "key.pem", gate.credentials / "cert.pem"
-        answer = knock(python, gate.address, key, cert)
-    print(json.dumps(answer, indent=1))  # shown with -s: what nobody got
-    assert all(v.startswith("refused") for v in answer.values()), answer
-    assert answer[str(key)] == "refused: PermissionError"
-
-
 @pytest.mark.slurm
 def test_slurm_workers_connect_over_tls(tmp_path: Path) -> None:
     from distributed import Client
@@ -204,3 +147,76 @@ def test_slurm_workers_connect_over_tls(tmp_path: Path) -> None:
         answer = knock([sys.executable], gate.address,
                        env={k: v for k, v in os.environ.items() if not k.startswith("DASK_")})
         assert all(v.startswith("refused") for v in answer.values()), answer
+
+
+@pytest.fixture(scope="module")
+def local_gate(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> Iterator[Gate]:
+    """One gated pipeline on the ``local`` profile, in a work dir other users may enter (pytest's tmp_path is
+    under a 0700 directory: then only the modes of the credentials keep them out). Shared by the tests that
+    knock at a local cluster: each only needs *a* running cluster to knock at, and one costs a pipeline
+    start (~15 s here). On teardown the gate opens, and the pipeline must succeed and leave no credentials
+    behind (the checks of :func:`running_gate`)."""
+    path = Path(tempfile.mkdtemp(prefix="mltf-security-", dir="/tmp"))
+    try:
+        path.chmod(0o755)
+        seed_store(path, store_template)
+        with running_gate(path, tmp_path_factory.mktemp("local-gate")) as gate:
+            yield gate
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_local_cluster_refuses_clients_without_its_key(local_gate: Gate) -> None:
+    from distributed import Client
+
+    from mltf_flow.clusters.security import from_directory
+
+    gate = local_gate
+    assert "gate: Dask task done on tls://" in gate.output  # the step's own plain Client(address) got in
+    assert gate.address.startswith("tls://127.0.0.1:"), gate.address
+    assert_private(gate.credentials)
+    assert_no_secret_in_run(gate.run, gate.credentials)
+    # A client with dask's default configuration, as any other process has it: no TLS.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    answer = knock([sys.executable], gate.address, env=env)
+    assert all(v.startswith("refused") for v in answer.values()), answer
+    security = from_directory(gate.credentials).security()
+    with Client(gate.address, timeout="30s", set_as_default=False, security=security) as client:
+        assert client.submit(sum, [2, 3], pure=False).result(timeout=60) == 5
+
+
+def _python_for_nobody() -> list[str] | None:
+    """A python that user nobody may run and that imports distributed (ours may live under /root)."""
+    import distributed
+
+    site = str(Path(distributed.__file__).parent.parent)
+    for python, env in ((sys.executable, []), ("/usr/bin/python3", [f"PYTHONPATH={site}"])):
+        command = ["runuser", "-u", "nobody", "--", "env", "-i", *env, python]
+        if subprocess.run([*command, "-c", "import distributed"], capture_output=True, cwd="/").returncode == 0:
+            return command
+    return None
+
+
+def test_another_local_user_cannot_use_the_cluster(local_gate: Gate) -> None:
+    if shutil.which("runuser") is None:
+        pytest.skip("runuser (util-linux) is not installed: cannot act as a second user")
+    if subprocess.run(["id", "nobody"], capture_output=True).returncode != 0:
+        pytest.skip("there is no user nobody to act as a second user")
+    if os.getuid() != 0:
+        pytest.skip("runuser -u nobody needs root")
+    python = _python_for_nobody()
+    if python is None:
+        pytest.skip("user nobody can run no python that imports distributed (neither ours nor /usr/bin/python3)")
+    from distributed import Client
+
+    from mltf_flow.clusters.security import from_directory
+
+    key, cert = local_gate.credentials / "key.pem", local_gate.credentials / "cert.pem"
+    answer = knock(python, local_gate.address, key, cert)
+    print(json.dumps(answer, indent=1))  # shown with -s: what nobody got
+    assert all(v.startswith("refused") for v in answer.values()), answer
+    assert answer[str(key)] == "refused: PermissionError"
+    # Refused by a cluster that was serving all along (its key holder still gets in), not by one gone.
+    security = from_directory(local_gate.credentials).security()
+    with Client(local_gate.address, timeout="30s", set_as_default=False, security=security) as client:
+        assert client.submit(sum, [2, 3], pure=False).result(timeout=60) == 5
