@@ -74,8 +74,15 @@ class Failure:
 
     @property
     def headline(self) -> str:
-        """The message's first line (the rest is the stderr tail and hints the report shows apart)."""
-        return self.message.strip().splitlines()[0] if self.message.strip() else self.error
+        """What the report says of this failure: for a command that failed, the message's first line (the rest
+        is the stderr tail the report shows apart); for an error of ours (a dataset, a configuration), its whole
+        message on one line, since its later lines say what to do."""
+        lines = [line.strip() for line in self.message.strip().splitlines() if line.strip()]
+        if not lines:
+            return self.error
+        if self.stderr_tail or self.summary or self.exit_code is not None:
+            return lines[0]
+        return " ".join(lines[:8])
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -247,7 +247,11 @@ def test_rucio_dataset_without_a_rucio_configuration_fails_clearly(tmp_path: Pat
     result = run_luigi("--module", "pipelines", "Train", "--dataset", "rucio://user.jdoe:jets_v1", env=env)
     assert result.returncode == 30, result.output
     assert "Rucio is not configured here" in result.output and "RUCIO_CONFIG" in result.output
-    assert not runs(store())  # nothing was launched or recorded
+    # Nothing was launched: the one run is the FAILED parent that holds the failure report.
+    (parent,) = runs(store())
+    assert parent.data.tags["mltf.role"] == "pipeline" and parent.info.status == "FAILED"
+    assert {a.path for a in client(store()).list_artifacts(parent.info.run_id, "mltf")} == {
+        "mltf/failure_report.md", "mltf/failure_report.json"}
 
 
 def test_bad_parameter_is_reported_before_anything_runs(flaky: Path) -> None:
