@@ -21,10 +21,11 @@ import pytest
 
 from mltf_flow.backend.record import read_record
 from mltf_flow.backend.spec import JobSpec
-from tests.helpers import REPO, wait_until
+from tests.helpers import REPO, seed_store, wait_until
 
 FLAKY = REPO / "tests" / "integration" / "projects" / "flaky"
 BIN = str(Path(sys.executable).parent)
+EXPERIMENT = "wrapper"
 
 
 def _client(store: str) -> Any:
@@ -34,15 +35,21 @@ def _client(store: str) -> Any:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/mlflow.db"
+def store(tmp_path: Path, store_template: Path) -> str:
+    """A sqlite store of the test's own: a copy of the session's migrated one (tests/conftest.py; migrating
+    costs seconds per store), with an experiment whose artifacts stay under ``tmp_path``."""
+    seed_store(tmp_path, store_template)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _client(uri).create_experiment(EXPERIMENT, artifact_location=(tmp_path / "artifacts").as_uri())
+    return uri
 
 
 def _spec(tmp_path: Path, store: str, command: str, **changes: Any) -> JobSpec:
     client = _client(store)
-    run = client.create_run("0", tags={"mltf.role": "step"})
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    run = client.create_run(experiment_id, tags={"mltf.role": "step"})
     job_dir = tmp_path / "jobs" / run.info.run_id
-    spec = JobSpec(run_id=run.info.run_id, experiment_id="0", tracking_uri=store, project_dir=str(FLAKY),
+    spec = JobSpec(run_id=run.info.run_id, experiment_id=experiment_id, tracking_uri=store, project_dir=str(FLAKY),
                    command=command, display_command=command.replace("@@MLTF_SECRET_API_TOKEN@@", "***"),
                    job_dir=str(job_dir), local_bin=BIN, fabric={"kind": "none"})
     spec = replace(spec, **changes)
