@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from completeness_check import start_server  # the same `mlflow server` start (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -36,25 +36,6 @@ def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
     return elapsed
-
-
-def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/server.db",
-                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port",
-                             str(port), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                return proc, uri
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("mlflow server did not start")
 
 
 def main() -> None:
