@@ -1,0 +1,135 @@
+"""Cached reruns of large DAGs vs bare Luigi with the same number of complete tasks.
+
+Two shapes, each at 10 / 100 / 1,000 steps, of a trivial entry point in a project in a temporary directory
+(sqlite store in a temporary work dir):
+
+* fan-out: a Python ``MLflowStep`` requiring N ``MLflowStep`` tasks (benchmarks/dag_scale_tasks.py), against
+  a ``luigi.WrapperTask`` requiring N complete ``luigi.Task``;
+* chain: a ``pipeline.yaml`` of N steps, each requiring the previous, run as ``luigi --module
+  mltf_flow.pipeline PipelineStep``, against a chain of N ``luigi.Task`` whose root checks every link.
+
+The cache is filled by running each pipeline once (real step runs of the entry point ``true``); then the
+cached rerun and its baseline are timed interleaved, medians of several repeats; the store must hold the
+same runs afterwards (nothing ran again). ``mltf-flow status`` on the largest chain must work too.
+Goal: cached rerun <= 1.5x bare Luigi at 1,000 steps (10 and 100 are printed as detail).
+
+    python benchmarks/dag_scale.py [--quick] [--sizes 10,100,1000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_report import report
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+GOAL = 1.5
+MLPROJECT = """name: dagscale
+entry_points:
+  noop:
+    parameters:
+      i: {type: int, default: 0}
+    command: "true"
+"""
+COMMON = ["--local-scheduler", "--no-lock", "--log-level", "WARNING"]
+
+
+def write_project(root: Path, chain: int | None) -> Path:
+    root.mkdir(parents=True)
+    (root / "MLproject").write_text(MLPROJECT)
+    if chain is not None:
+        lines = ["name: dagscale-chain", "steps:"]
+        for k in range(chain):
+            lines.append(f"  s{k:04d}:")
+            lines.append("    entry_point: noop")
+            if k:
+                lines.append(f"    requires: [s{k - 1:04d}]")
+        (root / "pipeline.yaml").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}"
+                         f"{proc.stderr[-3000:]}")
+    return elapsed
+
+
+def run_count(work: Path) -> int:
+    with sqlite3.connect(work / "mlflow.db") as db:
+        return int(db.execute("select count(*) from runs").fetchone()[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="sizes 10 and 100 only... see --sizes; 3 repeats")
+    parser.add_argument("--sizes", default=None, help="comma list of step counts (default 10,100,1000)")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    sizes = [int(s) for s in (args.sizes or "10,100,1000").split(",")]
+    repeats = args.repeats or (3 if args.quick else 5)
+    largest = max(sizes)
+    results: dict[tuple[str, int], tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="mltf-dagscale-") as tmp:
+        base = dict(os.environ, LUIGI_CONFIG_PATH=str(REPO / "configs/luigi.cfg"), MLTF_FLOW_ENV_MANAGER="local",
+                    PYTHONPATH=f"{REPO / 'benchmarks'}{os.pathsep}{REPO}{os.pathsep}"
+                               f"{os.environ.get('PYTHONPATH', '')}")
+        for n in sizes:
+            for shape in ("fan-out", "chain"):
+                root = Path(tmp) / f"{shape}-{n}"
+                project = write_project(root / "project", n if shape == "chain" else None)
+                work = root / "work"
+                env = dict(base, MLTF_FLOW_WORK_DIR=str(work), MLTF_BENCH_PROJECT=str(project))
+                if shape == "fan-out":
+                    ours = [str(BIN / "luigi"), "--module", "dag_scale_tasks", "Fan", "--n", str(n), *COMMON]
+                    bare = [str(BIN / "luigi"), "--module", "dag_scale_tasks", "BareFan", "--n", str(n), *COMMON]
+                    fill_cmd = [sys.executable, str(REPO / "benchmarks/dag_scale_fill.py"), "fan", str(n)]
+                else:
+                    ours = [str(BIN / "luigi"), "--module", "mltf_flow.pipeline", "PipelineStep", "--project-dir",
+                            str(project), "--run-step", f"s{n - 1:04d}", *COMMON]
+                    bare = [str(BIN / "luigi"), "--module", "dag_scale_tasks", "BareChain", "--i", str(n - 1),
+                            *COMMON]
+                    fill_cmd = [sys.executable, str(REPO / "benchmarks/dag_scale_fill.py"), "chain", str(project),
+                                f"s{n - 1:04d}"]
+                print(f"{shape} {n}: filling the cache ({n + (shape == 'fan-out')} steps) ...", flush=True)
+                fill = timed(fill_cmd, env)
+                runs = run_count(work)
+                print(f"  filled in {fill:.1f} s ({runs} runs)", flush=True)
+                timed(ours, env)
+                timed(bare, env)
+                cached, plain = [], []
+                for _ in range(repeats):
+                    cached.append(timed(ours, env))
+                    plain.append(timed(bare, env))
+                if run_count(work) != runs:
+                    raise SystemExit(f"{shape} {n}: the cached reruns ran steps again")
+                c, b = statistics.median(cached), statistics.median(plain)
+                results[shape, n] = (c, b)
+                print(f"  cached rerun {c * 1000:7.0f} ms, bare Luigi {b * 1000:7.0f} ms: {c / b:.2f}x", flush=True)
+                if shape == "chain" and n == largest:
+                    status = [str(BIN / "mltf-flow"), "status", str(project), "--step", f"s{n - 1:04d}"]
+                    took = timed(status, env)
+                    print(f"  mltf-flow status on the {n}-step chain: {took:.2f} s", flush=True)
+    load = os.getloadavg()
+    for shape in ("fan-out", "chain"):
+        c, b = results[shape, largest]
+        detail = "; ".join(f"{n}: {results[shape, n][0] * 1000:.0f} vs {results[shape, n][1] * 1000:.0f} ms "
+                           f"({results[shape, n][0] / results[shape, n][1]:.2f}x)" for n in sizes)
+        report(f"cached rerun, {largest}-step {shape} vs bare Luigi", c / b, goal=GOAL, better="lower",
+               detail=f"{detail}; median of {repeats}; load {load[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
