@@ -8,12 +8,16 @@ Two shapes, each at 10 / 100 / 1,000 steps, of a trivial entry point in a projec
 * chain: a ``pipeline.yaml`` of N steps, each requiring the previous, run as ``luigi --module
   mltf_flow.pipeline PipelineStep``, against a chain of N ``luigi.Task`` whose root checks every link.
 
-The cache is filled by running each pipeline once (real step runs of the entry point ``true``); then the
-cached rerun and its baseline are timed interleaved, medians of several repeats; the store must hold the
-same runs afterwards (nothing ran again). ``mltf-flow status`` on the largest chain must work too.
-Goal: cached rerun <= 1.5x bare Luigi at 1,000 steps (10 and 100 are printed as detail).
+The cache is filled once per shape and size by benchmarks/dag_scale_fill.py: every step goes through the
+step contract of mltf_flow.step_run (key, run with its lineage tags under the invocation's parent, settled
+complete) except that its command, ``true``, is not started (~2 s each with 1,000 of them). Then the cached
+rerun and its baseline are timed interleaved, medians of several repeats; the store must hold the same runs
+afterwards (nothing ran again). ``mltf-flow status`` on the largest chain must work too.
+Goal: cached rerun <= 1.5x bare Luigi at 1,000 steps (the smaller sizes are printed as detail).
 
     python benchmarks/dag_scale.py [--quick] [--sizes 10,100,1000] [--repeats 5]
+
+Filling takes ~6 minutes per 1,000 steps on the 2-core machines; ``--quick`` measures 10 and 100 steps.
 """
 
 from __future__ import annotations
@@ -74,18 +78,23 @@ def run_count(work: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="sizes 10 and 100 only... see --sizes; 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="sizes 10 and 100, 3 repeats (filling 1,000 steps "
+                        "takes minutes)")
     parser.add_argument("--sizes", default=None, help="comma list of step counts (default 10,100,1000)")
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args()
-    sizes = [int(s) for s in (args.sizes or "10,100,1000").split(",")]
+    sizes = [int(s) for s in (args.sizes or ("10,100" if args.quick else "10,100,1000")).split(",")]
     repeats = args.repeats or (3 if args.quick else 5)
     largest = max(sizes)
     results: dict[tuple[str, int], tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="mltf-dagscale-") as tmp:
+        # Byte code cached (in the temporary directory) as in any installed environment, for both commands:
+        # PYTHONDONTWRITEBYTECODE=1 would have every run compile luigi and mltf_flow again.
         base = dict(os.environ, LUIGI_CONFIG_PATH=str(REPO / "configs/luigi.cfg"), MLTF_FLOW_ENV_MANAGER="local",
                     PYTHONPATH=f"{REPO / 'benchmarks'}{os.pathsep}{REPO}{os.pathsep}"
-                               f"{os.environ.get('PYTHONPATH', '')}")
+                               f"{os.environ.get('PYTHONPATH', '')}",
+                    PYTHONPYCACHEPREFIX=str(Path(tmp) / "pycache"))
+        base.pop("PYTHONDONTWRITEBYTECODE", None)
         for n in sizes:
             for shape in ("fan-out", "chain"):
                 root = Path(tmp) / f"{shape}-{n}"
