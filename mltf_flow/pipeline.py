@@ -80,7 +80,8 @@ def load_pipeline(project_dir: str | Path) -> PipelineSpec:
     """Read and validate ``pipeline.yaml`` of a project (or synthesise single steps without one).
 
     The checked file is remembered by its contents (:mod:`mltf_flow.config.memo`), so a cached rerun
-    does not validate it again; what needs the project (its entry points) is checked every time."""
+    does not validate it again; what needs the project (its entry points) is checked once per invocation
+    (and again when MLproject or the file changes)."""
     project = read_project(project_dir)
     path = project.root / PIPELINE_FILE
     # Once per invocation: every step object and every requires() of a 1,000-step DAG asks (an edited file
