@@ -121,6 +121,8 @@ class CodeSet:
 
 def _git_listing(root: Path) -> dict[str, bool] | None:
     """Files under ``root`` that git knows or would add, mapped to "tracked"; None outside git."""
+    if not _maybe_in_git(root):
+        return None  # no git process (1-2 ms) for a project outside any work tree
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "ls-files", "-z", "-t", "--cached", "--others", "--exclude-standard"],
@@ -139,6 +141,14 @@ def _git_listing(root: Path) -> dict[str, bool] | None:
         if not skipped(rel) and (root / rel).is_file():
             listing[rel] = listing.get(rel, False) or status != "?"
     return listing
+
+
+def _maybe_in_git(root: Path) -> bool:
+    """False only when git certainly finds no work tree: no ``.git`` in ``root`` or above, and no variable
+    that points git elsewhere."""
+    if os.environ.get("GIT_DIR") or os.environ.get("GIT_WORK_TREE"):
+        return True
+    return any((directory / ".git").exists() for directory in (root, *root.parents))
 
 
 def _walk(root: Path) -> dict[str, bool]:

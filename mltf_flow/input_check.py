@@ -86,13 +86,15 @@ def validate_tree(task: Any, seen: set[str] | None = None) -> None:
     """Check every step's parameters, environment, profile and dataset before Luigi starts anything: each
     step class says what it checks in ``check_input()``, which returns the tasks it requires."""
     seen = _validated if seen is None else seen
-    if task.task_id in seen:
-        return
-    seen.add(task.task_id)
-    check = getattr(task, "check_input", None)
-    for dep in check() if check is not None else ():
-        if isinstance(dep, luigi.Task):
-            validate_tree(dep, seen)
+    todo = [task]  # depth first, each step before what it requires, as a recursion would: iterative, since a
+    while todo:    # 1,000-step chain is deeper than Python's recursion limit
+        current = todo.pop()
+        if current.task_id in seen:
+            continue
+        seen.add(current.task_id)
+        check = getattr(current, "check_input", None)
+        deps = [dep for dep in (check() if check is not None else ()) if isinstance(dep, luigi.Task)]
+        todo.extend(reversed(deps))
 
 
 def check_tracking_server() -> None:

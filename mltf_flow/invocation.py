@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, TypeVar
 
 INVOCATION_ENV = "MLTF_INVOCATION_ID"
 T = TypeVar("T")
+#: (kind, key) -> (invocation, version, value): what every task object of this process shares.
+_SHARED: dict[tuple[str, Hashable], tuple[str, Hashable, Any]] = {}
 
 
 def invocation_id() -> str:
@@ -23,7 +25,8 @@ def invocation_id() -> str:
     It is fixed in the process that builds the DAG (tasks are instantiated there, before Luigi forks
     per-task workers), so forked workers inherit it and attach their step runs to one parent run.
     """
-    return os.environ.setdefault(INVOCATION_ENV, uuid.uuid4().hex)
+    # Asked thousands of times by a large DAG: a new uuid only when there is none yet.
+    return os.environ.get(INVOCATION_ENV) or os.environ.setdefault(INVOCATION_ENV, uuid.uuid4().hex)
 
 
 def new_invocation() -> str:
@@ -48,4 +51,27 @@ def once_per_invocation(memo: dict[str, Any], name: str, compute: Callable[[], T
     return value
 
 
-__all__ = ["INVOCATION_ENV", "invocation_dir", "invocation_id", "new_invocation", "once_per_invocation"]
+def shared_per_invocation(kind: str, key: Hashable, version: Hashable, compute: Callable[[], T]) -> T:
+    """``compute()`` for ``key``, shared by every task object of this process for one invocation.
+
+    A 1,000-step DAG asks for the same project, ``pipeline.yaml`` and code once per step; they are read
+    once. ``version`` is what the inputs look like now (file stamps, :func:`mltf_flow.config.files.stamp`):
+    a file edited within one invocation is read again, and every invocation reads afresh. Errors are not
+    remembered."""
+    held = _SHARED.get((kind, key))
+    current = invocation_id()
+    if held is None or held[0] != current or held[1] != version:
+        held = (current, version, compute())
+        _SHARED[(kind, key)] = held
+    value: T = held[2]
+    return value
+
+
+def forget_shared(kind: str) -> None:
+    """Drop what :func:`shared_per_invocation` holds for ``kind`` (a step run may have changed it)."""
+    for slot in [slot for slot in _SHARED if slot[0] == kind]:
+        del _SHARED[slot]
+
+
+__all__ = ["INVOCATION_ENV", "forget_shared", "invocation_dir", "invocation_id", "new_invocation",
+           "once_per_invocation", "shared_per_invocation"]

@@ -30,8 +30,9 @@ from typing import Any
 
 import yaml
 
-from mltf_flow.config.files import load_yaml
+from mltf_flow.config.files import load_yaml, stamp
 from mltf_flow.errors import ConfigError, ParameterError
+from mltf_flow.invocation import invocation_id
 
 ParamValue = int | float | str
 
@@ -273,11 +274,33 @@ def find_mlproject(directory: Path) -> Path | None:
 
 
 def read_project(directory: str | os.PathLike[str]) -> Project:
-    """Read the MLflow project in ``directory`` without importing mlflow (see module docstring)."""
+    """Read the MLflow project in ``directory`` without importing mlflow (see module docstring).
+
+    Read once per invocation and shared by every step of the project (a 1,000-step DAG asks 1,000 times);
+    an edited MLproject, or a file added to or removed from the directory, is read again."""
+    given = os.fspath(directory)
+    key = given if os.path.isabs(given) else (os.getcwd(), given)
+    held = _READ.get(key)
+    if held is not None and held[0] == invocation_id() and held[1] == _version(held[2]):
+        return held[2]
     root = Path(directory).expanduser().resolve()
     if not root.is_dir():
         raise ConfigError(f"project directory {root} does not exist. Pass the directory that holds MLproject.")
-    path = find_mlproject(root)
+    project = _read_project(root, find_mlproject(root))
+    _READ[key] = (invocation_id(), _version(project), project)
+    return project
+
+
+#: directory as given -> (invocation, version, project): read once per invocation (see read_project).
+_READ: dict[Any, tuple[str, Any, Project]] = {}
+
+
+def _version(project: Project) -> tuple[Any, ...]:
+    # The directory's mtime changes when an entry is added, removed or renamed (MLproject, python_env.yaml).
+    return (stamp(project.root), None if project.mlproject_path is None else stamp(project.mlproject_path))
+
+
+def _read_project(root: Path, path: Path | None) -> Project:
     data: dict[str, Any] = {}
     if path is not None:
         try:

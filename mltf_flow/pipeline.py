@@ -43,10 +43,12 @@ from typing import Any
 
 import luigi
 
+from mltf_flow.config.files import stamp
 from mltf_flow.config.memo import remembered
 from mltf_flow.config.pipeline import PipelineFile, StepSpec, read_pipeline_file
 from mltf_flow.errors import ConfigError
 from mltf_flow.input_check import input_errors
+from mltf_flow.invocation import shared_per_invocation
 from mltf_flow.mlproject import Project, read_project
 from mltf_flow.redaction import is_secret_name, shown_value
 from mltf_flow.staging.step import StageStep
@@ -78,9 +80,16 @@ def load_pipeline(project_dir: str | Path) -> PipelineSpec:
     """Read and validate ``pipeline.yaml`` of a project (or synthesise single steps without one).
 
     The checked file is remembered by its contents (:mod:`mltf_flow.config.memo`), so a cached rerun
-    does not validate it again; what needs the project (its entry points) is checked every time."""
+    does not validate it again; what needs the project (its entry points) is checked once per invocation
+    (and again when MLproject or the file changes)."""
     project = read_project(project_dir)
     path = project.root / PIPELINE_FILE
+    # Once per invocation: every step object and every requires() of a 1,000-step DAG asks (an edited file
+    # has another stamp and is read again).
+    return shared_per_invocation("pipeline", project.root, (project, stamp(path)), lambda: _load(project, path))
+
+
+def _load(project: Project, path: Path) -> PipelineSpec:
     if not path.is_file():
         singles = {name: StepSpec(name=name, entry_point=name) for name in project.entry_points}
         return PipelineSpec(project.name, project.root, singles, declared=False)
@@ -128,9 +137,10 @@ class OverridesParameter(luigi.DictParameter):
 def make_task(
     project_dir: str, step: str, overrides: Mapping[str, Any], allow_extra: bool = False,
     pipeline_profile: str | None = None, profile: str | None = None, env_manager: str | None = None,
+    spec: PipelineSpec | None = None,
 ) -> luigi.Task:
-    """The Luigi task for ``step`` of the pipeline in ``project_dir``."""
-    spec = load_pipeline(project_dir)
+    """The Luigi task for ``step`` of the pipeline in ``project_dir`` (``spec``: its pipeline, when read)."""
+    spec = spec or load_pipeline(project_dir)
     step_spec = spec.step(step)
     if step_spec.is_stage:
         mine = scoped_overrides(overrides, step, step, spec.steps)
@@ -187,7 +197,7 @@ class PipelineStep(MLflowStep):
         inherited = self.profile or self.pipeline_profile
         return {
             dep: make_task(self.project_dir, dep, self._upstream_overrides(), self.allow_extra, inherited,
-                           env_manager=self.env_manager)
+                           env_manager=self.env_manager, spec=self.spec)
             for dep in step.dependencies()
         }
 

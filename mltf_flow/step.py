@@ -31,12 +31,15 @@ import luigi
 from mltf_flow.clusters.session import is_main_process, mark_main_process
 from mltf_flow.config import Settings, load_settings
 from mltf_flow.console import use_console
+from mltf_flow.described import deepest_first, drop_missing, held_value, hold_value, run_ended
 from mltf_flow.errors import ConfigError, ParameterError
 from mltf_flow.failure_report import watch_failures
 from mltf_flow.input_check import check_luigi_command_line, input_errors, name_parse_errors
-from mltf_flow.invocation import invocation_id, once_per_invocation
+from mltf_flow.invocation import forget_shared, invocation_id, once_per_invocation, shared_per_invocation
 from mltf_flow.luigi_defaults import apply_luigi_defaults
+from mltf_flow.luigi_params import class_params
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
+from mltf_flow.plain_upstream import PlainUpstream
 from mltf_flow.redaction import is_secret_name, strip_credentials
 from mltf_flow.step_def import (
     MODEL_PREFIX,
@@ -125,6 +128,11 @@ class MLflowStep(luigi.Task):
                 value.significant = False
                 value.visibility = luigi.parameter.ParameterVisibility.PRIVATE
 
+    @classmethod
+    def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
+        """Luigi's list of the class's parameters, remembered per class (mltf_flow.luigi_params)."""
+        return class_params(cls, super().get_params)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         invocation_id()
@@ -199,10 +207,15 @@ class MLflowStep(luigi.Task):
 
     def params(self) -> dict[str, ParamValue]:
         """Entry-point parameters normalised to their MLproject types, defaults merged."""
-        return step_params(self.definition(), self.project(), self.given_params())
+        return once_per_invocation(self._memo, "params",
+                                   lambda: step_params(self.definition(), self.project(), self.given_params()))
 
     def requirements(self) -> dict[str, Upstream]:
-        """``requires()`` as a name -> upstream mapping (plain Luigi tasks wrapped: their id is their key)."""
+        """``requires()`` as a name -> upstream mapping (plain Luigi tasks wrapped: their id is their key);
+        asked once per invocation (a fan-out's ``requires()`` instantiates its N upstream tasks)."""
+        return once_per_invocation(self._memo, "requirements", self._requirements)
+
+    def _requirements(self) -> dict[str, Upstream]:
         req = self.requires()  # type: ignore[no-untyped-call]
         if req is None:
             tasks: dict[str, luigi.Task] = {}
@@ -215,24 +228,47 @@ class MLflowStep(luigi.Task):
         return {name: task if isinstance(task, Upstream) else PlainUpstream(task) for name, task in tasks.items()}
 
     def settings(self) -> Settings:
-        """The settings of this invocation: resolved once, then handed to everything the step does."""
-        return once_per_invocation(self._memo, "settings", load_settings)
+        """The settings of this invocation: resolved once (for every step of this process), then handed to
+        everything the step does."""
+        return shared_per_invocation("settings", None, None, load_settings)
 
     def describe(self) -> ResolvedStep | None:
-        """This step as a value (memoised per invocation); None while an upstream result is missing."""
-        memo = self._memo.get("value")
-        if memo is not None and memo[0] == invocation_id():
-            value: ResolvedStep = memo[1]
-            return value
+        """This step as a value (memoised per invocation); None while an upstream result is missing. The
+        steps it requires are described first, deepest first, without recursion (mltf_flow.described)."""
+        held, value = held_value(self._memo)
+        if held:
+            return value  # type: ignore[no-any-return]
+        steps = deepest_first(self, lambda task: [dep for dep in task.requirements().values()
+                                                  if isinstance(dep, MLflowStep)],
+                              lambda task: held_value(task._memo)[0], lambda task: str(task.task_id))
+        for upstream in steps:
+            upstream._describe_here()
+        return self._describe_here()
+
+    def _describe_here(self) -> ResolvedStep | None:
+        """describe() once the steps this one requires hold their values (each is asked one level deep)."""
+        held, value = held_value(self._memo)
+        if held:
+            return value  # type: ignore[no-any-return]
         params = self.params()
-        code = once_per_invocation(self._memo, "code", lambda: code_version(self.definition(), self.project(), params,
-                                                                 self.settings().work_dir))
+        code = once_per_invocation(self._memo, "code", lambda: self._shared_code(params))
         resolved = resolve(self.definition(), self.project(), params, requirements=self.requirements(),
                            code=code, environment=self.environment(), profile=self.cluster_profile(),
                            world_size=getattr(self, "world_size", None))
-        if resolved is not None:
-            self._memo["value"] = (invocation_id(), resolved)
+        hold_value(self._memo, resolved)
         return resolved
+
+    def _shared_code(self, params: Mapping[str, ParamValue]) -> CodeVersion:
+        """The step's code version, shared with the steps of the same project, code paths and entry point
+        (and ``path`` parameters) for this invocation: one listing and hash of the project, not one per step;
+        forgotten by :meth:`forget_key`."""
+        definition, project, work_dir = self.definition(), self.project(), self.settings().work_dir
+        entry = project.entry_point(definition.entry_point)
+        paths = tuple(sorted((name, value) for name, value in params.items()
+                             if name in entry.parameters and entry.parameters[name].type == "path"))
+        return shared_per_invocation(
+            "code", ("step", project.root, definition.code_paths, definition.entry_point, paths, work_dir), None,
+            lambda: code_version(definition, project, params, work_dir))
 
     def cache_key(self) -> str | None:
         """This step's cache key, or None while an upstream result does not exist yet."""
@@ -247,6 +283,7 @@ class MLflowStep(luigi.Task):
         """Drop the memoised value (after a run taught us which files are outputs)."""
         self._memo.pop("code", None)
         self._memo.pop("value", None)
+        forget_shared("code")  # the project's files may have changed: every step hashes them again
 
     def env_manager_name(self) -> str:
         """The env manager this step runs with (checked: a conda project without conda fails here)."""
@@ -259,10 +296,11 @@ class MLflowStep(luigi.Task):
         if "env" not in self._memo:
             from mltf_flow.environment import default_env_root, prepare
 
-            settings = self.settings()
-            self._memo["env"] = prepare(self.project(), self.env_manager_name(),
-                                        settings.env_root or default_env_root(),
-                                        log=_env_log)
+            project, manager, env_root = self.project(), self.env_manager_name(), self.settings().env_root
+            # One check per project and invocation, not per step (the environment is the project's).
+            self._memo["env"] = shared_per_invocation(
+                "environment", (project.root, manager, env_root), project,
+                lambda: prepare(project, manager, env_root or default_env_root(), log=_env_log))
         environment: StepEnvironment = self._memo["env"]
         return environment
 
@@ -282,7 +320,8 @@ class MLflowStep(luigi.Task):
                 raise type(exc)(f"{exc} (profile {self.profile_name()!r} from {self._profile_origin()})") from exc
             return gpu_variant(profile) if self.definition().needs_gpu else profile
 
-        return once_per_invocation(self._memo, "profile", resolved)
+        # Once per invocation for every step of this process with the same profile (not per step).
+        return shared_per_invocation("profile", (self.profile_name(), self.definition().needs_gpu), None, resolved)
 
     def _profile_origin(self) -> str:
         if self.profile:
@@ -368,6 +407,7 @@ class MLflowStep(luigi.Task):
     def run(self) -> None:
         from mltf_flow.step_run import execute
 
+        drop_missing(self._memo)  # a stage step it requires may have run in this process since
         value = self.describe()
         if value is None:
             from mltf_flow.errors import StepError
@@ -379,11 +419,14 @@ class MLflowStep(luigi.Task):
         finally:
             # The run may have learnt that some files of the project are outputs: key afresh from now on.
             self.forget_key()
+            run_ended()  # steps that were missing this result may be described now
 
     # -- as an upstream of other steps (mltf_flow.step_def.Upstream) ---------------------------------
     def upstream_key(self) -> str | None:
         if self.output().exists():
             return self.cache_key()
+        if self.describe() is None:
+            return None  # a result this step needs is missing (memoised: a chain is not walked once per step)
         # Our run may have completed in another process of this invocation and learnt that some files of
         # the project are outputs (its key then leaves them out): look again with a fresh key.
         self.forget_key()
@@ -424,32 +467,6 @@ class MLflowStep(luigi.Task):
         if spec.startswith(MODEL_PREFIX):
             return tracker.model_uri(run_id, spec[len(MODEL_PREFIX) :])
         return str(tracker.artifact_local_path(run_id, spec, settings.work_dir / "inputs"))
-
-
-class PlainUpstream:
-    """A plain Luigi task as a requirement: its identity (family + parameters) stands in for a key."""
-
-    def __init__(self, task: luigi.Task) -> None:
-        self.task = task
-
-    def upstream_key(self) -> str | None:
-        return str(self.task.task_id) if self.task.complete() else None
-
-    def dataset_inputs(self) -> list[dict[str, str]]:
-        return []
-
-    def output_spec(self, output: str) -> str:
-        return output or "manifest"
-
-    def resolve_output(self, output: str | None, settings: Settings) -> str:
-        raise ConfigError(f"requirement {self.task.task_family} is not a pipeline step: it has no outputs to "
-                          "feed a parameter. Use it for ordering only (no inputs: entry for it).")
-
-    def upstream_run_id(self) -> str | None:
-        return None
-
-    def manifest_file(self) -> Path | None:
-        return None
 
 
 def _luigi_workers() -> int:
