@@ -16,6 +16,10 @@ import os
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+# Imported here, in the wrapper's main thread: the thread that marks the run RUNNING must not be the first
+# to import a module (two threads importing one module can see it half initialised).
+from mltf_flow.tracking_rest import TrackingRest, is_server, needs_mlflow_client
+
 
 class RunWriter(Protocol):
     def status_and_tags(self, run_id: str) -> tuple[str, dict[str, str]]: ...
@@ -39,8 +43,6 @@ def _bounded_retries() -> None:
 
 def rest_writer(tracking_uri: str) -> RestWriter | None:
     """The REST writer for a server that plain HTTP can talk to; None where MLflow's client is needed."""
-    from mltf_flow.tracking_rest import is_server, needs_mlflow_client
-
     if not is_server(tracking_uri) or needs_mlflow_client():
         return None
     return RestWriter(tracking_uri)
@@ -50,8 +52,6 @@ class RestWriter:
     """MLflow's REST API, without ``import mlflow`` (see the module docstring)."""
 
     def __init__(self, tracking_uri: str) -> None:
-        from mltf_flow.tracking_rest import TrackingRest
-
         _bounded_retries()
         self.tracking_uri = tracking_uri
         self.rest = TrackingRest(tracking_uri, check=False)

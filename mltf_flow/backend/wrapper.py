@@ -271,13 +271,10 @@ class Wrapper:
         self._install()
         try:
             JobRecord(self.job_id, RUNNING, host=self.host).write(self.spec.record_path)
-            # Over REST the run is marked RUNNING now, in a few milliseconds; MLflow's client (1-2 s to import)
-            # does it in a thread while the environment is prepared.
-            fast = rest_writer(self.spec.tracking_uri)
-            if fast is not None:
-                self._connect(fast)
-            else:
-                threading.Thread(target=self._connect, name="mltf-mlflow", daemon=True).start()
+            # The run is marked RUNNING in a thread while the environment is prepared: over REST (a few
+            # milliseconds of waiting on the server) or with MLflow's client (1-2 s to import first).
+            threading.Thread(target=self._connect, args=(rest_writer(self.spec.tracking_uri),), name="mltf-mlflow",
+                             daemon=True).start()
             _say(f"job {self.job_id} on {self.host}: MLflow run {self.spec.run_id}; "
                  f"command: {self.spec.display_command}")
             env = self.command_env()

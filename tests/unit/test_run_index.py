@@ -297,3 +297,19 @@ def test_prefetch_keys_stops_paging_once_every_key_is_found(server_store: Store)
     assert index.round_trips == before + 1
     assert all(index.find_complete("prefetch-many", k) is not None for k in newest)
     assert index.round_trips == before + 1
+
+
+def test_prefetch_targets_groups_a_dags_outputs_by_experiment(tmp_path: Path) -> None:
+    from mltf_flow.targets.mlflow_run import MLflowRunTarget, prefetch_targets
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    s = Store(uri, tmp_path, MlflowClient(tracking_uri=uri))
+    a, b = s.experiment("a"), s.experiment("b")
+    done = {("a", "k1"): s.run(a, "k1", "FINISHED"), ("b", "k2"): s.run(b, "k2", "FINISHED")}
+    targets = [MLflowRunTarget(uri, "a", lambda: "k1"), MLflowRunTarget(uri, "b", lambda: "k2"),
+               MLflowRunTarget(uri, "a", lambda: None), "not a target"]
+    prefetch_targets(targets)
+    index = run_index(uri)
+    before = index.round_trips
+    assert [t.run_id for t in targets[:2] if isinstance(t, MLflowRunTarget)] == [done["a", "k1"], done["b", "k2"]]
+    assert index.round_trips == before  # answered from the prefetch
