@@ -3,11 +3,12 @@
 1. **per job**: a trivial entry point (``true``) through ``mlflow.projects.run(backend="mltf",
    synchronous=False)`` and ``SubmittedRun.wait()``, against ``sbatch --wrap true`` waited for by polling
    ``squeue`` at the same interval. The difference is what the backend costs a job: pre-flight, run creation,
-   the wrapper's MLflow import, recording the outcome, uploading the log.
+   the wrapper (its imports, its REST calls), recording the outcome, uploading the log. Reported against the
+   goal of issue 16 (<= 0.3 s per job).
 2. **polling**: N held jobs looked up by one batched round of ``JobMonitor`` against N separate lookups
    (what a backend polling ``squeue`` once per job does).
 
-    python benchmarks/backend_jobs.py [--repeats 3] [--jobs 8]
+    python benchmarks/backend_jobs.py [--repeats 7] [--jobs 8] [--quick]
 
 Needs SLURM (tests/infra/slurm.sh up); starts its own ``mlflow server`` (sqlite behind it) on 127.0.0.1, as
 a site would have one.
@@ -28,8 +29,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench_report import report
+
 REPO = Path(__file__).resolve().parent.parent
-POLL = 0.5
+# Both sides poll at this interval: it bounds the resolution of a job's end (0.5 s would hide the goal's 0.3 s).
+POLL = 0.1
 
 
 def plain_job(log_dir: Path) -> float:
@@ -114,9 +118,12 @@ def mlflow_server(root: Path) -> Iterator[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="3 jobs each, 4 held jobs")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.jobs = 3, 4
     with tempfile.TemporaryDirectory(prefix="mltf-backend-bench-") as tmp:
         root = Path(tmp)
         project = root / "noop"
@@ -135,8 +142,10 @@ def main() -> None:
                 ours.append(backend_job(project))
         p, o = statistics.median(plain), statistics.median(ours)
         print(f"per job ({args.repeats} each, median): sbatch + squeue polling {p:.2f} s; mlflow run --backend mltf "
-              f"{o:.2f} s  ->  +{o - p:.2f} s per job, ratio {o / p:.2f} (a trivial command: the wrapper's MLflow "
-              "import, which overlaps any real command, is most of it)")
+              f"{o:.2f} s  ->  +{o - p:.2f} s per job, ratio {o / p:.2f}")
+        load = os.getloadavg()[0]
+        report("backend job own cost beyond sbatch --wrap", o - p, goal=0.3, better="lower", unit="s",
+               detail=f"{o:.2f} s vs {p:.2f} s, median of {args.repeats} interleaved, poll {POLL} s, load {load:.1f}")
         batched, separate, calls_b, calls_s = polling(args.jobs)
         print(f"polling {args.jobs} jobs (best of 5): one batched round {batched * 1000:.1f} ms ({calls_b} squeue "
               f"call) vs {args.jobs} separate lookups {separate * 1000:.1f} ms ({calls_s} squeue calls)  ->  ratio "

@@ -1,13 +1,18 @@
 """Completeness checks of 1,000 cached steps: round trips and time, against one search call.
 
 For each store (the embedded sqlite file and a real `mlflow server` on 127.0.0.1), N complete runs with
-distinct cache keys are created (plus 10% FAILED and 10% "FINISHED but exit code 3" noise), then:
+distinct cache keys are created (plus 10% FAILED and 10% "FINISHED but exit code 3" noise), then, each in a
+fresh index (the experiment lookup included) and interleaved, medians of several repeats:
 
-* one search:    a single search for one key (the unit a naive per-task check pays N times);
-* mltf_flow:     RunIndex.find_complete for all N keys (per-process prefetch + dict lookups);
-* naive:         the same with prefetch disabled (one search per step).
+* one search:      a single search for one key (the unit a naive per-task check pays N times);
+* prefetch_keys:   RunIndex.prefetch_keys with the DAG's N keys, then find_complete for each (the DAG's hook);
+* first lookup:    find_complete for all N keys, the first one prefetching the experiment's complete runs;
+* naive:           the same with prefetch disabled (one search per step; once, it is slow).
 
-    python benchmarks/completeness_check.py [--runs 1000] [--no-server]
+The goal (issue 16): the N-step check costs at most 3x one search, on both stores. Reported through
+bench_report for each store.
+
+    python benchmarks/completeness_check.py [--runs 1000] [--repeats 5] [--no-server] [--quick]
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+
+from bench_report import report
 
 from mltf_flow.run_index import RestRunIndex, RunIndex, SqliteRunIndex
 
@@ -49,30 +56,44 @@ def seed(uri: str, n: int) -> list[str]:
     return keys[: n]
 
 
-def measure(make: type[RunIndex], uri: str, keys: list[str]) -> None:
+def _timed(make: type[RunIndex], uri: str, keys: list[str], *, hook: bool, limit: int = 5000) -> tuple[float, int]:
+    index = make(uri, prefetch_limit=limit)
+    start = time.perf_counter()
+    if hook:
+        index.prefetch_keys(EXPERIMENT, keys)
+    found = sum(index.find_complete(EXPERIMENT, k) is not None for k in keys)
+    elapsed = time.perf_counter() - start
+    assert found == len(keys), f"found {found} of {len(keys)}"
+    return elapsed, index.round_trips
+
+
+def measure(make: type[RunIndex], uri: str, keys: list[str], store: str, repeats: int) -> None:
     probe = make(uri, prefetch_limit=0)
     exp_id = probe.experiment_id(EXPERIMENT)
     assert exp_id is not None
-    singles = []
-    for key in keys[:25]:
-        start = time.perf_counter()
-        probe._search(exp_id, key=key, complete=True, max_results=1)
-        singles.append(time.perf_counter() - start)
-    one = statistics.median(singles)
-    results = {}
-    for label, limit in (("mltf_flow (prefetch)", 5000), ("naive (no prefetch)", 0)):
-        index = make(uri, prefetch_limit=limit)
-        start = time.perf_counter()
-        found = sum(index.find_complete(EXPERIMENT, k) is not None for k in keys)
-        elapsed = time.perf_counter() - start
-        assert found == len(keys), f"{label}: found {found} of {len(keys)}"
-        results[label] = (elapsed, index.round_trips)
-    print(f"  one search call:        {one * 1000:8.1f} ms")
-    for label, (elapsed, trips) in results.items():
-        print(f"  {label:<22} {elapsed * 1000:8.1f} ms, {trips:5d} round trips, "
-              f"{elapsed / one:6.1f}x one search")
-    fast, slow = results["mltf_flow (prefetch)"][0], results["naive (no prefetch)"][0]
-    print(f"  naive / mltf_flow: {slow / fast:.1f}x")
+    make(uri).experiment_id(EXPERIMENT)  # warm the server's (or the page cache's) first query of the experiment
+    singles: list[float] = []
+    hooked: list[float] = []
+    first: list[float] = []
+    trips = {}
+    for _ in range(repeats):  # interleaved: machine noise hits every variant alike
+        for key in keys[:5]:
+            start = time.perf_counter()
+            probe._search(exp_id, key=key, complete=True, max_results=1)
+            singles.append(time.perf_counter() - start)
+        elapsed, trips["prefetch_keys"] = _timed(make, uri, keys, hook=True)
+        hooked.append(elapsed)
+        elapsed, trips["first lookup"] = _timed(make, uri, keys, hook=False)
+        first.append(elapsed)
+    naive, trips["naive"] = _timed(make, uri, keys, hook=False, limit=0)
+    one, fast, old = statistics.median(singles), statistics.median(hooked), statistics.median(first)
+    print(f"  one search call:        {one * 1000:8.1f} ms (median of {len(singles)})")
+    for label, value in (("prefetch_keys", fast), ("first lookup", old), ("naive (once)", naive)):
+        print(f"  {label:<22} {value * 1000:8.1f} ms, {trips[label.split(' (')[0]]:5d} round trips, "
+              f"{value / one:6.1f}x one search")
+    report(f"completeness check of {len(keys)} cached steps vs one search ({store})", fast / one, goal=3.0,
+           better="lower", detail=f"{fast * 1000:.1f} ms vs {one * 1000:.1f} ms, {trips['prefetch_keys']} round "
+           f"trips, median of {repeats}; first-lookup prefetch {old * 1000:.1f} ms; load {os.getloadavg()[0]:.1f}")
 
 
 def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -100,21 +121,25 @@ def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-server", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="300 runs, 3 repeats")
     args = parser.parse_args()
+    if args.quick:
+        args.runs, args.repeats = 300, 3
     with tempfile.TemporaryDirectory(prefix="mltf-bench-") as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         print(f"seeding {args.runs} complete runs (+20% noise) into sqlite ...", flush=True)
         keys = seed(uri, args.runs)
         print(f"sqlite store, {len(keys)} cached steps:")
-        measure(SqliteRunIndex, uri, keys)
+        measure(SqliteRunIndex, uri, keys, "sqlite store", args.repeats)
         if not args.no_server:
             proc, server = start_server(Path(tmp))
             try:
                 print(f"seeding {args.runs} complete runs into mlflow server {server} ...", flush=True)
                 keys = seed(server, args.runs)
                 print(f"mlflow server (REST, --workers 1), {len(keys)} cached steps:")
-                measure(RestRunIndex, server, keys)
+                measure(RestRunIndex, server, keys, "mlflow server", args.repeats)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)

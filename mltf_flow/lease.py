@@ -36,6 +36,8 @@ from mltf_flow.tags import TAG_BOOT_ID, TAG_HOST, TAG_LEASE_EXPIRES, TAG_PID, TA
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from mltf_flow.tracking_rest import TrackingRest
+
 _log = logging.getLogger(__name__)
 
 __all__ = ["LeaseRenewer", "boot_id", "expires_at", "is_stale", "lease_tags", "process_alive", "process_identity",
@@ -114,6 +116,7 @@ class LeaseRenewer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: MlflowClient | None = None
+        self._rest: TrackingRest | None = None
 
     def hold(self, *run_ids: str) -> None:
         if not self.tracking_uri.startswith(("http://", "https://")):
@@ -156,7 +159,7 @@ class LeaseRenewer:
     def _renew(self, runs: list[str]) -> None:
         if self.tracking_uri.startswith(("http://", "https://")):
             # MLflow's client would retry for minutes, silently: ask once, briefly, to be able to say it.
-            from mltf_flow.run_index import RestRunIndex, run_index
+            from mltf_flow.tracking_rest import TrackingRest
             from mltf_flow.tracking_server import silence
 
             reason = silence(self.tracking_uri)
@@ -165,11 +168,10 @@ class LeaseRenewer:
             # Through MLflow's REST API, as its client would: this thread must not import mlflow while the main
             # thread may be importing it (two threads importing one package with import cycles, as mlflow's,
             # can see a partly initialised module: "cannot import name 'run' from partially initialized module").
-            index = run_index(self.tracking_uri)
-            assert isinstance(index, RestRunIndex)
+            if self._rest is None:
+                self._rest = TrackingRest(self.tracking_uri, max_retries=0, timeout=60)
             for run_id in runs:
-                index.call("POST", "runs/log-batch", {"run_id": run_id, "tags": [
-                    {"key": name, "value": value} for name, value in lease_tags(self.lease_seconds).items()]})
+                self._rest.set_tags(run_id, lease_tags(self.lease_seconds))
             return
         client = self._client_once()
         for run_id in runs:

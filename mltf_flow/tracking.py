@@ -468,11 +468,11 @@ def mark_running_over_rest(tracking_uri: str, run_id: str, tags: Mapping[str, st
     False when the store is not a server (the caller then uses MLflow's client)."""
     if not tracking_uri.startswith(("http://", "https://")):
         return False
-    from mltf_flow.run_index import RestRunIndex
+    from mltf_flow.tracking_rest import TrackingRest
 
-    rest = RestRunIndex(tracking_uri)
-    rest.call("POST", "runs/log-batch", {"run_id": run_id, "tags": [{"key": k, "value": v} for k, v in tags.items()]})
-    rest.call("POST", "runs/update", {"run_id": run_id, "status": "RUNNING"})
+    rest = TrackingRest(tracking_uri, max_retries=0, timeout=60)
+    rest.set_tags(run_id, tags)
+    rest.update_run(run_id, "RUNNING")
     return True
 
 

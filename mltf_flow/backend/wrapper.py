@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from mltf_flow.backend.record import ENDED, REQUEUED, RUNNING, JobRecord
+from mltf_flow.backend.run_writer import RunWriter, rest_writer
 from mltf_flow.backend.spec import JobSpec
 from mltf_flow.launch.local import Stopped
 from mltf_flow.slurm.states import FAILED, FINISHED, KILLED, SCHEDULED
@@ -130,60 +130,45 @@ class Wrapper:
         self.child_pid: int | None = None
         self.pre_timeout_at: float | None = None
         self.stopping = False
-        self._client: Any = None
-        self._client_ready = threading.Event()
-        self._client_error: BaseException | None = None
+        self._writer: RunWriter | None = None
+        self._writer_ready = threading.Event()
 
-    # -- MLflow (imported in a thread: the command need not wait for it) -----------------------------------
-    def _connect(self, started: bool = False) -> None:
+    # -- MLflow -------------------------------------------------------------------------------------------
+    def _connect(self, writer: RunWriter | None = None) -> None:
+        """Mark the run RUNNING with this attempt's tags, through ``writer`` or else MLflow's client
+        (:mod:`mltf_flow.backend.run_writer`)."""
         try:
-            # A tracking server that is down must not keep the job past SLURM's KillWait.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(tracking_uri=self.spec.tracking_uri)
-            if not started:
-                self._start_run(client)
-            self._client = client
+            writer = writer or self._client_writer()
+            self._start_run(writer)
+            self._writer = writer
         except BaseException as exc:  # recorded; the command runs anyway and the record still tells
-            self._client_error = exc
             _say(f"cannot update MLflow run {self.spec.run_id} ({type(exc).__name__}: {exc}); the job's record "
                  f"{self.spec.record_path} keeps its outcome")
         finally:
-            self._client_ready.set()
+            self._writer_ready.set()
+
+    def _client_writer(self) -> RunWriter:
+        from mltf_flow.backend.run_writer import ClientWriter
+
+        return ClientWriter(self.spec.tracking_uri)
 
     def _running_tags(self) -> dict[str, str]:
         return {TAG_SLURM_JOB_ID: self.job_id, TAG_SLURM_BATCH_HOST: self.host,
                 TAG_SLURM_NODES: os.environ.get("SLURM_JOB_NODELIST", self.host),
                 TAG_SLURM_RESTARTS: os.environ.get("SLURM_RESTART_COUNT", "0"), TAG_SLURM_STATE: "RUNNING"}
 
-    def _start_run(self, client: Any) -> None:
-        from mlflow.entities import RunTag
-
-        run = client.get_run(self.spec.run_id)
-        for key in _STALE_TAGS:
-            if key in run.data.tags:  # a requeued attempt: the previous one's outcome no longer applies
-                client.delete_tag(self.spec.run_id, key)
-        client.log_batch(self.spec.run_id, tags=[RunTag(k, v) for k, v in self._running_tags().items()])
-        client.update_run(self.spec.run_id, status="RUNNING")
-
-    def _start_run_fast(self) -> bool:
-        """Mark the run RUNNING over REST, before the command starts and without waiting for ``import
-        mlflow`` (a first attempt has no stale tags to delete); False where that is not possible."""
-        from mltf_flow.tracking import mark_running_over_rest
-
+    def _start_run(self, writer: RunWriter) -> None:
         if os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0"):
-            return False
-        try:
-            return mark_running_over_rest(self.spec.tracking_uri, self.spec.run_id, self._running_tags())
-        except Exception as exc:  # the MLflow client in the thread tries again, and says why if it fails too
-            _say(f"could not mark the run RUNNING over REST ({exc}); using MLflow's client")
-            return False
+            _, tags = writer.status_and_tags(self.spec.run_id)
+            for key in _STALE_TAGS:
+                if key in tags:  # a requeued attempt: the previous one's outcome no longer applies
+                    writer.delete_tag(self.spec.run_id, key)
+        writer.set_tags(self.spec.run_id, self._running_tags())
+        writer.set_status(self.spec.run_id, "RUNNING")
 
-    def client(self, timeout: float = 60.0) -> Any:
-        self._client_ready.wait(timeout)
-        return self._client
+    def writer(self, timeout: float = 60.0) -> RunWriter | None:
+        self._writer_ready.wait(timeout)
+        return self._writer
 
     # -- signals ---------------------------------------------------------------------------------------
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
@@ -286,16 +271,17 @@ class Wrapper:
         self._install()
         try:
             JobRecord(self.job_id, RUNNING, host=self.host).write(self.spec.record_path)
-            started = self._start_run_fast()
-            threading.Thread(target=self._connect, args=(started,), name="mltf-mlflow", daemon=True).start()
+            # The run is marked RUNNING in a thread while the environment is prepared: over REST (a few
+            # milliseconds of waiting on the server) or with MLflow's client (1-2 s to import first).
+            threading.Thread(target=self._connect, args=(rest_writer(self.spec.tracking_uri),), name="mltf-mlflow",
+                             daemon=True).start()
             _say(f"job {self.job_id} on {self.host}: MLflow run {self.spec.run_id}; "
                  f"command: {self.spec.display_command}")
             env = self.command_env()
             command = self.command(env)
             # The run is marked RUNNING before the command starts: a quick command that ends its own run
             # must not find it set RUNNING again afterwards (the import behind it overlaps the env build).
-            if not started:
-                self._client_ready.wait(120)
+            self._writer_ready.wait(120)
 
             def remember(pid: int) -> None:
                 self.child_pid = pid
@@ -319,7 +305,7 @@ class Wrapper:
     def abort(self, message: str) -> int:
         """A setup line of the job script failed (``mltf_abort``): record that, end the job."""
         JobRecord(self.job_id, RUNNING, host=self.host).write(self.spec.record_path)
-        self._connect()
+        self._connect(rest_writer(self.spec.tracking_uri))
         return self.finish(Outcome(FAILED, 1, "FAILED", message, f"the job script failed: {message}"))
 
     def finish(self, outcome: Outcome) -> int:
@@ -335,30 +321,28 @@ class Wrapper:
         record = JobRecord(self.job_id, phase, outcome.status, outcome.exit_code, outcome.slurm_state,
                            outcome.reason, tracked=False, host=self.host)
         record.write(self.spec.record_path)
-        client = self.client()
-        if client is not None:
+        writer = self.writer()
+        if writer is not None:
             try:
-                self._track(client, outcome)
+                self._track(writer, outcome)
                 JobRecord(**{**record.__dict__, "tracked": True}).write(self.spec.record_path)
             except Exception as exc:
                 _say(f"could not record the outcome on MLflow run {self.spec.run_id}: {type(exc).__name__}: {exc}")
         return outcome.exit_code
 
-    def _track(self, client: Any, outcome: Outcome) -> None:
-        from mlflow.entities import RunTag
-
+    def _track(self, writer: RunWriter, outcome: Outcome) -> None:
+        run_id = self.spec.run_id
         if outcome.status == SCHEDULED:  # requeued: queued again, and the next attempt takes over
             # Status first, state tag last: whoever sees the tag REQUEUED finds the run SCHEDULED already.
-            client.update_run(self.spec.run_id, status=SCHEDULED)
-            tags = {TAG_SLURM_STATE: outcome.slurm_state, TAG_SLURM_REASON: outcome.reason}
-            client.log_batch(self.spec.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            writer.set_status(run_id, SCHEDULED)
+            writer.set_tags(run_id, {TAG_SLURM_STATE: outcome.slurm_state, TAG_SLURM_REASON: outcome.reason})
             return
-        run = client.get_run(self.spec.run_id)
+        current, _ = writer.status_and_tags(run_id)
         status = outcome.status
-        if status == FINISHED and run.info.status in (FAILED, KILLED):
+        if status == FINISHED and current in (FAILED, KILLED):
             # The command ended its own run FAILED/KILLED and then exited 0: its word stands.
-            status = run.info.status
-            outcome.error = f"the command exited 0 but ended its MLflow run {run.info.status}"
+            status = current
+            outcome.error = f"the command exited 0 but ended its MLflow run {current}"
         tags = {TAG_EXIT_CODE: str(outcome.exit_code), TAG_SLURM_STATE: outcome.slurm_state,
                 TAG_SLURM_REASON: outcome.reason}
         if outcome.error:
@@ -369,14 +353,14 @@ class Wrapper:
         log = self.spec.log_path(self.job_id)
         if log.is_file():
             try:
-                client.log_artifact(self.spec.run_id, str(log), "mltf")
+                writer.log_artifact(run_id, str(log), "mltf")
             except Exception as exc:  # the outcome matters more than the log
                 _say(f"could not upload {log}: {exc}")
-        client.log_batch(self.spec.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        client.set_terminated(self.spec.run_id, status)
+        writer.set_tags(run_id, tags)
+        writer.terminate(run_id, status)
         if status == FINISHED:
             # Last: a run is complete only once everything else about it is recorded (pipelines trust this tag).
-            client.set_tag(self.spec.run_id, TAG_COMPLETE, "true")
+            writer.set_tags(run_id, {TAG_COMPLETE: "true"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

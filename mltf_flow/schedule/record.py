@@ -113,20 +113,21 @@ class _Store:
 
 
 class _Rest(_Store):
-    """MLflow's REST API through :class:`mltf_flow.run_index.RestRunIndex` (its credentials and errors)."""
+    """MLflow's REST API (:class:`mltf_flow.tracking_rest.TrackingRest`: its credentials and errors; the
+    experiment looked up through the process's :class:`mltf_flow.run_index.RunIndex`, which caches it)."""
 
     def __init__(self, tracking_uri: str) -> None:
-        from mltf_flow.run_index import RestRunIndex, run_index
+        from mltf_flow.run_index import run_index
+        from mltf_flow.tracking_rest import TrackingRest
 
-        index = run_index(tracking_uri)
-        assert isinstance(index, RestRunIndex)
-        self.index = index
+        self.index = run_index(tracking_uri)
+        self.rest = TrackingRest(tracking_uri, max_retries=0, timeout=60)
 
     def experiment(self, name: str) -> str:
         found = self.index.experiment_id(name)
         if found is not None:
             return found
-        answer = self.index.call("POST", "experiments/create", {"name": name})
+        answer = self.rest.call("POST", "experiments/create", {"name": name})
         if answer is None:  # created by another fire just now
             self.index.forget()
             found = self.index.experiment_id(name)
@@ -136,30 +137,24 @@ class _Rest(_Store):
         return str(answer["experiment_id"])
 
     def create(self, experiment_id: str, tags: Mapping[str, str]) -> str:
-        answer = self.index.call("POST", "runs/create", {
+        answer = self.rest.call("POST", "runs/create", {
             "experiment_id": experiment_id, "start_time": int(time.time() * 1000), "run_name": tags[MLFLOW_RUN_NAME],
             "tags": [{"key": k, "value": v} for k, v in tags.items()],
         }) or {}
         return str(answer["run"]["info"]["run_id"])
 
     def search(self, experiment_id: str, filter_string: str, max_results: int) -> list[FireRun]:
-        answer = self.index.call("POST", "runs/search", {
-            "experiment_ids": [experiment_id], "filter": filter_string, "max_results": max_results,
-            "order_by": ["attributes.start_time DESC"],
-        }) or {}
-        return [_fire(run) for run in answer.get("runs", [])]
+        runs, _ = self.rest.search_runs([experiment_id], filter_string, max_results, ["attributes.start_time DESC"])
+        return [_fire(run) for run in runs]
 
     def get(self, run_id: str) -> FireRun:
-        answer = self.index.call("GET", f"runs/get?run_id={run_id}") or {}
-        return _fire(answer["run"])
+        return _fire(self.rest.get_run(run_id))
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        self.index.call("POST", "runs/log-batch",
-                        {"run_id": run_id, "tags": [{"key": k, "value": v} for k, v in tags.items()]})
+        self.rest.set_tags(run_id, tags)
 
     def end(self, run_id: str, status: str) -> None:
-        self.index.call("POST", "runs/update", {"run_id": run_id, "status": status,
-                                                 "end_time": int(time.time() * 1000)})
+        self.rest.terminate(run_id, status)
 
 
 def _fire(run: Mapping[str, Any]) -> FireRun:
