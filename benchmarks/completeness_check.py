@@ -5,8 +5,8 @@ distinct cache keys are created (plus 10% FAILED and 10% "FINISHED but exit code
 fresh index (the experiment lookup included) and interleaved, medians of several repeats:
 
 * one search:      a single search for one key (the unit a naive per-task check pays N times);
-* prefetch_keys:   RunIndex.prefetch_keys with the DAG's N keys, then find_complete for each (the DAG's hook);
-* first lookup:    find_complete for all N keys, the first one prefetching the experiment's complete runs;
+* mltf_flow:       find_complete for all N keys, the first one prefetching the experiment's complete runs
+                   (what a Luigi run of N cached steps does);
 * naive:           the same with prefetch disabled (one search per step; once, it is slow).
 
 The goal (issue 16): the N-step check costs at most 3x one search, on both stores. Reported through
@@ -56,11 +56,9 @@ def seed(uri: str, n: int) -> list[str]:
     return keys[: n]
 
 
-def _timed(make: type[RunIndex], uri: str, keys: list[str], *, hook: bool, limit: int = 5000) -> tuple[float, int]:
+def _timed(make: type[RunIndex], uri: str, keys: list[str], *, limit: int = 5000) -> tuple[float, int]:
     index = make(uri, prefetch_limit=limit)
     start = time.perf_counter()
-    if hook:
-        index.prefetch_keys(EXPERIMENT, keys)
     found = sum(index.find_complete(EXPERIMENT, k) is not None for k in keys)
     elapsed = time.perf_counter() - start
     assert found == len(keys), f"found {found} of {len(keys)}"
@@ -73,27 +71,23 @@ def measure(make: type[RunIndex], uri: str, keys: list[str], store: str, repeats
     assert exp_id is not None
     make(uri).experiment_id(EXPERIMENT)  # warm the server's (or the page cache's) first query of the experiment
     singles: list[float] = []
-    hooked: list[float] = []
-    first: list[float] = []
-    trips = {}
+    checks: list[float] = []
+    trips = 0
     for _ in range(repeats):  # interleaved: machine noise hits every variant alike
         for key in keys[:5]:
             start = time.perf_counter()
             probe._search(exp_id, key=key, complete=True, max_results=1)
             singles.append(time.perf_counter() - start)
-        elapsed, trips["prefetch_keys"] = _timed(make, uri, keys, hook=True)
-        hooked.append(elapsed)
-        elapsed, trips["first lookup"] = _timed(make, uri, keys, hook=False)
-        first.append(elapsed)
-    naive, trips["naive"] = _timed(make, uri, keys, hook=False, limit=0)
-    one, fast, old = statistics.median(singles), statistics.median(hooked), statistics.median(first)
+        elapsed, trips = _timed(make, uri, keys)
+        checks.append(elapsed)
+    naive, naive_trips = _timed(make, uri, keys, limit=0)
+    one, fast = statistics.median(singles), statistics.median(checks)
     print(f"  one search call:        {one * 1000:8.1f} ms (median of {len(singles)})")
-    for label, value in (("prefetch_keys", fast), ("first lookup", old), ("naive (once)", naive)):
-        print(f"  {label:<22} {value * 1000:8.1f} ms, {trips[label.split(' (')[0]]:5d} round trips, "
-              f"{value / one:6.1f}x one search")
+    for label, value, n in (("mltf_flow", fast, trips), ("naive (once)", naive, naive_trips)):
+        print(f"  {label:<22} {value * 1000:8.1f} ms, {n:5d} round trips, {value / one:6.1f}x one search")
     report(f"completeness check of {len(keys)} cached steps vs one search ({store})", fast / one, goal=3.0,
-           better="lower", detail=f"{fast * 1000:.1f} ms vs {one * 1000:.1f} ms, {trips['prefetch_keys']} round "
-           f"trips, median of {repeats}; first-lookup prefetch {old * 1000:.1f} ms; load {os.getloadavg()[0]:.1f}")
+           better="lower", detail=f"{fast * 1000:.1f} ms vs {one * 1000:.1f} ms, {trips} round trips, median of "
+           f"{repeats}; load {os.getloadavg()[0]:.1f}")
 
 
 def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:

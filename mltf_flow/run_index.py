@@ -8,12 +8,11 @@ Luigi calls ``complete()`` on every task of a DAG, often twice, so this path mus
   ``runs``/``tags``/``experiments`` tables; tests check the answers against ``MlflowClient``).
 
 Per process, the first lookup in an experiment *prefetches* every complete run (newest first, up to
-``prefetch_limit``), so checking hundreds of cached steps costs a few round trips. Whoever knows the DAG's
-keys before Luigi's first ``complete()`` calls :meth:`RunIndex.prefetch_keys` with them: against a server
-that reads only as many pages as it takes to find those keys (or, for a few keys, asks for each), because
-MLflow's search grammar has no ``IN`` or ``OR`` for tags (3.17: ``IN`` only for ``attributes.run_id``).
-A miss is always confirmed with one targeted query, because a run may have completed after the
-prefetch (for instance in this very process).
+``prefetch_limit``), so checking hundreds of cached steps costs a few round trips. (Asking a server for
+exactly a DAG's keys is not possible: MLflow's search grammar has no ``IN`` or ``OR`` for tags, 3.17: ``IN``
+only for ``attributes.run_id``; and a server's cost is per run returned, 0.3-0.5 ms, so a DAG of N cached
+steps costs N runs' worth however they are asked for.) A miss is always confirmed with one targeted query,
+because a run may have completed after the prefetch (for instance in this very process).
 
 A run is complete when ``status = FINISHED`` **and** tag ``mltf.complete = true``: MLflow marks a run
 FINISHED even after ``sys.exit(3)``, so only our launcher's tag is trusted.
@@ -24,7 +23,7 @@ from __future__ import annotations
 import heapq
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,9 +35,6 @@ from mltf_flow.tracking_rest import TrackingRest
 TAG_KEY = TAG_CACHE_KEY  # this module's name for it since the start (see mltf_flow.tags)
 _COMPLETE_FILTER = f"tags.`{TAG_COMPLETE}` = 'true' and attributes.status = 'FINISHED'"
 _PAGE = 1000
-#: prefetch_keys asks a server for each key on its own up to this many keys (one search each, ~11-19 ms),
-#: and reads pages of complete runs beyond (a page of 1,000 runs costs the server 0.3-0.5 s).
-FEW_KEYS = 8
 
 
 @dataclass(frozen=True, slots=True)  # slots: a prefetch builds one per complete run (0.9 vs 1.4 us each)
@@ -88,20 +84,6 @@ class RunIndex:
                 self._complete[exp_id][key] = hit
         return hit
 
-    def prefetch_keys(self, experiment: str, keys: Iterable[str]) -> None:
-        """Look up the complete runs of ``keys`` in ``experiment`` in a few queries, so that
-        :meth:`find_complete` answers them without one; meant for the DAG's keys, before Luigi's first
-        ``complete()``. A key found nowhere is still asked again by :meth:`find_complete` (it may complete
-        meanwhile); keys this call did not name are asked one by one."""
-        exp_id = self.experiment_id(experiment)
-        if exp_id is None:
-            return
-        known = self._complete.setdefault(exp_id, {})
-        wanted = {k for k in keys if k and k not in known}
-        if wanted:
-            for ref in self._lookup(exp_id, wanted):
-                known.setdefault(ref.cache_key, ref)
-
     def find_with_status(self, experiment: str, key: str, status: str) -> list[RunRef]:
         """All runs of ``experiment`` with cache key ``key`` in ``status`` (e.g. RUNNING)."""
         exp_id = self.experiment_id(experiment)
@@ -126,10 +108,6 @@ class RunIndex:
         for ref in self._search(exp_id, complete=True, max_results=self.prefetch_limit):
             out.setdefault(ref.cache_key, ref)  # newest first: keep the first seen
         return out
-
-    def _lookup(self, exp_id: str, keys: set[str]) -> list[RunRef]:
-        """Complete runs of ``keys`` (at least the newest of each that exists), for :meth:`prefetch_keys`."""
-        raise NotImplementedError
 
     def _experiment_id(self, name: str) -> str | None:
         raise NotImplementedError
@@ -183,15 +161,6 @@ class SqliteRunIndex(RunIndex):
         if len(rows) > self.prefetch_limit:  # the newest prefetch_limit runs, as ORDER BY end_time DESC LIMIT would
             rows = heapq.nlargest(self.prefetch_limit, rows, key=lambda r: (r[3] or 0, r[4] or 0))
         return {ref.cache_key: ref for ref in self._newest(rows)}
-
-    def _lookup(self, exp_id: str, keys: set[str]) -> list[RunRef]:
-        if len(keys) > FEW_KEYS:
-            # Reading every complete run costs less than an IN list of as many keys (1,000: 4.5 vs 10.5 ms).
-            rows = self._query(self._COMPLETE_SQL, (TAG_COMPLETE, TAG_CACHE_KEY, int(exp_id)))
-            return self._newest([row for row in rows if row[2] in keys])
-        ordered = sorted(keys)
-        sql = self._COMPLETE_SQL + f" AND k.value IN ({','.join('?' * len(ordered))})"
-        return self._newest(self._query(sql, (TAG_COMPLETE, TAG_CACHE_KEY, int(exp_id), *ordered)))
 
     @staticmethod
     def _newest(rows: list[tuple[Any, ...]]) -> list[RunRef]:
@@ -255,19 +224,6 @@ class RestRunIndex(RunIndex):
         if not exp:
             return None
         return str(exp["experiment_id"]) if exp.get("lifecycle_stage", "active") == "active" else None
-
-    def _lookup(self, exp_id: str, keys: set[str]) -> list[RunRef]:
-        if len(keys) <= FEW_KEYS or self.prefetch_limit <= 0:
-            found = [self._search(exp_id, key=key, complete=True, max_results=1) for key in sorted(keys)]
-            return [refs[0] for refs in found if refs]
-        refs: list[RunRef] = []
-        missing = set(keys)
-        for page in self._pages(exp_id, _COMPLETE_FILTER, self.prefetch_limit):
-            refs += page
-            missing.difference_update(ref.cache_key for ref in page)
-            if not missing:  # newest first: whatever later pages hold for these keys is older
-                break
-        return refs
 
     def _search(
         self, exp_id: str, *, key: str | None = None, status: str | None = None, complete: bool = False,

@@ -7,7 +7,7 @@ and verified outputs). It never imports mlflow; see :mod:`mltf_flow.run_index`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import luigi
 
@@ -56,17 +56,3 @@ class MLflowRunTarget(luigi.Target):
             raise RunNotFound(f"no complete run in experiment {self.experiment!r} for this step yet")
         return ref.run_id
 
-
-def prefetch_targets(targets: Iterable[object]) -> None:
-    """Look up the complete runs of many targets (a DAG's outputs) in a few batched queries per store and
-    experiment (:meth:`mltf_flow.run_index.RunIndex.prefetch_keys`), before Luigi asks each ``exists()``.
-    Targets of other kinds, and keys that need upstream results first (None), are skipped."""
-    wanted: dict[tuple[str, str, int], list[str]] = {}
-    for target in targets:
-        if not isinstance(target, MLflowRunTarget):
-            continue
-        key = target._key()
-        if key is not None:
-            wanted.setdefault((target.tracking_uri, target.experiment, target.prefetch_limit), []).append(key)
-    for (uri, experiment, limit), keys in wanted.items():
-        run_index(uri, limit).prefetch_keys(experiment, keys)

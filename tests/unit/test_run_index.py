@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -224,92 +223,3 @@ def test_password_is_not_shown_in_errors() -> None:
     assert "s3cret" not in str(info.value)
 
 
-# -- prefetch_keys: the DAG's keys looked up in a few queries, on both stores -------------------------------------
-
-
-def _seed_states(s: Store, name: str) -> str:
-    states = s.experiment(name)
-    s.run(states, "K", "FINISHED")
-    s.run(states, "K", "FINISHED")
-    s.run(states, "K", "FINISHED", complete=None)
-    s.run(states, "K", "FAILED")
-    s.client.delete_run(s.run(states, "ONLY_DELETED", "FINISHED"))
-    s.run(states, "ONLY_UNMARKED", "FINISHED", complete=None)
-    s.run(states, "ONLY_RUNNING", "RUNNING", complete=None)
-    s.run(states, "SINGLE", "FINISHED")
-    for i in range(20):
-        s.run(states, f"k{i:02d}", "FINISHED")
-    return states
-
-
-PREFETCHED = ["K", "ONLY_DELETED", "ONLY_UNMARKED", "ONLY_RUNNING", "SINGLE", "ABSENT"]
-
-
-@pytest.fixture(scope="module")
-def server_store(mlflow_server: Any) -> Store:
-    s = Store(mlflow_server.uri, mlflow_server.root, MlflowClient(tracking_uri=mlflow_server.uri))
-    _seed_states(s, "prefetch-few")
-    _seed_states(s, "prefetch-many")
-    return s
-
-
-def _check_prefetch(store: Store, index: RestRunIndex | SqliteRunIndex, experiment: str, keys: list[str]) -> None:
-    index.prefetch_keys(experiment, keys)
-    after = index.round_trips
-    exp = exp_id(store, experiment)
-    misses = 0
-    for key in keys:
-        expected = store.expected(exp, COMPLETE.format(key=key))
-        ref = index.find_complete(experiment, key)
-        assert (ref.run_id if ref else None) == (expected[0] if expected else None), key
-        misses += not expected
-    assert index.round_trips == after + misses  # hits need no query; a miss is confirmed with one
-    # A step completed by another process after the prefetch is seen (its miss was not cached).
-    late = store.run(exp, "ABSENT", "FINISHED")
-    found = index.find_complete(experiment, "ABSENT")
-    assert found is not None and found.run_id == late
-
-
-@pytest.mark.parametrize("many", [False, True], ids=["few-keys", "many-keys"])
-def test_prefetch_keys_agrees_with_mlflow_on_sqlite(tmp_path: Path, many: bool) -> None:
-    s = Store(f"sqlite:///{tmp_path}/mlflow.db", tmp_path, MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
-    _seed_states(s, "p")
-    keys = PREFETCHED + ([f"k{i:02d}" for i in range(20)] if many else [])
-    _check_prefetch(s, SqliteRunIndex(s.uri), "p", keys)
-
-
-@pytest.mark.server
-@pytest.mark.parametrize("many", [False, True], ids=["few-keys", "many-keys"])
-def test_prefetch_keys_agrees_with_mlflow_on_a_server(server_store: Store, many: bool) -> None:
-    keys = PREFETCHED + ([f"k{i:02d}" for i in range(20)] if many else [])
-    experiment = "prefetch-many" if many else "prefetch-few"
-    index = RestRunIndex(server_store.uri)
-    _check_prefetch(server_store, index, experiment, keys)
-
-
-@pytest.mark.server
-def test_prefetch_keys_stops_paging_once_every_key_is_found(server_store: Store) -> None:
-    index = RestRunIndex(server_store.uri, prefetch_limit=5000)
-    index.experiment_id("prefetch-many")
-    before = index.round_trips
-    newest = [f"k{i:02d}" for i in range(10, 20)]  # more than FEW_KEYS: one search of complete runs, newest first
-    index.prefetch_keys("prefetch-many", newest)
-    assert index.round_trips == before + 1
-    assert all(index.find_complete("prefetch-many", k) is not None for k in newest)
-    assert index.round_trips == before + 1
-
-
-def test_prefetch_targets_groups_a_dags_outputs_by_experiment(tmp_path: Path) -> None:
-    from mltf_flow.targets.mlflow_run import MLflowRunTarget, prefetch_targets
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    s = Store(uri, tmp_path, MlflowClient(tracking_uri=uri))
-    a, b = s.experiment("a"), s.experiment("b")
-    done = {("a", "k1"): s.run(a, "k1", "FINISHED"), ("b", "k2"): s.run(b, "k2", "FINISHED")}
-    targets = [MLflowRunTarget(uri, "a", lambda: "k1"), MLflowRunTarget(uri, "b", lambda: "k2"),
-               MLflowRunTarget(uri, "a", lambda: None), "not a target"]
-    prefetch_targets(targets)
-    index = run_index(uri)
-    before = index.round_trips
-    assert [t.run_id for t in targets[:2] if isinstance(t, MLflowRunTarget)] == [done["a", "k1"], done["b", "k2"]]
-    assert index.round_trips == before  # answered from the prefetch
