@@ -81,6 +81,7 @@ def main() -> int:
     from distributed import Client, LocalCluster
 
     from mltf_flow.clusters.dashboard import local_cluster_options
+    from mltf_flow.clusters.worker_env import dask_config
 
     script_args = ["--backend", args.backend, "--steps", str(args.steps), "--width", str(args.width)]
     fabric = None
@@ -88,7 +89,9 @@ def main() -> int:
         args.nccl_debug_dir.mkdir(parents=True, exist_ok=True)
         fabric = {"kind": "auto", "debug": "INFO", "debug_subsys": "INIT,ENV",
                   "debug_file": str(args.nccl_debug_dir / "nccl.%h.%p.log")}
-    dask.config.set({"distributed.worker.daemon": False})
+    # As mltf_flow's own clusters (the keeper): non-daemonic workers, and the workers' environment of
+    # mltf_flow.clusters.worker_env, which the ranks inherit.
+    dask.config.set({"distributed.worker.daemon": False, **dask_config()})
     with tempfile.TemporaryDirectory(prefix="mltf-ddp-bench-") as tmp, \
             LocalCluster(n_workers=args.ranks, threads_per_worker=1, processes=True, host="127.0.0.1",
                          **local_cluster_options(None)) as cluster, Client(cluster, set_as_default=False) as client:
