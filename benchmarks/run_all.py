@@ -84,6 +84,7 @@ NOT_BENCHMARKS = {
     "bench_report.py": "report(): the BENCH line every benchmark prints",
     "noop_task.py": "the bare Luigi task of cached_rerun.py",
     "ddp_train_bench.py": "the training script ddp_throughput.py launches",
+    "dag_scale_tasks.py": "the task shapes dag_scale.py times",
     "gds_gpu_check.py": "run by gpu_check.sh (gds section)",
 }
 

@@ -24,8 +24,7 @@ def test_every_script_is_listed() -> None:
     assert runner().unlisted() == []
 
 
-def test_helpers_exist_and_are_not_benchmarks() -> None:
+def test_helpers_are_not_benchmarks() -> None:
+    # (A listed name need not exist on every branch: helpers come with the benchmarks other branches add.)
     run_all = runner()
-    scripts = {b.script for b in run_all.BENCHMARKS}
-    assert not scripts & set(run_all.NOT_BENCHMARKS)
-    assert all((BENCHMARKS / name).is_file() for name in run_all.NOT_BENCHMARKS)
+    assert not {b.script for b in run_all.BENCHMARKS} & set(run_all.NOT_BENCHMARKS)
