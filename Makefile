@@ -81,13 +81,11 @@ test-fast: install
 ui: install
 	$(BIN)/mltf-flow ui
 
+# Every benchmark script in benchmarks/ (listed in benchmarks/run_all.py), then one table of ratio vs goal;
+# exit code 1 if a goal was missed or a script failed. QUICK=1: each with --quick (a few minutes in all).
+QUICK ?=
 bench: install data
-	$(PY) benchmarks/cached_rerun.py
-	$(PY) benchmarks/completeness_check.py
-	$(PY) benchmarks/dispatch_overhead.py
-	$(PY) benchmarks/features_throughput.py
-	$(PY) benchmarks/slurm_worker_start.py
-	$(PY) benchmarks/backend_jobs.py
+	$(PY) benchmarks/run_all.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf .mltf data/jet_sample

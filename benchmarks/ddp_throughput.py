@@ -8,6 +8,7 @@ the same final weights.
 
     python benchmarks/ddp_throughput.py                       # 2 ranks, gloo, CPU (CI machines)
     python benchmarks/ddp_throughput.py --backend nccl --ranks 1   # the GPU check (one GPU, NCCL)
+    python benchmarks/ddp_throughput.py --quick                    # 2 repeats of 150 steps
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from bench_report import report
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "ddp_train_bench.py"
@@ -70,9 +73,15 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=256, help="hidden width (larger: more compute per step)")
     parser.add_argument("--nccl-debug-dir", type=Path, default=None,
                         help="also check that the profile's fabric settings reach NCCL (debug files written here)")
+    parser.add_argument("--quick", action="store_true", help="2 repeats of 150 steps")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.steps = 2, 150
     import dask
     from distributed import Client, LocalCluster
+
+    from mltf_flow.clusters.dashboard import local_cluster_options
+    from mltf_flow.clusters.worker_env import dask_config
 
     script_args = ["--backend", args.backend, "--steps", str(args.steps), "--width", str(args.width)]
     fabric = None
@@ -80,10 +89,12 @@ def main() -> int:
         args.nccl_debug_dir.mkdir(parents=True, exist_ok=True)
         fabric = {"kind": "auto", "debug": "INFO", "debug_subsys": "INIT,ENV",
                   "debug_file": str(args.nccl_debug_dir / "nccl.%h.%p.log")}
-    dask.config.set({"distributed.worker.daemon": False})
+    # As mltf_flow's own clusters (the keeper): non-daemonic workers, and the workers' environment of
+    # mltf_flow.clusters.worker_env, which the ranks inherit.
+    dask.config.set({"distributed.worker.daemon": False, **dask_config()})
     with tempfile.TemporaryDirectory(prefix="mltf-ddp-bench-") as tmp, \
             LocalCluster(n_workers=args.ranks, threads_per_worker=1, processes=True, host="127.0.0.1",
-                         dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:
+                         **local_cluster_options(None)) as cluster, Client(cluster, set_as_default=False) as client:
         launcher, torchrun, weights = [], [], set()
         for n in range(args.repeats):
             rate, digest = run_launcher(client, args.ranks, script_args, Path(tmp), n, fabric)
@@ -98,6 +109,11 @@ def main() -> int:
     best = max(launcher) / max(torchrun)
     print(f"ddp throughput ({args.ranks} ranks, {args.backend}): launcher/torchrun median ratio {median:.3f}, "
           f"best-of ratio {best:.3f} (goal >= {GOAL}); identical weights everywhere: {len(weights) == 1}")
+    report(f"DDP throughput, launcher vs torchrun ({args.ranks} ranks, {args.backend})", max(median, best), goal=GOAL,
+           better="higher", detail=f"median ratio {median:.3f}, best-of {best:.3f} (the better one counts: shared "
+                                   f"machine); {args.repeats} repeats of {args.steps} steps")
+    if len(weights) != 1:
+        print(f"FAILED: launcher and torchrun gave different final weights ({len(weights)} digests)")
     ok = max(median, best) >= GOAL and len(weights) == 1
     if args.nccl_debug_dir is not None:
         # NCCL logs which variables it took from the environment: the fabric must have reached the rank.

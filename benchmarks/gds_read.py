@@ -15,6 +15,7 @@ shared machine the medians move with other load). Exit code 0 when the goal is m
 
     python benchmarks/gds_read.py                                    # 1 GiB, CPU, posix (CI machines)
     python benchmarks/gds_read.py --device cuda --backend kvikio --dir /mnt/nvme0/$USER   # the GPU check
+    python benchmarks/gds_read.py --quick                            # 0.25 GiB, 2 repeats
 
 The file goes to ``--dir`` (default: a temp dir under the repo's .mltf/, on the repo's filesystem; tmpfs
 is warned about: it has no cold reads) and is deleted at the end unless ``--keep``.
@@ -32,6 +33,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from bench_report import report
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -113,7 +116,10 @@ def main() -> int:
     parser.add_argument("--backend", default="auto", choices=["auto", "posix", "kvikio", "torch_gds"])
     parser.add_argument("--threads", type=int, default=None, help="nthreads for read_tensor (default: its own)")
     parser.add_argument("--keep", action="store_true", help="keep the file")
+    parser.add_argument("--quick", action="store_true", help="0.25 GiB, 2 repeats")
     args = parser.parse_args()
+    if args.quick:
+        args.size_gib, args.repeats = 0.25, 2
 
     import numpy as np
     import torch
@@ -209,6 +215,11 @@ def main() -> int:
               f"read_tensor/{theirs.split()[0]} median ratio {median:.2f}, best-of ratio {best:.2f} "
               f"(goal >= {GOAL}) -> {'OK' if max(median, best) >= GOAL else 'MISSED'}")
         ok = ok and max(median, best) >= GOAL
+        report(f"tensor-file read vs {theirs.split()[0]}, {label} ({args.device})", max(median, best), goal=GOAL,
+               better="higher", detail=f"median ratio {median:.2f}, best-of {best:.2f} (the better one counts); "
+                                       f"{size / 2**30:.2f} GiB, {args.repeats} repeats")
+    if not exact:
+        print("FAILED: the features read back differ from those written")
     print(f"note: a fresh {size / 2**30:.2f} GiB host buffer's first touch (page faults, zeroing) alone takes "
           f"{touch:.3f} s = {touch / statistics.median(times['mltf warm']):.0%} of read_tensor's warm median "
           "(cat reuses one small buffer)")

@@ -138,11 +138,12 @@ def shared_scheduler() -> Iterator[str]:
     never with this."""
     from distributed import LocalCluster
 
+    from mltf_flow.clusters.dashboard import local_cluster_options
     from mltf_flow.clusters.profiles import get_profile
 
     workers = get_profile("local").expected_workers
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=False, protocol="tcp://",
-                      host="127.0.0.1", dashboard_address=None) as cluster:
+                      host="127.0.0.1", **local_cluster_options(None)) as cluster:
         yield str(cluster.scheduler_address)
 
 

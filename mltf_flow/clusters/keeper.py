@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from mltf_flow.clusters.dashboard import enabled as dashboard_enabled
 from mltf_flow.clusters.security import Credentials, create
 from mltf_flow.launch.local import die_with_parent
 
@@ -65,18 +66,22 @@ def _make_cluster(profile: Any, settings: Any, security: Any) -> Any:
         import dask
         from distributed import LocalCluster
 
+        from mltf_flow.clusters.dashboard import local_cluster_options
+        from mltf_flow.clusters.worker_env import dask_config
+
         # Ranks and DataLoader workers start child processes: daemonic worker processes cannot (the
-        # SLURM job script exports the same setting for its workers).
-        dask.config.set({"distributed.worker.daemon": False})
+        # SLURM job script exports the same setting for its workers). The workers' environment: see
+        # mltf_flow.clusters.worker_env (the nannies spawned below read it from this process's config).
+        dask.config.set({"distributed.worker.daemon": False, **dask_config()})
         _gds_environment(profile, settings.work_dir)
         cluster = LocalCluster(
             n_workers=profile.workers,
             threads_per_worker=profile.threads_per_worker,
             memory_limit=profile.memory,
-            dashboard_address=profile.dashboard_address,
             host="127.0.0.1",
             processes=True,
             security=security,  # tls://, mutual: see mltf_flow.clusters.security
+            **local_cluster_options(profile.dashboard_address),
         )
         return cluster
     from mltf_flow.clusters.slurm import make_slurm_cluster, preflight
@@ -112,8 +117,10 @@ def serve(commands: IO[str], answers: IO[str]) -> int:
                 if request["cmd"] == "start":
                     if name not in clusters:
                         clusters[name] = _start_cluster(name)
-                    _, cluster, credentials = clusters[name]
-                    send({"ok": True, "address": cluster.scheduler_address, "dashboard": cluster.dashboard_link or "",
+                    profile, cluster, credentials = clusters[name]
+                    # Without a dashboard the scheduler's HTTP server still has a link: it shows nothing.
+                    link = (cluster.dashboard_link or "") if dashboard_enabled(profile.dashboard_address) else ""
+                    send({"ok": True, "address": cluster.scheduler_address, "dashboard": link,
                           "security": str(credentials.directory)})
                 elif request["cmd"] == "scale":
                     profile, cluster, _ = clusters[name]

@@ -117,6 +117,8 @@ class _Keeper:
             self.proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=30)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()  # our end of the answers pipe (left open, it leaks a descriptor per cluster)
 
 
 class _Registry:

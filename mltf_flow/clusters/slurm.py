@@ -15,7 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mltf_flow.clusters.dashboard import scheduler_options
 from mltf_flow.clusters.profiles import Profile, SlurmProfile
+from mltf_flow.clusters.worker_env import job_exports
 from mltf_flow.errors import ConfigError
 from mltf_flow.fabric.gds import gds_settings
 from mltf_flow.fabric.spec import static_env
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 WORKER_ENV = {
     # Ranks and DataLoader workers need to start child processes: daemonic workers cannot.
     "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+    # The nanny's pre-spawn environment without Dask's malloc trim threshold (mltf_flow.clusters.worker_env).
+    **job_exports(),
 }
 
 
@@ -65,7 +69,7 @@ def slurm_cluster_kwargs(profile: Profile, log_directory: Path) -> dict[str, Any
     if gds.enabled:
         # cuFile reads its configuration once, at initialisation: it must exist before the worker starts.
         prologue += gds.prologue()
-    scheduler_options: dict[str, Any] = {"dashboard_address": profile.dashboard_address}
+    options: dict[str, Any] = scheduler_options(profile.dashboard_address)
     kwargs: dict[str, Any] = {
         "cores": profile.cores,
         "processes": profile.worker_processes,
@@ -82,7 +86,7 @@ def slurm_cluster_kwargs(profile: Profile, log_directory: Path) -> dict[str, Any
         "job_extra_directives": directives,
         "job_script_prologue": prologue,
         "worker_extra_args": worker_args,
-        "scheduler_options": scheduler_options,
+        "scheduler_options": options,
     }
     return kwargs
 
@@ -106,9 +110,9 @@ def render_job_script(profile: Profile, log_directory: Path) -> str:
     with tempfile.TemporaryDirectory(prefix="mltf-render-") as scratch:
         credentials = create(Path(scratch))
         # The scheduler of a render only needs an address: loopback works on any host (the worker's
-        # --interface from the profile is still written into the script).
+        # --interface from the profile is still written into the script); no dashboard, no fixed port.
         cluster = make_slurm_cluster(
-            profile, log_directory, scheduler_options={"dashboard_address": None, "host": "127.0.0.1"},
+            profile, log_directory, scheduler_options={**scheduler_options(None), "host": "127.0.0.1"},
             security=credentials.security(),
         )
         try:

@@ -140,8 +140,10 @@ def test_slurm_rejection_is_reported_before_anything_runs(
 def test_attach_to_an_existing_scheduler(tmp_path: Path) -> None:
     from distributed import Client, LocalCluster
 
+    from mltf_flow.clusters.dashboard import local_cluster_options
+
     with LocalCluster(n_workers=1, processes=False, protocol="tcp://", host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+                      **local_cluster_options(None)) as cluster:
         profiles = tmp_path / "attach.yaml"
         profiles.write_text(
             f"attached:\n  extends: local\n  workers: 1\n  scheduler_address: {cluster.scheduler_address}\n"

@@ -18,6 +18,8 @@ from mltf_flow.errors import ConfigError, SlurmRejected
 WriteCwd = Callable[[object], Path]
 
 QUOTED_EXPORT = "export NCCL_IB_HCA='=mlx5_0:1'"
+# Dask's malloc trim threshold removed from the nanny's pre-spawn environment (mltf_flow.clusters.worker_env).
+TRIM_EXPORT = """export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON='{"MALLOC_TRIM_THRESHOLD_": None}'"""
 GPU4 = {
     "extends": "slurm",
     "partition": "gpu",
@@ -65,6 +67,7 @@ def test_gpu_profile_kwargs(tmp_path: Path, write_profiles: WriteCwd) -> None:
         "module load cuda",
         QUOTED_EXPORT,
         "export DASK_DISTRIBUTED__WORKER__DAEMON=False",
+        TRIM_EXPORT,
         "export MLTF_WORKERS_PER_JOB=4",
         "export MLTF_GPUS_PER_JOB=4",
         "export CUDA_DEVICE_ORDER=PCI_BUS_ID",
@@ -92,6 +95,7 @@ def test_cpu_profile_kwargs(tmp_path: Path, write_profiles: WriteCwd) -> None:
     assert kwargs["worker_extra_args"] == ["--lifetime", "55m"]
     assert kwargs["job_script_prologue"] == [
         "export DASK_DISTRIBUTED__WORKER__DAEMON=False",
+        TRIM_EXPORT,
         "export MLTF_WORKERS_PER_JOB=2",
     ]
     assert kwargs["queue"] is None
