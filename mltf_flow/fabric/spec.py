@@ -47,7 +47,15 @@ def fabric_settings(spec: FabricSpec) -> FabricSettings:
     """A section as settings: typed ones as they are, mappings (a job's spec.json) checked, none is ``auto``."""
     if isinstance(spec, FabricSettings):
         return spec
-    return FabricSettings() if spec is None else validate(FabricSettings, spec, "fabric")
+    if spec is None or _is_default(spec):  # what most job specs carry: no pydantic in a job's wrapper (0.1-0.3 s)
+        return FabricSettings()
+    return validate(FabricSettings, spec, "fabric")
+
+
+def _is_default(spec: Mapping[str, Any]) -> bool:
+    """True for the default section as a job's spec.json holds it (``asdict`` of it, through JSON)."""
+    default = dataclasses.asdict(FabricSettings())
+    return dict(spec) == {k: list(v) if isinstance(v, tuple) else v for k, v in default.items()}
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def _client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def _spec(tmp_path: Path, server: MlflowServer, tracking_uri: str, command: str) -> JobSpec:
+def _spec(tmp_path: Path, server: MlflowServer, tracking_uri: str, command: str, fabric: Any = None) -> JobSpec:
     client = _client(server.uri)
     name = f"wrapper-rest-{tmp_path.name}"
     experiment_id = client.create_experiment(name)
@@ -112,7 +112,7 @@ def _spec(tmp_path: Path, server: MlflowServer, tracking_uri: str, command: str)
     job_dir = tmp_path / "jobs" / run.info.run_id
     spec = JobSpec(run_id=run.info.run_id, experiment_id=experiment_id, tracking_uri=tracking_uri,
                    project_dir=str(FLAKY), command=command, display_command=command, job_dir=str(job_dir),
-                   local_bin=BIN, fabric={"kind": "none"})
+                   local_bin=BIN, fabric=fabric or {"kind": "none"})
     job_dir.mkdir(parents=True)
     spec.write(job_dir / "spec.json")
     return spec
@@ -142,12 +142,16 @@ def _imported(log: str) -> set[str]:
 
 
 def test_a_job_against_a_server_never_imports_mlflow(tmp_path: Path, mlflow_server: MlflowServer) -> None:
-    spec = _spec(tmp_path, mlflow_server, mlflow_server.uri, "echo job-ran")
+    from mltf_flow.config.fabric import FabricSettings
+
+    # The fabric section every profile gets by default, as submit writes it into spec.json.
+    spec = _spec(tmp_path, mlflow_server, mlflow_server.uri, "echo job-ran", fabric=FabricSettings())
     code, log = _run_wrapper(spec, {}, "-X", "importtime")
     assert code == 0, log
     imported = _imported(log)
     assert "mltf_flow" in imported and "json" in imported  # the report is there ...
     assert "mlflow" not in imported, sorted(imported)  # ... and mlflow is not in it
+    assert "pydantic" not in imported, sorted(imported)  # the default fabric section needs no validation
     run = _client(mlflow_server.uri).get_run(spec.run_id)
     assert run.info.status == "FINISHED" and run.info.end_time
     assert run.data.tags["mltf.complete"] == "true" and run.data.tags["mltf.exit_code"] == "0"
