@@ -28,6 +28,11 @@ Fairness (same project, same data, same parallelism ``N`` = the ``local`` profil
 * the peer does no staging (a manifest of names, paths and sizes is written without checksums) and
   verifies nothing: what ours does on top (checksums, lineage, outputs verified, leases) is ours to pay for.
 
+Each side runs once unmeasured first (bytecode caches written, page cache warm; ``PYTHONDONTWRITEBYTECODE`` is
+dropped for both), then the measured runs alternate which side goes first. Medians; the load average is
+printed with each run (the machines are shared: only ratios measured side by side mean something).
+``--quick``: one repeat on 2 small files with 1 epoch (for ``make bench``).
+
     python benchmarks/peer_multistep.py [--repeats 3] [--quick]
 """
 
