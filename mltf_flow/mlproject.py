@@ -7,8 +7,11 @@ Two readers share one model:
   case-insensitively, bare-string parameters are a type without default, type defaults to
   ``string``, one environment field at most) without importing mlflow, which costs 1-2 s and would
   be paid by every ``luigi`` invocation. Tests check that both readers agree.
-* :func:`mlflow_command` uses MLflow's own loader and ``EntryPoint.compute_command`` at launch time,
-  so a step runs exactly the command ``mlflow run`` would run.
+* :func:`mlflow_command` renders the command ``mlflow run`` would run with exactly the rules of MLflow's
+  ``EntryPoint.compute_command`` (``path`` values made absolute, ``uri`` values checked, every value and
+  extra key ``shlex``-quoted, extras appended as ``--key value``, script entry points), without importing
+  mlflow on the way to a step's start; the cases only MLflow can finish (a remote ``path`` it downloads, a
+  value it rejects, a default only its own YAML holds) go to MLflow itself. Tests compare both renderings.
 
 Parameter values are normalised to their declared type (:meth:`Parameter.normalise`), so ``100``,
 ``"100"`` and ``100.0`` are one ``int`` value and ``1e-3`` and ``0.001`` one ``float`` value.
@@ -20,6 +23,7 @@ import hashlib
 import math
 import os
 import re
+import shlex
 import urllib.parse
 import warnings
 from collections.abc import Iterable, Mapping
@@ -357,14 +361,64 @@ def command_values(values: Mapping[str, ParamValue]) -> dict[str, str]:
 
 
 def mlflow_command(project: Project, entry_point: str, values: Mapping[str, ParamValue], storage_dir: Path) -> str:
-    """The shell command ``mlflow run`` would run for these values, computed by MLflow itself."""
+    """The shell command ``mlflow run`` would run for these values (see the module docstring)."""
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    strings = command_values(values)
+    rendered = _render(project, entry_point, strings)
+    return rendered if rendered is not None else _mlflow_rendered(project, entry_point, strings, storage_dir)
+
+
+def _local_path(value: str) -> str | None:
+    """MLflow's ``get_local_path_or_none`` on POSIX: a path without scheme or a ``file:`` URI without host,
+    percent-decoded as ``url2pathname`` decodes it; None for anything remote."""
+    parsed = urllib.parse.urlparse(value)
+    if parsed.scheme and not (parsed.scheme == "file" and not parsed.netloc):
+        return None
+    return urllib.parse.unquote(parsed.path if value.startswith("file:") else value)
+
+
+def _render(project: Project, entry_point: str, strings: Mapping[str, str]) -> str | None:
+    """``EntryPoint.compute_command`` of MLflow 3 (``mlflow.projects._project_spec``), or None where only
+    MLflow can finish (then it renders, downloads or rejects)."""
+    if os.name != "posix":
+        return None
+    ep = project.entry_points.get(entry_point)
+    if ep is not None:
+        command, declared = ep.command, ep.parameters
+    else:  # MLflow's get_entry_point: a .py/.sh name not declared runs as a script (no existence check)
+        runner = {".py": "python", ".sh": os.environ.get("SHELL", "bash")}.get(os.path.splitext(entry_point)[1])
+        if runner is None:
+            return None
+        command, declared = f"{runner} {shlex.quote(entry_point)}", {}
+    if any(name not in strings for name in declared):
+        return None  # MLflow would take the raw YAML default: let it
+    params: dict[str, str] = {}
+    for name, param in declared.items():
+        value = strings[name]
+        if param.declared_type == "path":  # MLflow compares the declared type as written
+            local = _local_path(value)
+            if local is None or not os.path.exists(local):
+                return None  # a download into storage_dir, or MLflow's own "no such file" error
+            value = os.path.abspath(local)
+        elif param.declared_type == "uri" and not urllib.parse.urlparse(value).scheme:
+            return None  # MLflow's "Expected URI" error
+        params[name] = shlex.quote(value)
+    try:
+        formatted = command.format(**params)
+    except (KeyError, IndexError, ValueError):
+        return None  # a placeholder MLflow fails on: its error
+    extras = [f"--{shlex.quote(key)} {shlex.quote(value)}" for key, value in strings.items() if key not in declared]
+    return " ".join([formatted, *extras])
+
+
+def _mlflow_rendered(project: Project, entry_point: str, strings: Mapping[str, str], storage_dir: Path) -> str:
+    """The command as MLflow's own loader and ``compute_command`` make it (imports mlflow: 1-2 s)."""
     from mlflow.exceptions import MlflowException
     from mlflow.projects import _project_spec
 
     try:
         spec = _project_spec.load_project(str(project.root))
         ep = spec.get_entry_point(entry_point)
-        storage_dir.mkdir(parents=True, exist_ok=True)
-        return str(ep.compute_command(command_values(values), str(storage_dir)))
+        return str(ep.compute_command(dict(strings), str(storage_dir)))
     except MlflowException as exc:
         raise ConfigError(f"{project.root}: MLflow rejected entry point {entry_point!r}: {exc.message}") from exc

@@ -85,12 +85,15 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
     run_id = spec["env"].get("MLFLOW_RUN_ID")
     if run_id and spec.get("tracking_uri"):
         monitor = RankMonitor(run_id, spec["tracking_uri"], f"rank-{rank}", env.get("MLTF_GPU_DEVICE"),
-                              float(spec["metrics_interval"])).start()
+                              float(spec["metrics_interval"]))
     try:
+        # The command first, its monitor alongside once it runs: starting the monitor imports MLflow
+        # (seconds), which would otherwise pass before the rank's own first line.
         ended = run_streaming(
             spec["command"], cwd=Path(spec["cwd"]), env=env, log_path=log_path, display=spec["display"],
             tail_lines=int(spec["tail_lines"]), echo_prefix=None, should_stop=stop.is_set,
             timeout=spec.get("timeout"),
+            on_start=None if monitor is None else monitor.start_in_background,
         )
     finally:
         if monitor is not None:

@@ -6,14 +6,23 @@ task runs one monitor with ``node_id = rank-<r>`` (metrics ``system/rank-<r>/...
 reports only the rank's own device, named by its NVML index. CPU, memory, disk and network figures
 are the node's (psutil), as MLflow's are. A last sample is logged when the rank ends, so short runs
 have figures too.
+
+A rank's command starts first and its monitor alongside (:meth:`RankMonitor.start_in_background`):
+the monitor imports MLflow and opens the tracking store (seconds on a loaded node, more with a fresh
+sqlite store), which must not delay the rank's training.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 _log = logging.getLogger(__name__)
+
+#: Seconds :meth:`RankMonitor.finish` waits for a monitor still starting (importing MLflow) when the
+#: command has already ended; past that the rank ends without its last sample.
+START_WAIT_S = 120.0
 
 
 def _own_gpu_monitor(device: str) -> Any:
@@ -48,6 +57,13 @@ class RankMonitor:
         self.run_id, self.tracking_uri, self.node_id = run_id, tracking_uri, node_id
         self.device, self.interval = device, interval
         self.monitor: Any = None
+        self._starting: threading.Thread | None = None
+
+    def start_in_background(self, _pid: int = 0) -> None:
+        """:meth:`start` in a thread: the caller (the rank's launcher task) goes on at once. Fits
+        ``run_streaming``'s ``on_start`` (the command's pid is not needed)."""
+        self._starting = threading.Thread(target=self.start, name=f"mltf-monitor-{self.node_id}", daemon=True)
+        self._starting.start()
 
     def start(self) -> RankMonitor:
         try:
@@ -76,6 +92,12 @@ class RankMonitor:
         return self
 
     def finish(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            starting.join(START_WAIT_S)
+            if starting.is_alive():  # still importing: the sample is lost, training is not held up
+                _log.warning("system metrics for %s did not start within %.0f s", self.node_id, START_WAIT_S)
+                return
         monitor, self.monitor = self.monitor, None
         if monitor is None:
             return

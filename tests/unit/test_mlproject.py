@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -274,3 +276,93 @@ def test_script_entry_point_passes_any_parameter(tmp_path: Path) -> None:
     root = write_project(tmp_path / "toy", TOY_MLPROJECT, files=("conda.yaml", "x.py"))
     ep: EntryPoint = read_project(root).entry_point("x.py")
     assert ep.normalise({"k": 3}) == {"k": "3"}
+
+
+RENDER_MLPROJECT = """\
+name: render
+python_env: python_env.yaml
+entry_points:
+  main:
+    parameters:
+      data: path
+      out: {type: path, default: "out dir"}
+      src: {type: uri, default: "s3://bucket/key"}
+      note: {type: string, default: "it's"}
+      count: {type: int, default: 3}
+      rate: {type: float, default: 1e-3}
+      odd: {type: Path, default: "x"}
+      plain: {default: 5}
+    command: "python main.py {data} --out {out} --src {src} --note {note} -n {count} --rate {rate} {odd} {plain}"
+  bare:
+    command: "echo {{literal}} done"
+"""
+
+
+def _render_cases(root: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(entry point, values) pairs that a step may pass; paths relative to ``root`` (the cwd)."""
+    (root / "in put.csv").write_text("x")
+    (root / "out dir").mkdir()
+    (root / "per%cent").write_text("x")
+    (root / "sub").mkdir()
+    full = {"out": "out dir", "src": "s3://bucket/key", "note": "it's", "count": 3, "rate": 0.001, "odd": "x",
+            "plain": 5}
+    return [
+        ("main", {**full, "data": "in put.csv"}),
+        ("main", {**full, "data": str(root / "in put.csv")}),
+        ("main", {**full, "data": (root / "in put.csv").as_uri()}),
+        ("main", {**full, "data": "sub/../in put.csv"}),
+        ("main", {**full, "data": "sub/"}),
+        ("main", {**full, "data": "per%25cent"}),
+        ("main", {**full, "data": "in put.csv", "note": "a b; rm -rf / $(x) `y` \"z\"", "count": -7,
+                  "rate": 1e-20, "odd": "~/not-expanded", "plain": ""}),
+        ("main", {**full, "data": "in put.csv", "src": "rucio://scope:name", "note": "{braces}"}),
+        ("main", {**full, "data": "in put.csv", "extra key": "v w", "--flag": "1", "x": "it's"}),
+        ("bare", {}),
+        ("bare", {"k": "a b"}),
+        ("run.py", {"alpha": 0.5, "name": "x y"}),
+        ("run.sh", {"n": 1}),
+        ("run.py", {}),
+    ]
+
+
+def test_rendered_command_is_mlflows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our rendering (no mlflow import) gives MLflow's compute_command byte for byte, on many cases."""
+    root = write_project(tmp_path / "render", RENDER_MLPROJECT, files=("python_env.yaml", "run.py", "run.sh"))
+    monkeypatch.chdir(root)
+    project = read_project(root)
+    spec = _project_spec.load_project(str(root))
+    for i, (name, values) in enumerate(_render_cases(root)):
+        ours = mlflow_command(project, name, values, tmp_path / f"s{i}")
+        theirs = spec.get_entry_point(name).compute_command(command_values(values), str(tmp_path / f"m{i}"))
+        assert ours == theirs, (name, values)
+
+
+def test_rendering_hands_mlflow_what_only_it_can_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing local path, a non-URI for a uri parameter and a missing required value: MLflow's errors."""
+    root = write_project(tmp_path / "render", RENDER_MLPROJECT, files=("python_env.yaml",))
+    monkeypatch.chdir(root)
+    project = read_project(root)
+    full = {"out": "out dir", "src": "s3://b/k", "note": "n", "count": 1, "rate": 0.5, "odd": "x", "plain": 5}
+    (root / "out dir").mkdir()
+    for values, message in (({**full, "data": "missing.csv"}, "no such file"),
+                            ({**full, "data": "out dir", "src": "no-scheme"}, "Expected URI"),
+                            ({"out": "out dir"}, "missing parameters")):
+        with pytest.raises(ConfigError, match=message):
+            mlflow_command(project, "main", values, tmp_path / "s")
+
+
+def test_rendering_a_step_command_imports_no_mlflow(tmp_path: Path) -> None:
+    """The driver reaches a step's start without importing mlflow for its command (issue 16)."""
+    features = tmp_path / "features.mltft"
+    features.write_bytes(b"x")
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom mltf_flow.mlproject import read_project, mlflow_command\n"
+        f"p = read_project({str(JET)!r})\n"
+        f"values = p.entry_point('train').normalise({{'features': {str(features)!r}}})\n"
+        f"print(mlflow_command(p, 'train', values, Path({str(tmp_path / 's')!r})))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=REPO).stdout.splitlines()
+    assert out[0].startswith(f"python train.py --features {features} --epochs 8 ")
+    assert out[1] == "[]"
