@@ -157,7 +157,10 @@ def connect(profile: Profile, reporter: luigi.Task) -> Cluster:
     client = session.client_for(profile)
     report_status(reporter, f"waiting for {profile.expected_workers} Dask worker(s) of profile {profile.name!r}")
     session.wait_for_workers(client, profile)
-    dashboard = session.dashboard_link(profile) or str(getattr(client, "dashboard_link", "") or "")
+    # A cluster we started says its dashboard ("" = none: its scheduler's HTTP server then serves no dashboard,
+    # though Dask's client still makes a link to it); only a scheduler someone else runs is asked.
+    dashboard = (str(getattr(client, "dashboard_link", "") or "") if profile.scheduler_address
+                 else session.dashboard_link(profile))
     job_ids = tuple(session.worker_job_ids(client)) if isinstance(profile, SlurmProfile) else ()
     return Cluster(profile, address, client, dashboard, job_ids)
 

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import luigi
 import pytest
 
 from tests.helpers import WriteProfiles, isolate_profiles, run_mltf
@@ -85,6 +86,10 @@ def test_local_cluster_without_dashboard() -> None:
         client = session.client_for(profile)
         client.wait_for_workers(1, timeout=60)
         assert session.dashboard_link(profile) == ""
+        # What a step records as its mltf.dask_dashboard: nothing, not a link to a server without a dashboard.
+        from mltf_flow.step_run import connect
+
+        assert connect(profile, luigi.Task()).dashboard == ""
         assert list(client.run(worker_env).values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
         http = client.scheduler_info()["services"]["dashboard"]
         assert http != DASHBOARD_PORT
