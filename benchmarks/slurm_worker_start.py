@@ -1,8 +1,9 @@
 """SLURM worker start: mltf_flow's cluster (profile -> pre-flight -> scale -> wait) vs plain dask-jobqueue
 (``SLURMCluster(...)`` -> ``scale(jobs=2)`` -> ``wait_for_workers(2)``) with the same job shape, interleaved,
 in this run; and how fast SLURM's rejection of an impossible profile reaches the user. Needs a SLURM
-cluster (tests/infra/slurm.sh up) and the `slurm-ci` profile. Goals: mltf_flow's start <= 1.25x plain
-dask-jobqueue's (about +1 s on a 4 s start: the keeper process and the pre-flight), and SLURM's rejection
+cluster (tests/infra/slurm.sh up) and the `slurm-ci` profile. Goals: mltf_flow's start at most 1 s more
+than plain dask-jobqueue's (a fixed cost: the keeper process and the ``sbatch --test-only`` pre-flight, so a
+difference, not a ratio, whose baseline moves with SLURM's scheduling interval), and SLURM's rejection
 reaching the user in under 2 s.
 
     python benchmarks/slurm_worker_start.py [--repeats 3] [--quick]
@@ -22,7 +23,7 @@ from pathlib import Path
 from bench_report import report
 
 REPO = Path(__file__).resolve().parent.parent
-GOAL_RATIO = 1.25
+GOAL_EXTRA_S = 1.0
 GOAL_REJECTION_S = 2.0
 
 
@@ -99,8 +100,8 @@ def main() -> None:
     ma, mb = statistics.median(a), statistics.median(b)
     print(f"plain dask-jobqueue scale(jobs=2) -> 2 workers: {mb:6.2f} s (median of {args.repeats})")
     print(f"mltf_flow slurm-ci (pre-flight + scale + wait):  {ma:6.2f} s")
-    report("SLURM worker start vs plain dask-jobqueue", ma / mb, goal=GOAL_RATIO, better="lower",
-           detail=f"{ma:.2f} s vs {mb:.2f} s to 2 workers, median of {args.repeats}")
+    report("SLURM worker start beyond plain dask-jobqueue", ma - mb, goal=GOAL_EXTRA_S, better="lower", unit=" s",
+           detail=f"{ma:.2f} s vs {mb:.2f} s to 2 workers ({ma / mb:.2f}x), median of {args.repeats}")
     report("SLURM rejection reaches the user", rejected, goal=GOAL_REJECTION_S, better="lower", unit=" s",
            detail="a gpu:8 profile on the 4-GPU node; includes the keeper's start and Dask import")
 
