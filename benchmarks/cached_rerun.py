@@ -14,23 +14,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench_report import report
+from timed_command import timed
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 GOAL = 1.5
-
-
-def timed(cmd: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
-    return elapsed
 
 
 def main() -> None:
@@ -52,13 +43,13 @@ def main() -> None:
                     *common]
         noop = [str(BIN / "luigi"), "--module", "noop_task", "Noop", *common]
         print("filling the cache (first run of the pipeline) ...", flush=True)
-        first = timed(pipeline, env)
-        timed(pipeline, env)  # warm the page cache for both commands
-        timed(noop, env)
+        first = timed(pipeline, env, REPO)
+        timed(pipeline, env, REPO)  # warm the page cache for both commands
+        timed(noop, env, REPO)
         cached, bare = [], []
         for _ in range(args.repeats):
-            cached.append(timed(pipeline, env))
-            bare.append(timed(noop, env))
+            cached.append(timed(pipeline, env, REPO))
+            bare.append(timed(noop, env, REPO))
     c, b = statistics.median(cached), statistics.median(bare)
     ratio = c / b
     print(f"first run (3 steps executed):       {first:7.2f} s")

@@ -26,7 +26,6 @@ import argparse
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_report import report
+from timed_command import timed
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -60,16 +60,6 @@ def write_project(root: Path, chain: int | None) -> Path:
                 lines.append(f"    requires: [s{k - 1:04d}]")
         (root / "pipeline.yaml").write_text("\n".join(lines) + "\n")
     return root
-
-
-def timed(cmd: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}"
-                         f"{proc.stderr[-3000:]}")
-    return elapsed
 
 
 def run_count(work: Path) -> int:
@@ -183,17 +173,17 @@ def main() -> None:
                 fill_cmd = [sys.executable, __file__, "--fill", shape, str(n), str(project)]
                 if not filled:
                     print(f"{shape} {n}: filling the cache ({n + (shape == 'fan-out')} steps) ...", flush=True)
-                    filling = timed(fill_cmd, env)
+                    filling = timed(fill_cmd, env, REPO)
                     print(f"  filled in {filling:.1f} s ({run_count(work)} runs)", flush=True)
                 else:
                     print(f"{shape} {n}: reusing the filled cache in {root}", flush=True)
                 runs = run_count(work)
-                timed(ours, env)
-                timed(bare, env)
+                timed(ours, env, REPO)
+                timed(bare, env, REPO)
                 cached, plain = [], []
                 for _ in range(repeats):
-                    cached.append(timed(ours, env))
-                    plain.append(timed(bare, env))
+                    cached.append(timed(ours, env, REPO))
+                    plain.append(timed(bare, env, REPO))
                 if run_count(work) != runs:
                     raise SystemExit(f"{shape} {n}: the cached reruns ran steps again")
                 c, b = statistics.median(cached), statistics.median(plain)
@@ -201,7 +191,7 @@ def main() -> None:
                 print(f"  cached rerun {c * 1000:7.0f} ms, bare Luigi {b * 1000:7.0f} ms: {c / b:.2f}x", flush=True)
                 if shape == "chain" and n == largest:
                     status = [str(BIN / "mltf-flow"), "status", str(project), "--step", f"s{n - 1:04d}"]
-                    took = timed(status, env)
+                    took = timed(status, env, REPO)
                     print(f"  mltf-flow status on the {n}-step chain: {took:.2f} s", flush=True)
     load = os.getloadavg()
     for shape in ("fan-out", "chain"):

@@ -46,11 +46,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from bench_report import report
+from timed_command import timed
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = REPO / "pipelines" / "jet_tagging"
@@ -141,16 +141,6 @@ def _gap(db: Path, starts: Path) -> float:
     return min(train) - ended
 
 
-def _timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}"
-                         f"{proc.stderr[-5000:]}")
-    return elapsed
-
-
 def measure(kind: str, workers: int, data: Path, epochs: int, tmp: Path, hook: Path, n: int) -> tuple[float, float]:
     """One first run (``ours`` or ``peer``) on an empty store: (seconds, gap seconds)."""
     work = tmp / f"{kind}-{workers}-{n}"
@@ -165,7 +155,7 @@ def measure(kind: str, workers: int, data: Path, epochs: int, tmp: Path, hook: P
                    MLTF_FLOW_SET__LOCAL__WORKERS=str(workers))
         cmd = [str(BIN / "luigi"), "--module", "pipelines", "Train", "--dataset", str(data), "--epochs",
                str(epochs), "--local-scheduler", "--no-lock", "--log-level", "WARNING"]
-        seconds = _timed(cmd, env, REPO)
+        seconds = timed(cmd, env, REPO)
         db = next(work.rglob("*.db"))
     else:
         db = work / "mlflow.db"
@@ -174,7 +164,7 @@ def measure(kind: str, workers: int, data: Path, epochs: int, tmp: Path, hook: P
                    MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true", PATH=f"{BIN}{os.pathsep}{env['PATH']}")
         cmd = [sys.executable, __file__, "--drive", "--data", str(data), "--workers", str(workers),
                "--epochs", str(epochs)]
-        seconds = _timed(cmd, env, work)
+        seconds = timed(cmd, env, work)
     return seconds, _gap(db, starts)
 
 

@@ -82,6 +82,7 @@ BENCHMARKS = (
 NOT_BENCHMARKS = {
     "run_all.py": "this runner",
     "bench_report.py": "report(): the BENCH line every benchmark prints",
+    "timed_command.py": "timed(): one command's wall time, for the process-level benchmarks",
     "noop_task.py": "the bare Luigi task of cached_rerun.py",
     "ddp_train_bench.py": "the training script ddp_throughput.py launches",
     "dag_scale_tasks.py": "the task shapes dag_scale.py times",

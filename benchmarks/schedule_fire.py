@@ -15,28 +15,18 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench_report import report
 from completeness_check import start_server  # the same `mlflow server` start (benchmarks/ is on sys.path)
+from timed_command import timed
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PROJECT = REPO / "tests" / "integration" / "projects" / "scheduled"
 GOAL = 2.0
-
-
-def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
-    return elapsed
 
 
 def main() -> None:
