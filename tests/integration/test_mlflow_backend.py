@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -302,10 +303,15 @@ def test_a_requeued_job_runs_again_in_the_same_run(backend: dict[str, str], mlfl
     c = client(mlflow_server.uri)
     wait_until(lambda: c.get_run(sub.run_id).data.tags.get("mltf.slurm.state") == "REQUEUED", 60,
                "the first attempt's wrapper to record the requeue")
+    requeued_at = int(time.time())
     assert c.get_run(sub.run_id).info.status == "SCHEDULED"  # queued again, not ended
     # SLURM holds a requeued job back for a while (reason BeginTime); let it start now.
     wait_until(lambda: subprocess.run(["squeue", "-h", "-j", sub.job_id, "-o", "%T"], capture_output=True,
                                       text=True).stdout.strip() == "PENDING", 60, "the requeued job to be pending")
+    # In a later second than the requeue: slurmd revoked the job's credential when it killed the first attempt
+    # (before the wrapper saw SIGTERM and tagged REQUEUED), and a credential made within that same second counts
+    # as revoked ("Killing non-startable batch job: Job credential revoked"). SLURM's own hold-back avoids this.
+    wait_until(lambda: int(time.time()) > requeued_at, 5, "the next second on the clock", interval=0.05)
     subprocess.run(["scontrol", "update", f"jobid={sub.job_id}", "StartTime=now"], check=True)
     assert sub.wait() is True
     run = c.get_run(sub.run_id)
