@@ -36,7 +36,7 @@ data/jet_sample/jets_003.root:
 	$(PY) pipelines/jet_tagging/generate.py --out-dir data/jet_sample
 
 lint: install
-	$(BIN)/ruff check mltf_flow pipelines tests benchmarks
+	$(BIN)/ruff check mltf_flow pipelines tests benchmarks docs/hooks
 	$(BIN)/mypy
 
 # The test environments the run asks for (pytest -E NAME, tests/environments.py): tests marked with one of
