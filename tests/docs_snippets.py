@@ -93,14 +93,14 @@ def environments_of(blocks: list[Block]) -> set[str]:
 def script(blocks: list[Block], environments: set[str]) -> str:
     """One bash script: each block in order (files written, tests of the given environments run), each
     announced with its page and line so a failure points at the block."""
-    parts = []
+    parts = ["exec 2>&1  # one stream, in order: a failure shows next to the block it came from\n"]
     for block in blocks:
         if block.kind == "file":
             target = shlex.quote(block.arg)
             delimiter = "MLTF_DOCS_SNIPPET_EOF"
             parts.append(f'mkdir -p "$(dirname {target})"\ncat > {target} <<\'{delimiter}\'\n{block.text}{delimiter}\n')
         elif block.arg in environments:
-            parts.append(f"echo '>>> {block.where}' >&2\n{block.text}")
+            parts.append(f"echo '>>> {block.where}'\n{block.text}")
         else:
-            parts.append(f"echo '>>> {block.where}: skipped (needs -E {block.arg})' >&2\n")
+            parts.append(f"echo '>>> {block.where}: skipped (needs -E {block.arg})'\n")
     return "\n".join(parts)

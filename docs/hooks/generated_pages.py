@@ -63,25 +63,20 @@ def defined_tags() -> dict[str, str]:
     return found
 
 
+def _group(section: str) -> str:
+    """``*lineage* (step runs)`` -> ``lineage (step runs)``."""
+    return _inline(section.replace("*", "")).strip()
+
+
 def tags_markdown() -> str:
+    """One table of every tag: the docstring's rows in its order, then constants it does not describe yet."""
     rows = tag_rows()
-    out: list[str] = []
-    section = None
-    for sec, tag, meaning in rows:
-        if sec != section:
-            section = sec
-            out += ["", f"### {_inline(sec.strip('*').split('*')[0]).strip().capitalize()}", ""]
-            rest = sec.split("*")[-1].strip() if sec.count("*") >= 2 else ""
-            if rest:
-                out += [_inline(rest), ""]
-            out += ["| tag | meaning (who sets it) |", "|---|---|"]
-        out.append(f"| `{tag}` | {_inline(meaning)} |")
+    out = ["| tag | meaning (who sets it) | group |", "|---|---|---|"]
+    out += [f"| `{tag}` | {_inline(meaning)} | {_group(section)} |" for section, tag, meaning in rows]
     described = {tag for _, tag, _ in rows}
     missing = sorted(tag for tag in defined_tags().values() if tag not in described)
-    if missing:
-        out += ["", "### Defined in `mltf_flow/tags.py` but not yet described in its table", "",
-                "| tag |", "|---|", *(f"| `{tag}` |" for tag in missing)]
-    return "\n".join(out).strip() + "\n"
+    out += [f"| `{tag}` | (defined in `mltf_flow/tags.py`, not yet described in its table) | |" for tag in missing]
+    return "\n".join(out) + "\n"
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

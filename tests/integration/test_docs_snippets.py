@@ -57,5 +57,9 @@ def test_tested_snippets_run_as_written(page: Path, tmp_path: Path, request: pyt
     took = time.monotonic() - started
     assert result.returncode == 0, (
         f"a tested snippet of {page.relative_to(REPO)} failed (exit code {result.returncode}) after {took:.0f} s; "
-        f"the last '>>>' line names the block:\n{result.output[-6000:]}"
+        f"the last '>>>' line names the block:\n{result.stdout[-6000:]}"
     )
+    # Every block that was to run did (a script that ended early, e.g. in an unclosed here-document, fails).
+    ran = [b.where for b in blocks if b.kind == "test" and b.arg in environments]
+    missing = [where for where in ran if f">>> {where}\n" not in result.stdout]
+    assert not missing, f"blocks of {page.name} that never ran: {missing}\n{result.stdout[-3000:]}"
