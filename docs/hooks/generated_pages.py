@@ -63,16 +63,20 @@ def defined_tags() -> dict[str, str]:
     return found
 
 
-def _group(section: str) -> str:
-    """``*lineage* (step runs)`` -> ``lineage (step runs)``."""
-    return _inline(section.replace("*", "")).strip()
+def _group(section: str, first: bool) -> str:
+    """``*lineage* (step runs)`` -> ``lineage (step runs)`` on a group's first row, ``lineage`` on the others."""
+    name, _, note = section.strip("*").partition("*")
+    return _inline(f"{name} {note.strip()}" if first and note.strip() else name).strip()
 
 
 def tags_markdown() -> str:
     """One table of every tag: the docstring's rows in its order, then constants it does not describe yet."""
     rows = tag_rows()
     out = ["| tag | meaning (who sets it) | group |", "|---|---|---|"]
-    out += [f"| `{tag}` | {_inline(meaning)} | {_group(section)} |" for section, tag, meaning in rows]
+    previous = None
+    for section, tag, meaning in rows:
+        out.append(f"| `{tag}` | {_inline(meaning)} | {_group(section, section != previous)} |")
+        previous = section
     described = {tag for _, tag, _ in rows}
     missing = sorted(tag for tag in defined_tags().values() if tag not in described)
     out += [f"| `{tag}` | (defined in `mltf_flow/tags.py`, not yet described in its table) | |" for tag in missing]
@@ -107,6 +111,16 @@ def cli_markdown() -> str:
     for prog, text in cli_help():
         parts += [f"## `{prog}`", "", "```text", text.rstrip(), "```", ""]
     return "\n".join(parts)
+
+
+# A reST role in a docstring, as mkdocstrings renders it: :class:<code>~a.b.C</code>.
+_RENDERED_ROLE = re.compile(r":(?:mod|data|func|class|attr|meth|exc|obj):<code>(~?)([^<]+)</code>")
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    """The API pages: the docstrings' reST roles shown as code (``~`` keeps the last name, as in Sphinx)."""
+    return _RENDERED_ROLE.sub(lambda m: f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>",
+                              html)
 
 
 GENERATED = {"<!-- generated: tags -->": tags_markdown, "<!-- generated: cli -->": cli_markdown}
