@@ -11,7 +11,7 @@ export LUIGI_CONFIG_PATH := $(CURDIR)/configs/luigi.cfg
 # read from the current directory. A value already in the environment is kept.
 export MLTF_FLOW_PROFILE_FILES ?= $(CURDIR)/configs/profiles.yaml
 
-.PHONY: run install data test test-fast lint slurm cron rucio-venv rucio-demo ui bench clean
+.PHONY: run install data test test-fast lint docs slurm cron rucio-venv rucio-demo ui bench clean
 
 run: install data
 	$(BIN)/luigi --module pipelines Train --local-scheduler
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# constraints.txt: the exact versions CI tests (torch==2.13.0 is the local CPU wheel on these machines).
-	$(PY) -m pip install -q -c constraints.txt -e '.[example,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[example,dev,docs]'
 	# The repo's example Luigi module `pipelines` is not installed (a top-level `pipelines` would shadow a
 	# user's own): the repository root goes on this venv's sys.path so `luigi --module pipelines` finds it.
 	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "mltf_flow_repo.pth").write_text("$(CURDIR)\n")'
@@ -36,7 +36,7 @@ data/jet_sample/jets_003.root:
 	$(PY) pipelines/jet_tagging/generate.py --out-dir data/jet_sample
 
 lint: install
-	$(BIN)/ruff check mltf_flow pipelines tests benchmarks
+	$(BIN)/ruff check mltf_flow pipelines tests benchmarks docs/hooks
 	$(BIN)/mypy
 
 # The test environments the run asks for (pytest -E NAME, tests/environments.py): tests marked with one of
@@ -45,7 +45,7 @@ lint: install
 #   make test TEST_ENVIRONMENTS="slurm rucio gpu"
 TEST_ENVIRONMENTS ?= $(if $(filter 0,$(shell id -u)),slurm rucio cron,rucio)
 
-test: install lint slurm cron rucio-venv
+test: install lint docs slurm cron rucio-venv
 	$(PY) -m pytest --durations=25 $(addprefix -E ,$(TEST_ENVIRONMENTS))
 
 # A real single-node SLURM (Debian slurm-wlm + munge) for the tests marked `slurm`; needs root. Without it
@@ -74,6 +74,11 @@ rucio-demo: install data rucio-venv
 	$(PYTHON) -m venv .venv-rucio
 	.venv-rucio/bin/python -m pip install -q -r tests/infra/rucio/requirements.txt
 	touch $@
+
+# The documentation site (mkdocs.yml) in site/: offline, and --strict so a broken link or reference fails.
+# The tested snippets of the docs run in the test suite (tests/integration/test_docs_snippets.py).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
