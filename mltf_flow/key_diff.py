@@ -158,21 +158,14 @@ def _upstream_reasons(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[st
     return reasons
 
 
-def param_changes(old: Mapping[str, Any] | None, params: Mapping[str, Any]) -> list[str]:
-    """The parameter changes alone, for a step whose key is not known yet (an upstream step will run
-    first): its own parameters are known already."""
-    if old is None:
-        return []
-    shown = {name: MASK if is_secret_param(name, value) else value for name, value in keyed_params(params).items()}
-    return _param_reasons(old.get("params") or {}, shown, logged=old.get("record") == 0)
-
-
-def why_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
+def why_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any], *, own_only: bool = False) -> list[str]:
     """What differs between the record of an earlier complete run (``old``; None: there is none) and the
-    record of the step now (``new``), one short phrase each; [] when their keys are equal."""
+    record of the step now (``new``), one short phrase each; [] when their keys are equal. ``own_only``: ``new``
+    was made before the upstream keys are known (an upstream step runs first), so only the step's own
+    ingredients (code, environment, parameters, command) are compared, and [] means none of them changed."""
     if old is None:
         return ["no earlier run"]
-    if old.get("key") and old.get("key") == new.get("key"):
+    if not own_only and old.get("key") and old.get("key") == new.get("key"):
         return []
     logged = old.get("record") == 0
     reasons: list[str] = []
@@ -189,15 +182,15 @@ def why_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[s
         reasons.extend(files or ["code changed"])
     reasons.extend(_env_reasons(old.get("env") or {}, new.get("env") or {}))
     reasons.extend(_param_reasons(old.get("params") or {}, new.get("params") or {}, logged=logged))
-    if not logged:
+    if not logged and not own_only:
         reasons.extend(_upstream_reasons(old, new))
         reasons.extend(_input_reasons(list(old.get("inputs") or []), list(new.get("inputs") or [])))
         if (old.get("execution") or None) != (new.get("execution") or None):
             before, after = old.get("execution") or {}, new.get("execution") or {}
             reasons.append(f"world size {before.get('world_size', '-')} → {after.get('world_size', '-')}")
-    if not reasons:
+    if not reasons and not own_only:
         reasons.append("upstream or inputs changed" if logged else "cache key changed")
     return reasons
 
 
-__all__ = ["KEY_ARTIFACT", "RECORD_VERSION", "key_record", "param_changes", "record_from_run", "why_changed"]
+__all__ = ["KEY_ARTIFACT", "RECORD_VERSION", "key_record", "record_from_run", "why_changed"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mltf_flow.errors import MltfFlowError
-from mltf_flow.key_diff import KEY_ARTIFACT, key_record, param_changes, record_from_run, why_changed
+from mltf_flow.key_diff import KEY_ARTIFACT, key_record, record_from_run, why_changed
 from mltf_flow.pipeline_graph import CACHED, FAILED_LAST, STAGED, TO_STAGE, WILL_RUN, StepNode
 from mltf_flow.tags import TAG_COMPLETE, TAG_PIPELINE, TAG_STEP
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import luigi
 
     from mltf_flow.config import Settings
+    from mltf_flow.step_def import ResolvedStep
 
 _log = logging.getLogger(__name__)
 
@@ -168,7 +169,8 @@ class _Collector:
             found = self._previous(settings).find(step.pipeline_name(), step.step_name())
             if found is None:
                 return reasons, ""
-            return reasons + param_changes(found[1], step.params()), f"vs run {found[0][:8]}…"
+            return reasons + why_changed(found[1], key_record(_own_part(step)), own_only=True), \
+                f"vs run {found[0][:8]}…"
         found = self._previous(settings).find(step.pipeline_name(), step.step_name())
         if found is None:
             return why_changed(None, {}), ""
@@ -186,6 +188,18 @@ class _Collector:
         task = _task_of(dep)
         node = self.nodes.get(task.task_id)
         return node.name if node else _name_of(task, req)
+
+
+def _own_part(step: Any) -> ResolvedStep:
+    """The step as a value without what its upstream steps give (not known before they ran): its own
+    ingredients, for :func:`mltf_flow.key_diff.why_changed` with ``own_only``."""
+    from mltf_flow.step_def import ResolvedStep, ddp_world_size
+
+    definition, profile = step.definition(), step.cluster_profile()
+    world_size = ddp_world_size(definition, profile, getattr(step, "world_size", None))
+    return ResolvedStep(definition=definition, project=step.project(), params=dict(step.params()), inputs={},
+                        upstream={}, datasets=(), code=step.code_version(), environment=step.environment(),
+                        profile=profile, world_size=world_size)
 
 
 def _requirements(task: Any) -> Mapping[str, Any]:

@@ -75,11 +75,14 @@ def outcome_states(worker: Any) -> dict[str, str]:
     """Task id -> ran | cached | failed | not run, from Luigi's summary of the invocation's worker."""
     from luigi.execution_summary import _summary_dict
 
+    summary = _summary_dict(worker)
     states: dict[str, str] = {}
-    for status, tasks in _summary_dict(worker).items():
-        state = {"completed": RAN, "already_done": CACHED, "failed": FAILED}.get(status, NOT_RUN)
+    # Luigi's groups overlap (a failed task is also "ever_failed"): the outcome groups first.
+    for status, state in (("completed", RAN), ("already_done", CACHED), ("failed", FAILED)):
+        states.update((task.task_id, state) for task in summary.get(status, ()))
+    for tasks in summary.values():
         for task in tasks:
-            states.setdefault(task.task_id, state)
+            states.setdefault(task.task_id, NOT_RUN)
     return states
 
 

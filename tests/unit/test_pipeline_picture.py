@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import luigi
 from rich.console import Console
 
 from mltf_flow.pipeline_graph import CACHED, STAGED, WILL_RUN, StepNode, layers, status_lines, status_tree
-from mltf_flow.pipeline_svg import render_svg
+from mltf_flow.pipeline_svg import outcome_states, render_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 # A diamond: stage -> (features, calib) -> train.
@@ -56,3 +57,43 @@ def test_the_svg_parses_and_names_each_step_with_its_state() -> None:
     texts = [t.text for t in root.iter(f"{SVG}text")]
     assert "jets <invocation 1>" in texts and 'a<b & "c"' in texts and "cached  key 9c1e9c1e9c1e" in texts
     assert len(list(root.iter(f"{SVG}line"))) == 3  # one arrow per requirement
+
+
+class _Done(luigi.Task):
+    def complete(self) -> bool:
+        return True
+
+
+class _Fails(luigi.Task):
+    def complete(self) -> bool:
+        return False
+
+    def run(self) -> None:
+        raise RuntimeError("boom")
+
+
+class _Ok(luigi.Task):
+    done = False
+
+    def requires(self) -> _Done:
+        return _Done()
+
+    def run(self) -> None:
+        type(self).done = True
+
+    def complete(self) -> bool:
+        return type(self).done
+
+
+class _After(luigi.Task):
+    def complete(self) -> bool:
+        return False
+
+    def requires(self) -> list[luigi.Task]:
+        return [_Fails(), _Ok()]
+
+
+def test_outcome_states_come_from_luigis_summary_of_a_real_build() -> None:
+    result = luigi.build([_After()], local_scheduler=True, detailed_summary=True, log_level="CRITICAL")
+    assert outcome_states(result.worker) == {_Done().task_id: "cached", _Ok().task_id: "ran",
+                                             _Fails().task_id: "failed", _After().task_id: "not run"}
