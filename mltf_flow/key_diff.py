@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mltf_flow.cache_key import KEY_VERSION, keyed_params
-from mltf_flow.redaction import MASK, is_secret_param
+from mltf_flow.redaction import MASK, is_secret_param, strip_credentials
 
 if TYPE_CHECKING:
     from mltf_flow.step_def import ResolvedStep
@@ -57,7 +57,7 @@ def key_record(step: ResolvedStep) -> dict[str, Any]:
         "code": {"hash": step.code.hash, "files": dict(step.code.digests)},
         "env": {"hash": environment.key(), "manager": environment.manager, "files": env_files},
         "upstream": dict(step.upstream),
-        "inputs": [dict(d) for d in step.datasets],
+        "inputs": [{k: strip_credentials(v) for k, v in d.items()} for d in step.datasets],
         "execution": {"world_size": step.world_size} if step.run_on == "ddp" else None,
     }
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mltf_flow.errors import MltfFlowError
 from mltf_flow.key_diff import KEY_ARTIFACT, key_record, record_from_run, why_changed
 from mltf_flow.pipeline_graph import CACHED, FAILED_LAST, STAGED, TO_STAGE, WILL_RUN, StepNode
+from mltf_flow.redaction import strip_credentials
 from mltf_flow.tags import TAG_COMPLETE, TAG_PIPELINE, TAG_STEP
 
 if TYPE_CHECKING:
@@ -125,7 +126,8 @@ class _Collector:
         if isinstance(task, StageStep):
             manifest = task.output().read()
             state = STAGED if manifest else TO_STAGE
-            detail = (f"{len(manifest['files'])} file(s)  " if manifest else "") + task.uri().canonical
+            uri = strip_credentials(task.uri().canonical)
+            detail = (f"{len(manifest['files'])} file(s)  " if manifest else "") + uri
             return StepNode(task.task_id, name, self._after(task, state), detail=detail, upstream=upstream,
                             kind="stage")
         state = CACHED if task.complete() else WILL_RUN
