@@ -1,7 +1,7 @@
 """``mltf-flow``: the command line.
 
     mltf-flow run PROJECT_DIR --step train [-P k=v | -P step.k=v ...] [--workers N]
-    mltf-flow status PROJECT_DIR --step train [-P ...]     cache keys and which steps are complete
+    mltf-flow status PROJECT_DIR --step train [-P ...] [--graph]   what run would do: runs found, why steps rerun
     mltf-flow ui [--port 5000]                              MLflow UI on the configured store
     mltf-flow config                                        the resolved settings
     mltf-flow profiles                                      the cluster profiles and where they come from
@@ -86,28 +86,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mltf_flow.staging.step import StageStep
+    """What ``run`` with the same flags would do: per step, the run found for its key, or why it will run
+    (mltf_flow.pipeline_status); ``--graph``: the DAG as a tree."""
+    from mltf_flow.pipeline_graph import status_lines, status_tree
+    from mltf_flow.pipeline_status import collect
     from mltf_flow.step import MLflowStep
 
     task = _build_target(args)
-    todo, seen = [task], set()
-    while todo:
-        current = todo.pop()
-        if current.task_id in seen:
-            continue
-        seen.add(current.task_id)
-        if isinstance(current, MLflowStep):
-            key = current.cache_key()
-            ref = current.output().run_ref()
-            state = f"complete (run {ref.run_id})" if ref else "to run"
-            print(f"{current.step_name():<20} {state:<45} key {key[:16] if key else '(after upstream)'}")
-            if args.files:
+    nodes = collect([task])
+    if args.graph:
+        from rich.console import Console
+
+        pipeline = task.pipeline_name() if isinstance(task, MLflowStep) else args.step
+        Console(soft_wrap=True).print(status_tree(nodes, f"pipeline {pipeline}, step {args.step}"))
+    else:
+        print("\n".join(status_lines(nodes)))
+    if args.files:
+        todo, seen = [task], set()
+        while todo:
+            current = todo.pop()
+            if isinstance(current, MLflowStep) and current.task_id not in seen:
+                seen.add(current.task_id)
+                print(f"{current.step_name()}:")
                 _print_code(current)
-            todo.extend(current.requirements().values())
-        elif isinstance(current, StageStep):
-            manifest = current.output().read()
-            state = f"staged ({len(manifest['files'])} files)" if manifest else "to stage"
-            print(f"{'stage':<20} {state:<45} {current.uri().canonical}")
+                todo.extend(current.requirements().values())
     return 0
 
 
@@ -280,13 +282,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="the steps' environment, as for `mlflow run` (default: MLflow's for the project)")
         if name == "status":
             p.add_argument("--files", action="store_true", help="list the files each step's key covers")
-        if name == "run":
-            p.add_argument("--workers", type=int, default=1, help="Luigi worker processes")
-            p.add_argument("--scheduler-host", default=None, help="central luigid (default: local scheduler)")
-            p.add_argument("--log-level", default="WARNING")
-            p.add_argument("--no-wait", action="store_true",
-                           help="a step another invocation is running with the same inputs: exit 10 instead of "
-                                "waiting for its result")
+            p.add_argument("--graph", action="store_true", help="draw the steps as a tree, with why each will run")
+        # status takes run's command line as it is (paste it, change the word): these change nothing there.
+        quiet = name == "status"
+        p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS if quiet else "Luigi worker processes")
+        p.add_argument("--scheduler-host", default=None,
+                       help=argparse.SUPPRESS if quiet else "central luigid (default: local scheduler)")
+        p.add_argument("--log-level", default="WARNING", help=argparse.SUPPRESS if quiet else "Luigi's log level")
+        p.add_argument("--no-wait", action="store_true",
+                       help=argparse.SUPPRESS if quiet else "a step another invocation is running with the same "
+                       "inputs: exit 10 instead of waiting for its result")
     p = sub.add_parser("ui", help="start the MLflow UI on the configured tracking store")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)

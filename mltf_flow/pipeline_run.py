@@ -101,6 +101,7 @@ def run_tasks(tasks: Sequence[Any], *, workers: int = 1, scheduler_host: str | N
             list(tasks), local_scheduler=not scheduler_host, scheduler_host=scheduler_host or "localhost",
             workers=workers, detailed_summary=True, log_level=log_level,
         )
+    _attach_picture(tasks, result)
     return _outcome(result, in_progress)
 
 
@@ -119,8 +120,19 @@ def run_luigi_args(args: Sequence[str]) -> Outcome:
         argv += ["--log-level", "WARNING"]  # as `mltf-flow run`: Luigi's default (DEBUG) fills the fire's log
     in_progress = _watch_in_progress()
     with front_end(), CmdlineParser.global_instance(argv) as parser:
-        result = _schedule_and_run([parser.get_task_obj()])
+        task = parser.get_task_obj()
+        result = _schedule_and_run([task])
+    _attach_picture([task], result)
     return _outcome(result, in_progress)
+
+
+def _attach_picture(tasks: Sequence[Any], result: Any) -> None:
+    """The DAG with each step's outcome, as ``mltf/pipeline.svg`` on the parent run (mltf_flow.pipeline_svg)."""
+    from mltf_flow.config import load_settings
+    from mltf_flow.invocation import invocation_id
+    from mltf_flow.pipeline_svg import attach_picture, outcome_states
+
+    attach_picture(load_settings(), invocation_id(), list(tasks), outcome_states(result.worker))
 
 
 def _outcome(result: Any, in_progress: list[str]) -> Outcome:

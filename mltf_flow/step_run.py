@@ -283,7 +283,9 @@ def make_launcher(step: ResolvedStep, client: Any) -> Any:
 
 
 def _keep_inputs(plan: Plan, run: OpenRun) -> None:
-    """Manifests of staged inputs and the environment's package list go with the run."""
+    """The key's ingredients (``mltf/key.json``: why a later run differs, mltf_flow.key_diff), manifests of
+    staged inputs and the environment's package list go with the run."""
+    _keep_key(plan.step, run)
     for name, path in plan.manifests.items():
         run.tracker.log_artifact(run.run_id, path, "mltf/inputs", name=f"{name}.manifest.json")
     packages = plan.step.environment.packages
@@ -292,6 +294,12 @@ def _keep_inputs(plan: Plan, run: OpenRun) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(packages)
         run.tracker.log_artifact(run.run_id, path, "mltf", name="environment.txt")
+
+
+def _keep_key(step: ResolvedStep, run: OpenRun) -> None:
+    from mltf_flow.key_diff import KEY_ARTIFACT, key_record
+
+    run.tracker.client.log_dict(run.run_id, key_record(step), KEY_ARTIFACT)
 
 
 def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> tuple[LaunchResult, list[str]]:
@@ -425,6 +433,7 @@ def settle(plan: Plan, run: OpenRun, result: LaunchResult, wrote: list[str], gua
     if final is not step and final.key != key:
         tracker.set_tags(run.run_id, {TAG_CACHE_KEY: final.key, TAG_CODE_HASH: final.code.hash,
                                       TAG_KEY_BEFORE_RUN: key})
+        _keep_key(final, run)  # the record of the key the run is found by
         key = final.key
     phases.reached(phases.OUTPUTS_VERIFIED, name)
     guard.end(ok=True, exit_code=0)

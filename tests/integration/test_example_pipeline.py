@@ -184,6 +184,16 @@ def test_uncommitted_edit_reruns_only_the_edited_step(yaml_run: YamlRun) -> None
     """Through pipeline.yaml (`mltf-flow run`) on a git checkout of the example project."""
     with open(yaml_run.project / "train.py", "a") as handle:
         handle.write("# a one-line uncommitted edit\n")
+    # Before it runs, `status --graph` (run's command line, one word changed) says what will rerun and why.
+    (features,) = step_runs(yaml_run.uri, "features")
+    status = run_mltf("status", *yaml_run.args[1:], "--graph", env=yaml_run.env)
+    assert status.returncode == 0, status.output
+    graph = status.stdout
+    assert "train  will run  (key " in graph and f"vs run {yaml_run.train.info.run_id[:8]}…" in graph, graph
+    assert "why: code changed: train.py" in graph, graph
+    assert f"features  cached  run {features.info.run_id[:8]}…  (key {features.data.tags['mltf.cache_key'][:8]}…)" \
+        in graph, graph
+    assert graph.count("why:") == 1, graph  # nothing else changed
     result = run_mltf(*yaml_run.args, env=yaml_run.env)
     assert result.returncode == 0, result.output
     uri = yaml_run.uri

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,11 @@ def test_a_failing_run_is_reported_once_everywhere_grouped_and_without_secrets(
 
     # The artifacts on the invocation's parent run.
     artifacts = _parent_artifacts(mlflow_server, pipeline, kept["invocation_id"], tmp_path / "artifacts")
-    assert set(artifacts) == {"failure_report.md", "failure_report.json"}
+    assert set(artifacts) == {"failure_report.md", "failure_report.json", "pipeline.svg"}
+    # The picture of the invocation (mltf_flow.pipeline_svg): every step with its outcome.
+    svg = ET.fromstring(artifacts["pipeline.svg"])
+    states = {g.get("data-step"): g.get("data-state") for g in svg.iter("{http://www.w3.org/2000/svg}g")}
+    assert states == {"exits": "failed", "fails_itself": "failed", "both": "not run"}
     markdown = artifacts["failure_report.md"]
     assert "## [" in markdown and "boom: calibration file missing" in markdown
 

@@ -52,8 +52,10 @@ def test_status_of_a_1000_step_chain(tmp_path: Path, capsys: pytest.CaptureFixtu
     project = chain_project(tmp_path / "p", 1000)
     assert main(["status", str(project), "--step", "s0999"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len([line for line in lines if " to run " in line]) == 1000
-    assert lines[-1].startswith("s0000") and "(after upstream)" not in lines[-1]
+    steps = [line for line in lines if line.startswith("s")]  # inputs first; reasons are indented below
+    assert len(steps) == 1000 and all("  will run  " in line for line in steps)
+    assert steps[0].startswith("s0000") and "known after upstream" not in steps[0]
+    assert lines[1].strip() == "because no earlier run" and lines[3].strip() == "because upstream s0000 will rerun"
 
 
 def _rewrite_keeping_stamp(path: Path, text: str) -> None:
