@@ -47,6 +47,7 @@ class ConsoleStatus:
         self._pending = ""
         self._logged_at: float | None = None
         self._visible = False
+        self._said = ""
 
     def __enter__(self) -> ConsoleStatus:
         if sys.stderr.isatty():
@@ -83,7 +84,7 @@ class ConsoleStatus:
     def final(self, text: str | None = None) -> None:
         """Print ``text`` (default: the latest update not printed yet) whatever the rate: a line that stays."""
         text = text or self._pending
-        if text:
+        if text and text != self._said:  # a line already printed is not printed twice
             if self._status is not None:
                 self._status.update(text)
             self._text = text
@@ -91,7 +92,7 @@ class ConsoleStatus:
 
     def _say(self, text: str) -> None:
         _log.info(text)
-        self._logged_at, self._pending, self._visible = time.monotonic(), "", True
+        self._logged_at, self._pending, self._visible, self._said = time.monotonic(), "", True, text
 
     def __exit__(self, *exc: object) -> None:
         if self._status is not None:

@@ -26,6 +26,7 @@ def test_many_updates_make_one_line_then_the_final_one(caplog: pytest.LogCapture
         for i in range(100):
             line.update(f"waiting: {i}")
         line.final()
+        line.final("waiting: 99")  # printed once, however often it is the last word
     assert _lines(caplog) == ["waiting: 0", "waiting: 99"]
 
 
