@@ -252,7 +252,11 @@ def cmd_job(args: argparse.Namespace) -> int:
     from mltf_flow.config import load_settings
 
     settings = load_settings()
-    if not settings.is_local_store:
+    if settings.is_local_store:  # a fresh store: MLflow's "Creating initial MLflow database tables" is no news
+        import logging
+
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    else:
         from mltf_flow.tracking_server import check_server
 
         check_server(settings.tracking_uri)  # unreachable: say so now (MLflow's own retries take minutes)
