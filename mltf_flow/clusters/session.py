@@ -288,7 +288,7 @@ def _job_states(profile: Profile) -> list[str]:
     """``job 123 PENDING (Resources)`` for each worker job of the profile's cluster (those the keeper of this
     process submitted; a forked task process has no keeper to ask, and shows none)."""
     from mltf_flow.errors import MltfFlowError
-    from mltf_flow.slurm.query import monitor
+    from mltf_flow.slurm.query import describe_jobs
 
     keeper = _REGISTRY.keeper
     if keeper is None or profile.name not in _REGISTRY.owned or not is_main_process():
@@ -296,17 +296,9 @@ def _job_states(profile: Profile) -> list[str]:
     try:
         with _lock:
             ids = [str(j) for j in keeper.ask("jobs", profile.name).get("jobs", [])]
-        states = monitor().lookup(ids) if ids else {}
+        return describe_jobs(ids)
     except (MltfFlowError, OSError, subprocess.SubprocessError):
         return []  # progress only: the wait itself decides
-    shown = []
-    for job_id in ids:
-        state = states.get(job_id)
-        if state is None:
-            continue
-        reason = f" ({state.reason})" if state.reason and state.reason not in ("None", "(null)") else ""
-        shown.append(f"job {job_id} {state.state}{reason}")
-    return shown
 
 
 def worker_job_ids(client: Any) -> list[str]:
