@@ -89,8 +89,9 @@ class EpochProgress:
 
     def __exit__(self, *exc: object) -> None:
         self._poller.__exit__(*exc)
-        with contextlib.suppress(Exception):  # best effort, as the polling
-            self.poll()  # the last epochs, logged after the last poll: the summary line says where it ended
+        if self._poller.healthy:  # not after a failed or hanging poll: the step's end is not held up
+            with contextlib.suppress(Exception):  # best effort, as the polling
+                self.poll()  # the last epochs, logged after the last poll: the summary line says where it ended
         if self.last:
             self._console.final(self.last)
         self._console.__exit__(*exc)

@@ -109,12 +109,16 @@ class Poller:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name=name)
 
+    #: False once a poll failed or the last one did not end in time: then nobody should poll again.
+    healthy = True
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self.poll()
             except Exception:
                 _log.debug("progress polling stopped", exc_info=True)
+                self.healthy = False
                 return
 
     def __enter__(self) -> Poller:
@@ -124,6 +128,8 @@ class Poller:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        if self._thread.is_alive():  # a poll hangs (a server that went away): left to die with the process
+            self.healthy = False
 
 
 class ClusterProgress:
