@@ -145,10 +145,38 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not settings.is_local_store:
         print(f"tracking server: {settings.tracking_uri} (open it in a browser)")
         return 0
+    _check_port_free(args.host, args.port)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
            "--host", args.host, "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI on http://{args.host}:{args.port} (store {settings.tracking_uri}); Ctrl-C stops it")
     return subprocess.call(cmd)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """The MLflow UI's server, on a taken port, logs the bind error and hangs on (or exits 0): ask first."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port {port}: not a TCP port (1-65535).")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"--host {host!r}: cannot be resolved ({exc}).") from None
+    family, kind, _, _, address = infos[0]
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve the MLflow UI on {host}:{port}: {exc.strerror} (another MLflow UI? "
+                              f"`ss -ltnp 'sport = :{port}'` shows who). Pick another port: "
+                              f"mltf-flow ui --port {port + 1}") from None
+
+
+def _mlflow_error_code(exc: BaseException) -> str | None:
+    """MLflow's error code of ``exc`` (``RESOURCE_DOES_NOT_EXIST``, ...), None for other exceptions."""
+    code = getattr(exc, "error_code", None)
+    return str(code) if code is not None and type(exc).__module__.startswith("mlflow") else None
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
@@ -186,6 +214,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         if not args.project_dir:
             raise ConfigError("render --backend-config needs the project: mltf-flow render --backend-config CFG "
                               "PROJECT_DIR -e ENTRY_POINT [-P key=value ...]")
+        if "://" not in args.project_dir and "@" not in args.project_dir and not os.path.exists(args.project_dir):
+            # MLflow takes any other string for a git URL, and fails with git's traceback.
+            raise ConfigError(f"project {args.project_dir}: no such directory. Pass the directory that holds "
+                              "MLproject (or a git URL).")
         print(render_for(args.project_dir, args.entry_point, parse_params(args.param), config, args.env_manager),
               end="")
         return 0
@@ -221,8 +253,24 @@ def cmd_job(args: argparse.Namespace) -> int:
     from mltf_flow.backend.submitted import SlurmSubmittedRun
     from mltf_flow.config import load_settings
 
-    run = SlurmSubmittedRun.from_run(args.run_id, load_settings().tracking_uri, poll_interval=2.0,
-                                     max_poll_interval=30.0)
+    settings = load_settings()
+    if settings.is_local_store:  # a fresh store: MLflow's "Creating initial MLflow database tables" is no news
+        import logging
+
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    else:
+        from mltf_flow.tracking_server import check_server
+
+        check_server(settings.tracking_uri)  # unreachable: say so now (MLflow's own retries take minutes)
+    try:
+        run = SlurmSubmittedRun.from_run(args.run_id, settings.tracking_uri, poll_interval=2.0,
+                                         max_poll_interval=30.0)
+    except Exception as exc:
+        if _mlflow_error_code(exc) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ConfigError(f"no MLflow run {args.run_id!r} in {strip_credentials(settings.tracking_uri)}. "
+                              "Pass the run id `mlflow run --backend mltf` printed (or set MLFLOW_TRACKING_URI / "
+                              "the tracking_uri setting to the store it ran in).") from None
+        raise
     if args.cancel:
         run.cancel()
     ok = run.wait() if args.wait else None
@@ -348,6 +396,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except MltfFlowError as exc:
         print(f"mltf-flow: {strip_credentials(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if _mlflow_error_code(exc) is None and not isinstance(exc, OSError):
+            raise  # a bug of ours: its traceback is what a report needs
+        # MLflow's and the system's errors name what failed in their message: that, without the traceback.
+        what = "MLflow" if _mlflow_error_code(exc) else type(exc).__name__
+        print(f"mltf-flow: {args.command}: {what}: {strip_credentials(str(exc))}", file=sys.stderr)
         return 1
 
 

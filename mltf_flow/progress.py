@@ -1,8 +1,18 @@
-"""Progress reporting to Luigi: status message, tracking URL and percentage of a running task."""
+"""Progress of a running step, for Luigi (status message, tracking URL, percentage) and for the console.
+
+On the console, progress is one line of ours: animated with rich while stderr is a terminal, and on anything
+else (CI logs, pipes) a plain ``mltf_flow: ...`` line when the state changes, at most one per
+``plain_every`` seconds, so a long wait is a few lines, never a flood (:class:`ConsoleStatus`).
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import luigi
 
@@ -21,6 +31,105 @@ def report_status(
     ):
         if value is not None and callable(callback):
             callback(value)
+
+
+class ConsoleStatus:
+    """One line of progress on the console (see the module docstring). ``update`` may be called as often as
+    wanted: a terminal shows the latest text; a log gets a line only when the text changed, ``quiet_for``
+    seconds after the start (work that ends that soon says nothing) and ``plain_every`` seconds after the
+    previous line. :meth:`final` always prints (the outcome of what was shown)."""
+
+    def __init__(self, *, plain_every: float = 30.0, quiet_for: float = 0.0) -> None:
+        self.plain_every, self.quiet_for = plain_every, quiet_for
+        self._started = time.monotonic()
+        self._status: Any = None
+        self._text = ""
+        self._pending = ""
+        self._logged_at: float | None = None
+        self._visible = False
+        self._said = ""
+
+    def __enter__(self) -> ConsoleStatus:
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.errors import LiveError
+
+            try:
+                self._status = Console(stderr=True).status("")
+                self._status.start()
+            except LiveError:  # another live display owns the terminal (a progress bar): plain lines then
+                self._status = None
+        return self
+
+    @property
+    def shown(self) -> bool:
+        """Whether anything reached the console yet."""
+        return self._visible
+
+    def update(self, text: str) -> None:
+        if text == self._text:
+            return
+        self._text = text
+        if self._status is not None:
+            self._status.update(text)
+            self._visible = True
+            return
+        now = time.monotonic()
+        if now - self._started < self.quiet_for or (
+                self._logged_at is not None and now - self._logged_at < self.plain_every):
+            self._pending = text
+            return
+        self._say(text)
+
+    def final(self, text: str | None = None) -> None:
+        """Print ``text`` (default: the latest update not printed yet) whatever the rate: a line that stays."""
+        text = text or self._pending
+        if text and text != self._said:  # a line already printed is not printed twice
+            if self._status is not None:
+                self._status.update(text)
+            self._text = text
+            self._say(text)
+
+    def _say(self, text: str) -> None:
+        _log.info(text)
+        self._logged_at, self._pending, self._visible, self._said = time.monotonic(), "", True, text
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+class Poller:
+    """Call ``poll`` every ``interval`` seconds in a daemon thread until the ``with`` block ends; an
+    exception ends the polling quietly (progress is best effort: the work it watches decides the outcome)."""
+
+    def __init__(self, poll: Callable[[], None], interval: float, name: str) -> None:
+        self.poll, self.interval = poll, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=name)
+
+    #: False once a poll failed or the last one did not end in time: then nobody should poll again.
+    healthy = True
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception:
+                _log.debug("progress polling stopped", exc_info=True)
+                self.healthy = False
+                return
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        if self._thread.is_alive():  # a poll hangs (a server that went away): left to die with the process
+            self.healthy = False
 
 
 class ClusterProgress:
@@ -116,3 +225,40 @@ class RuleProgress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()  # type: ignore[attr-defined]
+
+
+def _size(n: float) -> str:
+    """>>> _size(1536), _size(3 * 10**9)
+    ('1.5 kB', '3.0 GB')
+    """
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+class StagingProgress:
+    """Files and bytes checksummed while a local dataset is staged, on the console (after the first 2 s: a
+    small dataset says nothing) and as the Luigi task's status."""
+
+    def __init__(self, task: luigi.Task, label: str) -> None:
+        self.task, self.label = task, label
+        self._console = ConsoleStatus(quiet_for=2.0)
+        self._started = time.monotonic()
+        self._last = ""
+
+    def update(self, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
+        self._last = (f"staging {self.label}: {files_done}/{files_total} files, {_size(bytes_done)} of "
+                      f"{_size(bytes_total)} checksummed")
+        self._console.update(self._last)
+        report_status(self.task, self._last, percent=int(100 * bytes_done / bytes_total) if bytes_total else None)
+
+    def __enter__(self) -> StagingProgress:
+        self._console.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._console.shown and exc[0] is None:
+            self._console.final(f"{self._last} in {time.monotonic() - self._started:.0f} s")
+        self._console.__exit__(*exc)

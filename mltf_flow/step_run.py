@@ -39,6 +39,7 @@ from mltf_flow.errors import OutputMissing, StepError, StepFailed, StepTimedOut
 from mltf_flow.invocation import INVOCATION_ENV, invocation_id
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
 from mltf_flow.lease import renewer
+from mltf_flow.metric_progress import EpochProgress, total_epochs
 from mltf_flow.mlproject import mlflow_command
 from mltf_flow.progress import ClusterProgress, report_status
 from mltf_flow.project_outputs import load_outputs, remember_outputs, snapshot, written
@@ -314,7 +315,8 @@ def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> 
     env.update(plan.secret_env)
     root = step.project.root
     before = snapshot(root)
-    with ClusterProgress(reporter, cluster.client, f"{step.name} (dashboard {cluster.dashboard})"):
+    epochs = EpochProgress(settings.tracking_uri, run.run_id, step.name, total_epochs(plan.params), reporter)
+    with ClusterProgress(reporter, cluster.client, f"{step.name} (dashboard {cluster.dashboard})"), epochs:
         result: LaunchResult = make_launcher(step, cluster.client).launch(
             LaunchRequest(
                 step=step.name,

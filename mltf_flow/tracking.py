@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -117,6 +118,8 @@ class Tracker:
             if self.settings.is_local_store:
                 # The first use of a fresh sqlite store runs MLflow's migrations; two forked Luigi
                 # workers doing that at once collide ("duplicate column name"). One at a time.
+                # MLflow says "Creating initial MLflow database tables..." at INFO: not news to a user.
+                logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
                 with file_lock(self.settings.work_dir / "locks" / "store-init.lock"):
                     client = MlflowClient(tracking_uri=self.settings.tracking_uri)
                     client.search_experiments(max_results=1)

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -84,6 +85,18 @@ def popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str
     full = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     return subprocess.Popen([str(BIN / "luigi"), *args, "--local-scheduler", "--no-lock"], cwd=REPO, env=full,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+#: What a normal run must not show on the console: Python warnings (``UserWarning: Port 8787 is already in use``),
+#: Dask's log lines (``2026-... - distributed.scheduler - INFO - ...``), tracebacks.
+NOISE = re.compile(r"^.*(\b\w*Warning: |warnings\.warn\(| - distributed\.\S+ - | - dask_jobqueue\.\S+ - "
+                   r"|^Traceback ).*$", re.MULTILINE)
+
+
+def assert_quiet_console(output: str) -> None:
+    """A normal run's console: no Python warning, no Dask log line, no traceback (see NOISE)."""
+    noise = NOISE.findall(output)
+    assert not noise, "noise on the console:\n" + "\n".join(noise) + "\n---\n" + output[-4000:]
 
 
 def read_until(proc: subprocess.Popen[str], marker: str) -> str:

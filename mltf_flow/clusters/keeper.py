@@ -11,8 +11,13 @@ Each cluster gets TLS credentials of its own (:mod:`mltf_flow.clusters.security`
 and removed when it closes; the keeper tells its parent where they are (a directory, never the keys).
 
 Protocol: the keeper answers its start with ``{"ok": true, "address", "dashboard", "security"}`` or
-``{"ok": false, "error": CLASS, "message"}``; then reads commands (``scale``), one per line, answering
-each with one JSON line; EOF on stdin means: close and exit.
+``{"ok": false, "error": CLASS, "message"}``; then reads commands (``scale``; ``jobs``: the SLURM job ids
+of the workers), one per line, answering each with one JSON line; EOF on stdin means: close and exit.
+
+The keeper's stderr is the user's console: Dask's "Port 8787 is already in use" warning is not shown (the
+parent's line about the cluster names the port the dashboard got instead), and closing the clusters after
+Luigi's summary says nothing below ERROR (nannies killing workers that take long to stop is how a
+cluster closes, not news).
 """
 
 from __future__ import annotations
@@ -127,11 +132,17 @@ def serve(commands: IO[str], answers: IO[str]) -> int:
                     if hasattr(cluster, "job_cls"):  # dask-jobqueue: scale by jobs, each of its worker processes
                         cluster.scale(jobs=profile.workers)
                     send({"ok": True})
+                elif request["cmd"] == "jobs":  # the SLURM job ids of the cluster's workers (none for local)
+                    _, cluster, _ = clusters[name]
+                    jobs = [str(job.job_id) for job in getattr(cluster, "workers", {}).values()
+                            if getattr(job, "job_id", None)]
+                    send({"ok": True, "jobs": jobs})
                 else:
                     send({"ok": False, "error": "ValueError", "message": f"unknown command {request['cmd']!r}"})
             except Exception as exc:  # reported to the parent, which raises it where it matters
                 send({"ok": False, "error": type(exc).__name__, "message": str(exc)})
     finally:
+        quiet_close()
         for _, cluster, credentials in clusters.values():
             with contextlib.suppress(Exception):  # close the others even if one fails
                 cluster.close(timeout=30)
@@ -139,8 +150,24 @@ def serve(commands: IO[str], answers: IO[str]) -> int:
     return 0
 
 
+def quiet_start() -> None:
+    """Dask's own warning for a taken dashboard port stays off the console (see the module docstring)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+
+
+def quiet_close() -> None:
+    """Closing clusters logs nothing below ERROR (see the module docstring)."""
+    import logging
+
+    for name in ("distributed", "dask_jobqueue", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main() -> int:
     die_with_parent()
+    quiet_start()
     # The protocol owns stdout; everything else the keeper (or dask) prints goes to stderr.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

@@ -28,9 +28,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 from mltf_flow import phases
 from mltf_flow.clusters.profiles import Profile, SlurmProfile
@@ -160,9 +162,19 @@ def _start(profile: Profile) -> _Owned:
     os.environ[_env_name(_DASHBOARD_ENV, profile.name)] = owned.dashboard
     os.environ[_env_name(_SECURITY_ENV, profile.name)] = str(reply["security"])
     _log.info(f"Dask cluster for profile {profile.name!r} ({profile.kind}) at {owned.address}; "
-              f"dashboard: {owned.dashboard or 'disabled'}")
+              f"dashboard: {owned.dashboard or 'disabled'}{_moved(profile, owned.dashboard)}")
     phases.reached(phases.CLUSTER_STARTED)
     return owned
+
+
+def _moved(profile: Profile, dashboard: str) -> str:
+    """`` (port 8787 was in use)`` when Dask put the dashboard elsewhere than the profile asks (Dask's own
+    warning about it is not shown: see :mod:`mltf_flow.clusters.keeper`)."""
+    wanted = (profile.dashboard_address or "").rpartition(":")[2]
+    got = urlsplit(dashboard).port if dashboard else None
+    if wanted.isdigit() and int(wanted) != 0 and got is not None and got != int(wanted):
+        return f" (port {wanted} was in use)"
+    return ""
 
 
 def prepare(profile: Profile, *, scale: bool) -> None:
@@ -232,18 +244,61 @@ def get_client(addr: str, security: Any = None) -> Any:
 
 
 def wait_for_workers(client: Any, profile: Profile) -> None:
-    """Block until the profile's workers are connected, or fail with what SLURM says."""
-    wanted = profile.expected_workers
+    """Block until the profile's workers are connected, or fail with what SLURM says. A wait longer than a
+    moment shows what the jobs are waiting for (``squeue``'s reason) on the console."""
+    from mltf_flow.progress import ConsoleStatus
+
+    wanted, started = profile.expected_workers, time.monotonic()
+    deadline = started + profile.worker_start_timeout
+    with ConsoleStatus() as line:
+        while True:
+            try:
+                # Short waits: between them the console says why the workers are not there yet.
+                client.wait_for_workers(wanted, timeout=max(0.1, min(_WAIT_CHUNK, deadline - time.monotonic())))
+            except (TimeoutError, OSError) as exc:
+                got = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+                if time.monotonic() < deadline:
+                    line.update(_waiting(profile, got, wanted))
+                    continue
+                hint = "check `squeue --me` (pending? why?) and the job logs under <work_dir>/slurm-logs" \
+                    if isinstance(profile, SlurmProfile) else "check memory and the worker logs"
+                raise WorkersTimeout(
+                    f"profile {profile.name!r}: only {got} of {wanted} Dask workers arrived within "
+                    f"{profile.worker_start_timeout:.0f} s; {hint}. Last seen: {_waiting(profile, got, wanted)}"
+                ) from exc
+            if line.shown:
+                line.final(f"{wanted} Dask worker(s) of profile {profile.name!r} connected after "
+                           f"{time.monotonic() - started:.0f} s")
+            return
+
+
+#: Seconds between two looks at why workers have not arrived (``squeue``, at most one call per look).
+_WAIT_CHUNK = 3.0
+
+
+def _waiting(profile: Profile, got: int, wanted: int) -> str:
+    """``waiting for 2 SLURM workers of profile 'slurm-ci' (0 connected): job 123 PENDING (Resources)``."""
+    kind = "SLURM" if isinstance(profile, SlurmProfile) else "Dask"
+    text = f"waiting for {wanted - got} {kind} worker(s) of profile {profile.name!r} ({got} of {wanted} connected)"
+    jobs = _job_states(profile) if isinstance(profile, SlurmProfile) else []
+    return text + (": " + ", ".join(jobs) if jobs else "")
+
+
+def _job_states(profile: Profile) -> list[str]:
+    """``job 123 PENDING (Resources)`` for each worker job of the profile's cluster (those the keeper of this
+    process submitted; a forked task process has no keeper to ask, and shows none)."""
+    from mltf_flow.errors import MltfFlowError
+    from mltf_flow.slurm.query import describe_jobs
+
+    keeper = _REGISTRY.keeper
+    if keeper is None or profile.name not in _REGISTRY.owned or not is_main_process():
+        return []
     try:
-        client.wait_for_workers(wanted, timeout=profile.worker_start_timeout)
-    except (TimeoutError, OSError) as exc:
-        got = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        hint = "check `squeue --me` (pending? why?) and the job logs under <work_dir>/slurm-logs" \
-            if isinstance(profile, SlurmProfile) else "check memory and the worker logs"
-        raise WorkersTimeout(
-            f"profile {profile.name!r}: only {got} of {wanted} Dask workers arrived within "
-            f"{profile.worker_start_timeout:.0f} s; {hint}."
-        ) from exc
+        with _lock:
+            ids = [str(j) for j in keeper.ask("jobs", profile.name).get("jobs", [])]
+        return describe_jobs(ids)
+    except (MltfFlowError, OSError, subprocess.SubprocessError):
+        return []  # progress only: the wait itself decides
 
 
 def worker_job_ids(client: Any) -> list[str]:

@@ -66,6 +66,9 @@ class RankMonitor:
         self._starting.start()
 
     def start(self) -> RankMonitor:
+        # MLflow's monitor logs its start, stop and "Skip logging GPU metrics" at INFO on the worker's stderr,
+        # which is the user's console on the embedded default: our warnings below say what matters.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         try:
             from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor

@@ -193,6 +193,19 @@ def monitor() -> JobMonitor:
     return _MONITORS[pid]
 
 
+def describe_jobs(job_ids: Sequence[str], mon: JobMonitor | None = None) -> list[str]:
+    """``job 123 PENDING (Resources)`` for each job SLURM knows (one batched lookup): why workers are not
+    there yet, for the console."""
+    states = (mon or monitor()).lookup(list(job_ids)) if job_ids else {}
+    shown = []
+    for job_id in job_ids:
+        state = states.get(job_id)
+        if state is not None:
+            reason = f" ({state.reason})" if state.reason and state.reason not in ("None", "(null)") else ""
+            shown.append(f"job {job_id} {state.state}{reason}")
+    return shown
+
+
 def job_state_now(job_id: str) -> JobState | None:
     """One unbatched lookup (the wrapper asks for its own job when a signal arrives): scontrol first, for its
     reason and restart count; None on any error."""

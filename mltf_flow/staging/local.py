@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +62,26 @@ def _regular(uri: DatasetURI, path: Path) -> Path:
     return path
 
 
-def stage_local(uri: DatasetURI) -> dict[str, Any]:
+#: ``progress(files_done, files_total, bytes_done, bytes_total)``, called before the first and after each file.
+Progress = Callable[[int, int, int, int], None]
+
+
+def stage_local(uri: DatasetURI, progress: Progress | None = None) -> dict[str, Any]:
     """Build the manifest of a local dataset (checksums every file)."""
-    files = []
-    for name, path in list_files(uri):
-        stat = path.stat()
+    listed = [(name, path, path.stat()) for name, path in list_files(uri)]
+    total = sum(st.st_size for _, _, st in listed)
+    files: list[dict[str, Any]] = []
+    done = 0
+    for name, path, st in listed:
+        if progress is not None:
+            progress(len(files), len(listed), done, total)
         files.append(
-            {"name": name, "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            {"name": name, "path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
              "sha256": sha256_file(path)}
         )
+        done += st.st_size
+    if progress is not None:
+        progress(len(files), len(listed), done, total)
     return {
         "version": MANIFEST_VERSION,
         "uri": uri.canonical,

@@ -41,6 +41,7 @@ from mltf_flow.config.rucio import VERIFY as VERIFY
 from mltf_flow.config.rucio import RucioSettings as RucioSettings
 from mltf_flow.config.rucio import rucio_settings as rucio_settings
 from mltf_flow.errors import ConfigError, RucioNotConfigured, StagingError
+from mltf_flow.progress import Poller
 from mltf_flow.staging.manifest import MANIFEST_VERSION, manifest_digest
 from mltf_flow.staging.uri import DatasetURI
 
@@ -343,8 +344,13 @@ class RucioStager:
         downloads = logging.getLogger("mltf_flow.rucio.download")
         if downloads.level == logging.NOTSET:
             downloads.setLevel(logging.WARNING)  # Rucio's per-file INFO lines stay off the console, as before
+        def arrived() -> None:  # files count once whole at their path (Rucio renames a finished .part file)
+            here = sum(1 for f in todo if f.path is not None and f.path.is_file() and f.path.stat().st_size == f.size)
+            self.progress("DOWNLOADING", len(files) - len(todo) + here, len(todo) - here, 0, len(files))
+
         try:
-            DownloadClient(client=self.client, logger=downloads, tracing=False).download_dids(items)
+            with Poller(arrived, 2.0, "mltf-rucio-download"):
+                DownloadClient(client=self.client, logger=downloads, tracing=False).download_dids(items)
         except (NoFilesDownloaded, NotAllFilesDownloaded) as exc:
             raise StagingError(f"downloading {self.uri.canonical} into {self.cache_dir} failed: "
                                f"{type(exc).__name__}: {scrub(str(exc))}") from None

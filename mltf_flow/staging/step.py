@@ -117,11 +117,17 @@ class StageStep(luigi.Task):
         # fails now leaves no manifest of an older state behind.
         self.manifest_path().unlink(missing_ok=True)
         report_status(self, f"staging {uri.canonical}")
-        manifest = self._stage_rucio(uri) if uri.scheme == "rucio" else stage_local(uri)
+        manifest = self._stage_rucio(uri) if uri.scheme == "rucio" else self._stage_local(uri)
         phases.reached(phases.STAGE_CHECKSUMMED)
         write_manifest(self.manifest_path(), manifest)
         phases.reached(phases.STAGE_DONE)
         report_status(self, f"staged {len(manifest['files'])} files, digest {manifest['digest'][:12]}", percent=100)
+
+    def _stage_local(self, uri: DatasetURI) -> dict[str, Any]:
+        from mltf_flow.progress import StagingProgress
+
+        with StagingProgress(self, uri.canonical) as progress:
+            return stage_local(uri, progress=progress.update)
 
     def _stage_rucio(self, uri: DatasetURI) -> dict[str, Any]:
         from mltf_flow.clusters.profiles import get_profile

@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import (
     REPO_PROFILES,
+    assert_quiet_console,
     git_project,
     no_worker_jobs,
     popen,
@@ -42,6 +43,10 @@ def test_example_pipeline_on_slurm_workers(jet_sample: Path, tmp_path: Path) -> 
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out
     assert seen  # the workers were real SLURM jobs while the pipeline ran
+    # Its console: no Python warning (two clusters ask for dashboard port 8787: ours says where the second one
+    # went), no Dask INFO line (closing the clusters after Luigi's summary says nothing).
+    assert_quiet_console(out)
+    assert "(port 8787 was in use)" in out, out
     no_worker_jobs()
     (features,) = step_runs(store(), "features")
     (train,) = step_runs(store(), "train")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import EXAMPLE, git_project, run_luigi, run_mltf, seed_store
+from tests.helpers import EXAMPLE, assert_quiet_console, git_project, run_luigi, run_mltf, seed_store
 from tests.integration.ddp_checks import assert_ddp_run
 from tests.integration.mlflow_queries import client, parents, runs, sqlite_uri, step_runs
 
@@ -22,13 +22,20 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory: pytest.TempPathFactory, jet_sample: Path, store_template: Path
-              ) -> tuple[dict[str, str], str]:
+def first_run_console(tmp_path_factory: pytest.TempPathFactory, jet_sample: Path, store_template: Path
+                      ) -> tuple[dict[str, str], str, str]:
+    """``first_run`` and what its console showed."""
     work = seed_store(tmp_path_factory.mktemp("example") / "work", store_template)
     env = {"MLTF_FLOW_WORK_DIR": str(work)}
     result = run_luigi(*train_args(jet_sample), env=env)
     assert result.returncode == 0, result.output
-    return env, sqlite_uri(work)
+    return env, sqlite_uri(work), result.output
+
+
+@pytest.fixture(scope="module")
+def first_run(first_run_console: tuple[dict[str, str], str, str]) -> tuple[dict[str, str], str]:
+    env, uri, _ = first_run_console
+    return env, uri
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,13 @@ def yaml_run(tmp_path_factory: pytest.TempPathFactory, jet_sample: Path, store_t
 
 def train_args(jet_sample: Path, *extra: str) -> list[str]:
     return ["--module", "pipelines", "Train", "--dataset", str(jet_sample), "--epochs", "2", *extra]
+
+
+def test_first_run_console_is_quiet_and_says_the_epochs(first_run_console: tuple[dict[str, str], str, str]) -> None:
+    output = first_run_console[2]
+    assert_quiet_console(output)
+    # The train step's summary line, read from the run's metrics (mltf_flow.metric_progress).
+    assert "mltf_flow: train: epoch 2/2, train_loss " in output, output
 
 
 def test_first_run_records_parent_children_metrics_and_model(first_run: tuple[dict[str, str], str]) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mltf_flow.slurm.query import JobMonitor, job_state_now, parse_scontrol, parse_squeue
+from mltf_flow.slurm.query import JobMonitor, describe_jobs, job_state_now, parse_scontrol, parse_squeue
 from mltf_flow.slurm.states import KILLED, SCHEDULED, JobState
 from tests.helpers import wait_until
 
@@ -160,3 +160,8 @@ def test_cancelled_job_reads_killed_until_slurm_forgets_it(held_job: str) -> Non
 
 def test_job_state_now() -> None:
     assert job_state_now("999999") is None
+
+
+def test_why_a_job_waits_reads_as_the_console_shows_it(held_job: str) -> None:
+    # What "waiting for N SLURM workers of profile ...: <this>" says (mltf_flow.clusters.session).
+    assert describe_jobs([held_job, "999999"]) == [f"job {held_job} PENDING (JobHeldUser)"]
