@@ -391,6 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                "schedule": cmd_schedule}[args.command]
     try:
         return handler(args)
+    except BrokenPipeError:
+        # Whoever read our output stopped (`mltf-flow status | grep -q ...`, `| head`): end quietly, as Unix
+        # tools do, and keep Python from a second BrokenPipeError when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe ended
     except ConfigError as exc:
         print(f"mltf-flow: error: {strip_credentials(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT

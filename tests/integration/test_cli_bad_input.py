@@ -81,3 +81,20 @@ def test_luigi_with_an_unknown_profile(tmp_path: Path) -> None:
     assert result.returncode != 0, result.output
     assert "no profile 'nosuch'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `mltf-flow profiles | grep -q local`: grep exits at its first match and the pipe is gone. Here the pipe's
+    # reading end is closed before the command starts, so its first write meets the closed pipe every time.
+    import os
+    import subprocess
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([str(BIN / "mltf-flow"), "profiles"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == "", proc.stderr
