@@ -45,8 +45,11 @@ lint: install
 #   make test TEST_ENVIRONMENTS="slurm rucio gpu"
 TEST_ENVIRONMENTS ?= $(if $(filter 0,$(shell id -u)),slurm rucio cron,rucio)
 
+# Two pytest processes (pytest-xdist; tests/parallel.py keeps SLURM, cron and Rucio tests to one of them).
+TEST_PROCESSES ?= 2
+
 test: install lint docs slurm cron rucio-venv
-	$(PY) -m pytest --durations=25 $(addprefix -E ,$(TEST_ENVIRONMENTS))
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadgroup --durations=25 $(addprefix -E ,$(TEST_ENVIRONMENTS))
 
 # A real single-node SLURM (Debian slurm-wlm + munge) for the tests marked `slurm`; needs root. Without it
 # those tests are skipped unless the run asks for the slurm environment (then they fail).

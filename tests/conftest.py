@@ -19,7 +19,7 @@ import yaml
 from tests.helpers import BIN, EXAMPLE, REPO, REPO_PROFILES, MlflowServer, WriteProfiles, free_port, seed_store
 from tests.receivers import SmtpServer, WebhookReceiver
 
-pytest_plugins = ["tests.environments"]
+pytest_plugins = ["tests.environments", "tests.parallel"]
 
 
 @pytest.fixture(scope="session")
