@@ -90,12 +90,14 @@ def own_datasets(plan: Plan) -> list[dict[str, str]]:
             for d in plan.step.datasets]
 
 
-def _slurm_jobs(cluster: Cluster, job_ids: tuple[str, ...]) -> list[tuple[str, str]]:
+def _slurm_jobs(plan: Plan, cluster: Cluster, job_ids: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Each worker job and its log, where dask-jobqueue has SLURM write it (``<job name>-<id>.out`` in the
+    profile's log directory, by default the work dir's, as :mod:`mltf_flow.clusters.keeper` sets it)."""
     profile = cluster.profile
     if not isinstance(profile, SlurmProfile):
         return []
-    logs = Path(profile.log_directory).expanduser() if profile.log_directory else None
-    where = logs if logs is not None else Path("<work dir>/slurm-logs") / profile.name
+    where = (Path(profile.log_directory).expanduser() if profile.log_directory
+             else plan.settings.work_dir / "slurm-logs" / profile.name)
     return [(job, str(where / f"{profile.job_name}-{job}.out")) for job in job_ids]
 
 
@@ -159,7 +161,7 @@ def _record(plan: Plan, cluster: Cluster, run: OpenRun, *, job_ids: tuple[str, .
         changed=changed(step), upstream=ups, datasets=datasets, commit=commit, dirty=dirty,
         diff_artifact=diff_artifact, env_manager=environment.manager, env_hash=environment.key(),
         env_prefix=str(environment.prefix) if environment.prefix is not None else None,
-        profile=cluster.profile.name, dashboard=cluster.dashboard, slurm_jobs=_slurm_jobs(cluster, job_ids),
+        profile=cluster.profile.name, dashboard=cluster.dashboard, slurm_jobs=_slurm_jobs(plan, cluster, job_ids),
         outcome=outcome,
     )
     tracker.set_tags(run.run_id, {MLFLOW_NOTE: step_description(facts)})

@@ -308,7 +308,8 @@ def test_mlflow_ui_shows_readable_lineage(first_run: tuple[dict[str, str], str],
         row(train).get_by_text("train (epochs=2)", exact=True).click()
         page.get_by_text("Outcome:", exact=False).wait_for()  # the description, rendered
         page.get_by_text(f"manifest digest {digest[:16]}", exact=False).wait_for()
-        page.get_by_text("Outcome:", exact=False).scroll_into_view_if_needed()
+        page.get_by_text("Show more", exact=True).first.click()  # the whole description, for the screenshot
+        page.get_by_text("Description", exact=True).first.scroll_into_view_if_needed()
         page.screenshot(path=shots / "mlflow_ui_train_run.png")
 
         # MLflow opens description links in a new tab (a second load of the whole app): they are followed in
