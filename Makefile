@@ -11,7 +11,7 @@ export LUIGI_CONFIG_PATH := $(CURDIR)/configs/luigi.cfg
 # read from the current directory. A value already in the environment is kept.
 export MLTF_FLOW_PROFILE_FILES ?= $(CURDIR)/configs/profiles.yaml
 
-.PHONY: run install data test test-fast lint docs slurm cron rucio-venv rucio-demo ui bench clean
+.PHONY: run install data test test-fast lint docs slurm cron chromium rucio-venv rucio-demo ui bench clean
 
 run: install data
 	$(BIN)/luigi --module pipelines Train --local-scheduler
@@ -43,12 +43,12 @@ lint: install
 # them run, and fail if it is missing; tests of the others are skipped. As root `make test` starts SLURM and
 # asks for it; it always builds .venv-rucio and asks for rucio. Add gpu on a machine with a CUDA GPU:
 #   make test TEST_ENVIRONMENTS="slurm rucio gpu"
-TEST_ENVIRONMENTS ?= $(if $(filter 0,$(shell id -u)),slurm rucio cron,rucio)
+TEST_ENVIRONMENTS ?= $(if $(filter 0,$(shell id -u)),slurm rucio cron browser,rucio)
 
 # Two pytest processes (pytest-xdist; tests/parallel.py keeps SLURM, cron and Rucio tests to one of them).
 TEST_PROCESSES ?= 2
 
-test: install lint docs slurm cron rucio-venv
+test: install lint docs slurm cron chromium rucio-venv
 	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadgroup --durations=25 $(addprefix -E ,$(TEST_ENVIRONMENTS))
 
 # A real single-node SLURM (Debian slurm-wlm + munge) for the tests marked `slurm`; needs root. Without it
@@ -64,6 +64,14 @@ cron:
 	  (apt-get install -y -qq cron >/dev/null 2>&1 || (apt-get update -qq && \
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cron >/dev/null)); \
 	else echo "not root: cron tests will be skipped (sudo make cron)"; fi
+
+# Debian's headless chromium for the tests marked `browser` (the MLflow UI driven by Playwright, which is told
+# to use this binary: Playwright's own browser download is not reachable here); needs root to install.
+chromium:
+	@if command -v chromium >/dev/null; then :; elif [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)); \
+	else echo "not root: browser tests will be skipped (sudo make chromium)"; fi
 
 # A separate venv with the Rucio server + daemons (package `rucio`) for the tests marked `rucio`
 # (tests/integration/rucio_env.py). Kept out of $(VENV): `rucio` and `rucio-clients` overlap on disk.

@@ -108,6 +108,12 @@ def git_state(root: Path, paths: Sequence[str] = (".",)) -> tuple[str | None, bo
     return head.strip(), bool(status and status.strip())
 
 
+def git_diff(root: Path, paths: Sequence[str] = (".",)) -> str:
+    """The uncommitted changes of ``paths`` against HEAD (``git diff HEAD``; untracked files are not in
+    it), logged with a run whose code is dirty; "" outside git or without changes."""
+    return _git(root, "diff", "HEAD", "--", *paths) or ""
+
+
 def keyed_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters as they enter a key: secret-looking ones (``api_token``, ``password``) by name only. A key
     is a tag anyone can read, and a hash over a short token would let them test guesses; a new token

@@ -39,6 +39,7 @@ from mltf_flow.errors import OutputMissing, StepError, StepFailed, StepTimedOut
 from mltf_flow.invocation import INVOCATION_ENV, invocation_id
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
 from mltf_flow.lease import renewer
+from mltf_flow.lineage_view import describe_parent
 from mltf_flow.metric_progress import EpochProgress, total_epochs
 from mltf_flow.mlproject import mlflow_command
 from mltf_flow.progress import ClusterProgress, report_status
@@ -47,6 +48,7 @@ from mltf_flow.redaction import display_command
 from mltf_flow.run_guard import RunGuard, run_guard
 from mltf_flow.run_index import RunRef, run_index
 from mltf_flow.step_def import MODEL_PREFIX, ResolvedStep, Upstream, code_version, step_parameter_files
+from mltf_flow.step_lineage import changed, own_datasets, record, step_run_name
 from mltf_flow.tags import (
     MLFLOW_GIT_COMMIT,
     MLFLOW_PROJECT_BACKEND,
@@ -56,6 +58,7 @@ from mltf_flow.tags import (
     MLFLOW_SOURCE_NAME,
     MLFLOW_SOURCE_TYPE,
     TAG_CACHE_KEY,
+    TAG_CHANGED_PARAMS,
     TAG_CHECKPOINT_EPOCH,
     TAG_CODE_FILES,
     TAG_CODE_HASH,
@@ -179,13 +182,14 @@ def _run_tags(plan: Plan, cluster: Cluster, key: str) -> dict[str, str]:
         TAG_ENV_MANAGER: environment.manager,
         TAG_CODE_FILES: str(code.files),
         TAG_UPSTREAM_RUN_IDS: json.dumps(dict(plan.upstream_runs), sort_keys=True),
-        TAG_INPUTS: json.dumps([dict(d) for d in step.datasets], sort_keys=True),
+        TAG_INPUTS: json.dumps(own_datasets(plan), sort_keys=True),
+        TAG_CHANGED_PARAMS: json.dumps(changed(step)),
         TAG_PROFILE: cluster.profile.name,
         TAG_LAUNCHER: step.run_on,
         TAG_DASK_DASHBOARD: cluster.dashboard,
         TAG_DASK_SCHEDULER: cluster.address,
         TAG_INVOCATION_ID: invocation_id(),
-        MLFLOW_RUN_NAME: step.name,
+        MLFLOW_RUN_NAME: step_run_name(step),
         MLFLOW_SOURCE_TYPE: "PROJECT",
         MLFLOW_SOURCE_NAME: str(project.root),
         MLFLOW_PROJECT_ENTRY_POINT: step.definition.entry_point,
@@ -234,11 +238,12 @@ def _create(plan: Plan, cluster: Cluster, tracker: Tracker, experiment_id: str, 
             _log.info(f"step '{step.name}' resumes MLflow run {run_id} (attempt {attempt}) from its checkpoint "
                       f"after epoch {resumable[1].get(TAG_CHECKPOINT_EPOCH)}")
         else:
-            run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name=step.name, tags=tags,
-                                             params=dict(plan.params))
+            run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name=tags[MLFLOW_RUN_NAME],
+                                             tags=tags, params=dict(plan.params))
     except BaseException:  # no step run to guard yet: the parent must not stay RUNNING either
         tracker.settle_parent(parent_id, step=step.name, ok=False)
         raise
+    describe_parent(tracker, parent_id)  # named after this step while it runs
     log_path = settings.work_dir / "logs" / step.pipeline / f"{step.name}-{run_id}.log"
     return OpenRun(tracker, experiment_id, run_id, parent_id, log_path, reopened=resumable is not None)
 
@@ -307,6 +312,7 @@ def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> 
     """Phase 3: run the command; returns how it ended and the files it wrote into the project."""
     step, settings, tracker = plan.step, plan.settings, run.tracker
     _keep_inputs(plan, run)
+    record(plan, cluster, run)
     env = command_env(step, settings, run.run_id, run.experiment_id)
     env["DASK_SCHEDULER_ADDRESS"] = cluster.address
     credentials = session.credentials(cluster.profile)
@@ -336,10 +342,15 @@ def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> 
     named = command_files(root, step.entry.command) | step_parameter_files(step.project, step.entry, step.params)
     wrote = written(before, after, keep=named, known=load_outputs(settings.work_dir, root))
     remember_outputs(settings.work_dir, root, wrote, step.name, run.run_id, after)
+    job_ids = cluster.job_ids
     if isinstance(cluster.profile, SlurmProfile):
         later = session.worker_job_ids(cluster.client)
         if later and set(later) != set(cluster.job_ids):
-            tracker.set_tags(run.run_id, {TAG_SLURM_JOB_IDS: ",".join(sorted(set(cluster.job_ids) | set(later)))})
+            job_ids = tuple(sorted(set(cluster.job_ids) | set(later)))
+            tracker.set_tags(run.run_id, {TAG_SLURM_JOB_IDS: ",".join(job_ids)})
+    record(plan, cluster, run, job_ids=job_ids, first=False,
+           outcome=f"command exited {result.exit_code} after {result.duration_s:.1f} s"
+           + (" (timed out)" if result.timed_out else ""))
     tracker.log_artifact(run.run_id, run.log_path, "mltf", name="step.log")
     for artifact, path in result.extra_logs:
         if path.exists():

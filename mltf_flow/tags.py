@@ -32,6 +32,8 @@ mltf.launcher                         how the command ran: ``driver``, ``worker`
 mltf.dask_dashboard                   the Dask dashboard of the step's cluster
 mltf.dask_scheduler                   the Dask scheduler address the command got
 mltf.replaces_run_ids                 stale RUNNING runs of the same key this run replaced (marked KILLED)
+mltf.changed_params                   JSON: the step's parameters that differ from its entry point's defaults
+                                      (what its run name shows; the parent run's name gathers them)
 *owner and liveness* (step runs and parent runs)
 mltf.host                             host of the process that owns the run
 mltf.pid                              its pid ...
@@ -83,7 +85,7 @@ mltf.slurm.batch_host                 the node the job's batch script runs on
 mltf.slurm.nodes                      the job's node list
 mltf.slurm.restarts                   SLURM's restart count (requeues)
 mltf.slurm.state                      SLURM's state of the job (``PENDING``, ``RUNNING``, ``TIMEOUT``, ...)
-mltf.slurm.reason                     SLURM's reason for it (``Resources``, ``None``, ...)
+mltf.slurm.reason                     SLURM's reason for it (``Resources``, ...); absent while SLURM gives none
 mltf.slurm.pre_timeout_signal_at      when SLURM's warning signal before the time limit arrived
 mltf.slurm.cancelled_by               who cancelled the job through ``SubmittedRun.cancel()``
 *DDP* (:mod:`mltf_flow.ddp.launcher`)
@@ -94,13 +96,23 @@ mltf.ddp.fabric                       rank 0's fabric note (interface, RoCE or n
 mltf.ddp.fabric_env                   JSON: rank 0's NCCL/fabric variables
 *data loading* (set by the example project's ``train.py``, user code that writes literals)
 mltf.data.backend                     the read backend that ran (``kvikio``, ``torch_gds``, ``posix``)
-mltf.data.compat                      ``True`` when cuFile/KvikIO fell back to POSIX reads
+mltf.data.compat                      ``true`` when cuFile/KvikIO fell back to POSIX reads (absent: no cuFile read)
 mltf.data.source                      the file the data was read from
 mltf.data.cufile_json                 ``CUFILE_ENV_PATH_JSON`` of the reading process
 ====================================  ===============================================================================
 
 MLflow's own tags that mltf_flow sets are named at the bottom (``MLFLOW_*``), so the light modules need
-not import mlflow for them.
+not import mlflow for them. Those that change what the MLflow UI shows:
+
+====================================  ===============================================================================
+mlflow.runName                        run name: ``features (max_constituents=32)``, ``jet_tagging: train (epochs=12)``
+                                      (:mod:`mltf_flow.run_description`)
+mlflow.note.content                   the run's Markdown description: its lineage as links (step runs, staging runs,
+                                      parent runs; rewritten when the run ends)
+mlflow.experimentKind                 experiment tag ``custom_model_development`` on the experiments mltf_flow
+                                      creates or uses (one the user set is kept): the MLflow UI then opens the
+                                      experiment on its training runs, not on its GenAI overview
+====================================  ===============================================================================
 """
 
 from __future__ import annotations
@@ -129,6 +141,7 @@ TAG_LAUNCHER = "mltf.launcher"
 TAG_DASK_DASHBOARD = "mltf.dask_dashboard"
 TAG_DASK_SCHEDULER = "mltf.dask_scheduler"
 TAG_REPLACES_RUN_IDS = "mltf.replaces_run_ids"
+TAG_CHANGED_PARAMS = "mltf.changed_params"
 # owner and liveness
 TAG_HOST = "mltf.host"
 TAG_PID = "mltf.pid"
@@ -205,3 +218,7 @@ MLFLOW_GIT_BRANCH = "mlflow.source.git.branch"
 MLFLOW_PROJECT_ENTRY_POINT = "mlflow.project.entryPoint"
 MLFLOW_PROJECT_ENV = "mlflow.project.env"
 MLFLOW_PROJECT_BACKEND = "mlflow.project.backend"
+MLFLOW_NOTE = "mlflow.note.content"
+#: An experiment tag (not a run tag); its value for training experiments.
+MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"

@@ -35,6 +35,8 @@ from mltf_flow.errors import TrackingError
 from mltf_flow.lease import is_stale, lease_tags, process_identity
 from mltf_flow.redaction import redact, split_userinfo, strip_credentials
 from mltf_flow.tags import (
+    EXPERIMENT_KIND_TRAINING,
+    MLFLOW_EXPERIMENT_KIND,
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_SOURCE_TYPE,
     MLFLOW_USER,
@@ -64,6 +66,8 @@ from mltf_flow.tags import (
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
+
+_log = logging.getLogger(__name__)
 
 
 def _main_pid() -> int:
@@ -143,13 +147,17 @@ class Tracker:
                     f"experiment {name!r} is deleted in {self.settings.tracking_uri}. Restore it "
                     f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or choose another name."
                 )
+            if MLFLOW_EXPERIMENT_KIND not in exp.tags:  # a kind the user chose stays
+                self.client.set_experiment_tag(exp.experiment_id, MLFLOW_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
             return str(exp.experiment_id)
         location = None
         if self.settings.is_local_store:
             # Without this MLflow would put artifacts in ./mlruns of whatever directory we run in.
             location = (self.settings.artifact_root / name).as_uri()
         try:
-            return str(self.client.create_experiment(name, artifact_location=location))
+            # The MLflow UI opens an experiment without a kind on its GenAI overview; ours hold training runs.
+            return str(self.client.create_experiment(name, artifact_location=location,
+                                                     tags={MLFLOW_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING}))
         except MlflowException:
             exp = self.client.get_experiment_by_name(name)  # created concurrently by another worker
             if exp is None:
@@ -244,6 +252,9 @@ class Tracker:
             elif not ok:
                 failed.append(step)
                 self.client.set_tag(parent_id, TAG_FAILED_STEPS, ",".join(failed))
+            from mltf_flow.lineage_view import describe_parent
+
+            describe_parent(self, parent_id)  # its name and description, now that the step is settled
             self.client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
 
     # -- step runs ----------------------------------------------------------------------------
@@ -463,7 +474,9 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     """The run's page in the tracking server's UI; None for a sqlite store (``mltf-flow ui`` serves it)."""
     if not tracking_uri.startswith(("http://", "https://")):
         return None
-    return f"{split_userinfo(tracking_uri)[0].rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    from mltf_flow.run_description import run_link
+
+    return f"{split_userinfo(tracking_uri)[0].rstrip('/')}/{run_link(experiment_id, run_id)}"
 
 
 def mark_running_over_rest(tracking_uri: str, run_id: str, tags: Mapping[str, str]) -> bool:

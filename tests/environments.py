@@ -1,6 +1,6 @@
 """Test environments, as dask-jobqueue does it: a test that needs a real SLURM, the Rucio test server or a CUDA
 GPU carries the marker of that environment (``slurm``, ``rucio``, ``gpu``), and the run says which
-environments it provides:
+environments it provides (``browser``: Debian's chromium for the MLflow UI tests):
 
     pytest -E slurm -E rucio        (or -E slurm,rucio; `make test` asks for slurm and rucio as root)
 
@@ -65,6 +65,20 @@ def _probe_cron() -> str | None:
     return None
 
 
+#: Debian's chromium, which the browser tests drive through Playwright (its own browser download is not used).
+CHROMIUM = "chromium"
+
+
+def _probe_browser() -> str | None:
+    if shutil.which(CHROMIUM) is None:
+        return f"{CHROMIUM} is not on PATH"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        return f"playwright is not installed in this venv: {exc}"
+    return None
+
+
 def _probe_gpu() -> str | None:
     try:
         import torch
@@ -89,6 +103,8 @@ ENVIRONMENTS = {
                          "build it: make rucio-venv", _probe_rucio),
     "cron": Environment("cron's crontab command (Debian package cron)", "install it as root: make cron",
                         _probe_cron),
+    "browser": Environment("Debian's headless chromium and the playwright package", "install it as root: make chromium",
+                           _probe_browser),
     "gpu": Environment("a CUDA GPU that torch sees", "run on a machine with an NVIDIA GPU and a CUDA build of torch",
                        _probe_gpu),
 }

@@ -164,7 +164,10 @@ class SlurmSubmittedRun(SubmittedRun):
         self._seen = key
         try:
             self.client.set_tag(self._run_id, TAG_SLURM_STATE, state.state)
-            self.client.set_tag(self._run_id, TAG_SLURM_REASON, state.reason or "None")
+            if _real_reason(state.reason):
+                self.client.set_tag(self._run_id, TAG_SLURM_REASON, str(state.reason))
+            elif TAG_SLURM_REASON in self.client.get_run(self._run_id).data.tags:  # a pending reason is over
+                self.client.delete_tag(self._run_id, TAG_SLURM_REASON)
         except Exception as exc:  # the tracking server is down: keep polling, the job does not care
             _log.warning(f"cannot tag run {self._run_id}: {exc}")
 
@@ -178,8 +181,8 @@ class SlurmSubmittedRun(SubmittedRun):
         if state is not None:
             # SLURM's own final word (e.g. OUT_OF_MEMORY where the wrapper only saw a SIGKILL) is kept.
             tags[TAG_SLURM_STATE] = state.state
-            if state.reason and state.reason != "None":
-                tags[TAG_SLURM_REASON] = state.reason
+            if _real_reason(state.reason):
+                tags[TAG_SLURM_REASON] = str(state.reason)
         status = str(run.info.status)
         if status not in TERMINAL_RUN_STATUSES:
             status, more = self._decide(state, record, note)
@@ -196,8 +199,11 @@ class SlurmSubmittedRun(SubmittedRun):
     def _decide(self, state: JobState | None, record: JobRecord | None, note: str | None) -> tuple[str, dict[str, str]]:
         """The final status of a run its wrapper did not end, and the tags that say why."""
         if record is not None and record.phase == ENDED and record.status:
-            tags = {TAG_EXIT_CODE: str(record.exit_code), TAG_SLURM_STATE: record.slurm_state or "",
-                    TAG_SLURM_REASON: record.reason or ""}
+            tags = {TAG_EXIT_CODE: str(record.exit_code)}
+            if record.slurm_state:
+                tags[TAG_SLURM_STATE] = record.slurm_state
+            if _real_reason(record.reason):
+                tags[TAG_SLURM_REASON] = str(record.reason)
             if record.status == FINISHED:
                 tags[TAG_COMPLETE] = "true"
             else:
@@ -237,3 +243,7 @@ class SlurmSubmittedRun(SubmittedRun):
         except Exception as exc:
             _log.warning(f"could not upload {log}: {exc}")
 
+
+def _real_reason(reason: str | None) -> bool:
+    """SLURM says "None" when a job waits for nothing: no reason, not a tag with the word None."""
+    return bool(reason) and reason != "None"

@@ -34,6 +34,7 @@ from mltf_flow.staging.local import stage_local
 from mltf_flow.staging.manifest import write_manifest
 from mltf_flow.staging.uri import DatasetURI, parse_dataset_uri
 from mltf_flow.tags import (
+    MLFLOW_NOTE,
     TAG_DATASET_FILES,
     TAG_DATASET_URI,
     TAG_INVOCATION_ID,
@@ -150,7 +151,10 @@ class StageStep(luigi.Task):
         pipeline = self.pipeline or "datasets"
         experiment_id = tracker.ensure_experiment(settings.experiment_for(pipeline))
         parent_id = tracker.parent_run(experiment_id, pipeline, invocation_id()) if self.pipeline else None
-        run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name="stage", params={}, tags={
+        from mltf_flow.run_description import run_name
+
+        name = run_name("stage", {"dataset": uri.canonical.split("://", 1)[-1]})
+        run_id = tracker.create_step_run(experiment_id, parent_id=parent_id, run_name=name, params={}, tags={
             TAG_ROLE: "stage", TAG_STEP: "stage", TAG_PIPELINE: pipeline, TAG_DATASET_URI: uri.canonical,
             TAG_RUCIO_MODE: rucio.mode, TAG_RUCIO_RSE_EXPRESSION: rucio.rse_expression or "",
             TAG_PROFILE: profile.name, TAG_INVOCATION_ID: invocation_id(), TAG_TASK_ID: self.task_id,
@@ -191,9 +195,13 @@ class StageStep(luigi.Task):
         )
         tracker.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
                                                                                          "staging")])])
-        tracker.set_tags(run_id, {TAG_MANIFEST_DIGEST: manifest["digest"],
-                                  TAG_RUCIO_RULE_ID: str(manifest.get("rule_id") or ""),
-                                  TAG_DATASET_FILES: str(len(manifest["files"]))})
+        from mltf_flow.run_description import stage_description
+
+        rule_id = str(manifest.get("rule_id") or "")
+        note = stage_description(manifest["uri"], manifest["digest"], len(manifest["files"]), rule_id=rule_id,
+                                 rse_expression=str(manifest.get("rse_expression") or ""))
+        tracker.set_tags(run_id, {TAG_MANIFEST_DIGEST: manifest["digest"], TAG_RUCIO_RULE_ID: rule_id,
+                                  TAG_DATASET_FILES: str(len(manifest["files"])), MLFLOW_NOTE: note})
 
     # -- as an upstream of MLflow steps ------------------------------------------------------------
     def _manifest(self) -> dict[str, Any] | None:

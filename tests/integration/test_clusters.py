@@ -62,6 +62,10 @@ def test_example_pipeline_on_slurm_workers(jet_sample: Path, tmp_path: Path) -> 
     for run in (features, train):
         assert run.data.tags["mltf.dask_dashboard"].startswith("http://127.0.0.1:")
         assert run.data.tags["mltf.complete"] == "true"
+    # The description names each worker job and its log, which is where it says.
+    for job in features.data.tags["mltf.slurm_job_ids"].split(","):
+        line = next(x for x in features.data.tags["mlflow.note.content"].splitlines() if f"SLURM job {job}:" in x)
+        assert Path(line.split("`")[1]).is_file(), line
 
 
 def _flaky(tmp_path: Path, run_on: str = "driver") -> Path:

@@ -120,6 +120,20 @@ def test_first_run_records_parent_children_metrics_and_model(first_run: tuple[di
     logs = {a.path for a in client(uri).list_artifacts(features.info.run_id, "mltf")}
     assert {"mltf/step.log", "mltf/inputs"} <= logs
 
+    # What the MLflow UI shows (mltf_flow.run_description): names that tell runs apart, the lineage as a
+    # description, the inputs as datasets, the experiment as a training one, no "None" for a missing value.
+    assert parent.data.tags["mlflow.runName"] == "jet_tagging: train (epochs=2)"
+    assert (train.data.tags["mlflow.runName"], features.data.tags["mlflow.runName"]) == ("train (epochs=2)", "features")
+    note = train.data.tags["mlflow.note.content"]
+    assert f"runs/{features.info.run_id}" in note and "**Outcome:** command exited 0" in note
+    assert f"runs/{train.info.run_id}" in parent.data.tags["mlflow.note.content"]
+    digest = json.loads(features.data.tags["mltf.inputs"])[0]["digest"]
+    assert [i.dataset.digest for i in features.inputs.dataset_inputs] == [digest[:36]]
+    assert {i.dataset.name for i in train.inputs.dataset_inputs} >= {"features.mltft"}
+    experiment = client(uri).get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "None" not in {value for run in (parent, *children) for value in run.data.tags.values()}
+
 
 def test_train_ran_as_two_rank_ddp_with_identical_weights(
     first_run: tuple[dict[str, str], str], tmp_path: Path
@@ -194,7 +208,7 @@ def test_training_reads_its_features_through_the_gds_path(yaml_run: YamlRun) -> 
     assert doc["properties"]["allow_compat_mode"] is True and doc["logging"]["level"] == "WARN"
 
 
-def test_uncommitted_edit_reruns_only_the_edited_step(yaml_run: YamlRun) -> None:
+def test_uncommitted_edit_reruns_only_the_edited_step(yaml_run: YamlRun, tmp_path: Path) -> None:
     """Through pipeline.yaml (`mltf-flow run`) on a git checkout of the example project."""
     with open(yaml_run.project / "train.py", "a") as handle:
         handle.write("# a one-line uncommitted edit\n")
@@ -216,6 +230,10 @@ def test_uncommitted_edit_reruns_only_the_edited_step(yaml_run: YamlRun) -> None
     assert edited.info.run_id != yaml_run.train.info.run_id
     assert edited.data.tags["mltf.git_dirty"] == "true"
     assert edited.data.tags["mltf.upstream_run_ids"] == yaml_run.train.data.tags["mltf.upstream_run_ids"]
+    # The run keeps the uncommitted change itself, linked from its description.
+    diff = Path(client(uri).download_artifacts(edited.info.run_id, "mltf/uncommitted.diff", str(tmp_path)))
+    assert "+# a one-line uncommitted edit" in diff.read_text()
+    assert "mltf/uncommitted.diff" in edited.data.tags["mlflow.note.content"]
 
 
 def test_example_project_still_runs_under_plain_mlflow_run(tmp_path: Path) -> None:
@@ -249,3 +267,63 @@ def test_luigi_and_pipeline_yaml_reuse_each_others_runs(
     assert result.returncode == 0, result.output
     assert "Did not run any tasks" in result.output
     assert len(runs(yaml_run.uri)) == before
+
+
+@pytest.mark.browser
+@pytest.mark.server
+def test_mlflow_ui_shows_readable_lineage(first_run: tuple[dict[str, str], str], tmp_path: Path) -> None:
+    """What a person sees in the MLflow UI (a real `mlflow server` over first_run's store, Debian's chromium):
+    the experiment opens on its runs table, the parent is named after pipeline, target and what differs from
+    the defaults, the children after their step and parameters, the Dataset column shows what each step read,
+    and the train run's description links to the features run and to the dataset's manifest (links followed).
+    Costs ~25 s on an idle machine (server start, one load of the UI), no pipeline run.
+    Screenshots: test-artifacts/screenshots/mlflow_ui_*.png."""
+    from mltf_flow.run_description import experiment_link
+    from tests.integration.mlflow_ui import browser_page, screenshots_dir, served_store
+
+    _, uri = first_run
+    parent = parents(uri)[0]  # first_run's (later tests of this module add parents with other parameters)
+    children = {r.data.tags["mltf.step"]: r for r in runs(uri)
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    train, features = children["train"], children["features"]
+    digest = json.loads(features.data.tags["mltf.inputs"])[0]["digest"]
+    shots = screenshots_dir()
+    with served_store(uri, tmp_path / "server") as url, browser_page() as page:
+        page.goto(f"{url}/{experiment_link(parent.info.experiment_id)}")
+        parent_row = page.locator(f"[role=row][row-id='{parent.info.run_id}']").first
+        parent_row.get_by_text("jet_tagging: train (epochs=2)", exact=True).wait_for()
+        assert "/runs" in page.url  # the training view's runs table, not the GenAI overview
+        parent_row.locator("button[data-component-id*='runnamecellrenderer']").click()  # expand the children
+
+        def row(run: Any) -> Any:
+            return page.locator(f"[role=row][row-id='{run.info.run_id}']")
+
+        row(train).get_by_text("train (epochs=2)", exact=True).wait_for()
+        row(features).get_by_text("features", exact=True).wait_for()
+        dataset = row(features).locator("[col-id*='Dataset']")
+        dataset.get_by_text(f"sample ({digest[:12]}", exact=False).wait_for()
+        row(train).locator("[col-id*='Dataset']").get_by_text("features.mltft", exact=False).wait_for()
+        page.screenshot(path=shots / "mlflow_ui_runs.png")
+
+        row(train).get_by_text("train (epochs=2)", exact=True).click()
+        page.get_by_text("Outcome:", exact=False).wait_for()  # the description, rendered
+        page.get_by_text(f"manifest digest {digest[:16]}", exact=False).wait_for()
+        page.get_by_text("Show more", exact=True).first.click()  # the whole description, for the screenshot
+        page.get_by_text("Description", exact=True).first.scroll_into_view_if_needed()
+        page.screenshot(path=shots / "mlflow_ui_train_run.png")
+
+        # MLflow opens description links in a new tab (a second load of the whole app): they are followed in
+        # this one, where the same relative link leads to the same page.
+        link = page.get_by_role("link", name="features", exact=True).first
+        href = link.get_attribute("href")
+        assert href is not None and href.startswith("#/") and features.info.run_id in href
+        page.goto(f"{url}/{href}")
+        page.get_by_text("step features (entry point features)", exact=False).wait_for()
+        page.screenshot(path=shots / "mlflow_ui_features_run.png")
+
+        page.go_back()
+        href = page.get_by_role("link", name="manifest", exact=True).first.get_attribute("href")
+        assert href is not None and href.startswith("#/") and features.info.run_id in href
+        page.goto(f"{url}/{href}")
+        page.get_by_text(digest, exact=False).first.wait_for()  # the manifest's own text, in the artifact viewer
+        page.screenshot(path=shots / "mlflow_ui_dataset_manifest.png")

@@ -84,7 +84,7 @@ def test_a_failing_run_is_reported_once_everywhere_grouped_and_without_secrets(
     for group in groups.values():
         (occurrence,) = group["occurrences"]
         assert occurrence["run"] == (f"{mlflow_server.uri}/#/experiments/{_experiment_id(mlflow_server, pipeline)}"
-                                     f"/runs/{occurrence['run_id']}")
+                                     f"/runs/{occurrence['run_id']}?workflowType=machine_learning")
         assert occurrence["log_path"]
 
     # The artifacts on the invocation's parent run.

@@ -117,9 +117,11 @@ def main() -> None:
         if rank == 0:
             mlflow.log_params({"n_train": len(tr_t), "n_val": len(val_t), "n_features": int(x.shape[1]),
                                "world_size": world})
-            mlflow.set_tags({"mltf.data.backend": loaded.backend, "mltf.data.compat": str(loaded.compat),
-                             "mltf.data.source": str(source),
-                             "mltf.data.cufile_json": os.environ.get("CUFILE_ENV_PATH_JSON", "")})
+            data_tags = {"mltf.data.backend": loaded.backend, "mltf.data.source": str(source),
+                         "mltf.data.cufile_json": os.environ.get("CUFILE_ENV_PATH_JSON", "")}
+            if loaded.compat is not None:  # None: no cuFile read happened (no tag rather than the word "None")
+                data_tags["mltf.data.compat"] = str(loaded.compat).lower()
+            mlflow.set_tags(data_tags)
             mlflow.log_metrics({"data_load_seconds": loaded.seconds, "data_load_gbps": loaded.gbps})
         for epoch in range(start, args.epochs):
             net.train()
