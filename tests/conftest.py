@@ -8,15 +8,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import BIN, EXAMPLE, REPO, REPO_PROFILES, MlflowServer, WriteProfiles, free_port, seed_store
+from tests.helpers import (
+    EXAMPLE,
+    REPO,
+    REPO_PROFILES,
+    MlflowServer,
+    WriteProfiles,
+    seed_store,
+    served_store,
+)
 from tests.receivers import SmtpServer, WebhookReceiver
 
 pytest_plugins = ["tests.environments", "tests.parallel"]
@@ -88,38 +94,8 @@ def jet_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """A real `mlflow server` (sqlite backend, proxied artifacts) on 127.0.0.1 and a free port."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/server.db",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:  # readiness poll, not a sleep-as-synchronisation: /health answers once it serves
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("mlflow server did not answer /health within 120 s")
-        time.sleep(0.2)
-    try:
+    with served_store(f"sqlite:///{root}/server.db", root) as uri:
         yield MlflowServer(uri, root)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -136,6 +136,45 @@ class MlflowServer:
     root: Path
 
 
+@contextlib.contextmanager
+def served_store(backend_store_uri: str, scratch: Path) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 over ``backend_store_uri`` (proxied artifacts under ``scratch``, its
+    log in ``scratch/server.log``); yields its URL once /health answers."""
+    port = free_port()
+    scratch.mkdir(parents=True, exist_ok=True)
+    log_path = scratch / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_store_uri, "--artifacts-destination",
+             str(scratch / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=scratch,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:  # readiness poll, not a sleep-as-synchronisation: /health answers once it serves
+                if proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited: {log_path.read_text()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not answer /health within 120 s: {log_path.read_text()}")
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 #: Set to a scheduler's address, it makes the ``local`` profile attach to that scheduler (its
 #: ``scheduler_address``) instead of starting a LocalCluster of its own.
 ATTACH_LOCAL = "MLTF_FLOW_SET__LOCAL__SCHEDULER_ADDRESS"

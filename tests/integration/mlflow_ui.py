@@ -7,15 +7,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tests.environments import CHROMIUM
-from tests.helpers import BIN, REPO, free_port
+from tests.helpers import REPO
 
 
 def screenshots_dir() -> Path:
@@ -23,45 +20,6 @@ def screenshots_dir() -> Path:
     path = root / "screenshots"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-@contextlib.contextmanager
-def served_store(tracking_uri: str, scratch: Path) -> Iterator[str]:
-    """A real `mlflow server` over an existing sqlite store (its runs' artifacts stay where the pipeline put
-    them); yields its URL."""
-    port = free_port()
-    scratch.mkdir(parents=True, exist_ok=True)
-    log_path = scratch / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", tracking_uri, "--artifacts-destination",
-             str(scratch / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=scratch,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:  # readiness poll: /health answers once it serves
-                if proc.poll() is not None:
-                    raise RuntimeError(f"mlflow server exited: {log_path.read_text()[-2000:]}")
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not answer /health within 120 s: {log_path.read_text()}")
-                time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @contextlib.contextmanager

@@ -279,7 +279,8 @@ def test_mlflow_ui_shows_readable_lineage(first_run: tuple[dict[str, str], str],
     Costs ~25 s on an idle machine (server start, one load of the UI), no pipeline run.
     Screenshots: test-artifacts/screenshots/mlflow_ui_*.png."""
     from mltf_flow.run_description import experiment_link
-    from tests.integration.mlflow_ui import browser_page, screenshots_dir, served_store
+    from tests.helpers import served_store
+    from tests.integration.mlflow_ui import browser_page, screenshots_dir
 
     _, uri = first_run
     parent = parents(uri)[0]  # first_run's (later tests of this module add parents with other parameters)
