@@ -49,7 +49,7 @@ TEST_ENVIRONMENTS ?= $(if $(filter 0,$(shell id -u)),slurm rucio cron browser,ru
 TEST_PROCESSES ?= 2
 
 test: install lint docs slurm cron chromium rucio-venv
-	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadgroup --durations=25 $(addprefix -E ,$(TEST_ENVIRONMENTS))
+	$(PY) -m pytest -n $(TEST_PROCESSES) --durations=25 $(addprefix -E ,$(TEST_ENVIRONMENTS))
 
 # A real single-node SLURM (Debian slurm-wlm + munge) for the tests marked `slurm`; needs root. Without it
 # those tests are skipped unless the run asks for the slurm environment (then they fail).

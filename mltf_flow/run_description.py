@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mltf_flow.redaction import shown_value
+
 #: Parameters shown in a run name before ``+N more``.
 SHOWN_PARAMS = 3
 #: The longest run name we write (MLflow's runs table cuts names far shorter than its 250-character limit).
@@ -31,8 +33,9 @@ MAX_VALUE = 24
 
 def changed_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, str]:
     """The parameters whose value differs from the default (a parameter without default always counts),
-    as text, in the order of ``params``."""
-    return {name: _text(value) for name, value in params.items()
+    as text, in the order of ``params``; a secret's value as ``***`` and a URL's without its password (names and
+    descriptions are tags anyone who reads the experiment sees)."""
+    return {name: shown_value(name, _text(value)) for name, value in params.items()
             if name not in defaults or _text(defaults[name]) != _text(value)}
 
 

@@ -110,3 +110,11 @@ def test_stage_description_names_dataset_digest_and_rule() -> None:
     assert "`rucio://test:jets`" in text and "`aaaaaaaaaaaaaaaa`, 3 files" in text
     assert "Rucio rule `r1` to `SITE_A`" in text
     assert "Rucio" not in stage_description("file:///d", "a" * 64, 1)
+
+
+def test_changed_params_never_show_a_secret() -> None:
+    changed = changed_params({"api_token": "s3cr3t-TOKEN-value", "db": "postgresql://u:pw-CANARY@h/db", "lr": "0.1"},
+                             {"lr": "0.01"})
+    assert "s3cr3t-TOKEN-value" not in str(changed) and "pw-CANARY" not in str(changed)
+    assert set(changed) == {"api_token", "db", "lr"} and changed["lr"] == "0.1"
+    assert "s3cr3t" not in run_name("main", changed)
