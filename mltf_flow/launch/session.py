@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 #: Seconds between looks at a process where no event tells us (no pidfd; members of a process group).
 _POLL_S = 0.05
+#: How long SIGKILLed processes get to be gone (they cannot refuse; a loaded machine only delays it).
+_KILLED_S = 10.0
 
 __all__ = ["Leader", "end_session", "stop_session", "wait_session"]
 
@@ -111,6 +113,14 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def _wait_gone(pgid: int, seconds: float) -> None:
+    """Until SIGKILLed members have died: the kernel ends them when they next run, which on a loaded machine
+    can be a while after the signal, and nothing of a step may outlive its end."""
+    end = time.monotonic() + seconds
+    while _group_members(pgid) and time.monotonic() < end:
+        time.sleep(_POLL_S)
+
+
 def end_session(proc: subprocess.Popen[bytes], leader: Leader, grace: float, *, stop: bool) -> None:
     """End the command's process group, then reap its leader. ``stop``: the leader runs and is stopped too;
     else it exited and only what it left behind is ended. SIGTERM, then SIGKILL after ``grace`` seconds for
@@ -123,6 +133,7 @@ def end_session(proc: subprocess.Popen[bytes], leader: Leader, grace: float, *, 
                 left = end - time.monotonic()
                 if left <= 0:
                     _signal_group(proc.pid, signal.SIGKILL)
+                    _wait_gone(proc.pid, _KILLED_S)
                     break
                 if not leader.wait(min(left, _POLL_S)):
                     continue
