@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mltf_flow.redaction import strip_credentials
 from mltf_flow.run_description import ChildFacts, ParentFacts, parent_description, parent_name
 from mltf_flow.tags import (
     MLFLOW_NOTE,
@@ -63,7 +64,8 @@ def describe_parent(tracker: Tracker, parent_id: str) -> None:
     try:
         _describe_parent(tracker, parent_id)
     except Exception as exc:
-        _log.warning(f"warning: could not name and describe pipeline run {parent_id}: {exc}")
+        _log.warning(f"warning: could not name and describe pipeline run {parent_id} ({type(exc).__name__}: "
+                     f"{strip_credentials(str(exc))})")
 
 
 def _describe_parent(tracker: Tracker, parent_id: str) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mltf_flow.cache_key import git_diff, git_state
 from mltf_flow.config.profiles import SlurmProfile
 from mltf_flow.lineage_view import LoggedDataset, log_datasets
+from mltf_flow.redaction import strip_credentials
 from mltf_flow.run_description import (
     DatasetFacts,
     StepFacts,
@@ -132,7 +133,8 @@ def record(plan: Plan, cluster: Cluster, run: OpenRun, *, job_ids: tuple[str, ..
         _record(plan, cluster, run, job_ids=cluster.job_ids if job_ids is None else job_ids, outcome=outcome,
                 first=first)
     except Exception as exc:
-        _log.warning(f"warning: could not write the description of MLflow run {run.run_id}: {exc}")
+        _log.warning(f"warning: could not write the description of MLflow run {run.run_id} ({type(exc).__name__}: "
+                     f"{strip_credentials(str(exc))})")
 
 
 def _record(plan: Plan, cluster: Cluster, run: OpenRun, *, job_ids: tuple[str, ...], outcome: str,
