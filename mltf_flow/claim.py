@@ -68,7 +68,8 @@ def claim(want: Claim, tracker: Tracker, reporter: luigi.Task, *, create: Callab
                 if holder is None:
                     return run
                 tracker.withdraw(run.run_id, reopened=run.reopened)
-                tracker.settle_parent(run.parent_id, step="", ok=True)
+                if run.parent_id:  # a trial's parent is its study run, settled by the study alone
+                    tracker.settle_parent(run.parent_id, step="", ok=True)
         if _await(want, holder, tracker, reporter):
             return None
 

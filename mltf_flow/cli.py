@@ -12,6 +12,8 @@
     mltf-flow init DIR [--module NAME] [--force]            pipeline.yaml + Luigi module for DIR's MLproject
                                                             (or a copy of the example project)
     mltf-flow schedule add|list|show|pause|resume|remove|fire   recurring fires of a pipeline (SLURM, cron)
+    mltf-flow tune PROJECT_DIR --study NAME | --step S --space F --metric M   an Optuna study (docs/hpo.md)
+    mltf-flow optuna-dashboard [--port 8080]                the studies in optuna-dashboard
     mltf-flow --version
 
 Exit codes of ``run`` follow ``configs/luigi.cfg``'s ``[retcode]``: 0 success, 30 a step failed,
@@ -58,7 +60,8 @@ def _request(args: argparse.Namespace) -> Any:
     from mltf_flow.pipeline_run import Request
 
     return Request(args.project_dir, args.step, parse_params(args.param), allow_extra=args.allow_extra_params,
-                   profile=getattr(args, "profile", None), env_manager=getattr(args, "env_manager", None))
+                   profile=getattr(args, "profile", None), env_manager=getattr(args, "env_manager", None),
+                   from_study=getattr(args, "from_study", None))
 
 
 def _build_target(args: argparse.Namespace) -> Any:
@@ -315,6 +318,18 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return schedule(args)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from mltf_flow.tune.commands import cmd_tune as tune
+
+    return tune(args)
+
+
+def cmd_optuna_dashboard(args: argparse.Namespace) -> int:
+    from mltf_flow.tune.commands import cmd_optuna_dashboard as dashboard
+
+    return dashboard(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mltf-flow", description="MLflow projects as cached pipelines.")
     parser.add_argument("--version", action="version", version=f"mltf-flow {__version__}")
@@ -328,6 +343,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--profile", default=None, help="cluster profile (mltf-flow profiles lists them)")
         p.add_argument("--env-manager", default=None, choices=("local", "virtualenv", "uv", "conda"),
                        help="the steps' environment, as for `mlflow run` (default: MLflow's for the project)")
+        p.add_argument("--from-study", default=None, metavar="STUDY",
+                       help="the best trial's parameters of an Optuna study of this step (mltf-flow tune); -P wins")
         if name == "status":
             p.add_argument("--files", action="store_true", help="list the files each step's key covers")
             p.add_argument("--graph", action="store_true", help="draw the steps as a tree, with why each will run")
@@ -366,8 +383,10 @@ def _parser() -> argparse.ArgumentParser:
                    "pipeline_steps)")
     p.add_argument("--force", action="store_true", help="overwrite files that exist")
     from mltf_flow.schedule.commands import add_parser
+    from mltf_flow.tune.commands import add_parser as add_tune_parsers
 
     add_parser(sub)
+    add_tune_parsers(sub)
     return parser
 
 
@@ -388,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_console()
     handler = {"run": cmd_run, "status": cmd_status, "ui": cmd_ui, "config": cmd_config, "profiles": cmd_profiles,
                "render": cmd_render, "doctor": cmd_doctor, "job": cmd_job, "init": cmd_init,
-               "schedule": cmd_schedule}[args.command]
+               "schedule": cmd_schedule, "tune": cmd_tune, "optuna-dashboard": cmd_optuna_dashboard}[args.command]
     try:
         return handler(args)
     except BrokenPipeError:

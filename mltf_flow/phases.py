@@ -23,6 +23,7 @@ Phases, in the order an invocation of the example pipeline passes them (tests/fa
 ``step.command_exited``         the command ended, its log and outputs not yet logged or checked
 ``step.outputs_verified``       outputs logged and checked, the run not yet marked complete
 ``step.parent_told``            the parent run recorded the step's outcome, the step run not yet ended
+``study.trial_told``            a study's driver told Optuna how a trial ended; other trials may still run
 ==============================  ===================================================================
 """
 
@@ -46,10 +47,13 @@ CHECKPOINT_SAVED = "checkpoint.saved"
 COMMAND_EXITED = "step.command_exited"
 OUTPUTS_VERIFIED = "step.outputs_verified"
 PARENT_TOLD = "step.parent_told"
+TRIAL_TOLD = "study.trial_told"
 
 #: Every phase, in the order an invocation passes them.
 PHASES = (CLUSTER_STARTED, STAGE_CHECKSUMMED, STAGE_DONE, PARENT_CREATED, RUN_CREATED, TENSORFILE_HALF_WRITTEN,
           TENSORFILE_LOADED, CHECKPOINT_SAVED, COMMAND_EXITED, OUTPUTS_VERIFIED, PARENT_TOLD)
+#: Phases of a study's driver (mltf_flow.tune.study; killed there by tests/integration/test_tune.py).
+STUDY_PHASES = (TRIAL_TOLD,)
 
 
 def reached(phase: str, step: str = "") -> None:

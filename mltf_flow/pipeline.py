@@ -37,7 +37,7 @@ or with Luigi: ``luigi --module mltf_flow.pipeline PipelineStep --project-dir DI
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ import luigi
 from mltf_flow.config.files import stamp
 from mltf_flow.config.memo import remembered
 from mltf_flow.config.pipeline import PipelineFile, StepSpec, read_pipeline_file
+from mltf_flow.config.tune import StudyEntry
 from mltf_flow.errors import ConfigError
 from mltf_flow.input_check import input_errors
 from mltf_flow.invocation import shared_per_invocation
@@ -64,6 +65,14 @@ class PipelineSpec:
     root: Path
     steps: dict[str, StepSpec]
     declared: bool  # False: synthesised from MLproject (no pipeline.yaml)
+    #: Its hyperparameter studies (``studies:``), by name.
+    studies: Mapping[str, StudyEntry] = field(default_factory=dict)
+
+    def study(self, name: str) -> StudyEntry:
+        if name in self.studies:
+            return self.studies[name]
+        raise ConfigError(f"{self.root / PIPELINE_FILE}: no study {name!r}; studies are: "
+                          f"{', '.join(self.studies) or 'none (add a studies: section, see docs/hpo.md)'}.")
 
     def step(self, name: str) -> StepSpec:
         if name in self.steps:
@@ -96,7 +105,8 @@ def _load(project: Project, path: Path) -> PipelineSpec:
     document: PipelineFile = remembered("pipeline", [path], (), lambda: read_pipeline_file(path))
     steps = document.specs()
     _check_entry_points(steps, project, path)
-    return PipelineSpec(document.name or project.name, project.root, steps, declared=True)
+    return PipelineSpec(document.name or project.name, project.root, steps, declared=True,
+                        studies=dict(document.studies))
 
 
 def _check_entry_points(steps: Mapping[str, StepSpec], project: Project, path: Path) -> None:
@@ -137,7 +147,7 @@ class OverridesParameter(luigi.DictParameter):
 def make_task(
     project_dir: str, step: str, overrides: Mapping[str, Any], allow_extra: bool = False,
     pipeline_profile: str | None = None, profile: str | None = None, env_manager: str | None = None,
-    spec: PipelineSpec | None = None,
+    spec: PipelineSpec | None = None, from_study: str | None = None,
 ) -> luigi.Task:
     """The Luigi task for ``step`` of the pipeline in ``project_dir`` (``spec``: its pipeline, when read)."""
     spec = spec or load_pipeline(project_dir)
@@ -151,7 +161,7 @@ def make_task(
                          pipeline_profile=pipeline_profile, pipeline=spec.name)
     return PipelineStep(
         project_dir=str(spec.root), run_step=step, overrides=dict(overrides), allow_extra=allow_extra,
-        pipeline_profile=pipeline_profile, profile=profile, env_manager=env_manager,
+        pipeline_profile=pipeline_profile, profile=profile, env_manager=env_manager, from_study=from_study,
     )
 
 

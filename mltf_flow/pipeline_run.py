@@ -33,6 +33,8 @@ class Request:
     allow_extra: bool = False
     profile: str | None = None
     env_manager: str | None = None
+    #: An Optuna study whose best trial's parameters the step takes (``--from-study``).
+    from_study: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def build_target(request: Request) -> Any:
     if unknown_steps and spec.declared:
         raise ConfigError(f"-P names unknown step(s) {sorted(unknown_steps)}; steps are: {', '.join(spec.steps)}.")
     task = make_task(str(spec.root), request.step, dict(request.params), allow_extra=request.allow_extra,
-                     profile=request.profile, env_manager=request.env_manager)
+                     profile=request.profile, env_manager=request.env_manager, from_study=request.from_study)
     validate_tree(task, set())  # parameters, environments, profiles, datasets: before Luigi starts anything
     check_tracking_server()
     return task

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 apply_luigi_defaults()
 
 _log = logging.getLogger(__name__)
-_OWN_PARAMS = ("profile", "pipeline_profile", "world_size", "env_manager")
+_OWN_PARAMS = ("profile", "pipeline_profile", "world_size", "env_manager", "from_study")
 
 
 class MLflowStep(luigi.Task):
@@ -116,6 +116,11 @@ class MLflowStep(luigi.Task):
         default=None, significant=False,
         description="local | virtualenv | uv | conda, like `mlflow run` (default: setting env_manager, else "
                     "MLflow's default for the project); handed down to the steps this one requires",
+    )
+    from_study: str | None = luigi.OptionalParameter(
+        default=None,
+        description="an Optuna study of this step (its name, as `mltf-flow tune` prints it): its best trial's "
+                    "parameters (and world size) are this step's, except those given explicitly",
     )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -191,7 +196,7 @@ class MLflowStep(luigi.Task):
         given: dict[str, Any] = {}
         stray: list[str] = []
         for name, value in self.param_kwargs.items():
-            if name in definition.pass_through or name in _OWN_PARAMS or value is None:
+            if name in definition.pass_through or name in self.own_params() or value is None:
                 continue
             if name in ep.parameters or ep.is_script or definition.allow_extra_params:
                 given[name] = value
@@ -205,10 +210,42 @@ class MLflowStep(luigi.Task):
             )
         return given
 
+    @classmethod
+    def own_params(cls) -> tuple[str, ...]:
+        """Luigi parameters of the step itself, never entry-point parameters."""
+        return _OWN_PARAMS
+
+    def study_values(self) -> Any:
+        """The best trial of ``--from-study`` (mltf_flow.tune.best), read once."""
+        def read() -> Any:
+            from mltf_flow.tune.best import best_of
+
+            assert self.from_study is not None
+            return best_of(self.from_study, self.settings(), step=self.step_name())
+
+        return once_per_invocation(self._memo, "from_study", read)
+
+    def world_size_given(self) -> int | None:
+        """The ranks asked for: ``--world-size``, else the world size of ``--from-study``'s trials."""
+        own = getattr(self, "world_size", None)
+        if own is None and self.from_study:
+            return self.study_values().world_size  # type: ignore[no-any-return]
+        return own
+
     def params(self) -> dict[str, ParamValue]:
         """Entry-point parameters normalised to their MLproject types, defaults merged."""
         return once_per_invocation(self._memo, "params",
-                                   lambda: step_params(self.definition(), self.project(), self.given_params()))
+                                   lambda: step_params(self.definition(), self.project(), self._given_and_study()))
+
+    def _given_and_study(self) -> dict[str, Any]:
+        """The given values, over the best trial's of ``--from-study`` (its entry point's parameters only)."""
+        given = self.given_params()
+        if not self.from_study:
+            return given
+        entry = self.entry()
+        best = {k: v for k, v in self.study_values().params.items()
+                if k in entry.parameters and k not in self.definition().inputs}
+        return {**best, **given}
 
     def requirements(self) -> dict[str, Upstream]:
         """``requires()`` as a name -> upstream mapping (plain Luigi tasks wrapped: their id is their key);
@@ -254,7 +291,7 @@ class MLflowStep(luigi.Task):
         code = once_per_invocation(self._memo, "code", lambda: self._shared_code(params))
         resolved = resolve(self.definition(), self.project(), params, requirements=self.requirements(),
                            code=code, environment=self.environment(), profile=self.cluster_profile(),
-                           world_size=getattr(self, "world_size", None))
+                           world_size=self.world_size_given())
         hold_value(self._memo, resolved)
         return resolved
 

@@ -169,7 +169,7 @@ def connect(profile: Profile, reporter: luigi.Task) -> Cluster:
     return Cluster(profile, address, client, dashboard, job_ids)
 
 
-def _run_tags(plan: Plan, cluster: Cluster, key: str) -> dict[str, str]:
+def run_tags(plan: Plan, cluster: Cluster, key: str) -> dict[str, str]:
     """The step run's lineage tags (DESIGN.md "Lineage")."""
     step = plan.step
     code, environment, project = step.code, step.environment, step.project
@@ -226,7 +226,7 @@ def open_run(plan: Plan, cluster: Cluster, tracker: Tracker, reporter: luigi.Tas
 def _create(plan: Plan, cluster: Cluster, tracker: Tracker, experiment_id: str, reaped: list[str]) -> OpenRun:
     step, settings = plan.step, plan.settings
     parent_id = tracker.parent_run(experiment_id, step.pipeline, invocation_id())
-    tags = _run_tags(plan, cluster, step.key)
+    tags = run_tags(plan, cluster, step.key)
     if reaped:
         tags[TAG_REPLACES_RUN_IDS] = ",".join(reaped)
     try:
@@ -288,7 +288,7 @@ def make_launcher(step: ResolvedStep, client: Any) -> Any:
     return LocalLauncher()
 
 
-def _keep_inputs(plan: Plan, run: OpenRun) -> None:
+def keep_inputs(plan: Plan, run: OpenRun) -> None:
     """The key's ingredients (``mltf/key.json``: why a later run differs, mltf_flow.key_diff), manifests of
     staged inputs and the environment's package list go with the run."""
     _keep_key(plan.step, run)
@@ -311,7 +311,7 @@ def _keep_key(step: ResolvedStep, run: OpenRun) -> None:
 def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> tuple[LaunchResult, list[str]]:
     """Phase 3: run the command; returns how it ended and the files it wrote into the project."""
     step, settings, tracker = plan.step, plan.settings, run.tracker
-    _keep_inputs(plan, run)
+    keep_inputs(plan, run)
     record(plan, cluster, run)
     env = command_env(step, settings, run.run_id, run.experiment_id)
     env["DASK_SCHEDULER_ADDRESS"] = cluster.address
@@ -480,5 +480,5 @@ def execute(step: ResolvedStep, requirements: Mapping[str, Upstream], *, setting
         leases.release(run.run_id, run.parent_id)
 
 
-__all__ = ["Cluster", "OpenRun", "Plan", "command_env", "connect", "execute", "launch", "make_launcher",
-           "missing_outputs", "open_run", "plan", "settle", "settled_key"]
+__all__ = ["Cluster", "OpenRun", "Plan", "command_env", "connect", "execute", "keep_inputs", "launch",
+           "make_launcher", "missing_outputs", "open_run", "plan", "run_tags", "settle", "settled_key"]

@@ -14,7 +14,8 @@ mltf.key_before_run                   the key before the run, when the command w
                                       code (the run is then keyed without them)
 mltf.pipeline                         the pipeline's name (``datasets`` for a staging run outside a pipeline)
 mltf.step                             the step's name (``stage`` for staging)
-mltf.role                             ``pipeline`` (the parent run of an invocation), ``step`` or ``stage``
+mltf.role                             ``pipeline`` (the parent run of an invocation), ``step``, ``stage``,
+                                      ``study`` or ``trial``
 mltf.task_id                          the Luigi task id (``mlflow-run:<project>:<entry point>`` for the backend)
 mltf.invocation_id                    one pipeline invocation: the parent run and every step run it started
 *lineage* (step runs)
@@ -94,6 +95,22 @@ mltf.ddp.master                       rank 0's address and port
 mltf.ddp.ranks                        JSON: where each rank ran
 mltf.ddp.fabric                       rank 0's fabric note (interface, RoCE or not)
 mltf.ddp.fabric_env                   JSON: rank 0's NCCL/fabric variables
+*hyperparameter studies* (:mod:`mltf_flow.tune`; the study run is a step run with ``mltf.role`` ``study``, each trial
+a step run with ``mltf.role`` ``trial`` under it)
+mltf.study.name                       the Optuna study (study run and trial runs)
+mltf.study.storage                    the Optuna storage holding it (credentials stripped)
+mltf.study.metric                     the metric optimised
+mltf.study.direction                  ``maximize`` or ``minimize``
+mltf.study.n_trials                   trials the study runs
+mltf.study.trials                     how its trials ended: ``20: 14 complete, 5 pruned, 1 failed``
+mltf.study.best_trial                 the best trial's number
+mltf.study.best_value                 its value of the metric
+mltf.study.best_params                JSON: its parameters (``--from-study`` gives them to a step)
+mltf.study.best_run_id                its MLflow run
+mltf.study.dashboard                  the study in optuna-dashboard (``mltf-flow optuna-dashboard`` serves it there)
+mltf.trial.number                     the Optuna trial number of a trial run
+mltf.trial.state                      ``complete``, ``pruned`` (stopped by the pruner; the run is KILLED) or ``failed``
+mltf.trial.pruned_at                  the step (epoch) a pruned trial was stopped after
 *data loading* (set by the example project's ``train.py``, user code that writes literals)
 mltf.data.backend                     the read backend that ran (``kvikio``, ``torch_gds``, ``posix``)
 mltf.data.compat                      ``true`` when cuFile/KvikIO fell back to POSIX reads (absent: no cuFile read)
@@ -200,6 +217,21 @@ TAG_DDP_MASTER = "mltf.ddp.master"
 TAG_DDP_RANKS = "mltf.ddp.ranks"
 TAG_DDP_FABRIC = "mltf.ddp.fabric"
 TAG_DDP_FABRIC_ENV = "mltf.ddp.fabric_env"
+# hyperparameter studies
+TAG_STUDY_NAME = "mltf.study.name"
+TAG_STUDY_STORAGE = "mltf.study.storage"
+TAG_STUDY_METRIC = "mltf.study.metric"
+TAG_STUDY_DIRECTION = "mltf.study.direction"
+TAG_STUDY_N_TRIALS = "mltf.study.n_trials"
+TAG_STUDY_TRIALS = "mltf.study.trials"
+TAG_STUDY_BEST_TRIAL = "mltf.study.best_trial"
+TAG_STUDY_BEST_VALUE = "mltf.study.best_value"
+TAG_STUDY_BEST_PARAMS = "mltf.study.best_params"
+TAG_STUDY_BEST_RUN_ID = "mltf.study.best_run_id"
+TAG_STUDY_DASHBOARD = "mltf.study.dashboard"
+TAG_TRIAL_NUMBER = "mltf.trial.number"
+TAG_TRIAL_STATE = "mltf.trial.state"
+TAG_TRIAL_PRUNED_AT = "mltf.trial.pruned_at"
 # data loading (the example project)
 TAG_DATA_BACKEND = "mltf.data.backend"
 TAG_DATA_COMPAT = "mltf.data.compat"

@@ -5,6 +5,7 @@
     luigi --module pipelines Train --ExtractFeatures-max-constituents 32 --local-scheduler
     luigi --module pipelines Train --profile slurm-ci --local-scheduler  # SLURM workers (configs/profiles.yaml)
     luigi --module pipelines Train --dataset rucio://test:jets_v1 --profile rucio-demo --local-scheduler
+    luigi --module pipelines Tune --n-trials 20 --epochs 4 --local-scheduler   # an Optuna study of Train
 
 ``StageDataset`` verifies the input files and writes their manifest, ``ExtractFeatures`` runs the
 MLproject entry point ``features`` on them, ``Train`` runs ``train`` on the features. Importing this
@@ -20,6 +21,7 @@ import luigi
 from mltf_flow.ddp.step import DDPStep
 from mltf_flow.staging.step import StageStep
 from mltf_flow.step import MLflowStep
+from mltf_flow.tune.step import TuneStep
 
 PROJECT = Path(__file__).resolve().parent / "jet_tagging"
 #: The sample written by `make data` (relative to where luigi runs; pass --dataset to change it).
@@ -70,9 +72,22 @@ class Train(DDPStep):
     hidden: int | None = luigi.OptionalIntParameter(default=None)
     batch_size: int | None = luigi.OptionalIntParameter(default=None)
     seed: int | None = luigi.OptionalIntParameter(default=None)
+    optimizer: str | None = luigi.OptionalParameter(default=None)
+    momentum: float | None = luigi.OptionalFloatParameter(default=None)
 
     def requires(self) -> dict[str, luigi.Task]:
         return {"features": self.upstream(ExtractFeatures, dataset=self.dataset)}
 
 
-__all__ = ["ExtractFeatures", "StageDataset", "Train"]
+class Tune(TuneStep, Train):
+    """A hyperparameter study of ``Train`` (Optuna, TPE, median pruning): each trial is a Train run with the
+    trial's values of ``space.yaml``'s parameters; ``Train``'s other parameters (``--epochs 4``) are fixed.
+
+        luigi --module pipelines Tune --n-trials 20 --epochs 4 --local-scheduler
+        luigi --module pipelines Train --from-study NAME --local-scheduler     # the best trial: cached"""
+
+    search_space = "space.yaml"
+    objective = "val_accuracy"
+
+
+__all__ = ["ExtractFeatures", "StageDataset", "Train", "Tune"]

@@ -21,6 +21,7 @@ import yaml
 from mltf_flow.config.fields import Before, Ge, StrictBool, StrictInt, StrictStr
 from mltf_flow.config.files import load_yaml
 from mltf_flow.config.schema import Schema, validate
+from mltf_flow.config.tune import StudyEntry
 from mltf_flow.config.units import TIMEOUT_HINT, Timeout
 from mltf_flow.errors import ConfigError
 from mltf_flow.staging.uri import parse_dataset_uri
@@ -121,6 +122,8 @@ class PipelineFile(Schema):
 
     name: StrictStr | None = None
     steps: Annotated[dict[str, StepEntry], Before(_steps)] = field(default_factory=dict)
+    #: Hyperparameter studies of its steps (``mltf-flow tune DIR --study NAME``; mltf_flow.config.tune).
+    studies: dict[str, StudyEntry] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.steps:
@@ -128,6 +131,12 @@ class PipelineFile(Schema):
         for name, step in self.steps.items():
             self._check_references(name, step)
         _check_acyclic(self.steps)
+        for name, study in self.studies.items():
+            target = self.steps.get(study.step)
+            if target is None or target.is_stage:
+                runnable = [n for n, s in self.steps.items() if not s.is_stage]
+                raise ValueError(f"study {name!r} tunes step {study.step!r}, which is not a step with an entry point "
+                                 f"here (those are: {', '.join(runnable)}).")
 
     def _check_references(self, name: str, step: StepEntry) -> None:
         for param, source in step.inputs.items():

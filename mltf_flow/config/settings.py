@@ -63,6 +63,8 @@ class SettingsLayer(Schema):
     notify_from: StrictStr | None = None
     smtp_url: Annotated[StrictStr, Before(check_smtp_url)] | None = None
     notify_webhook: Annotated[StrictStr, Before(check_webhook)] | None = None
+    optuna_storage: StrictStr | None = None
+    optuna_dashboard: StrictStr = "http://127.0.0.1:8080"
 
 
 #: Every setting's name (``MLTF_FLOW_<NAME>`` sets it from the environment).
@@ -106,6 +108,11 @@ class Settings:
     smtp_url: str | None = None
     #: A URL that receives the outcome as a JSON POST (shown as its origin only: its path is often a token).
     notify_webhook: str | None = None
+    #: Where Optuna studies are stored (an RDB URL Optuna supports: sqlite, postgresql, mysql); None: a sqlite
+    #: file next to the MLflow store (mltf_flow.tune.spec.storage_url).
+    optuna_storage: str | None = None
+    #: Where ``mltf-flow optuna-dashboard`` serves the studies (links on study runs point there).
+    optuna_dashboard: str = "http://127.0.0.1:8080"
 
     @property
     def is_local_store(self) -> bool:
@@ -237,6 +244,8 @@ def _resolve(files: list[Path], overrides: Mapping[str, Any]) -> Settings:
         notify_from=values.get("notify_from"),
         smtp_url=values.get("smtp_url"),
         notify_webhook=values.get("notify_webhook"),
+        optuna_storage=values.get("optuna_storage"),
+        optuna_dashboard=values.get("optuna_dashboard", "http://127.0.0.1:8080"),
     )
 
 

@@ -120,8 +120,9 @@ class DDPLauncher:
         self.world_size = world_size
         self.stop_grace_s = stop_grace_s
 
-    def plan(self) -> list[RankAssignment]:
-        facts = self.client.run(worker_facts)
+    def plan(self, among: tuple[str, ...] | None = None) -> list[RankAssignment]:
+        """Ranks over the cluster's workers, or over ``among`` (addresses) only."""
+        facts = self.client.run(worker_facts, workers=list(among) if among else None)
         workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
         names = {addr: str(info.get("name", addr)) for addr, info in workers.items()}
         return plan_ranks(slots_from_facts(facts, names), self.world_size)
@@ -143,7 +144,7 @@ class DDPLauncher:
     def _launch_once(self, request: LaunchRequest, start: float) -> tuple[LaunchResult, bool]:
         from distributed import Event
 
-        plan = self.plan()
+        plan = self.plan(request.workers)
         master = plan[0].worker
         port = self.client.submit(free_port, workers=[master.address], allow_other_workers=False,
                                   pure=False).result(timeout=60)
@@ -171,7 +172,11 @@ class DDPLauncher:
             while pending:
                 changed.wait(0.5)
                 changed.clear()
-                offset = follow_log(request.log_path, offset, prefix)
+                if request.echo:
+                    offset = follow_log(request.log_path, offset, prefix)
+                if request.should_stop is not None and not stop.is_set() and request.should_stop():
+                    stop.set()  # asked to stop (a pruned trial): every rank stops, their outcomes come back
+                    stop_by = time.monotonic() + self.stop_grace_s
                 for rank, future in list(pending.items()):
                     if future.done():
                         del pending[rank]
@@ -198,7 +203,8 @@ class DDPLauncher:
                         outcomes[rank] = {"exit_code": None, "tail": [], "status":
                                           f"did not stop within {self.stop_grace_s:.0f} s (cancelled)"}
                     pending = {}
-            follow_log(request.log_path, offset, prefix)
+            if request.echo:
+                follow_log(request.log_path, offset, prefix)
         except BaseException:
             stop.set()  # Ctrl-C / SIGTERM of the launcher: no rank may keep running
             for future in futures.values():

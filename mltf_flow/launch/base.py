@@ -35,6 +35,14 @@ class LaunchRequest:
     on_tags: Callable[[Mapping[str, str]], None] | None = field(default=None, compare=False)
     #: Stop the command (its whole session: every rank of a DDP job) this long after it started; None: never.
     timeout: StepTimeout | None = None
+    #: Asked about once a second while the command runs: True stops it (SIGTERM to its session, every rank),
+    #: as a pruned trial of a study is stopped (mltf_flow.tune.trial). Not a failure of the launcher.
+    should_stop: Callable[[], bool] | None = field(default=None, compare=False)
+    #: The Dask workers (addresses) the command may use; None: any of the cluster's. Concurrent trials of a
+    #: study each get their own (a DDP trial's ranks are planned over its workers only).
+    workers: tuple[str, ...] | None = None
+    #: Echo the command's output to our console (prefixed); off for trials, which say one line each.
+    echo: bool = True
 
 
 @dataclass(frozen=True)

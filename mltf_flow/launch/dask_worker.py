@@ -106,16 +106,22 @@ class DaskWorkerLauncher:
             request.display_command or request.command, request.stderr_tail_lines, stop_name,
             request.timeout.seconds if request.timeout else None,
             resources=resources, pure=False, retries=0, key=f"mltf-step-{request.step}-{stop_name}",
+            workers=list(request.workers) if request.workers else None,
+            allow_other_workers=not request.workers,
         )
-        offset = 0
+        offset, prefix = 0, f"[{request.step}@worker]"
         try:
             while True:
                 try:
                     result = future.result(timeout=1.0)  # re-raises what the worker raised
                     break
                 except TimeoutError:
-                    offset = follow_log(request.log_path, offset, f"[{request.step}@worker]")
-            follow_log(request.log_path, offset, f"[{request.step}@worker]")
+                    if request.echo:
+                        offset = follow_log(request.log_path, offset, prefix)
+                    if request.should_stop is not None and not stop.is_set() and request.should_stop():
+                        stop.set()  # the worker stops the command's session; its outcome comes back as usual
+            if request.echo:
+                follow_log(request.log_path, offset, prefix)
         except BaseException:
             stop.set()
             with contextlib.suppress(Exception):  # the worker may be gone already

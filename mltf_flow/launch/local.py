@@ -159,8 +159,9 @@ class LocalLauncher:
                 log_path=request.log_path,
                 display=request.display_command or request.command,
                 tail_lines=request.stderr_tail_lines,
-                echo_prefix=f"[{request.step}] ",
+                echo_prefix=f"[{request.step}] " if request.echo else None,
                 on_start=request.on_start,
+                should_stop=request.should_stop,
                 timeout=request.timeout.seconds if request.timeout else None,
             )
         finally:

@@ -55,10 +55,23 @@ def _serve(root: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _kill(server: subprocess.Popen[bytes]) -> None:
+def _kill(server: subprocess.Popen[bytes], port: int) -> None:
+    """SIGKILL the server's process group and return once its port is free: the uvicorn worker holds the
+    listening socket and, on a loaded machine, dies a moment after its parent (CI once bound the port too early)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGKILL)
     server.wait(timeout=30)
+    wait_until(lambda: _bindable(port), 30, f"port {port} to be free after the mlflow server's death")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @contextlib.contextmanager
@@ -86,7 +99,7 @@ def test_server_killed_and_restarted_mid_training_loses_no_metric(tmp_path: Path
     invocation = start(args, env, tmp_path / "pipeline.log", pause_at=phases.CHECKPOINT_SAVED, pause_dir=pause_dir)
     try:
         assert wait_for_marker(invocation, phases.CHECKPOINT_SAVED, pause_dir), invocation.output()
-        _kill(server)  # the CLI and its uvicorn worker: nothing serves the port any more
+        _kill(server, port)  # the CLI and its uvicorn worker: nothing serves the port any more
         with _stand_in(port) as listener:
             phases.release_file(phases.CHECKPOINT_SAVED, pause_dir).touch()  # training goes on, no server
             client_socket, _ = listener.accept()  # a client of the dead server tries again (an event, not a wait)
@@ -105,4 +118,4 @@ def test_server_killed_and_restarted_mid_training_loses_no_metric(tmp_path: Path
             assert sorted(m.step for m in history) == list(range(EPOCHS)), metric
         assert store_state(uri).running == []
     finally:
-        _kill(server)
+        _kill(server, port)

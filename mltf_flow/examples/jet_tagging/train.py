@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256, help="per rank")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    parser.add_argument("--momentum", type=float, default=0.9, help="sgd only")
     args = parser.parse_args()
 
     rank, world, device = setup_distributed()
@@ -99,7 +101,9 @@ def main() -> None:
         nn.Linear(x.shape[1], args.hidden), nn.ReLU(), nn.Linear(args.hidden, args.hidden), nn.ReLU(),
         nn.Linear(args.hidden, 2),
     ).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimiser: torch.optim.Optimizer = (
+        torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum) if args.optimizer == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=args.lr))
     shuffle = torch.Generator().manual_seed(args.seed)
     start = 0
     found = checkpoint.load_latest(map_location=device) if "MLFLOW_RUN_ID" in os.environ else None

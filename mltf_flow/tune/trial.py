@@ -1,0 +1,268 @@
+"""One trial of a study: the tuned step with the trial's parameters, run (or found) as a step run.
+
+A trial *is* the step: its key is the step's cache key with the trial's parameters, so
+
+* a complete run with that key (an earlier trial, an earlier study, a plain ``Train`` with the same values) is
+  not run again: its value of the metric is the trial's result (``cached``);
+* otherwise the key is claimed (:mod:`mltf_flow.claim`: a stale run of it is reaped, a failed one with a
+  checkpoint is resumed) and the step's run is created as a child of the study run, then the command runs
+  through the step's launcher on the trial's own workers, and is settled like any step
+  (:func:`mltf_flow.step_run.settle`): ``mltf.complete=true`` only for exit code 0 and every declared output.
+
+Pruning: while the command runs, the metric it logs per epoch is read from MLflow about every two seconds and
+reported to Optuna; when the pruner says so, the command is stopped (every rank) and the run ends KILLED with
+``mltf.trial.state=pruned``. The trial's own console says one line when it ends (:mod:`mltf_flow.tune.study`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from mltf_flow import phases
+from mltf_flow.claim import Claim, claim
+from mltf_flow.clusters import session
+from mltf_flow.errors import MltfFlowError
+from mltf_flow.launch.base import LaunchRequest, LaunchResult
+from mltf_flow.lease import renewer
+from mltf_flow.redaction import display_command, strip_credentials
+from mltf_flow.run_guard import run_guard
+from mltf_flow.step_def import ResolvedStep, Upstream
+from mltf_flow.step_lineage import record, step_run_name
+from mltf_flow.step_run import Cluster, OpenRun, Plan, command_env, make_launcher, plan, run_tags, settle
+from mltf_flow.tags import (
+    MLFLOW_RUN_NAME,
+    TAG_COMMAND_PID,
+    TAG_ROLE,
+    TAG_STUDY_NAME,
+    TAG_TRIAL_NUMBER,
+    TAG_TRIAL_PRUNED_AT,
+    TAG_TRIAL_STATE,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+    from mltf_flow.config import Settings
+    from mltf_flow.tracking import Tracker
+
+#: Seconds between two reads of a running trial's metric history (the pruner's input).
+POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How a trial ended: ``complete`` (with ``value``), ``pruned``, ``failed`` or ``interrupted`` (the driver
+    was stopped: Optuna is not told, so the next run of the study retries it)."""
+
+    state: str
+    value: float | None = None
+    run_id: str | None = None
+    cached: bool = False
+    error: str = ""
+    duration_s: float = 0.0
+    #: Per-epoch values of the metric, as reported to the pruner ((step, value)).
+    intermediate: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass
+class StudyContext:
+    """What every trial of one study run shares (built once by the driver)."""
+
+    base: ResolvedStep
+    requirements: Mapping[str, Upstream]
+    settings: Settings
+    task_id: str
+    cluster: Cluster
+    tracker: Tracker
+    experiment: str
+    experiment_id: str
+    study_run_id: str
+    study_name: str
+    metric: str
+    #: Complete runs of the tuned step found at the start: key -> (run id, the metric's value or None).
+    known: dict[str, tuple[str, float | None]]
+    #: Set when the driver is stopped (Ctrl-C, SIGTERM): every running trial stops its command.
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+class PruneWatch:
+    """``should_stop`` for a trial's launcher: reports the metric's new per-epoch values to Optuna (about every
+    :data:`POLL_S` s) and says stop when the pruner prunes the trial or the driver is stopping."""
+
+    def __init__(self, context: StudyContext, trial: optuna.Trial, run_id: str) -> None:
+        self.context, self.trial, self.run_id = context, trial, run_id
+        self.reported: dict[int, float] = {}
+        self.pruned_at: int | None = None
+        self._polled = 0.0
+
+    def poll(self) -> None:
+        """Report what the run logged since the last poll."""
+        self._polled = time.monotonic()
+        history = self.context.tracker.client.get_metric_history(self.run_id, self.context.metric)
+        for metric in sorted(history, key=lambda m: (m.step, m.timestamp)):
+            if metric.step not in self.reported:
+                self.reported[metric.step] = float(metric.value)
+                self.trial.report(float(metric.value), int(metric.step))
+
+    def should_stop(self) -> bool:
+        if self.context.stopping.is_set():
+            return True
+        if self.pruned_at is not None:
+            return True
+        if time.monotonic() - self._polled < POLL_S:
+            return False
+        self.poll()
+        if self.reported and self.trial.should_prune():
+            self.pruned_at = max(self.reported)
+            return True
+        return False
+
+
+def trial_step(base: ResolvedStep, point: Mapping[str, Any]) -> ResolvedStep:
+    """The tuned step with a trial's values (already typed: mltf_flow.tune.spec.typed_point)."""
+    return dataclasses.replace(base, params={**base.params, **point})
+
+
+def run_trial(context: StudyContext, trial: optuna.Trial, point: Mapping[str, Any],
+              workers: tuple[str, ...] | None) -> TrialOutcome:
+    """Run (or find) one trial on ``workers`` (see the module docstring); never raises for the trial's own
+    failure: that is a ``failed`` outcome, and the study goes on."""
+    start = time.monotonic()
+    step = trial_step(context.base, point)
+    key = step.key
+    found = context.known.get(key)
+    if found is not None:
+        run_id, value = found
+        if value is None:
+            return TrialOutcome("failed", run_id=run_id, cached=True, error=_no_metric(context, run_id))
+        return TrialOutcome("complete", value, run_id, cached=True, duration_s=time.monotonic() - start)
+    try:
+        return _run(context, trial, step, workers, start)
+    except MltfFlowError as exc:
+        return TrialOutcome("failed", run_id=getattr(exc, "run_id", None), error=strip_credentials(str(exc)),
+                            duration_s=time.monotonic() - start)
+
+
+def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers: tuple[str, ...] | None,
+         start: float) -> TrialOutcome:
+    planned = plan(step, context.requirements, context.settings, context.task_id)
+    quiet: Any = SimpleNamespace(set_status_message=None, set_tracking_url=None, set_progress_percentage=None)
+    tracker, settings = context.tracker, context.settings
+    run = claim(Claim(step.name, step.key, context.experiment, context.experiment_id, settings), tracker, quiet,
+                create=lambda reaped: _create(context, planned, trial.number, reaped))
+    if run is None:  # another invocation ran this very step meanwhile: its run is the result
+        return _from_run(context, step.key, time.monotonic() - start)
+    phases.reached(phases.RUN_CREATED, step.name)
+    watch = PruneWatch(context, trial, run.run_id)
+    leases = renewer(settings.tracking_uri, settings.lease_seconds)
+    leases.hold(run.run_id)
+    try:
+        with run_guard(tracker, run.run_id, step=step.name, log_path=run.log_path) as guard:
+            result = _launch(context, planned, run, watch.should_stop, workers)
+            watch.poll()  # the last epochs' values: the dashboard shows every one
+            intermediate = tuple(sorted(watch.reported.items()))
+            if watch.pruned_at is not None:
+                tracker.set_tags(run.run_id, {TAG_TRIAL_STATE: "pruned", TAG_TRIAL_PRUNED_AT: str(watch.pruned_at)})
+            if watch.pruned_at is not None or context.stopping.is_set():
+                guard.end(ok=False, exit_code=result.exit_code, status="KILLED")
+                return TrialOutcome("pruned" if watch.pruned_at is not None else "interrupted", run_id=run.run_id,
+                                    duration_s=time.monotonic() - start, intermediate=intermediate)
+            try:
+                settle(planned, run, result, [], guard, quiet)
+            except MltfFlowError as exc:
+                tracker.set_tags(run.run_id, {TAG_TRIAL_STATE: "failed"})
+                return TrialOutcome("failed", run_id=run.run_id, error=strip_credentials(str(exc)),
+                                    duration_s=time.monotonic() - start, intermediate=intermediate)
+    finally:
+        leases.release(run.run_id)
+    value = _metric_of(context, run.run_id)
+    tracker.set_tags(run.run_id, {TAG_TRIAL_STATE: "complete"})
+    context.known[step.key] = (run.run_id, value)
+    if value is None:
+        return TrialOutcome("failed", run_id=run.run_id, error=_no_metric(context, run.run_id),
+                            duration_s=time.monotonic() - start, intermediate=intermediate)
+    return TrialOutcome("complete", value, run.run_id, duration_s=time.monotonic() - start, intermediate=intermediate)
+
+
+def _create(context: StudyContext, planned: Plan, number: int, reaped: list[str]) -> OpenRun:
+    """The trial's run under the study run (a failed run of the same key with a checkpoint is resumed)."""
+    from mltf_flow.tags import TAG_REPLACES_RUN_IDS
+
+    step, tracker = planned.step, context.tracker
+    tags = {**run_tags(planned, context.cluster, step.key), TAG_ROLE: "trial", TAG_STUDY_NAME: context.study_name,
+            TAG_TRIAL_NUMBER: str(number), MLFLOW_RUN_NAME: f"trial {number}: {step_run_name(step)}"}
+    if reaped:
+        tags[TAG_REPLACES_RUN_IDS] = ",".join(reaped)
+    resumable = tracker.resumable_run(context.experiment_id, step.key)
+    if resumable is not None:
+        run_id = resumable[0]
+        tracker.reopen_run(run_id, resumable[1], parent_id=context.study_run_id, tags=tags)
+    else:
+        run_id = tracker.create_step_run(context.experiment_id, parent_id=context.study_run_id,
+                                         run_name=tags[MLFLOW_RUN_NAME], tags=tags, params=dict(planned.params))
+    log_path = context.settings.work_dir / "logs" / step.pipeline / f"{step.name}-{run_id}.log"
+    # The study run is this trial's parent: it is settled by the study, never by a trial (parent_id "" here).
+    return OpenRun(tracker, context.experiment_id, run_id, "", log_path, reopened=resumable is not None)
+
+
+def _launch(context: StudyContext, planned: Plan, run: OpenRun, should_stop: Callable[[], bool],
+            workers: tuple[str, ...] | None) -> LaunchResult:
+    from mltf_flow.step_run import keep_inputs
+
+    step, settings, tracker, cluster = planned.step, context.settings, context.tracker, context.cluster
+    keep_inputs(planned, run)
+    record(planned, cluster, run)
+    env = command_env(step, settings, run.run_id, run.experiment_id)
+    env["DASK_SCHEDULER_ADDRESS"] = cluster.address
+    env["MLTF_TUNE_METRIC"] = context.metric
+    credentials = session.credentials(cluster.profile)
+    if credentials is not None:
+        env.update(credentials.client_env())
+    env.update(planned.secret_env)
+    result: LaunchResult = make_launcher(step, cluster.client).launch(LaunchRequest(
+        step=step.name, command=planned.command, cwd=step.project.root, env=env, log_path=run.log_path,
+        stderr_tail_lines=settings.stderr_tail_lines,
+        on_start=lambda pid: tracker.set_tags(run.run_id, {TAG_COMMAND_PID: str(pid)}),
+        on_tags=lambda more: tracker.set_tags(run.run_id, more),
+        display_command=display_command(planned.command, planned.params), timeout=step.timeout,
+        should_stop=should_stop, workers=workers, echo=False,
+    ))
+    phases.reached(phases.COMMAND_EXITED, step.name)
+    tracker.log_artifact(run.run_id, run.log_path, "mltf", name="step.log")
+    for artifact, path in result.extra_logs:
+        if Path(path).exists():
+            tracker.log_artifact(run.run_id, path, "mltf", name=artifact)
+    return result
+
+
+def _metric_of(context: StudyContext, run_id: str) -> float | None:
+    value = context.tracker.client.get_run(run_id).data.metrics.get(context.metric)
+    return None if value is None else float(value)
+
+
+def _from_run(context: StudyContext, key: str, duration: float) -> TrialOutcome:
+    from mltf_flow.run_index import run_index
+
+    ref = run_index(context.settings.tracking_uri).find_complete(context.experiment, key)
+    if ref is None:
+        return TrialOutcome("failed", error="another invocation ran this trial's step but its run is gone")
+    value = _metric_of(context, ref.run_id)
+    context.known[key] = (ref.run_id, value)
+    if value is None:
+        return TrialOutcome("failed", run_id=ref.run_id, cached=True, error=_no_metric(context, ref.run_id))
+    return TrialOutcome("complete", value, ref.run_id, cached=True, duration_s=duration)
+
+
+def _no_metric(context: StudyContext, run_id: str) -> str:
+    return (f"MLflow run {run_id} has no metric {context.metric!r}: log it from the entry point "
+            f"(mlflow.log_metric({context.metric!r}, value, step=epoch)) or name the metric it logs.")
+
+
+__all__ = ["POLL_S", "PruneWatch", "StudyContext", "TrialOutcome", "run_trial", "trial_step"]

@@ -1,0 +1,204 @@
+"""The example's study (issue 18) on the local profile: 20 trials of Train, pruning on, its driver SIGKILLed
+after a trial was told, then the same command to the end, then once more.
+
+One chain, observed by the tests below (a study costs ~20 trainings; each test judges one thing it showed):
+
+1. ``luigi --module pipelines Tune --n-trials 20 --epochs 3`` pauses after the first trial it told Optuna about
+   (``MLTF_PAUSE_AT=study.trial_told``, a marker file) and its whole process group is SIGKILLed there, with the
+   other trial still running or finished but not told;
+2. the same command: the study continues to exactly 20 trials, the one running at the kill failed and retried;
+3. the same command again: nothing runs;
+4. ``Train --from-study NAME``: the best trial's run is that Train's run (nothing runs);
+5. ``mltf-flow optuna-dashboard`` serves the study where the study run's link points.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mltf_flow import phases
+from tests.faults.invocations import TAG_ENV, kill_group, orphans_after, start, store_state, wait_for_marker
+from tests.helpers import BIN, REPO, free_port, wait_until
+from tests.integration.mlflow_queries import client, runs, sqlite_uri
+
+pytestmark = pytest.mark.slow
+
+N_TRIALS = 20
+EPOCHS = 3
+
+
+@dataclass
+class Chain:
+    work: Path
+    uri: str
+    killed_output: str
+    orphans: list[str]
+    resumed_code: int
+    resumed_output: str
+    rerun_code: int
+    rerun_output: str
+    runs_before_rerun: set[str]
+    runs_after_rerun: set[str]
+    from_study_code: int
+    runs_after_from_study: set[str]
+    study_name: str
+    env: dict[str, str]
+
+
+def _tune_args(sample: Path) -> list[str]:
+    return [str(BIN / "luigi"), "--module", "pipelines", "Tune", "--dataset", str(sample), "--n-trials",
+            str(N_TRIALS), "--epochs", str(EPOCHS), "--sampler-seed", "11", "--local-scheduler"]
+
+
+def _run_ids(uri: str) -> set[str]:
+    return {r.info.run_id for r in runs(uri)}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory, jet_sample: Path, store_template: Path) -> Chain:
+    from tests.helpers import seed_store
+
+    root = tmp_path_factory.mktemp("tune")
+    work = root / "work"
+    seed_store(work, store_template)
+    uri = sqlite_uri(work)
+    tag = uuid.uuid4().hex
+    env = {"MLTF_FLOW_WORK_DIR": str(work), TAG_ENV: tag, "MLTF_FLOW_ENV_MANAGER": "local"}
+    pause_dir = root / "pause"
+    first = start(_tune_args(jet_sample), env, root / "killed.log", pause_at=phases.TRIAL_TOLD, pause_dir=pause_dir)
+    try:
+        assert wait_for_marker(first, phases.TRIAL_TOLD, pause_dir, timeout=400), first.output()
+    finally:
+        kill_group(first)
+    orphans = orphans_after(tag)
+    resumed = start(_tune_args(jet_sample), env, root / "resumed.log")
+    resumed_code = resumed.proc.wait(timeout=900)
+    before = _run_ids(uri)
+    rerun = start(_tune_args(jet_sample), env, root / "rerun.log")
+    rerun_code = rerun.proc.wait(timeout=300)
+    after = _run_ids(uri)
+    (study,) = [r for r in runs(uri) if r.data.tags.get("mltf.role") == "study"]
+    name = study.data.tags["mltf.study.name"]
+    train = start([str(BIN / "luigi"), "--module", "pipelines", "Train", "--dataset", str(jet_sample),
+                   "--from-study", name, "--local-scheduler"], env, root / "from-study.log")
+    from_study_code = train.proc.wait(timeout=300)
+    return Chain(work, uri, first.output(), orphans, resumed_code, resumed.output(), rerun_code, rerun.output(),
+                 before, after, from_study_code, _run_ids(uri), name, env)
+
+
+def _study(chain: Chain) -> Any:
+    import optuna
+
+    return optuna.load_study(study_name=chain.study_name, storage=f"sqlite:///{chain.work / 'optuna.db'}")
+
+
+def _trial_runs(chain: Chain) -> list[Any]:
+    return [r for r in runs(chain.uri) if r.data.tags.get("mltf.role") == "trial"]
+
+
+def test_killed_driver_leaves_no_process_and_the_rerun_completes(chain: Chain) -> None:
+    assert chain.orphans == [], chain.killed_output
+    assert chain.resumed_code == 0, chain.resumed_output
+    assert "was left running by a driver that stopped; it runs again" in chain.resumed_output
+
+
+def test_the_study_has_exactly_n_trials_none_left_running_none_finished_twice(chain: Chain) -> None:
+    from optuna.trial import TrialState
+
+    study = _study(chain)
+    trials = study.get_trials()
+    retried = [t for t in trials if t.system_attrs.get("mltf_retried")]
+    counted = [t for t in trials if t not in retried]
+    assert len(counted) == N_TRIALS and all(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in counted)
+    assert retried and all(t.state == TrialState.FAIL for t in retried)  # the trial running at the kill
+    assert store_state(chain.uri).running == []
+    complete = [r for r in _trial_runs(chain) if r.data.tags.get("mltf.complete") == "true"]
+    by_key = Counter(r.data.tags["mltf.cache_key"] for r in complete)
+    assert [k for k, n in by_key.items() if n > 1] == []
+    # Every counted trial names its run; every complete trial's run is one of the complete runs.
+    ids = {r.info.run_id for r in complete}
+    for trial in counted:
+        assert trial.user_attrs.get("mlflow_run_id"), trial
+        if trial.state == TrialState.COMPLETE:
+            assert trial.user_attrs["mlflow_run_id"] in ids
+
+
+def test_trials_are_child_runs_of_one_study_run_with_params_metrics_and_state(chain: Chain) -> None:
+    (study_run,) = [r for r in runs(chain.uri) if r.data.tags.get("mltf.role") == "study"]
+    assert study_run.info.status == "FINISHED" and study_run.data.tags["mltf.complete"] == "true"
+    mlflow = client(chain.uri)
+    states = Counter()
+    for run in _trial_runs(chain):
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == study_run.info.run_id
+        assert {"lr", "hidden", "batch_size", "optimizer", "epochs"} <= set(run.data.params)
+        assert tags["mltf.study.name"] == chain.study_name and tags["mltf.trial.number"].isdigit()
+        state = tags.get("mltf.trial.state")
+        states[state] += 1
+        history = sorted(m.step for m in mlflow.get_metric_history(run.info.run_id, "val_accuracy"))
+        if state == "complete":
+            assert run.info.status == "FINISHED" and history == list(range(EPOCHS))
+        elif state == "pruned":
+            assert run.info.status == "KILLED" and int(tags["mltf.trial.pruned_at"]) in history
+    assert states["complete"] >= N_TRIALS // 2, states
+    best = study_run.data.tags
+    assert json.loads(best["mltf.study.best_params"]).keys() <= {"lr", "hidden", "batch_size", "optimizer",
+                                                                 "momentum"}
+    assert best["mltf.study.trials"].startswith(f"{N_TRIALS}: ")
+    assert float(best["mltf.study.best_value"]) == study_run.data.metrics["best_val_accuracy"]
+
+
+def test_the_best_trial_beats_the_defaults(chain: Chain) -> None:
+    study = _study(chain)
+    baseline = min(study.get_trials(), key=lambda t: t.number)  # trial 0: the entry point's defaults
+    assert baseline.params["lr"] == pytest.approx(0.003) and baseline.params["hidden"] == 32
+    assert study.best_value > baseline.value, (study.best_value, baseline.value)
+
+
+def test_the_same_command_again_runs_nothing(chain: Chain) -> None:
+    assert chain.rerun_code == 0, chain.rerun_output
+    assert chain.runs_after_rerun == chain.runs_before_rerun
+    assert "trial" not in chain.rerun_output  # no trial was run, not even a cached one
+
+
+def test_train_from_the_study_is_the_best_trials_run(chain: Chain) -> None:
+    assert chain.from_study_code == 0
+    assert chain.runs_after_from_study == chain.runs_after_rerun  # complete already: the best trial's run
+
+
+def test_optuna_dashboard_serves_the_study_where_the_study_run_links(chain: Chain) -> None:
+    (study_run,) = [r for r in runs(chain.uri) if r.data.tags.get("mltf.role") == "study"]
+    link = study_run.data.tags["mltf.study.dashboard"]
+    assert link.startswith("http://127.0.0.1:8080/dashboard/studies/")
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "mltf-flow"), "optuna-dashboard", "--port", str(port)], cwd=REPO,
+                            env={**os.environ, **chain.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        page = link.replace(":8080/", f":{port}/")
+
+        def served() -> bytes | None:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else b""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    return bytes(response.read())
+            except OSError:
+                return None
+
+        studies = json.loads(wait_until(served, 60, "optuna-dashboard"))  # type: ignore[arg-type]
+        assert chain.study_name in [s["study_name"] for s in studies["studies"]]
+        with urllib.request.urlopen(page, timeout=10) as response:
+            assert response.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
