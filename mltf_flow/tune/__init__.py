@@ -9,24 +9,29 @@
   best trial for ``--from-study``; :mod:`~mltf_flow.tune.commands`: ``mltf-flow tune`` and
   ``mltf-flow optuna-dashboard``.
 
-For a training script, :func:`report` logs the metric the study optimises at an epoch (a one-line alternative
-to ``mlflow.log_metric`` when the script's own name for it differs). See docs/hpo.md.
+For a training script, :func:`report` logs a metric of its run at an epoch: ``mlflow.log_metric`` for the run
+mltf_flow (or ``mlflow run``) started, and nothing for a script run by hand, where MLflow would start a stray run.
+Log the study's metric every epoch (with it, or with MLflow's own calls): the pruner reads it. See docs/hpo.md.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 
-def report(value: float, step: int) -> None:
-    """Log the study's metric (``$MLTF_TUNE_METRIC``, set for every trial) at ``step`` (the epoch) to the
-    trial's MLflow run: the pruner reads it. Outside a study it does nothing."""
-    name = os.environ.get("MLTF_TUNE_METRIC")
-    if not name:
+def report(metric: str, value: float, step: int) -> None:
+    """Log ``metric`` = ``value`` at ``step`` (the epoch) to the run this process was started for
+    (``$MLFLOW_RUN_ID``, set for every step and trial); without one it does nothing. The same in a study and
+    out of it: a trial identical to a run made outside the study is found by its key, and its value is this
+    metric."""
+    loaded = sys.modules.get("mlflow")
+    # MLflow drops MLFLOW_RUN_ID from the environment once its first call resumed that run: then it is active.
+    if not os.environ.get("MLFLOW_RUN_ID") and (loaded is None or loaded.active_run() is None):
         return
     import mlflow
 
-    mlflow.log_metric(name, float(value), step=int(step))
+    mlflow.log_metric(metric, float(value), step=int(step))
 
 
 __all__ = ["report"]

@@ -68,11 +68,17 @@ class SearchSpace:
         return chosen
 
     def defaults_point(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The step's own values of the space's parameters (conditions applied), for the baseline trial."""
+        """The step's own values of the space's parameters (conditions applied), for the baseline trial; a
+        ConfigError when one is not a choice of its categorical range (Optuna could not record that trial)."""
         chosen: dict[str, Any] = {}
         for name, rng in self.params.items():
             if any(chosen.get(other, _ABSENT) not in allowed for other, allowed in rng.when.items()):
                 continue
+            if rng.type == "categorical" and params[name] not in rng.choices:
+                raise ConfigError(
+                    f"{self.source}: parameter {name!r}: the step's value {params[name]!r} (trial 0, the baseline) "
+                    f"is not one of its choices {list(rng.choices)}. Add it to the choices, or leave the baseline "
+                    "out (include_defaults: false).")
             chosen[name] = params[name]
         return chosen
 

@@ -107,6 +107,8 @@ class TuneStep(MLflowStep):
     def check_input(self) -> list[luigi.Task]:
         deps = super().check_input()
         spec = self.study_spec()
+        if spec.include_defaults:
+            spec.space.defaults_point(self.params())  # the baseline trial must be a point Optuna can record
         if spec.sampler in ("cmaes", "gp"):  # samplers that need another package: a missing one is said now
             from mltf_flow.tune.spec import make_sampler
 

@@ -393,7 +393,7 @@ def _settle(context: StudyContext, study: optuna.Study, spec: StudySpec) -> floa
     tracker.client.log_metric(run_id, f"best_{spec.metric}", best_value)
     _log.info(f"study {context.study_name}: {summary}; best trial {best.number}: {spec.metric}={best_value:.6g} "
                  f"{json.dumps(best.params, sort_keys=True)} (MLflow run {best.user_attrs.get('mlflow_run_id')}). "
-                 f"Train with it: --from-study {context.study_name}")
+                 f"Give step '{context.base.name}' these parameters with --from-study {context.study_name}")
     return best_value
 
 
