@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -98,6 +99,10 @@ def shown_storage(url: str) -> str:
     return strip_credentials(url)
 
 
+#: Packages a sampler needs beyond Optuna's own (it imports them only when the sampler first samples).
+_SAMPLER_NEEDS = {"cmaes": ("cmaes",), "gp": ("torch", "scipy"), "qmc": ("scipy",)}
+
+
 def make_sampler(spec: StudySpec, offset: int = 0) -> optuna.samplers.BaseSampler:
     """Optuna's sampler of that name: TPE (multivariate, grouped when the space is conditional, a constant liar
     for the trials running at once) unless another is named; a seeded one gets ``seed + offset``."""
@@ -108,6 +113,12 @@ def make_sampler(spec: StudySpec, offset: int = 0) -> optuna.samplers.BaseSample
     # group=True (what a conditional space needs) is "experimental" in Optuna: not news to our users.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     seed = None if spec.seed is None else spec.seed + offset
+    # Optuna imports these packages lazily, at the first trial that samples with them: a missing one would
+    # fail every trial but the first. Said here, before the study starts.
+    missing = [name for name in _SAMPLER_NEEDS.get(spec.sampler, ()) if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"sampler {spec.sampler!r} needs {', '.join(missing)}, which is not installed here: pip "
+                          f"install {' '.join(missing)}, or choose sampler tpe or random.")
     try:
         if spec.sampler == "tpe":
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=spec.space.conditional,

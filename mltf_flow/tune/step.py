@@ -109,7 +109,7 @@ class TuneStep(MLflowStep):
         spec = self.study_spec()
         if spec.include_defaults:
             spec.space.defaults_point(self.params())  # the baseline trial must be a point Optuna can record
-        if spec.sampler in ("cmaes", "gp"):  # samplers that need another package: a missing one is said now
+        if spec.sampler in ("cmaes", "gp", "qmc"):  # samplers that need another package: a missing one is said now
             from mltf_flow.tune.spec import make_sampler
 
             make_sampler(spec)
