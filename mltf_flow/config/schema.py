@@ -126,7 +126,8 @@ def config_error(exc: ValidationError, model: type[Schema], where: str | Where) 
         known = [owner.written.get(name, name) for name in field_names(owner)]
         lines.append(f"{place.text(locate)}: {label}unknown key(s) {', '.join(keys)}; known: {', '.join(known)}."
                      f"{did_you_mean(keys, known)}")
-    return ConfigError("\n".join(lines))
+    # A union (``dict | str``) fails once per member, with the same words: said once.
+    return ConfigError("\n".join(dict.fromkeys(lines)))
 
 
 def close_match(key: str, known: Iterable[str]) -> str | None:
@@ -196,6 +197,8 @@ def _describe(error: Mapping[str, Any], path: tuple[str, ...], model: type[Schem
     if kind == "value_error":
         return f"{where}{label}: {error['ctx']['error']}"
     expected = owner.expect.get(key) or _GENERIC.get(kind)
+    if kind == "missing":  # pydantic's words would be "expected Field required, found {the whole entry}"
+        return f"{where}{label}: missing, and it is required" + (f" ({expected})." if expected else ".")
     if kind == "literal_error":
         expected = expected or f"one of {error['ctx']['expected']}"
         if owner.section:
