@@ -135,7 +135,8 @@ def test_a_typo_gets_a_hint(project: Path) -> None:
 
 def test_unknown_top_level_key(project: Path) -> None:
     with_pipeline(project, VALID.replace("name: toy_pipeline", "nmae: toy_pipeline"))
-    with pytest.raises(ConfigError, match=r"pipeline\.yaml: unknown key\(s\) nmae; known: name, steps, studies\. Did you mean"):
+    with pytest.raises(ConfigError,
+                       match=r"pipeline\.yaml: unknown key\(s\) nmae; known: name, steps, studies\. Did you mean"):
         load_pipeline(project)
 
 
