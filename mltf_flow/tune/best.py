@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mltf_flow.errors import ConfigError
@@ -39,6 +40,10 @@ def best_of(name: str, settings: Settings, *, step: str) -> BestTrial:
     from mltf_flow.tune.study import ATTR_FIXED, ATTR_STEP, ATTR_WORLD_SIZE
 
     url = storage_url(settings)
+    # Optuna would create a missing sqlite file (and fail without a word of ours where its folder is missing).
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise ConfigError(f"--from-study {name!r}: no studies yet ({shown_storage(url)} does not exist). Run the "
+                          "study first (mltf-flow tune ... or luigi ... Tune).")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=name, storage=url)
