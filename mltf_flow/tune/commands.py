@@ -71,10 +71,11 @@ def study_entry(args: argparse.Namespace, studies: Any, pipeline_file: Path) -> 
         if missing:
             raise ConfigError(f"mltf-flow tune: give --study NAME (a study of {pipeline_file.name}) or "
                               f"{', '.join(missing)}.")
-    for dest, key in _STUDY_FLAGS.items():
-        value = getattr(args, dest)
-        if value is not None:
-            base[key] = str(Path(value).resolve()) if dest == "space" else value
+    given = {dest: getattr(args, dest) for dest in _STUDY_FLAGS if getattr(args, dest) is not None}
+    for dest, value in given.items():
+        base[_STUDY_FLAGS[dest]] = str(Path(value).resolve()) if dest == "space" else value
+    if args.study and given:  # a bad value may be a flag's: say both places
+        where += f" with the flags {', '.join('--' + d.replace('_', '-') for d in given)}"
     return validate(StudyEntry, base, where), where
 
 

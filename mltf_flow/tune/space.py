@@ -97,13 +97,13 @@ def check_space(space: SpaceFile, entry: EntryPoint, *, fed: Mapping[str, str], 
             known = ", ".join(p for p in entry.parameters if p not in fed) or "none"
             problems.append(f"parameter {name!r} is not a parameter of entry point {entry.name!r} (it has: {known}).")
         elif param.type not in _FITS[rng.type]:
-            problems.append(f"parameter {name!r} is a {param.declared_type} in MLproject; a {rng.type} range "
+            problems.append(f"parameter {name!r} has type {param.declared_type} in MLproject; a {rng.type} range "
                             f"cannot feed it.")
         elif rng.type == "categorical" and param.type in ("int", "float"):
             bad = [c for c in rng.choices if isinstance(c, bool) or not isinstance(c, int | float)
                    or (param.type == "int" and not isinstance(c, int))]
             if bad:
-                problems.append(f"parameter {name!r} is a {param.declared_type} in MLproject; choices {bad} are not.")
+                problems.append(f"parameter {name!r} has type {param.declared_type} in MLproject; choices {bad} are not.")
     if problems:
         raise ConfigError(f"{source}: " + "\n  ".join(problems))
     return SearchSpace(dict(space.params), source)

@@ -74,7 +74,7 @@ def test_a_study_reuses_a_run_that_exists_records_failed_trials_and_goes_on(proj
                   "--n-trials", str(N_TRIALS), "--sampler", "random", "--seed", "4", "--pruner", "none")
     assert tuned.returncode == 0, tuned.stderr
     out = tuned.stderr
-    assert f"trial 0 [cached] score=-0.02 x=0.5 mode=ok (" in out and earlier.info.run_id in out
+    assert "trial 0 [cached] score=-0.02 x=0.5 mode=ok (" in out and earlier.info.run_id in out
     trials = [r for r in runs(uri, "toy") if r.data.tags.get("mltf.role") == "trial"]
     failed = [r for r in trials if r.data.tags.get("mltf.trial.state") == "failed"]
     assert failed and all(r.info.status == "FAILED" and r.data.params["mode"] == "crash" for r in failed)

@@ -131,10 +131,10 @@ def test_a_range_must_fit_the_parameters_type(train: EntryPoint) -> None:
                 "features": {"type": "categorical", "choices": ["a"]}}, train)
     problems = str(info.value).split("\n  ")
     assert problems == [
-        "space.yaml: parameter 'epochs' is a int in MLproject; a float range cannot feed it.",
-        "parameter 'hidden' is a int in MLproject; choices [32.5, True] are not.",
-        "parameter 'lr' is a float in MLproject; choices ['fast'] are not.",
-        "parameter 'features' is a path in MLproject; a categorical range cannot feed it.",
+        "space.yaml: parameter 'epochs' has type int in MLproject; a float range cannot feed it.",
+        "parameter 'hidden' has type int in MLproject; choices [32.5, True] are not.",
+        "parameter 'lr' has type float in MLproject; choices ['fast'] are not.",
+        "parameter 'features' has type path in MLproject; a categorical range cannot feed it.",
     ]
 
 
