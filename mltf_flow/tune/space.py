@@ -103,7 +103,8 @@ def check_space(space: SpaceFile, entry: EntryPoint, *, fed: Mapping[str, str], 
             bad = [c for c in rng.choices if isinstance(c, bool) or not isinstance(c, int | float)
                    or (param.type == "int" and not isinstance(c, int))]
             if bad:
-                problems.append(f"parameter {name!r} has type {param.declared_type} in MLproject; choices {bad} are not.")
+                problems.append(f"parameter {name!r} has type {param.declared_type} in MLproject; choices {bad} "
+                                "are not.")
     if problems:
         raise ConfigError(f"{source}: " + "\n  ".join(problems))
     return SearchSpace(dict(space.params), source)
