@@ -34,6 +34,7 @@ from mltf_flow.invocation import invocation_id
 from mltf_flow.lease import renewer
 from mltf_flow.lineage_view import describe_parent
 from mltf_flow.progress import report_status
+from mltf_flow.redaction import is_secret_param
 from mltf_flow.run_guard import run_guard
 from mltf_flow.run_index import RunRef, run_index
 from mltf_flow.step_run import Cluster, OpenRun, Plan, connect, plan, run_tags
@@ -55,7 +56,7 @@ from mltf_flow.tags import (
     TAG_STUDY_STORAGE,
     TAG_STUDY_TRIALS,
 )
-from mltf_flow.tracking import Tracker
+from mltf_flow.tracking import Tracker, file_lock
 from mltf_flow.tune.spec import StudySpec, make_pruner, make_sampler, shown_storage, storage_url, typed_point
 from mltf_flow.tune.trial import StudyContext, TrialOutcome, run_trial
 
@@ -107,7 +108,10 @@ def run_study(base: ResolvedStep, spec: StudySpec, requirements: Mapping[str, Up
                 study_name=name, metric=spec.metric,
                 known=known_results(tracker, experiment_id, base.name, spec.metric),
             )
-            _Driver(context, study, spec, reporter).run()
+            # One driver per study on this machine: a second one (another --n-trials of the same study) waits,
+            # then goes on from what the first left.
+            with file_lock(settings.work_dir / "locks" / f"study-{spec.identity(base)[:40]}.lock"):
+                _Driver(context, study, spec, reporter).run()
             best = _settle(context, study, spec)
             guard.end(ok=True, exit_code=0)
         run_index(settings.tracking_uri, settings.prefetch_limit).remember(
@@ -188,7 +192,10 @@ def open_study(spec: StudySpec, base: ResolvedStep, settings: Settings) -> optun
         study.set_user_attr(ATTR_IDENTITY, identity)
         study.set_user_attr(ATTR_STEP, base.name)
         study.set_user_attr(ATTR_PIPELINE, base.pipeline)
-        study.set_user_attr(ATTR_FIXED, {k: v for k, v in base.params.items() if k not in spec.space.params})
+        # What --from-study gives a step: never a secret (the storage and its dashboard are no place for one; a
+        # secret enters a key by name only, so the step given its own gets the best trial's key all the same).
+        study.set_user_attr(ATTR_FIXED, {k: v for k, v in base.params.items()
+                                         if k not in spec.space.params and not is_secret_param(k, v)})
         study.set_user_attr(ATTR_WORLD_SIZE, base.world_size)
     elif mine != identity:
         raise ConfigError(f"study {name!r} in {shown_storage(url)} was made for another search (step, code, fixed "

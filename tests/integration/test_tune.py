@@ -202,3 +202,34 @@ def test_optuna_dashboard_serves_the_study_where_the_study_run_links(chain: Chai
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.browser
+@pytest.mark.server
+def test_mlflow_ui_shows_the_study_run_with_its_trial_runs(chain: Chain, tmp_path: Path) -> None:
+    """The MLflow UI over the chain's store (a real `mlflow server`, Debian's chromium): the invocation's parent
+    run expands to the study run, the study run to its trials, each named after its number and parameters.
+    Screenshot: test-artifacts/screenshots/mlflow_ui_study.png."""
+    from mltf_flow.run_description import experiment_link
+    from tests.helpers import served_store
+    from tests.integration.mlflow_ui import browser_page, screenshots_dir
+
+    (study_run,) = [r for r in runs(chain.uri) if r.data.tags.get("mltf.role") == "study"]
+    trials = sorted((r for r in _trial_runs(chain) if r.data.tags["mlflow.parentRunId"] == study_run.info.run_id),
+                    key=lambda r: int(r.data.tags["mltf.trial.number"]))
+    parent_id = study_run.data.tags["mlflow.parentRunId"]
+    with served_store(chain.uri, tmp_path / "server") as url, browser_page() as page:
+        page.goto(f"{url}/{experiment_link(study_run.info.experiment_id)}")
+
+        def row(run_id: str) -> Any:
+            return page.locator(f"[role=row][row-id='{run_id}']").first
+
+        expand = "button[data-component-id*='runnamecellrenderer']"
+        row(parent_id).locator(expand).click()
+        row(study_run.info.run_id).get_by_text(study_run.data.tags["mlflow.runName"], exact=True).wait_for()
+        row(study_run.info.run_id).locator(expand).click()
+        for trial in (trials[0], trials[-1]):
+            name = trial.data.tags["mlflow.runName"]
+            assert name.startswith(f"trial {trial.data.tags['mltf.trial.number']}: train (")
+            row(trial.info.run_id).get_by_text(name, exact=True).wait_for()
+        page.screenshot(path=screenshots_dir() / "mlflow_ui_study.png")
