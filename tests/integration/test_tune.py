@@ -27,11 +27,19 @@ from typing import Any
 import pytest
 
 from mltf_flow import phases
-from tests.faults.invocations import TAG_ENV, kill_group, orphans_after, start, store_state, wait_for_marker
+from tests.faults.invocations import (
+    TAG_ENV,
+    Invocation,
+    kill_group,
+    orphans_after,
+    start,
+    store_state,
+    wait_for_marker,
+)
 from tests.helpers import BIN, REPO, free_port, wait_until
 from tests.integration.mlflow_queries import client, runs, sqlite_uri
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a study of 20 trainings, and its reruns
 
 N_TRIALS = 20
 EPOCHS = 3
@@ -75,23 +83,34 @@ def chain(tmp_path_factory: pytest.TempPathFactory, jet_sample: Path, store_temp
     tag = uuid.uuid4().hex
     env = {"MLTF_FLOW_WORK_DIR": str(work), TAG_ENV: tag, "MLTF_FLOW_ENV_MANAGER": "local"}
     pause_dir = root / "pause"
-    first = start(_tune_args(jet_sample), env, root / "killed.log", pause_at=phases.TRIAL_TOLD, pause_dir=pause_dir)
-    try:
-        assert wait_for_marker(first, phases.TRIAL_TOLD, pause_dir, timeout=400), first.output()
+    started: list[Invocation] = []
+
+    def launch(args: list[str], log: str, **pause: Any) -> Invocation:
+        started.append(start(args, env, root / log, **pause))
+        return started[-1]
+
+    try:  # a fixture stopped half-way (a timeout) leaves no invocation running
+        first = launch(_tune_args(jet_sample), "killed.log", pause_at=phases.TRIAL_TOLD, pause_dir=pause_dir)
+        try:
+            assert wait_for_marker(first, phases.TRIAL_TOLD, pause_dir, timeout=400), first.output()
+        finally:
+            kill_group(first)
+        orphans = orphans_after(tag)
+        resumed = launch(_tune_args(jet_sample), "resumed.log")
+        resumed_code = resumed.proc.wait(timeout=900)
+        before = _run_ids(uri)
+        rerun = launch(_tune_args(jet_sample), "rerun.log")
+        rerun_code = rerun.proc.wait(timeout=300)
+        after = _run_ids(uri)
+        (study,) = [r for r in runs(uri) if r.data.tags.get("mltf.role") == "study"]
+        name = study.data.tags["mltf.study.name"]
+        train = launch([str(BIN / "luigi"), "--module", "pipelines", "Train", "--dataset", str(jet_sample),
+                        "--from-study", name, "--local-scheduler"], "from-study.log")
+        from_study_code = train.proc.wait(timeout=300)
     finally:
-        kill_group(first)
-    orphans = orphans_after(tag)
-    resumed = start(_tune_args(jet_sample), env, root / "resumed.log")
-    resumed_code = resumed.proc.wait(timeout=900)
-    before = _run_ids(uri)
-    rerun = start(_tune_args(jet_sample), env, root / "rerun.log")
-    rerun_code = rerun.proc.wait(timeout=300)
-    after = _run_ids(uri)
-    (study,) = [r for r in runs(uri) if r.data.tags.get("mltf.role") == "study"]
-    name = study.data.tags["mltf.study.name"]
-    train = start([str(BIN / "luigi"), "--module", "pipelines", "Train", "--dataset", str(jet_sample),
-                   "--from-study", name, "--local-scheduler"], env, root / "from-study.log")
-    from_study_code = train.proc.wait(timeout=300)
+        for invocation in started:
+            if invocation.proc.poll() is None:
+                kill_group(invocation)
     return Chain(work, uri, first.output(), orphans, resumed_code, resumed.output(), rerun_code, rerun.output(),
                  before, after, from_study_code, _run_ids(uri), name, env)
 
