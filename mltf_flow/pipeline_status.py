@@ -21,7 +21,7 @@ from mltf_flow.errors import MltfFlowError
 from mltf_flow.key_diff import KEY_ARTIFACT, key_record, record_from_run, why_changed
 from mltf_flow.pipeline_graph import CACHED, FAILED_LAST, STAGED, TO_STAGE, WILL_RUN, StepNode
 from mltf_flow.redaction import strip_credentials
-from mltf_flow.tags import TAG_COMPLETE, TAG_PIPELINE, TAG_STEP
+from mltf_flow.tags import TAG_COMPLETE, TAG_PIPELINE, TAG_ROLE, TAG_STEP
 
 if TYPE_CHECKING:
     import luigi
@@ -76,6 +76,8 @@ class PreviousRuns:
         )
         newest: dict[str, Any] = {}
         for run in runs:
+            if run.data.tags.get(TAG_ROLE) == "study":  # a study of the step, not a run of it: no key to compare
+                continue
             newest.setdefault(run.data.tags.get(TAG_STEP, ""), run)
         return newest
 
