@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -140,7 +139,9 @@ def cmd_optuna_dashboard(args: argparse.Namespace) -> int:
         raise ConfigError(f"no studies yet: {shown_storage(url)} does not exist. Run one first (mltf-flow tune ...).")
     _check_port_free(host, port)
     print(f"optuna-dashboard on http://{host}:{port} (storage {shown_storage(url)}); Ctrl-C stops it", flush=True)
-    return subprocess.call([exe, url, "--host", host, "--port", str(port), "--quiet"])
+    # This process becomes the server: a SIGTERM or SIGINT sent to it reaches optuna-dashboard itself (a child
+    # started with subprocess.call stayed up, serving, after its parent was terminated).
+    os.execv(exe, [exe, url, "--host", host, "--port", str(port), "--quiet"])
 
 
 __all__ = ["add_parser", "build_study_target", "cmd_optuna_dashboard", "cmd_tune", "study_entry"]
