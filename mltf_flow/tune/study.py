@@ -276,12 +276,18 @@ class _Driver:
         with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="mltf-trial") as pool:
             try:
                 while running or asked < to_run:
-                    while free and asked < to_run:
+                    while asked < to_run:
+                        found, slot = self._live_slot(free, [v[1] for v in running.values()])
+                        if not found:
+                            break
                         trial = self.study.ask()
                         point = typed_point(self.context.base, self.spec.space.suggest(trial))
-                        slot = free.pop(0)
                         running[pool.submit(run_trial, self.context, trial, point, slot)] = (trial, slot, point)
                         asked += 1
+                    if not running:
+                        raise StepError(f"study {self.context.study_name}: the workers of its cluster are gone "
+                                        f"({to_run - asked} trial(s) not run; SLURM jobs ended?). Run the same "
+                                        "command again to go on.", step=self.context.base.name)
                     done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                     for future in done:
                         trial, slot, point = running.pop(future)
@@ -291,6 +297,26 @@ class _Driver:
                 self.context.stopping.set()  # every running trial stops its command and ends its run KILLED
                 wait(list(running), timeout=120)
                 raise
+
+    def _live_slot(self, free: list[tuple[str, ...] | None],
+                   busy: list[tuple[str, ...] | None]) -> tuple[bool, tuple[str, ...] | None]:
+        """(True, a free slot whose workers are all still there), or (False, None) when there is none. A slot
+        whose SLURM job ended is dropped, and the idle live workers are grouped anew."""
+        if free and free[0] is None:
+            return True, free.pop(0)  # a driver step's slot: no workers to check
+        if not free:
+            return False, None
+        alive = set(self.context.cluster.client.scheduler_info(n_workers=-1).get("workers", {}))
+        while free:
+            slot = free.pop(0)
+            if slot is not None and set(slot) <= alive:
+                return True, slot
+            _log.warning(f"study {self.context.study_name}: worker(s) {', '.join(slot or ())} left the cluster")
+            taken = {w for group in [*busy, *free] for w in (group or ())}
+            idle = sorted(alive - taken)
+            size = self.context.base.world_size or 1
+            free.extend(tuple(idle[i : i + size]) for i in range(0, len(idle) - size + 1, size))
+        return False, None
 
     def _tell(self, trial: optuna.Trial, point: Mapping[str, Any], outcome: TrialOutcome) -> None:
         from optuna.trial import TrialState
