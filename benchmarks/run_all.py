@@ -71,6 +71,8 @@ BENCHMARKS = (
     Benchmark("peer_multistep.py"),
     Benchmark("schedule_fire.py"),
     Benchmark("ddp_throughput.py"),
+    # 1,000 trials each way (the figure; --quick: 100): the longest of the local ones.
+    Benchmark("hpo_overhead.py"),
     Benchmark("gds_read.py"),
     Benchmark("slurm_worker_start.py", needs=("slurm",)),
     Benchmark("backend_jobs.py", needs=("slurm",)),
