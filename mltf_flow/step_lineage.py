@@ -49,8 +49,14 @@ def step_run_name(step: ResolvedStep) -> str:
 
 
 def _git_paths(step: ResolvedStep) -> list[str]:
+    # "auto" is no path for git: ask about the project directory then (its untracked outputs count as dirty).
     paths = step.definition.code_paths
     return ["."] if "auto" in paths else [p for p in paths if not p.startswith("!")]
+
+
+def git_of(step: ResolvedStep) -> tuple[str | None, bool]:
+    """The commit of the step's code and whether it has uncommitted changes ((None, False) outside git)."""
+    return git_state(step.project.root, _git_paths(step)) if step.code.in_git else (None, False)
 
 
 def _upstream(plan: Plan, tracker: Tracker) -> tuple[list[UpstreamFacts], list[DatasetFacts]]:
@@ -142,7 +148,7 @@ def _record(plan: Plan, cluster: Cluster, run: OpenRun, *, job_ids: tuple[str, .
     step, tracker = plan.step, run.tracker
     ups, upstream_data = _upstream(plan, tracker)
     mine = own_datasets(plan)
-    commit, dirty = git_state(step.project.root, _git_paths(step)) if step.code.in_git else (None, False)
+    commit, dirty = plan.git if plan.git is not None else git_of(step)
     diff_artifact = DIFF_ARTIFACT if dirty else None
     if first:
         if dirty:
@@ -169,4 +175,4 @@ def _record(plan: Plan, cluster: Cluster, run: OpenRun, *, job_ids: tuple[str, .
     tracker.set_tags(run.run_id, {MLFLOW_NOTE: step_description(facts)})
 
 
-__all__ = ["DIFF_ARTIFACT", "changed", "own_datasets", "record", "step_run_name"]
+__all__ = ["DIFF_ARTIFACT", "changed", "git_of", "own_datasets", "record", "step_run_name"]

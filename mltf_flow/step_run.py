@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mltf_flow import phases, secret_args
-from mltf_flow.cache_key import git_state
 from mltf_flow.claim import Claim, claim
 from mltf_flow.clusters import session
 from mltf_flow.code_set import command_files
@@ -48,7 +47,7 @@ from mltf_flow.redaction import display_command
 from mltf_flow.run_guard import RunGuard, run_guard
 from mltf_flow.run_index import RunRef, run_index
 from mltf_flow.step_def import MODEL_PREFIX, ResolvedStep, Upstream, code_version, step_parameter_files
-from mltf_flow.step_lineage import changed, own_datasets, record, step_run_name
+from mltf_flow.step_lineage import changed, git_of, own_datasets, record, step_run_name
 from mltf_flow.tags import (
     MLFLOW_GIT_COMMIT,
     MLFLOW_PROJECT_BACKEND,
@@ -108,6 +107,9 @@ class Plan:
     manifests: Mapping[str, Path]
     #: ``MLTF_SECRET_<NAME>`` -> value: the secret parameters, for the command's environment only.
     secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: The code's git commit and dirtiness when the caller knows them (a study asks git once for all its
+    #: trials: one code, one state); None: asked when the run's tags and description are written.
+    git: tuple[str | None, bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -201,10 +203,7 @@ def run_tags(plan: Plan, cluster: Cluster, key: str) -> dict[str, str]:
     if code.selection is not None and code.selection.large:
         # Reported, never silently hashed: the run says which big files its key does not cover.
         tags[TAG_CODE_NOT_HASHED] = ",".join(code.selection.large)[:4000]
-    # "auto" is no path for git: ask about the project directory then (its untracked outputs count as dirty).
-    paths = step.definition.code_paths
-    git_paths = ["."] if "auto" in paths else [p for p in paths if not p.startswith("!")]
-    commit, dirty = git_state(project.root, git_paths) if code.in_git else (None, False)
+    commit, dirty = plan.git if plan.git is not None else git_of(step)
     if commit:
         tags[MLFLOW_GIT_COMMIT] = commit
         tags[TAG_GIT_DIRTY] = str(dirty).lower()

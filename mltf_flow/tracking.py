@@ -402,10 +402,11 @@ class Tracker:
 
     def finish_step(self, run_id: str, *, ok: bool, exit_code: int | None, status: str | None = None) -> None:
         """Set the final status; ``mltf.complete=true`` only for a verified success."""
-        if exit_code is not None:
-            self.client.set_tag(run_id, TAG_EXIT_CODE, str(exit_code))
+        tags = {TAG_EXIT_CODE: str(exit_code)} if exit_code is not None else {}
         if ok:
-            self.client.set_tag(run_id, TAG_COMPLETE, "true")
+            tags[TAG_COMPLETE] = "true"
+        if tags:  # one request (and both tags or neither), before the status that makes the run count
+            self.set_tags(run_id, tags)
         self.client.set_terminated(run_id, status or ("FINISHED" if ok else "FAILED"))
 
     def log_artifact(

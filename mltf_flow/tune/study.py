@@ -37,6 +37,7 @@ from mltf_flow.progress import report_status
 from mltf_flow.redaction import is_secret_param
 from mltf_flow.run_guard import run_guard
 from mltf_flow.run_index import RunRef, run_index
+from mltf_flow.step_lineage import git_of
 from mltf_flow.step_run import Cluster, OpenRun, Plan, connect, plan, run_tags
 from mltf_flow.tags import (
     MLFLOW_RUN_NAME,
@@ -106,7 +107,7 @@ def run_study(base: ResolvedStep, spec: StudySpec, requirements: Mapping[str, Up
                 base=base, requirements=requirements, settings=settings, task_id=task_id, cluster=cluster,
                 tracker=tracker, experiment=experiment, experiment_id=experiment_id, study_run_id=run.run_id,
                 study_name=name, metric=spec.metric,
-                known=known_results(tracker, experiment_id, base.name, spec.metric),
+                known=known_results(tracker, experiment_id, base.name, spec.metric), git=git_of(base),
             )
             # One driver per study on this machine: a second one (another --n-trials of the same study) waits,
             # then goes on from what the first left.

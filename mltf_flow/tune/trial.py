@@ -90,6 +90,8 @@ class StudyContext:
     known: dict[str, tuple[str, float | None]]
     #: Set when the driver is stopped (Ctrl-C, SIGTERM): every running trial stops its command.
     stopping: threading.Event = field(default_factory=threading.Event)
+    #: The code's git commit and dirtiness: one code for every trial, so git is asked once per study.
+    git: tuple[str | None, bool] | None = None
 
 
 class PruneWatch:
@@ -99,6 +101,8 @@ class PruneWatch:
     def __init__(self, context: StudyContext, trial: optuna.Trial, run_id: str) -> None:
         self.context, self.trial, self.run_id = context, trial, run_id
         self.reported: dict[int, float] = {}
+        #: The run's value of the metric as MLflow shows it (its latest: highest step, then timestamp).
+        self.latest: float | None = None
         self.pruned_at: int | None = None
         self._polled = 0.0
 
@@ -106,6 +110,8 @@ class PruneWatch:
         """Report what the run logged since the last poll."""
         self._polled = time.monotonic()
         history = self.context.tracker.client.get_metric_history(self.run_id, self.context.metric)
+        if history:  # MLflow's rule for a run's value of a metric: the highest (step, timestamp, value)
+            self.latest = float(max(history, key=lambda m: (m.step, m.timestamp, m.value)).value)
         for metric in sorted(history, key=lambda m: (m.step, m.timestamp)):
             if metric.step not in self.reported:
                 self.reported[metric.step] = float(metric.value)
@@ -152,7 +158,7 @@ def run_trial(context: StudyContext, trial: optuna.Trial, point: Mapping[str, An
 
 def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers: tuple[str, ...] | None,
          start: float) -> TrialOutcome:
-    planned = plan(step, context.requirements, context.settings, context.task_id)
+    planned = dataclasses.replace(plan(step, context.requirements, context.settings, context.task_id), git=context.git)
     quiet: Any = SimpleNamespace(set_status_message=None, set_tracking_url=None, set_progress_percentage=None)
     tracker, settings = context.tracker, context.settings
     run = claim(Claim(step.name, step.key, context.experiment, context.experiment_id, settings), tracker, quiet,
@@ -166,7 +172,7 @@ def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers
     try:
         with run_guard(tracker, run.run_id, step=step.name, log_path=run.log_path) as guard:
             result = _launch(context, planned, run, watch.should_stop, workers)
-            watch.poll()  # the last epochs' values: the dashboard shows every one
+            watch.poll()  # the last epochs' values (the dashboard shows every one) and the run's value
             intermediate = tuple(sorted(watch.reported.items()))
             if watch.pruned_at is not None:
                 tracker.set_tags(run.run_id, {TAG_TRIAL_STATE: "pruned", TAG_TRIAL_PRUNED_AT: str(watch.pruned_at)})
@@ -182,7 +188,8 @@ def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers
                                     duration_s=time.monotonic() - start, intermediate=intermediate)
     finally:
         leases.release(run.run_id)
-    value = _metric_of(context, run.run_id)
+    # The command has exited: the history read after it is the whole of it, so its latest value is the run's.
+    value = watch.latest
     tracker.set_tags(run.run_id, {TAG_TRIAL_STATE: "complete"})
     context.known[step.key] = (run.run_id, value)
     if value is None:
