@@ -107,11 +107,12 @@ def run_study(base: ResolvedStep, spec: StudySpec, requirements: Mapping[str, Up
                 base=base, requirements=requirements, settings=settings, task_id=task_id, cluster=cluster,
                 tracker=tracker, experiment=experiment, experiment_id=experiment_id, study_run_id=run.run_id,
                 study_name=name, metric=spec.metric,
-                known=known_results(tracker, experiment_id, base.name, spec.metric), git=git_of(base),
+                known={}, git=git_of(base),
             )
             # One driver per study on this machine: a second one (another --n-trials of the same study) waits,
             # then goes on from what the first left.
             with file_lock(settings.work_dir / "locks" / f"study-{spec.identity(base)[:40]}.lock"):
+                context.known.update(known_results(tracker, experiment_id, base.name, spec.metric, context.seen))
                 _Driver(context, study, spec, reporter).run()
             best = _settle(context, study, spec)
             guard.end(ok=True, exit_code=0)
@@ -205,19 +206,24 @@ def open_study(spec: StudySpec, base: ResolvedStep, settings: Settings) -> optun
     return study
 
 
-def known_results(tracker: Tracker, experiment_id: str, step: str, metric: str) -> dict[str, tuple[str, float | None]]:
+def known_results(tracker: Tracker, experiment_id: str, step: str, metric: str,
+                  seen: set[str] | None = None) -> dict[str, tuple[str, float | None]]:
     """Complete runs of ``step`` in the experiment, by key, with their value of ``metric``: what makes a trial
-    identical to an earlier run a cached one. One search (a page per 1,000 runs), not a query per trial."""
+    identical to an earlier run a cached one. One search (a page per 1,000 runs), not a query per trial.
+    ``seen`` gets the key of every run of the step (any status): a trial whose key has none has no run to
+    resume (mltf_flow.tune.trial)."""
     out: dict[str, tuple[str, float | None]] = {}
     token: str | None = None
     while True:
         page = tracker.client.search_runs(
-            [experiment_id], f"tags.`{TAG_STEP}` = '{step}' and tags.`{TAG_COMPLETE}` = 'true' "
-            "and attributes.status = 'FINISHED'", max_results=1000, page_token=token,
+            [experiment_id], f"tags.`{TAG_STEP}` = '{step}'", max_results=1000, page_token=token,
             order_by=["attributes.end_time DESC"])
         for found in page:
             key = found.data.tags.get(TAG_CACHE_KEY)
-            if key and key not in out and found.data.tags.get(TAG_ROLE) != "study":
+            if key and seen is not None:
+                seen.add(key)
+            complete = found.info.status == "FINISHED" and found.data.tags.get(TAG_COMPLETE) == "true"
+            if key and complete and key not in out and found.data.tags.get(TAG_ROLE) != "study":
                 value = found.data.metrics.get(metric)
                 out[key] = (str(found.info.run_id), None if value is None else float(value))
         token = page.token

@@ -17,6 +17,7 @@ reported to Optuna; when the pruner says so, the command is stopped (every rank)
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -88,6 +89,8 @@ class StudyContext:
     metric: str
     #: Complete runs of the tuned step found at the start: key -> (run id, the metric's value or None).
     known: dict[str, tuple[str, float | None]]
+    #: The key of every run of the tuned step found at the start (any status).
+    seen: set[str] = field(default_factory=set)
     #: Set when the driver is stopped (Ctrl-C, SIGTERM): every running trial stops its command.
     stopping: threading.Event = field(default_factory=threading.Event)
     #: The code's git commit and dirtiness: one code for every trial, so git is asked once per study.
@@ -161,8 +164,12 @@ def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers
     planned = dataclasses.replace(plan(step, context.requirements, context.settings, context.task_id), git=context.git)
     quiet: Any = SimpleNamespace(set_status_message=None, set_tracking_url=None, set_progress_percentage=None)
     tracker, settings = context.tracker, context.settings
+    # A key without any run at the study's start has no failed run to resume: no search for one, unless the
+    # claim reaped a run of it or waited for another invocation's (each can leave a checkpoint behind).
+    rounds = itertools.count()
     run = claim(Claim(step.name, step.key, context.experiment, context.experiment_id, settings), tracker, quiet,
-                create=lambda reaped: _create(context, planned, trial.number, reaped))
+                create=lambda reaped: _create(context, planned, trial.number, reaped, look_back=bool(reaped)
+                                              or next(rounds) > 0 or step.key in context.seen))
     if run is None:  # another invocation ran this very step meanwhile: its run is the result
         return _from_run(context, step.key, time.monotonic() - start)
     phases.reached(phases.RUN_CREATED, step.name)
@@ -198,7 +205,7 @@ def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers
     return TrialOutcome("complete", value, run.run_id, duration_s=time.monotonic() - start, intermediate=intermediate)
 
 
-def _create(context: StudyContext, planned: Plan, number: int, reaped: list[str]) -> OpenRun:
+def _create(context: StudyContext, planned: Plan, number: int, reaped: list[str], *, look_back: bool = True) -> OpenRun:
     """The trial's run under the study run (a failed run of the same key with a checkpoint is resumed)."""
     from mltf_flow.tags import TAG_REPLACES_RUN_IDS
 
@@ -207,7 +214,7 @@ def _create(context: StudyContext, planned: Plan, number: int, reaped: list[str]
             TAG_TRIAL_NUMBER: str(number), MLFLOW_RUN_NAME: f"trial {number}: {step_run_name(step)}"}
     if reaped:
         tags[TAG_REPLACES_RUN_IDS] = ",".join(reaped)
-    resumable = tracker.resumable_run(context.experiment_id, step.key)
+    resumable = tracker.resumable_run(context.experiment_id, step.key) if look_back else None
     if resumable is not None:
         run_id = resumable[0]
         tracker.reopen_run(run_id, resumable[1], parent_id=context.study_run_id, tags=tags)
