@@ -19,6 +19,7 @@ SIGTERM) whatever escapes: a run never stays RUNNING.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -148,6 +149,19 @@ def plan(step: ResolvedStep, requirements: Mapping[str, Upstream], settings: Set
             manifests[name] = manifest
         elif run_id is not None:
             upstream_runs[name] = run_id
+    return _planned(step, settings, task_id, resolved, upstream_runs, manifests)
+
+
+def replan(base: Plan, step: ResolvedStep) -> Plan:
+    """``base``'s plan for ``step``, the same step with other parameters (a trial of a study): the upstream
+    outputs ``base`` resolved are reused, not fetched again."""
+    resolved = {param: base.params[param] for param in step.inputs}
+    return dataclasses.replace(_planned(step, base.settings, base.task_id, resolved, base.upstream_runs,
+                                        base.manifests), git=base.git)
+
+
+def _planned(step: ResolvedStep, settings: Settings, task_id: str, resolved: Mapping[str, Any],
+             upstream_runs: Mapping[str, str], manifests: Mapping[str, Path]) -> Plan:
     params: dict[str, Any] = {**step.params, **resolved}
     storage = settings.work_dir / "storage" / invocation_id() / step.name
     types = {name: p.type for name, p in step.entry.parameters.items()}
@@ -480,4 +494,4 @@ def execute(step: ResolvedStep, requirements: Mapping[str, Upstream], *, setting
 
 
 __all__ = ["Cluster", "OpenRun", "Plan", "command_env", "connect", "execute", "keep_inputs", "launch",
-           "make_launcher", "missing_outputs", "open_run", "plan", "run_tags", "settle", "settled_key"]
+           "make_launcher", "missing_outputs", "open_run", "plan", "replan", "run_tags", "settle", "settled_key"]

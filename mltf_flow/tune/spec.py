@@ -70,7 +70,9 @@ class StudySpec:
 
     def key(self, step: ResolvedStep) -> str:
         """The study run's cache key: its identity and how many trials it runs."""
-        doc = {"study": self.identity(step), "n_trials": self.n_trials}
+        doc: dict[str, Any] = {"study": self.identity(step), "n_trials": self.n_trials}
+        if self.name:  # a study named by its user is its own, even over the same search (unnamed keys unchanged)
+            doc["name"] = self.name
         return hashlib.sha256(canonical_json(doc).encode()).hexdigest()
 
     def study_name(self, step: ResolvedStep) -> str:

@@ -20,6 +20,7 @@ command retries them), then ends the study run KILLED.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -87,7 +88,7 @@ def run_study(base: ResolvedStep, spec: StudySpec, requirements: Mapping[str, Up
     tracker = Tracker(settings)
     experiment = settings.experiment_for(base.pipeline)
     experiment_id = tracker.ensure_experiment(experiment)
-    planned = plan(base, requirements, settings, task_id)
+    planned = dataclasses.replace(plan(base, requirements, settings, task_id), git=git_of(base))
     key, name = spec.key(base), spec.study_name(base)
     run = claim(Claim(f"{base.name} (study {name})", key, experiment, experiment_id, settings), tracker, reporter,
                 create=lambda reaped: _open_study_run(planned, spec, cluster, tracker, experiment_id, reaped))
@@ -107,7 +108,7 @@ def run_study(base: ResolvedStep, spec: StudySpec, requirements: Mapping[str, Up
                 base=base, requirements=requirements, settings=settings, task_id=task_id, cluster=cluster,
                 tracker=tracker, experiment=experiment, experiment_id=experiment_id, study_run_id=run.run_id,
                 study_name=name, metric=spec.metric,
-                known={}, git=git_of(base),
+                known={}, base_plan=planned,
             )
             # One driver per study on this machine: a second one (another --n-trials of the same study) waits,
             # then goes on from what the first left.

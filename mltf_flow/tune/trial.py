@@ -36,7 +36,7 @@ from mltf_flow.redaction import display_command, strip_credentials
 from mltf_flow.run_guard import run_guard
 from mltf_flow.step_def import ResolvedStep, Upstream
 from mltf_flow.step_lineage import record, step_run_name
-from mltf_flow.step_run import Cluster, OpenRun, Plan, command_env, make_launcher, plan, run_tags, settle
+from mltf_flow.step_run import Cluster, OpenRun, Plan, command_env, make_launcher, replan, run_tags, settle
 from mltf_flow.tags import (
     MLFLOW_RUN_NAME,
     TAG_COMMAND_PID,
@@ -93,8 +93,9 @@ class StudyContext:
     seen: set[str] = field(default_factory=set)
     #: Set when the driver is stopped (Ctrl-C, SIGTERM): every running trial stops its command.
     stopping: threading.Event = field(default_factory=threading.Event)
-    #: The code's git commit and dirtiness: one code for every trial, so git is asked once per study.
-    git: tuple[str | None, bool] | None = None
+    #: The tuned step's plan: upstream outputs resolved and git asked once per study (every trial: the same code
+    #: and inputs), each trial's plan made from it (mltf_flow.step_run.replan).
+    base_plan: Plan | None = None
 
 
 class PruneWatch:
@@ -161,7 +162,8 @@ def run_trial(context: StudyContext, trial: optuna.Trial, point: Mapping[str, An
 
 def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers: tuple[str, ...] | None,
          start: float) -> TrialOutcome:
-    planned = dataclasses.replace(plan(step, context.requirements, context.settings, context.task_id), git=context.git)
+    assert context.base_plan is not None  # set by the driver
+    planned = replan(context.base_plan, step)
     quiet: Any = SimpleNamespace(set_status_message=None, set_tracking_url=None, set_progress_percentage=None)
     tracker, settings = context.tracker, context.settings
     # A key without any run at the study's start has no failed run to resume: no search for one, unless the

@@ -101,8 +101,12 @@ def test_n_trials_changes_the_key_not_the_identity(project: Path) -> None:
     assert twenty.key(base) != twenty.identity(base)
 
 
-def test_a_chosen_name_wins(project: Path) -> None:
-    assert _spec(project, name="my-sweep").study_name(_step(project)) == "my-sweep"
+def test_a_chosen_name_wins_and_makes_the_study_its_own(project: Path) -> None:
+    base = _step(project)
+    named, unnamed = _spec(project, name="my-sweep"), _spec(project)
+    assert named.study_name(base) == "my-sweep"
+    # The same search under a name of its own is another study run (else it would be found complete already).
+    assert named.key(base) != unnamed.key(base) and named.identity(base) == unnamed.identity(base)
 
 
 def test_the_storage_is_beside_a_sqlite_store_else_in_the_work_dir(tmp_path: Path) -> None:
