@@ -199,18 +199,20 @@ def test_train_from_the_study_is_the_best_trials_run(chain: Chain) -> None:
     assert chain.runs_after_from_study == chain.runs_after_rerun  # complete already: the best trial's run
 
 
-def test_optuna_dashboard_serves_the_study_where_the_study_run_links(chain: Chain) -> None:
+def test_optuna_dashboard_serves_the_study_where_the_study_run_links(chain: Chain, tmp_path: Path) -> None:
     (study_run,) = [r for r in runs(chain.uri) if r.data.tags.get("mltf.role") == "study"]
     link = study_run.data.tags["mltf.study.dashboard"]
     assert link.startswith("http://127.0.0.1:8080/dashboard/studies/")
     port = free_port()
-    proc = subprocess.Popen([str(BIN / "mltf-flow"), "optuna-dashboard", "--port", str(port)], cwd=REPO,
-                            env={**os.environ, **chain.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "dashboard.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "mltf-flow"), "optuna-dashboard", "--port", str(port)], cwd=REPO,
+                                env={**os.environ, **chain.env}, stdout=out, stderr=subprocess.STDOUT)
     try:
         page = link.replace(":8080/", f":{port}/")
 
         def served() -> bytes | None:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else b""
+            assert proc.poll() is None, log.read_text()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
                     return bytes(response.read())

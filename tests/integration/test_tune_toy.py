@@ -78,7 +78,13 @@ def test_a_study_reuses_a_run_that_exists_records_failed_trials_and_goes_on(proj
     trials = [r for r in runs(uri, "toy") if r.data.tags.get("mltf.role") == "trial"]
     failed = [r for r in trials if r.data.tags.get("mltf.trial.state") == "failed"]
     assert failed and all(r.info.status == "FAILED" and r.data.params["mode"] == "crash" for r in failed)
-    assert "exit code 3" in out and "objective: crashing as asked" in out
+    assert "[failed]" in out and "its command exited with code 3" in out  # one line per failed trial
+    import optuna
+
+    (name,) = optuna.get_all_study_names(storage=f"sqlite:///{tmp_path / 'work' / 'optuna.db'}")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'work' / 'optuna.db'}")
+    errors = [t.user_attrs["error"] for t in study.trials if t.params["mode"] == "crash"]
+    assert len(errors) == len(failed) and all("objective: crashing as asked" in e for e in errors)  # with the tail
     (study,) = [r for r in runs(uri, "toy") if r.data.tags.get("mltf.role") == "study"]
     complete = N_TRIALS - len(failed)
     assert study.data.tags["mltf.study.trials"] == f"{N_TRIALS}: {complete} complete, 0 pruned, {len(failed)} failed"
