@@ -223,6 +223,7 @@ def _create(context: StudyContext, planned: Plan, number: int, reaped: list[str]
     else:
         run_id = tracker.create_step_run(context.experiment_id, parent_id=context.study_run_id,
                                          run_name=tags[MLFLOW_RUN_NAME], tags=tags, params=dict(planned.params))
+    context.seen.add(step.key)  # a later trial of the same point may resume this run (pruned, failed: checkpoints)
     log_path = context.settings.work_dir / "logs" / step.pipeline / f"{step.name}-{run_id}.log"
     # The study run is this trial's parent: it is settled by the study, never by a trial (parent_id "" here).
     return OpenRun(tracker, context.experiment_id, run_id, "", log_path, reopened=resumable is not None)
