@@ -33,6 +33,7 @@ from typing import Any
 from mltf_flow import __version__
 from mltf_flow.console import use_console
 from mltf_flow.errors import EXIT_BAD_INPUT, ConfigError, MltfFlowError
+from mltf_flow.local_port import check_port_free
 from mltf_flow.pipeline_run import CLI_SECRET_PREFIX, parse_params
 from mltf_flow.redaction import strip_credentials
 from mltf_flow.tags import TAG_COMPLETE, TAG_ERROR, TAG_SLURM_LOG, TAG_SLURM_REASON, TAG_SLURM_STATE
@@ -148,32 +149,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not settings.is_local_store:
         print(f"tracking server: {settings.tracking_uri} (open it in a browser)")
         return 0
-    _check_port_free(args.host, args.port)
+    check_port_free(args.host, args.port, "the MLflow UI", "mltf-flow ui")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
            "--host", args.host, "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI on http://{args.host}:{args.port} (store {settings.tracking_uri}); Ctrl-C stops it")
     return subprocess.call(cmd)
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """The MLflow UI's server, on a taken port, logs the bind error and hangs on (or exits 0): ask first."""
-    import socket
-
-    if not 0 < port < 65536:
-        raise ConfigError(f"--port {port}: not a TCP port (1-65535).")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ConfigError(f"--host {host!r}: cannot be resolved ({exc}).") from None
-    family, kind, _, _, address = infos[0]
-    with socket.socket(family, kind) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is free
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise ConfigError(f"cannot serve the MLflow UI on {host}:{port}: {exc.strerror} (another MLflow UI? "
-                              f"`ss -ltnp 'sport = :{port}'` shows who). Pick another port: "
-                              f"mltf-flow ui --port {port + 1}") from None
 
 
 def _mlflow_error_code(exc: BaseException) -> str | None:

@@ -42,11 +42,11 @@ from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
 from mltf_flow.plain_upstream import PlainUpstream
 from mltf_flow.redaction import is_secret_name, strip_credentials
 from mltf_flow.step_def import (
-    MODEL_PREFIX,
     ResolvedStep,
     StepDefinition,
     Upstream,
     code_version,
+    output_value,
     resolve,
     step_params,
     step_timeout,
@@ -216,36 +216,27 @@ class MLflowStep(luigi.Task):
         return _OWN_PARAMS
 
     def study_values(self) -> Any:
-        """The best trial of ``--from-study`` (mltf_flow.tune.best), read once."""
-        def read() -> Any:
-            from mltf_flow.tune.best import best_of
+        """The best trial of ``--from-study`` (mltf_flow.tune.best.BestTrial), read once."""
+        from mltf_flow.tune.best import best_of
 
-            assert self.from_study is not None
-            return best_of(self.from_study, self.settings(), step=self.step_name())
-
-        return once_per_invocation(self._memo, "from_study", read)
+        name = str(self.from_study)
+        return once_per_invocation(self._memo, "from_study", lambda: best_of(name, self.settings(),
+                                                                             step=self.step_name()))
 
     def world_size_given(self) -> int | None:
         """The ranks asked for: ``--world-size``, else the world size of ``--from-study``'s trials."""
         own = getattr(self, "world_size", None)
-        if own is None and self.from_study:
-            return self.study_values().world_size  # type: ignore[no-any-return]
-        return own
+        return self.study_values().world_size if own is None and self.from_study else own
 
     def params(self) -> dict[str, ParamValue]:
-        """Entry-point parameters normalised to their MLproject types, defaults merged."""
-        return once_per_invocation(self._memo, "params",
-                                   lambda: step_params(self.definition(), self.project(), self._given_and_study()))
+        """Entry-point parameters normalised to their MLproject types, defaults merged; with ``--from-study``,
+        the best trial's under the given ones."""
+        def given() -> dict[str, Any]:
+            mine = self.given_params()
+            return self.study_values().under(mine, self.entry(), self.definition().inputs) if self.from_study else mine
 
-    def _given_and_study(self) -> dict[str, Any]:
-        """The given values, over the best trial's of ``--from-study`` (its entry point's parameters only)."""
-        given = self.given_params()
-        if not self.from_study:
-            return given
-        entry = self.entry()
-        best = {k: v for k, v in self.study_values().params.items()
-                if k in entry.parameters and k not in self.definition().inputs}
-        return {**best, **given}
+        return once_per_invocation(self._memo, "params",
+                                   lambda: step_params(self.definition(), self.project(), given()))
 
     def requirements(self) -> dict[str, Upstream]:
         """``requires()`` as a name -> upstream mapping (plain Luigi tasks wrapped: their id is their key);
@@ -484,26 +475,7 @@ class MLflowStep(luigi.Task):
     def resolve_output(self, output: str | None, settings: Settings) -> str:
         """A declared output of this step's complete run as a value for a downstream parameter:
         a local file path for artifacts, a ``models:/`` URI for logged models."""
-        from mltf_flow.tracking import Tracker
-
-        outputs = self.definition().outputs
-        if output is None:
-            if len(outputs) != 1:
-                raise ConfigError(
-                    f"{self.task_family} declares outputs {sorted(outputs)}; name one, e.g. "
-                    f"'{self.step_name()}.{next(iter(outputs), 'OUTPUT')}'."
-                )
-            output = next(iter(outputs))
-        if output not in outputs:
-            raise ConfigError(
-                f"{self.task_family} has no output {output!r}; declared outputs: {sorted(outputs) or 'none'}."
-            )
-        spec = outputs[output]
-        run_id = self.output().run_id
-        tracker = Tracker(settings)
-        if spec.startswith(MODEL_PREFIX):
-            return tracker.model_uri(run_id, spec[len(MODEL_PREFIX) :])
-        return str(tracker.artifact_local_path(run_id, spec, settings.work_dir / "inputs"))
+        return output_value(self.definition(), self.task_family, output, self.output().run_id, settings)
 
 
 def _luigi_workers() -> int:

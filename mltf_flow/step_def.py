@@ -254,6 +254,25 @@ def step_timeout(definition: StepDefinition, profile: Profile) -> StepTimeout | 
     return found
 
 
+def output_value(definition: StepDefinition, task: str, output: str | None, run_id: str, settings: Settings) -> str:
+    """Declared output ``output`` (None: the only one) of run ``run_id`` of the step ``task`` as a value for a
+    downstream parameter: a local file path for artifacts, a ``models:/`` URI for logged models."""
+    from mltf_flow.tracking import Tracker
+
+    outputs = definition.outputs
+    if output is None:
+        if len(outputs) != 1:
+            raise ConfigError(f"{task} declares outputs {sorted(outputs)}; name one, e.g. "
+                              f"'{definition.step_name}.{next(iter(outputs), 'OUTPUT')}'.")
+        output = next(iter(outputs))
+    if output not in outputs:
+        raise ConfigError(f"{task} has no output {output!r}; declared outputs: {sorted(outputs) or 'none'}.")
+    spec, tracker = outputs[output], Tracker(settings)
+    if spec.startswith(MODEL_PREFIX):
+        return tracker.model_uri(run_id, spec[len(MODEL_PREFIX) :])
+    return str(tracker.artifact_local_path(run_id, spec, settings.work_dir / "inputs"))
+
+
 def resolve(
     definition: StepDefinition, project: Project, params: Mapping[str, ParamValue], *,
     requirements: Mapping[str, Upstream], code: CodeVersion, environment: StepEnvironment, profile: Profile,
@@ -272,5 +291,6 @@ def resolve(
 
 __all__ = [
     "LAUNCHERS", "MODEL_PREFIX", "InputRef", "ResolvedStep", "StepDefinition", "Upstream", "code_version",
-    "ddp_world_size", "resolve", "step_parameter_files", "step_params", "step_timeout", "upstream_refs",
+    "ddp_world_size", "output_value", "resolve", "step_parameter_files", "step_params", "step_timeout",
+    "upstream_refs",
 ]

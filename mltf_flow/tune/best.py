@@ -9,7 +9,7 @@ trains the best configuration for longer).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +18,7 @@ from mltf_flow.errors import ConfigError
 
 if TYPE_CHECKING:
     from mltf_flow.config import Settings
+    from mltf_flow.mlproject import EntryPoint
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ class BestTrial:
     world_size: int | None = None
     value: float | None = None
     run_id: str | None = None
+
+    def under(self, given: Mapping[str, Any], entry: EntryPoint, inputs: Iterable[str]) -> dict[str, Any]:
+        """``given`` over this trial's values of ``entry``'s parameters (none filled from ``inputs``)."""
+        filled = set(inputs)
+        return {**{k: v for k, v in self.params.items() if k in entry.parameters and k not in filled}, **given}
 
 
 def best_of(name: str, settings: Settings, *, step: str) -> BestTrial:

@@ -21,6 +21,7 @@ from typing import Any
 
 from mltf_flow.config.tune import StudyEntry
 from mltf_flow.errors import ConfigError
+from mltf_flow.local_port import check_port_free
 
 #: Flags of ``tune`` that set a key of a study (flag dest -> key).
 _STUDY_FLAGS = {"step": "step", "space": "space", "metric": "metric", "direction": "direction", "n_trials": "n_trials",
@@ -123,7 +124,6 @@ def cmd_optuna_dashboard(args: argparse.Namespace) -> int:
     """optuna-dashboard on the configured storage, where study runs link (the ``optuna_dashboard`` setting)."""
     from urllib.parse import urlparse
 
-    from mltf_flow.cli import _check_port_free
     from mltf_flow.config import load_settings
     from mltf_flow.tune.spec import shown_storage, storage_url
 
@@ -137,7 +137,7 @@ def cmd_optuna_dashboard(args: argparse.Namespace) -> int:
                           "(or pip install 'mltf_flow[hpo]').")
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise ConfigError(f"no studies yet: {shown_storage(url)} does not exist. Run one first (mltf-flow tune ...).")
-    _check_port_free(host, port)
+    check_port_free(host, port, "optuna-dashboard", "mltf-flow optuna-dashboard")
     print(f"optuna-dashboard on http://{host}:{port} (storage {shown_storage(url)}); Ctrl-C stops it", flush=True)
     # This process becomes the server: a SIGTERM or SIGINT sent to it reaches optuna-dashboard itself (a child
     # started with subprocess.call stayed up, serving, after its parent was terminated).

@@ -227,7 +227,8 @@ def test_filled_later_params_are_neither_required_nor_returned(jet: Project) -> 
     ep = jet.entry_point("train")
     values = ep.normalise({"epochs": "4"}, filled_later=["features"])
     assert "features" not in values
-    assert values == {"epochs": 4, "lr": 0.003, "hidden": 32, "batch_size": 256, "seed": 7}
+    assert values == {"epochs": 4, "lr": 0.003, "hidden": 32, "batch_size": 256, "seed": 7, "optimizer": "adam",
+                      "momentum": 0.9}
     # A value given for a parameter filled later is dropped too (the upstream output wins).
     assert "features" not in ep.normalise({"features": "/x"}, filled_later=["features"])
 
