@@ -101,13 +101,15 @@ class DaskWorkerLauncher:
         stop = Event(stop_name, client=self.client)
         resources = {"GPU": 1} if self.profile.gpus_per_node else None
         request.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Pinned to the request's workers when it names some (a study's trial); Dask refuses
+        # allow_other_workers without workers.
+        pinned: dict[str, Any] = {"workers": list(request.workers), "allow_other_workers": False} \
+            if request.workers else {}
         future = self.client.submit(
             run_on_worker, request.command, str(request.cwd), step_env(request.env), str(request.log_path),
             request.display_command or request.command, request.stderr_tail_lines, stop_name,
             request.timeout.seconds if request.timeout else None,
-            resources=resources, pure=False, retries=0, key=f"mltf-step-{request.step}-{stop_name}",
-            workers=list(request.workers) if request.workers else None,
-            allow_other_workers=not request.workers,
+            resources=resources, pure=False, retries=0, key=f"mltf-step-{request.step}-{stop_name}", **pinned,
         )
         offset, prefix = 0, f"[{request.step}@worker]"
         try:
