@@ -10,7 +10,7 @@ xdist's ``loadgroup`` renames node ids, which pytest 9 no longer lets a plugin d
 * Every file with ``rucio`` tests shares one process, so the Rucio test server starts once.
 
 The machine group is handed out first (the longest unit; the other process works through the rest alongside
-it). Without ``-n`` nothing here applies.
+it), then the longest files of the rest (:data:`LONGEST`). Without ``-n`` nothing here applies.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ ONE_PER_MACHINE = ("slurm", "cron")
 #: Files that use a one-per-machine environment without carrying its marker.
 USES_THE_MACHINE = frozenset({"tests/integration/test_docs_snippets.py"})
 TESTS = Path(__file__).parent
+#: The files that take longest outside the machine group (a study of 20 trainings; the kill chain).
+LONGEST = frozenset({"tests/integration/test_tune.py", "tests/faults/test_kills.py"})
 
 
 @cache
@@ -73,4 +75,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if missed:
         raise pytest.UsageError(f"tests/parallel.py does not see the SLURM/cron tests of {', '.join(missed)}: "
                                 "mark them with pytest.mark.<env> in the file, or list the file in USES_THE_MACHINE")
-    items.sort(key=lambda item: scope(item.nodeid) != "machine")  # stable: the machine group first
+    # Stable: the machine group first, then the longest files (handed out early, they do not end the run alone).
+    items.sort(key=lambda item: (scope(item.nodeid) != "machine", item.nodeid.split("::", 1)[0] not in LONGEST))

@@ -47,7 +47,7 @@ SPACE = """\
 x: {type: float, low: 0.0, high: 1.0}
 mode: {type: categorical, choices: [ok, crash]}
 """
-N_TRIALS = 8
+N_TRIALS = 6  # with --seed 4, trials 1 and 3 crash
 
 
 def _mltf(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
