@@ -87,7 +87,10 @@ def _argv_hits(canaries: tuple[str, ...]) -> list[str]:
 def _files_with(roots: list[Path], canaries: tuple[str, ...], since: float | None = None) -> list[str]:
     found = []
     for root in roots:
-        for path in [root] if root.is_file() else root.rglob("*"):
+        # os.walk, not rglob: a test running beside this one removes its temp dirs mid-walk, and os.walk skips
+        # a directory that vanished where rglob raises.
+        paths = [root] if root.is_file() else [Path(d, f) for d, _, files in os.walk(root) for f in files]
+        for path in paths:
             try:
                 if not path.is_file() or path.is_symlink() or path.stat().st_size > 50_000_000:
                     continue
