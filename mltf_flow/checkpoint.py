@@ -14,10 +14,14 @@
         ...
         mlflow.log_metrics(..., step=epoch)          # metrics continue at the right step
         checkpoint.save({"model": ..., "optimiser": ...}, epoch)   # rank 0 writes, other ranks skip
+        checkpoint.stop_if_time_is_up()              # every rank: the job ends soon? exit, to continue
 
 When a step fails (a rank raised, its SLURM job was cancelled, preempted or ran out of walltime), the
 run is marked FAILED but keeps its checkpoints; running the step again (same cache key) reopens that
 run instead of starting a new one (:mod:`mltf_flow.step_run`), and ``load_latest`` finds the last one.
+
+A job that must end (SLURM's time limit is near) stops after a checkpoint with exit code 75, and the run
+continues in a new job from it (:mod:`mltf_flow.time_limit`, :mod:`mltf_flow.continuation`).
 
 A checkpoint is the artifact ``checkpoints/epoch-<N>.pt`` plus the run tags ``mltf.checkpoint.latest``,
 ``.epoch`` and ``.sha256``, written in one batch *after* the upload finished: the pointer never names a
@@ -39,6 +43,7 @@ from mltf_flow import phases
 from mltf_flow.ddp.rank import is_rank_zero
 from mltf_flow.errors import TrackingError
 from mltf_flow.tags import TAG_CHECKPOINT_EPOCH, TAG_CHECKPOINT_LATEST, TAG_CHECKPOINT_SHA256
+from mltf_flow.time_limit import EXIT_CONTINUE, stop_if_time_is_up, time_is_up, watch
 
 # This module's names for them (in __all__; user scripts read them): see mltf_flow.tags.
 TAG_LATEST = TAG_CHECKPOINT_LATEST
@@ -136,6 +141,7 @@ def load_latest(
     import mlflow.artifacts
     import torch
 
+    watch()  # from the start of the script: SLURM's SIGUSR1 warning must not kill it
     run = _run_id(run_id)
     tags = _client().get_run(run).data.tags
     if TAG_LATEST not in tags:
@@ -154,4 +160,5 @@ def load_latest(
     return Checkpoint(epoch=int(tags[TAG_EPOCH]), state=state, artifact_path=artifact)
 
 
-__all__ = ["TAG_EPOCH", "TAG_LATEST", "TAG_SHA256", "Checkpoint", "latest_epoch", "load_latest", "save"]
+__all__ = ["EXIT_CONTINUE", "TAG_EPOCH", "TAG_LATEST", "TAG_SHA256", "Checkpoint", "latest_epoch", "load_latest",
+           "save", "stop_if_time_is_up", "time_is_up"]

@@ -35,6 +35,7 @@ from mltf_flow.clusters import session
 from mltf_flow.code_set import command_files
 from mltf_flow.config.profiles import SlurmProfile
 from mltf_flow.config.units import clock
+from mltf_flow.continuation import continued, margin_env
 from mltf_flow.errors import OutputMissing, StepError, StepFailed, StepTimedOut
 from mltf_flow.invocation import INVOCATION_ENV, invocation_id
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
@@ -78,6 +79,7 @@ from mltf_flow.tags import (
     TAG_PROFILE,
     TAG_REPLACES_RUN_IDS,
     TAG_ROLE,
+    TAG_SEGMENTS,
     TAG_SLURM_JOB_IDS,
     TAG_TASK_ID,
     TAG_UPSTREAM_RUN_IDS,
@@ -335,21 +337,20 @@ def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> 
     root = step.project.root
     before = snapshot(root)
     epochs = EpochProgress(settings.tracking_uri, run.run_id, step.name, total_epochs(plan.params), reporter)
+    env.update(margin_env(cluster.profile))
+    request = LaunchRequest(
+        step=step.name, command=plan.command, cwd=root, env=env, log_path=run.log_path,
+        stderr_tail_lines=settings.stderr_tail_lines,
+        on_start=lambda pid: tracker.set_tags(run.run_id, {TAG_COMMAND_PID: str(pid)}),
+        on_tags=lambda more: tracker.set_tags(run.run_id, more),
+        display_command=display_command(plan.command, plan.params), timeout=step.timeout,
+    )
+    launcher = make_launcher(step, cluster.client)
     with ClusterProgress(reporter, cluster.client, f"{step.name} (dashboard {cluster.dashboard})"), epochs:
-        result: LaunchResult = make_launcher(step, cluster.client).launch(
-            LaunchRequest(
-                step=step.name,
-                command=plan.command,
-                cwd=root,
-                env=env,
-                log_path=run.log_path,
-                stderr_tail_lines=settings.stderr_tail_lines,
-                on_start=lambda pid: tracker.set_tags(run.run_id, {TAG_COMMAND_PID: str(pid)}),
-                on_tags=lambda more: tracker.set_tags(run.run_id, more),
-                display_command=display_command(plan.command, plan.params),
-                timeout=step.timeout,
-            )
-        )
+        # A reopened run counts on from the segments its failed attempt took.
+        done = int(tracker.client.get_run(run.run_id).data.tags.get(TAG_SEGMENTS, 0)) if run.reopened else 0
+        result = continued(lambda: launcher.launch(request), cluster.client, cluster.profile,
+                           lambda tags: tracker.set_tags(run.run_id, tags), done)
     phases.reached(phases.COMMAND_EXITED, step.name)
     after = snapshot(root)
     named = command_files(root, step.entry.command) | step_parameter_files(step.project, step.entry, step.params)

@@ -52,6 +52,9 @@ mltf.previous_parent_run_ids          parent runs of earlier attempts (comma lis
 mltf.checkpoint.latest                artifact path of the newest checkpoint
 mltf.checkpoint.epoch                 its epoch
 mltf.checkpoint.sha256                its sha256 (checked before it is loaded)
+*continuation past the time limit* (:mod:`mltf_flow.continuation`)
+mltf.segments                         how many jobs (segments) the run took: 1 until a time limit ended one
+mltf.segment.<n>                      segment n: its SLURM job(s) and how it ended (``continued: time limit``, ...)
 *the parent run of a pipeline invocation*
 mltf.steps_run                        steps that ran and finished in this invocation (comma list)
 mltf.failed_steps                     steps that failed in it (comma list); the parent run is then FAILED
@@ -178,6 +181,9 @@ TAG_PREVIOUS_PARENT_RUN_IDS = "mltf.previous_parent_run_ids"
 TAG_CHECKPOINT_LATEST = "mltf.checkpoint.latest"
 TAG_CHECKPOINT_EPOCH = "mltf.checkpoint.epoch"
 TAG_CHECKPOINT_SHA256 = "mltf.checkpoint.sha256"
+# continuation past the time limit
+TAG_SEGMENTS = "mltf.segments"
+TAG_SEGMENT_PREFIX = "mltf.segment."
 # the parent run of a pipeline invocation
 TAG_STEPS_RUN = "mltf.steps_run"
 TAG_FAILED_STEPS = "mltf.failed_steps"

@@ -77,6 +77,8 @@ class BackendConfig:
     script_file: Path | None = None
     pre_timeout_signal: int | None = None
     forward_pre_timeout_signal: bool = False
+    #: Continuations (new jobs) a training that stops for the time limit may take (mltf_flow.continuation).
+    max_restarts: int = 10
     kill_grace: float = 10.0
     poll_interval: float = 2.0
     max_poll_interval: float = 30.0
@@ -101,11 +103,9 @@ class BackendConfig:
     @property
     def signal_seconds(self) -> int:
         """When SLURM warns the job before its time limit (``--signal=B:USR1@N``); 0 = never."""
-        if self.pre_timeout_signal is not None:
-            return self.pre_timeout_signal
-        limit = time_seconds(self.time)
-        # 2 minutes for real jobs; a tenth of very short limits (SLURM's own resolution is ~1 minute).
-        return 120 if limit is None else min(120, max(10, limit // 10))
+        from mltf_flow.continuation import margin_seconds
+
+        return margin_seconds(time_seconds(self.time), self.pre_timeout_signal)
 
     def directives(self) -> list[str]:
         """The resource ``#SBATCH`` options, in a fixed order."""
@@ -227,7 +227,7 @@ def _profile_values(profile: SlurmProfile) -> dict[str, Any]:
         "gpus_per_node": profile.gpus_per_node, "gpu_directive": profile.gpu_directive,
         "extra_directives": directives.extra_directives, "prologue": tuple(profile.prologue),
         "python": profile.python or sys.executable, "interface": profile.interface, "fabric": profile.fabric,
-        "gds": profile.gds,
+        "gds": profile.gds, "pre_timeout_signal": profile.pre_timeout_signal, "max_restarts": profile.max_restarts,
     }
 
 

@@ -8,6 +8,8 @@ the shared filesystem needs no network). A job that SLURM no longer lists is res
   node died (SLURM sends SIGTERM first for scancel, time limits and preemption, and the wrapper records
   those);
 * ``phase: requeued`` SLURM stopped this attempt to run the job again (the next attempt starts over);
+* ``phase: continued`` the command stopped for the time limit after a checkpoint and the wrapper submitted
+  ``next_job`` to continue it (:mod:`mltf_flow.continuation`);
 * no file            the job never reached the wrapper (it failed before starting, or never ran).
 
 ``tracked`` says whether the wrapper also set the MLflow run's status; if not (tracking server down),
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from mltf_flow.atomic import write_json
 
-RUNNING, ENDED, REQUEUED = "running", "ended", "requeued"
+RUNNING, ENDED, REQUEUED, CONTINUED = "running", "ended", "requeued", "continued"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class JobRecord:
     reason: str | None = None
     tracked: bool = False
     host: str | None = None
+    #: The job that continues this one (phase ``continued``).
+    next_job: str | None = None
     updated: float = 0.0
 
     def write(self, path: Path) -> None:

@@ -47,6 +47,10 @@ class JobSpec:
     interface: str | None = None
     kill_grace: float = 10.0
     forward_pre_timeout_signal: bool = False
+    #: Seconds before the time limit at which the command is asked to stop after a checkpoint (MLTF_STOP_MARGIN),
+    #: and how often the job is submitted again to continue it (mltf_flow.continuation).
+    stop_margin: float = 120.0
+    max_restarts: int = 10
     system_metrics: bool = True
     stderr_tail_lines: int = 30
     #: Extra environment of the command (never secrets).
@@ -55,6 +59,11 @@ class JobSpec:
     #: helpers: checkpoint, ddp, tensorfile).
     helpers_dir: str = ""
     version: int = SPEC_VERSION
+
+    @property
+    def script_path(self) -> Path:
+        """The job's script, submitted again for each continuation."""
+        return Path(self.job_dir) / "job.sh"
 
     @property
     def record_path(self) -> Path:

@@ -109,6 +109,7 @@ class JobPlan:
             env_hash=self.project.env_hash(), env_root=str(self.config.env_root), tasks=self.config.tasks,
             fabric=self.config.fabric, interface=self.config.interface, kill_grace=self.config.kill_grace,
             forward_pre_timeout_signal=self.config.forward_pre_timeout_signal,
+            stop_margin=float(self.config.signal_seconds), max_restarts=self.config.max_restarts,
             system_metrics=self.config.system_metrics,
             env={"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "PYTHONUNBUFFERED": "1",
                  "MLTF_STEP": self.entry_point, "MLTF_PIPELINE": self.project.name},

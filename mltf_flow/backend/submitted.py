@@ -13,7 +13,9 @@ job is pending or running, changes of its SLURM state and reason are kept on the
 left every view SLURM offers, the run is *reconciled*: the wrapper normally set its final status itself;
 if it could not (the job was killed with SIGKILL, never started, or the tracking server was down), the
 final status comes from the wrapper's record, else from SLURM's final state, and the reason is written on
-the run. Nothing here raises because SLURM forgot a job.
+the run. Nothing here raises because SLURM forgot a job. A job whose wrapper submitted the next segment of a
+training that stopped for the time limit (:mod:`mltf_flow.backend.segments`) is not the end: the run's
+``mltf.slurm_job_ids`` names the job after it, which is watched from then on.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from mltf_flow.backend.record import ENDED, REQUEUED, JobRecord, read_record
 from mltf_flow.console import use_console
 from mltf_flow.errors import ConfigError, SlurmUnavailable
 from mltf_flow.slurm.query import monitor
-from mltf_flow.slurm.states import FAILED, FINISHED, KILLED, RUNNING, TERMINAL_RUN_STATUSES, JobState
+from mltf_flow.slurm.states import FAILED, FINISHED, KILLED, RUNNING, SCHEDULED, TERMINAL_RUN_STATUSES, JobState
 from mltf_flow.tags import (
     TAG_COMPLETE,
     TAG_ERROR,
@@ -121,11 +123,15 @@ class SlurmSubmittedRun(SubmittedRun):
             return
         self._cancelled = True
         scancel([self.job_id])
+        cancelled = {self.job_id}
         self.client.set_tag(self._run_id, TAG_SLURM_CANCELLED_BY,
                             f"SubmittedRun.cancel() in pid {os.getpid()} on {socket.gethostname()}")
         deadline = time.monotonic() + CANCEL_TIMEOUT_S
         while self._final is None and time.monotonic() < deadline:
             self._step(max_age=0.0)
+            if self.job_id not in cancelled:  # the job had just submitted its next segment: that one too
+                scancel([self.job_id])
+                cancelled.add(self.job_id)
             if self._final is None:
                 time.sleep(0.5)
         if self._final is None:  # SLURM still lists it after the grace: record what was done anyway
@@ -143,6 +149,10 @@ class SlurmSubmittedRun(SubmittedRun):
         except SlurmUnavailable as exc:
             _log.warning(f"cannot ask SLURM about job {self.job_id} ({exc}); trying again")
             return None
+        if state is None or (state.terminal and not state.info.requeueable):
+            following = self._next_segment()
+            if following is not None:
+                return following
         if state is None:
             return self.reconcile(None)
         if not state.terminal:
@@ -156,6 +166,23 @@ class SlurmSubmittedRun(SubmittedRun):
                 self._observe(state)
                 return RUNNING
         return self.reconcile(state)
+
+    def _next_segment(self) -> str | None:
+        """Watch the job that continues this one, if its wrapper submitted one; returns the run status then."""
+        try:
+            tags = self.client.get_run(self._run_id).data.tags
+        except Exception as exc:  # the tracking server is down: decide on a later look
+            _log.warning(f"cannot read run {self._run_id}: {exc}")
+            return RUNNING
+        jobs = [j for j in tags.get(TAG_SLURM_JOB_IDS, "").split(",") if j]
+        if self.job_id not in jobs or jobs[-1] == self.job_id:
+            return None
+        following = jobs[jobs.index(self.job_id) + 1]
+        _log.info(f"job {self.job_id} stopped for the time limit; job {following} continues run {self._run_id}")
+        monitor().unwatch([self.job_id])
+        monitor().watch([following])
+        self.job_id, self._seen = following, None
+        return SCHEDULED
 
     def _observe(self, state: JobState) -> None:
         key = (state.state, state.reason)

@@ -12,7 +12,10 @@ It owns the MLflow run's status from here on, because MLflow alone gets it wrong
 4. SIGUSR1 (``--signal=B:USR1@N``, SLURM's warning before the time limit) is noted and, if configured,
    passed on to the command; SIGTERM/SIGINT/SIGHUP (scancel, time limit, preemption) stop the command
    (SIGTERM, then SIGKILL after ``kill_grace``) and SLURM is asked why;
-5. the outcome goes to the record first, then to the run: ``FINISHED`` + ``mltf.complete=true`` only for
+5. a command that stops for the time limit after a checkpoint (exit code 75, :mod:`mltf_flow.time_limit`), or
+   that SLURM's time limit stopped after a newer checkpoint than it started from, is continued: the job's
+   script is submitted again and the run stays open for it (:mod:`mltf_flow.backend.segments`);
+6. the outcome goes to the record first, then to the run: ``FINISHED`` + ``mltf.complete=true`` only for
    exit code 0 (and only if the command did not end the run FAILED itself), ``FAILED`` for a non-zero
    exit or a time limit, ``KILLED`` for a cancellation; tags ``mltf.exit_code``, ``mltf.slurm.state``,
    ``mltf.slurm.reason`` and ``mltf.error``; the job's log is uploaded as ``mltf/slurm-<jobid>.out``.
@@ -35,15 +38,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from mltf_flow.backend.record import ENDED, REQUEUED, RUNNING, JobRecord
+from mltf_flow.backend.record import CONTINUED, ENDED, REQUEUED, RUNNING, JobRecord
 from mltf_flow.backend.run_writer import RunWriter, rest_writer
+from mltf_flow.backend.segments import SEGMENT_ENV
 from mltf_flow.backend.spec import JobSpec
 from mltf_flow.launch.local import Stopped
 from mltf_flow.slurm.states import FAILED, FINISHED, KILLED, SCHEDULED
 from mltf_flow.tags import (
+    TAG_CHECKPOINT_EPOCH,
     TAG_COMPLETE,
     TAG_ERROR,
     TAG_EXIT_CODE,
+    TAG_SEGMENT_PREFIX,
+    TAG_SEGMENTS,
     TAG_SLURM_BATCH_HOST,
     TAG_SLURM_JOB_ID,
     TAG_SLURM_NODES,
@@ -52,6 +59,7 @@ from mltf_flow.tags import (
     TAG_SLURM_RESTARTS,
     TAG_SLURM_STATE,
 )
+from mltf_flow.time_limit import EXIT_CONTINUE, MARGIN_ENV
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Tags a requeued attempt must not inherit from the one before.
@@ -65,6 +73,8 @@ class Outcome:
     slurm_state: str
     reason: str
     error: str | None = None
+    #: The job that continues the command (the run stays open for it).
+    next_job: str | None = None
 
 
 def _say(message: str) -> None:
@@ -130,6 +140,9 @@ class Wrapper:
         self.child_pid: int | None = None
         self.pre_timeout_at: float | None = None
         self.stopping = False
+        self.segment = int(os.environ.get(SEGMENT_ENV) or 1)
+        #: The run's checkpoint epoch when this job started: a newer one at the time limit means progress.
+        self.epoch_at_start: str | None = None
         self._writer: RunWriter | None = None
         self._writer_ready = threading.Event()
 
@@ -158,12 +171,17 @@ class Wrapper:
                 TAG_SLURM_RESTARTS: os.environ.get("SLURM_RESTART_COUNT", "0"), TAG_SLURM_STATE: "RUNNING"}
 
     def _start_run(self, writer: RunWriter) -> None:
-        if os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0"):
-            _, tags = writer.status_and_tags(self.spec.run_id)
+        _, tags = writer.status_and_tags(self.spec.run_id)
+        self.epoch_at_start = tags.get(TAG_CHECKPOINT_EPOCH)
+        if os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") or self.segment > 1:
             for key in _STALE_TAGS:
-                if key in tags:  # a requeued attempt: the previous one's outcome no longer applies
+                if key in tags:  # a requeued attempt or a new segment: the previous one's outcome no longer applies
                     writer.delete_tag(self.spec.run_id, key)
-        writer.set_tags(self.spec.run_id, self._running_tags())
+        running = self._running_tags()
+        if self.segment > 1:
+            running.update({TAG_SEGMENTS: str(self.segment),
+                            f"{TAG_SEGMENT_PREFIX}{self.segment}": f"job {self.job_id}: running"})
+        writer.set_tags(self.spec.run_id, running)
         writer.set_status(self.spec.run_id, "RUNNING")
 
     def writer(self, timeout: float = 60.0) -> RunWriter | None:
@@ -200,6 +218,7 @@ class Wrapper:
         env.update(spec.env)
         env.update(MLFLOW_TRACKING_URI=spec.tracking_uri, MLFLOW_RUN_ID=spec.run_id,
                    MLFLOW_EXPERIMENT_ID=spec.experiment_id, MLTF_SLURM_JOB_DIR=spec.job_dir)
+        env[MARGIN_ENV] = f"{spec.stop_margin:g}"  # when mltf_flow.time_limit asks the command to stop
         if spec.env_manager == "virtualenv":
             from mltf_flow.pyenv import PythonEnv, ensure_env
 
@@ -293,14 +312,48 @@ class Wrapper:
                 on_start=remember, stop_grace=self.spec.kill_grace,
             )
             outcome = _outcome_of_exit(ended.exit_code, ended.tail)
+            if ended.exit_code == EXIT_CONTINUE:
+                outcome = self._continue(outcome, "time limit (the command stopped after a checkpoint)")
         except Stopped as stop:
             outcome = _outcome_of_signal(stop.signum, self.job_id, self.pre_timeout_at is not None)
+            if outcome.slurm_state == "TIMEOUT" and self._checkpoint_advanced():
+                outcome = self._continue(outcome, "time limit (stopped by SLURM after a newer checkpoint)")
         except Exception as exc:
             from mltf_flow.errors import EnvBuildError
 
             what = "building the environment failed" if isinstance(exc, EnvBuildError) else "the wrapper failed"
             outcome = Outcome(FAILED, 1, "FAILED", what, f"{what}: {type(exc).__name__}: {exc}")
         return self.finish(outcome)
+
+    def _checkpoint_advanced(self) -> bool:
+        writer = self.writer(timeout=5)
+        if writer is None:
+            return False
+        try:
+            epoch = writer.status_and_tags(self.spec.run_id)[1].get(TAG_CHECKPOINT_EPOCH)
+        except Exception:  # the tracking server cannot say: no continuation on a guess
+            return False
+        return epoch is not None and epoch != self.epoch_at_start
+
+    def _continue(self, stopped: Outcome, why: str) -> Outcome:
+        """Submit the next segment (mltf_flow.backend.segments); the run stays open. Where that cannot be,
+        the run ends FAILED, saying why."""
+        from mltf_flow.backend.segments import continue_run
+
+        writer = self.writer()
+        if writer is None:
+            return Outcome(FAILED, stopped.exit_code, "TIMEOUT", "time limit",
+                           f"{why}, but the MLflow run cannot be reached to continue it in a new job")
+        try:
+            done = continue_run(self.spec, self.job_id, writer, why)
+        except Exception as exc:
+            return Outcome(FAILED, stopped.exit_code, "TIMEOUT", "time limit",
+                           f"{why}; continuing it failed: {type(exc).__name__}: {exc}")
+        if done.next_job is None:
+            return Outcome(FAILED, stopped.exit_code, "TIMEOUT", f"time limit, {done.segment} segments", done.error)
+        _say(f"segment {done.segment} ends here ({why}); job {done.next_job} continues MLflow run {self.spec.run_id}")
+        return Outcome(SCHEDULED, 0, "CONTINUED", f"time limit: continued in job {done.next_job}",
+                       next_job=done.next_job)
 
     def abort(self, message: str) -> int:
         """A setup line of the job script failed (``mltf_abort``): record that, end the job."""
@@ -317,9 +370,9 @@ class Wrapper:
              f"{outcome.slurm_state}: {outcome.reason})")
         sys.stdout.flush()
         sys.stderr.flush()
-        phase = REQUEUED if outcome.status == SCHEDULED else ENDED
+        phase = CONTINUED if outcome.next_job else REQUEUED if outcome.status == SCHEDULED else ENDED
         record = JobRecord(self.job_id, phase, outcome.status, outcome.exit_code, outcome.slurm_state,
-                           outcome.reason, tracked=False, host=self.host)
+                           outcome.reason, tracked=False, host=self.host, next_job=outcome.next_job)
         record.write(self.spec.record_path)
         writer = self.writer()
         if writer is not None:
@@ -332,7 +385,9 @@ class Wrapper:
 
     def _track(self, writer: RunWriter, outcome: Outcome) -> None:
         run_id = self.spec.run_id
-        if outcome.status == SCHEDULED:  # requeued: queued again, and the next attempt takes over
+        if outcome.status == SCHEDULED:  # requeued or continued: the next attempt or job takes over
+            if outcome.next_job:  # this job's log stays with the run: the next one writes its own
+                self._upload_log(writer)
             # Status first, state tag last: whoever sees the tag REQUEUED finds the run SCHEDULED already.
             writer.set_status(run_id, SCHEDULED)
             writer.set_tags(run_id, {TAG_SLURM_STATE: outcome.slurm_state, TAG_SLURM_REASON: outcome.reason})
@@ -350,17 +405,24 @@ class Wrapper:
         if self.pre_timeout_at is not None:
             tags[TAG_SLURM_PRE_TIMEOUT_SIGNAL_AT] = time.strftime("%Y-%m-%dT%H:%M:%S",
                                                                      time.localtime(self.pre_timeout_at))
-        log = self.spec.log_path(self.job_id)
-        if log.is_file():
-            try:
-                writer.log_artifact(run_id, str(log), "mltf")
-            except Exception as exc:  # the outcome matters more than the log
-                _say(f"could not upload {log}: {exc}")
+        if self.segment > 1:
+            how = "finished" if status == FINISHED else f"ended {status}: {outcome.slurm_state} ({outcome.reason})"
+            tags[f"{TAG_SEGMENT_PREFIX}{self.segment}"] = f"job {self.job_id}: {how}"
+        self._upload_log(writer)
         writer.set_tags(run_id, tags)
         writer.terminate(run_id, status)
         if status == FINISHED:
             # Last: a run is complete only once everything else about it is recorded (pipelines trust this tag).
             writer.set_tags(run_id, {TAG_COMPLETE: "true"})
+
+
+    def _upload_log(self, writer: RunWriter) -> None:
+        log = self.spec.log_path(self.job_id)
+        if log.is_file():
+            try:
+                writer.log_artifact(self.spec.run_id, str(log), "mltf")
+            except Exception as exc:  # the outcome matters more than the log
+                _say(f"could not upload {log}: {exc}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -34,6 +35,10 @@ from typing import IO, Any
 from mltf_flow.clusters.dashboard import enabled as dashboard_enabled
 from mltf_flow.clusters.security import Credentials, create
 from mltf_flow.launch.local import die_with_parent
+
+#: Seconds between looks at whether a scaled cluster lost worker jobs; and Dask's wait before it drops one.
+KEEP_SIZE_INTERVAL_S = 2.0
+LOST_WORKER_S = 3
 
 
 def _gds_environment(profile: Any, work_dir: Path) -> None:
@@ -89,8 +94,13 @@ def _make_cluster(profile: Any, settings: Any, security: Any) -> Any:
             **local_cluster_options(profile.dashboard_address),
         )
         return cluster
+    import dask
+
     from mltf_flow.clusters.slurm import make_slurm_cluster, preflight
 
+    # A worker that left (its job ended) is dropped after this long, and only then replaced (_Sizes): Dask's 15 s
+    # wait for a worker to come back is for networks that flap, not for SLURM jobs that ended.
+    dask.config.set({"distributed.deploy.lost-worker-timeout": f"{LOST_WORKER_S}s"})
     cluster = make_slurm_cluster(profile, settings.work_dir / "slurm-logs" / profile.name, security=security)
     try:
         preflight(profile, str(cluster.job_script()))
@@ -100,9 +110,40 @@ def _make_cluster(profile: Any, settings: Any, security: Any) -> Any:
     return cluster
 
 
+class _Sizes:
+    """Keeps each scaled SLURM cluster at its size: a worker job that ended (its walltime, or retired so that a
+    training continues on a fresh job: mltf_flow.continuation) is replaced by a new one. dask-jobqueue alone
+    submits jobs only when asked to scale."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.wanted: dict[str, tuple[Any, int]] = {}
+        self._stop = threading.Event()
+        threading.Thread(target=self._loop, name="mltf-keep-size", daemon=True).start()
+
+    def scale(self, name: str, cluster: Any, jobs: int) -> None:
+        with self.lock:
+            cluster.scale(jobs=jobs)
+            self.wanted[name] = (cluster, jobs)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(KEEP_SIZE_INTERVAL_S):
+            with self.lock:
+                for cluster, jobs in self.wanted.values():
+                    if len(getattr(cluster, "workers", {})) < jobs:
+                        with contextlib.suppress(Exception):  # closing, or SLURM refuses: asked again later
+                            cluster.scale(jobs=jobs)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self.lock:
+            self.wanted.clear()
+
+
 def serve(commands: IO[str], answers: IO[str]) -> int:
     """Answer commands until EOF, then close every cluster started here."""
     clusters: dict[str, tuple[Any, Any, Credentials]] = {}
+    sizes = _Sizes()
 
     def send(message: dict[str, Any]) -> None:
         answers.write(json.dumps(message) + "\n")
@@ -130,7 +171,7 @@ def serve(commands: IO[str], answers: IO[str]) -> int:
                 elif request["cmd"] == "scale":
                     profile, cluster, _ = clusters[name]
                     if hasattr(cluster, "job_cls"):  # dask-jobqueue: scale by jobs, each of its worker processes
-                        cluster.scale(jobs=profile.workers)
+                        sizes.scale(name, cluster, profile.workers)
                     send({"ok": True})
                 elif request["cmd"] == "jobs":  # the SLURM job ids of the cluster's workers (none for local)
                     _, cluster, _ = clusters[name]
@@ -142,6 +183,7 @@ def serve(commands: IO[str], answers: IO[str]) -> int:
             except Exception as exc:  # reported to the parent, which raises it where it matters
                 send({"ok": False, "error": type(exc).__name__, "message": str(exc)})
     finally:
+        sizes.stop()
         quiet_close()
         for _, cluster, credentials in clusters.values():
             with contextlib.suppress(Exception):  # close the others even if one fails

@@ -143,6 +143,7 @@ class BackendRequest(Schema):
     expect: ClassVar[dict[str, str]] = {
         "nodes": "a whole number >= 1", "ntasks": "a whole number >= 1", "cpus_per_task": "a whole number >= 1",
         "gpus_per_node": "a whole number >= 0", "pre_timeout_signal": "seconds between 0 and 65535",
+        "max_restarts": "a whole number >= 0",
     }
 
     # mlflow-slurm's keys
@@ -171,6 +172,7 @@ class BackendRequest(Schema):
     python: PathText = None
     pre_timeout_signal: Annotated[StrictInt, Ge(0), Le(65535)] | None = None  # sbatch's --signal=...@N: 16 bits
     forward_pre_timeout_signal: StrictBool = False
+    max_restarts: Annotated[StrictInt, Ge(0)] = 10
     kill_grace: Interval = 10.0
     poll_interval: Interval = 2.0
     max_poll_interval: Interval = 30.0

@@ -39,7 +39,8 @@ class Profile(Schema):
         "death_timeout": _WHOLE, "processes": f"{_WHOLE}, or null", "gpus_per_node": "a whole number >= 0",
         "worker_start_timeout": "a number of seconds > 0", "memory": SIZE_HINT, "lifetime": DURATION_HINT,
         "lifetime_stagger": DURATION_HINT, "timeout": f"{TIMEOUT_HINT}, or null",
-        "gpu_directive": "'gres' or 'gpus-per-node'",
+        "gpu_directive": "'gres' or 'gpus-per-node'", "pre_timeout_signal": "a whole number of seconds >= 0, or null",
+        "max_restarts": "a whole number >= 0",
         "prologue": "a list of strings", "extra_directives": "a list of strings",
         **dict.fromkeys(("dashboard_address", "scheduler_address", "gpu_profile", "interface", "local_directory",
                          "partition", "account", "qos", "log_directory", "python", "job_name"), "a string or null"),
@@ -122,6 +123,10 @@ class SlurmProfile(Profile):
     python: StrictStr | None = None
     job_name: StrictStr = "mltf-worker"
     death_timeout: Whole = 60
+    #: Seconds before a worker job's end at which a training is asked to stop after a checkpoint (None: a tenth
+    #: of the walltime, 10 s to 2 min); it continues on fresh workers at most max_restarts times.
+    pre_timeout_signal: Annotated[StrictInt, Ge(0)] | None = None
+    max_restarts: Annotated[StrictInt, Ge(0)] = 10
 
     @property
     def expected_workers(self) -> int:

@@ -37,6 +37,7 @@ from mltf_flow.errors import ConfigError
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
 from mltf_flow.launch.dask_worker import follow_log, step_env, worker_path
 from mltf_flow.tags import TAG_DDP_FABRIC, TAG_DDP_FABRIC_ENV, TAG_DDP_MASTER, TAG_DDP_RANKS, TAG_DDP_WORLD_SIZE
+from mltf_flow.time_limit import EXIT_CONTINUE
 
 _log = logging.getLogger(__name__)
 
@@ -192,12 +193,17 @@ class DDPLauncher:
                                           "lost: its Dask worker disappeared"
                                           + (f" (SLURM job {job} ended: cancelled, preempted or out of walltime?)"
                                              if job else "")}
-                failed = [r for r, o in outcomes.items() if o["exit_code"] != 0]
+                # A rank that stopped for its job's time limit (exit 75) is not a failure: every rank agreed on
+                # that stop (mltf_flow.time_limit) and exits the same way; one that does not is stopped after the grace.
+                if stop_by is None and any(o["exit_code"] == EXIT_CONTINUE for o in outcomes.values()):
+                    stop_by = time.monotonic() + self.stop_grace_s
+                failed = [r for r, o in outcomes.items() if o["exit_code"] not in (0, EXIT_CONTINUE)]
                 if failed and first is None:
                     first = min(failed, key=lambda r: outcomes[r].get("order", 0))
                     stop.set()
                     stop_by = time.monotonic() + self.stop_grace_s
                 if stop_by is not None and time.monotonic() > stop_by:
+                    stop.set()
                     for rank, future in pending.items():
                         future.cancel()
                         outcomes[rank] = {"exit_code": None, "tail": [], "status":
@@ -263,6 +269,10 @@ class DDPLauncher:
                 request.on_tags({TAG_DDP_FABRIC: str(rank0.get("note", "")),
                                  TAG_DDP_FABRIC_ENV: json.dumps(rank0.get("fabric", {}), sort_keys=True)})
         duration = time.monotonic() - start
+        if first is None and any(o.get("exit_code") == EXIT_CONTINUE for o in outcomes.values()):
+            stopped = sorted(r for r, o in outcomes.items() if o.get("exit_code") == EXIT_CONTINUE)
+            return LaunchResult(EXIT_CONTINUE, [], request.log_path, duration, extra_logs=logs, summary=(
+                f"ranks {', '.join(map(str, stopped))} stopped for the time limit after a checkpoint (exit code 75)"))
         if first is None:
             return LaunchResult(0, [], request.log_path, duration, extra_logs=logs)
         lines = [f"distributed training failed: rank {first} {self._status(outcomes[first])} first; "

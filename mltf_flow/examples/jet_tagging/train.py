@@ -10,7 +10,8 @@ Deterministic on CPU: random choices come from generators seeded by ``--seed``, 
 deterministic algorithms. Rank 0 owns the MLflow run: per-epoch ``train_loss`` (all ranks),
 ``val_loss``, ``val_accuracy``, the model (LoggedModel ``jet_tagger`` with signature and explicit pip
 requirements), ``metrics.json``, the sha256 of the weights (tag ``weights_sha256``), and a checkpoint
-per epoch (``mltf_flow.checkpoint``): a retried step resumes after the last epoch done. The features come
+per epoch (``mltf_flow.checkpoint``): a retried step resumes after the last epoch done, and a training that
+reaches its SLURM job's time limit stops after a checkpoint and continues in a new job. The features come
 from the aligned tensor file through ``mltf_flow.fabric.tensorfile`` (GPUDirect Storage onto the GPU where the
 node has it, after a copy to node-local scratch when the profile configures one); the backend that ran and
 the load throughput are logged (tag ``mltf.data.backend``, metric ``data_load_gbps``).
@@ -151,6 +152,8 @@ def main() -> None:
                       f"val_loss={val_loss:.4f} val_accuracy={val_acc:.4f}")
                 checkpoint.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                                  "shuffle": shuffle.get_state()}, epoch)
+            # Every rank: near the SLURM job's time limit, stop here; mltf_flow continues in a new job.
+            checkpoint.stop_if_time_is_up()
 
         digest = weights_sha256(model)
         print(f"rank {rank} final weights sha256 {digest}")

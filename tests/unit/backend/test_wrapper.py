@@ -180,6 +180,29 @@ def test_pre_timeout_warning_is_not_forwarded_by_default(tmp_path: Path, store: 
     assert "survived" in spec.log_path("local").read_text()
 
 
+def test_a_command_that_stops_for_the_time_limit_with_no_restarts_left_fails_saying_so(tmp_path: Path,
+                                                                                        store: str) -> None:
+    # Exit code 75 after a checkpoint asks for a new job; max_restarts=0 allows none: FAILED, with the reason,
+    # and nothing submitted (no sbatch is needed to get here).
+    spec = _spec(tmp_path, store, "echo epoch 0 done; exit 75", max_restarts=0)
+    code, run, log = _finish(spec)
+    assert code == 75, log
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mltf.error"].startswith("time limit, 1 segments:"), run.data.tags
+    assert "max_restarts=0" in run.data.tags["mltf.error"]
+    assert run.data.tags["mltf.segment.1"] == "job local: stopped: time limit (the command stopped after a " \
+        "checkpoint); no restarts left"
+    assert run.data.tags["mltf.slurm.state"] == "TIMEOUT"
+    record = read_record(spec.record_path)
+    assert record is not None and record.phase == "ended" and record.next_job is None
+
+
+def test_the_command_gets_the_stop_margin(tmp_path: Path, store: str) -> None:
+    spec = _spec(tmp_path, store, 'echo "margin=$MLTF_STOP_MARGIN"', stop_margin=42.0)
+    code, _, log = _finish(spec)
+    assert code == 0 and "margin=42" in log
+
+
 def test_abort_records_a_failed_setup_line(tmp_path: Path, store: str) -> None:
     spec = _spec(tmp_path, store, "true")
     code, run, _ = _finish(spec, "--abort", "module load cuda/99 failed")
