@@ -51,7 +51,10 @@ mltf.resumed_from_epoch               the checkpoint epoch the attempt resumed f
 mltf.previous_parent_run_ids          parent runs of earlier attempts (comma list)
 mltf.checkpoint.latest                artifact path of the newest checkpoint
 mltf.checkpoint.epoch                 its epoch
-mltf.checkpoint.sha256                its sha256 (checked before it is loaded)
+mltf.checkpoint.sha256                its sha256 (checked before it is loaded); of its ``MANIFEST`` when sharded
+mltf.checkpoint.sharded               artifact path of the newest sharded (DCP) checkpoint
+                                      (:mod:`mltf_flow.sharded_checkpoint`): the latest is sharded when this equals
+                                      ``mltf.checkpoint.latest``
 *continuation past the time limit* (:mod:`mltf_flow.continuation`)
 mltf.segments                         how many jobs (segments) the run took: 1 until a time limit ended one
 mltf.segment.<n>                      segment n: its SLURM job(s) and how it ended (``continued: time limit``, ...)
@@ -181,6 +184,7 @@ TAG_PREVIOUS_PARENT_RUN_IDS = "mltf.previous_parent_run_ids"
 TAG_CHECKPOINT_LATEST = "mltf.checkpoint.latest"
 TAG_CHECKPOINT_EPOCH = "mltf.checkpoint.epoch"
 TAG_CHECKPOINT_SHA256 = "mltf.checkpoint.sha256"
+TAG_CHECKPOINT_SHARDED = "mltf.checkpoint.sharded"
 # continuation past the time limit
 TAG_SEGMENTS = "mltf.segments"
 TAG_SEGMENT_PREFIX = "mltf.segment."
