@@ -36,7 +36,8 @@ import hashlib
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,15 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+@contextlib.contextmanager
+def _one_process_is_fine() -> Iterator[None]:
+    """Without a process group DCP saves and loads as one process, which is what a script without one means:
+    its warning saying so is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def _from_rank_zero(value: Any) -> Any:
     """Rank 0's ``value`` on every rank (rank 0 alone resolves the run: other ranks may have no active run)."""
     if not _distributed():
@@ -117,15 +127,16 @@ def save_sharded(state_dict: dict[str, Any], epoch: int, *, run_id: str | None =
     checkpoint after ``epoch``. Every rank calls it; it returns on every rank once the checkpoint is the
     run's latest. Returns the artifact path."""
     import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
     from mlflow.entities import RunTag
+    from torch.distributed.checkpoint import state_dict_saver
 
     run = _from_rank_zero(_run_id(run_id) if is_rank_zero() or run_id else None)
     client = _client()
     artifact = f"{_DIR}/epoch-{epoch:06d}"
     local = Path(tempfile.mkdtemp(prefix="mltf-sharded-"))
     try:
-        dcp.save(state_dict, checkpoint_id=str(local))
+        with _one_process_is_fine():
+            state_dict_saver.save(state_dict, checkpoint_id=str(local))
         mine = digest_files(local)
         if mine:  # every rank uploads what it wrote: no shared file system needed
             client.log_artifacts(run, str(local), artifact)
@@ -175,7 +186,7 @@ def load_latest_sharded(state_dict: dict[str, Any], *, run_id: str | None = None
     """Load the run's latest sharded checkpoint into ``state_dict`` in place (every rank calls it, with any
     world size); return its epoch, or None when the run has no checkpoint yet."""
     import mlflow.artifacts
-    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import state_dict_loader
 
     found = None
     if is_rank_zero():
@@ -194,7 +205,8 @@ def load_latest_sharded(state_dict: dict[str, Any], *, run_id: str | None = None
     try:
         path = Path(mlflow.artifacts.download_artifacts(run_id=run, artifact_path=artifact, dst_path=str(local)))
         verify(path, digest, f"{artifact} of run {run}")
-        dcp.load(state_dict, checkpoint_id=str(path))
+        with _one_process_is_fine():
+            state_dict_loader.load(state_dict, checkpoint_id=str(path))
     finally:
         shutil.rmtree(local, ignore_errors=True)
     return int(epoch)

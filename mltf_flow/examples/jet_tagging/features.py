@@ -3,11 +3,11 @@
 Input: the dataset manifest written by staging (exact files and checksums, in a fixed order). With
 ``DASK_SCHEDULER_ADDRESS`` set (mltf_flow sets it), files are processed in parallel on the cluster.
 Output: ``features.mltft``, an aligned tensor file (``X`` float32 [n_jets, n_features], ``y`` int64, the
-feature names in its metadata; for ``train_fsdp``'s transformer also the constituents themselves, ``C`` float32
-[n_jets, max_constituents, 3] (log pt fraction, delta eta, delta phi; zero-padded) and ``n_c`` int64 [n_jets]
-(how many rows of ``C`` are real); ``train`` reads only ``X`` and ``y``; 4 KiB-aligned arrays that GPUDirect Storage reads straight into GPU memory,
-see ``mltf_flow.fabric.tensorfile``), logged as an artifact of the MLflow run this process attaches to
-through ``MLFLOW_RUN_ID``.
+feature names in its metadata; for ``train_fsdp``'s transformer also the constituents themselves, ``C``
+float32 [n_jets, max_constituents, 3] (log pt fraction, delta eta, delta phi; zero-padded) and ``n_c``
+int64 [n_jets] (how many rows of ``C`` are real); ``train`` reads only ``X`` and ``y``; 4 KiB-aligned
+arrays that GPUDirect Storage reads straight into GPU memory, see ``mltf_flow.fabric.tensorfile``), logged
+as an artifact of the MLflow run this process attaches to through ``MLFLOW_RUN_ID``.
 """
 
 from __future__ import annotations

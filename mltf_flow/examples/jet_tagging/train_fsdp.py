@@ -85,7 +85,8 @@ class JetTransformer(nn.Module):
 
 
 def uses_bf16(args: argparse.Namespace, device: torch.device) -> bool:
-    return args.parallel == "fsdp" and (args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda"))
+    auto = args.precision == "auto" and device.type == "cuda"
+    return args.parallel == "fsdp" and (args.precision == "bf16" or auto)
 
 
 def build(args: argparse.Namespace, device: torch.device, world: int) -> nn.Module:
