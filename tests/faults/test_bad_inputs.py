@@ -72,7 +72,8 @@ CASES = [
     Case("status-float-overflow", f"{STATUS} -P lr=1e400", "'1e400' is beyond the range of a float"),
     Case("status-unknown-param", f"{STATUS} -P nosuch=1", "has no parameter 'nosuch'"),
     # -- mltf-flow run: project, step, flags -----------------------------------------------------------------
-    Case("run-unknown-step", f"mltf-flow run {P} --step nosuch", "no step 'nosuch'; steps are: stage, features, train"),
+    Case("run-unknown-step", f"mltf-flow run {P} --step nosuch",
+         "no step 'nosuch'; steps are: stage, features, train, train_fsdp"),
     Case(
         "run-missing-project",
         "mltf-flow run /nonexistent/project --step train",

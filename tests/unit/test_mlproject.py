@@ -77,7 +77,7 @@ def assert_same_as_mlflow(directory: Path) -> Project:
 
 def test_jet_tagging_agrees_with_mlflow() -> None:
     project = assert_same_as_mlflow(JET)
-    assert set(project.entry_points) == {"generate", "features", "train"}
+    assert set(project.entry_points) == {"generate", "features", "train", "train_fsdp"}
     assert project.entry_points["train"].parameters["lr"].default == 0.003
 
 

@@ -54,8 +54,8 @@ def with_pipeline(root: Path, text: str) -> Path:
 def test_example_pipeline() -> None:
     spec = load_pipeline(JET)
     assert spec.declared and spec.name == "jet_tagging" and spec.root == JET.resolve()
-    assert list(spec.steps) == ["stage", "features", "train"]
-    stage, features, train = spec.steps.values()
+    assert list(spec.steps) == ["stage", "features", "train", "train_fsdp"]
+    stage, features, train, train_fsdp = spec.steps.values()
     assert stage.is_stage and stage.dataset == "data/jet_sample" and stage.dependencies() == []
     assert features.entry_point == "features" and not features.is_stage
     assert features.inputs == {"manifest": "stage"} and features.dependencies() == ["stage"]
@@ -64,10 +64,12 @@ def test_example_pipeline() -> None:
     assert train.outputs == {"model": "model:jet_tagger", "metrics": "metrics.json"}
     assert train.run_on == "ddp" and train.gpu and train.world_size is None  # one rank per worker of the profile
     assert spec.step("train") is train
+    assert train_fsdp.inputs == train.inputs and train_fsdp.run_on == "ddp" and train_fsdp.gpu
+    assert train_fsdp.outputs == {"metrics": "metrics.json"} and train_fsdp.code == ("train_fsdp.py",)
 
 
 def test_unknown_step_lists_steps() -> None:
-    with pytest.raises(ConfigError, match="no step 'evaluate'; steps are: stage, features, train"):
+    with pytest.raises(ConfigError, match="no step 'evaluate'; steps are: stage, features, train, train_fsdp"):
         load_pipeline(JET).step("evaluate")
 
 
@@ -229,10 +231,10 @@ def test_pipeline_file_that_is_not_a_mapping(project: Path, text: str) -> None:
 def test_project_without_pipeline_file_has_one_step_per_entry_point(project: Path) -> None:
     spec = load_pipeline(project)
     assert not spec.declared and spec.name == "jet_tagging"
-    assert spec.steps == {n: StepSpec(name=n, entry_point=n) for n in ("generate", "features", "train")}
+    assert spec.steps == {n: StepSpec(name=n, entry_point=n) for n in ("generate", "features", "train", "train_fsdp")}
     assert all(s.dependencies() == [] and s.code == ("auto",) for s in spec.steps.values())
     assert spec.step("train.py") == StepSpec(name="train.py", entry_point="train.py")
-    with pytest.raises(ConfigError, match="entry points are: features, generate, train"):
+    with pytest.raises(ConfigError, match="entry points are: features, generate, train, train_fsdp"):
         spec.step("evaluate")
     with pytest.raises(ConfigError, match=r"no entry point 'missing\.py'"):
         spec.step("missing.py")
