@@ -1,12 +1,12 @@
-"""The example's study (issue 18) on the local profile: 20 trials of Train, pruning on, its driver SIGKILLed
+"""The example's study (issue 18) on the local profile: 8 trials of Train, pruning on, its driver SIGKILLed
 after a trial was told, then the same command to the end, then once more.
 
-One chain, observed by the tests below (a study costs ~20 trainings; each test judges one thing it showed):
+One chain, observed by the tests below (a study costs ~9 trainings; each test judges one thing it showed):
 
-1. ``luigi --module pipelines Tune --n-trials 20 --epochs 3`` pauses after the first trial it told Optuna about
+1. ``luigi --module pipelines Tune --n-trials 8 --epochs 3`` pauses after the first trial it told Optuna about
    (``MLTF_PAUSE_AT=study.trial_told``, a marker file) and its whole process group is SIGKILLed there, with the
    other trial still running or finished but not told;
-2. the same command: the study continues to exactly 20 trials, the one running at the kill failed and retried;
+2. the same command: the study continues to exactly 8 trials, the one running at the kill failed and retried;
 3. the same command again: nothing runs;
 4. ``Train --from-study NAME``: the best trial's run is that Train's run (nothing runs);
 5. ``mltf-flow optuna-dashboard`` serves the study where the study run's link points.
@@ -39,9 +39,13 @@ from tests.faults.invocations import (
 from tests.helpers import BIN, REPO, free_port, wait_until
 from tests.integration.mlflow_queries import client, runs, sqlite_uri
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a study of 20 trainings, and its reruns
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a study of 9 trainings, and its reruns
 
-N_TRIALS = 20
+#: 8, not the example's 20: a trial costs ~15 s on the 2-core CI machine (start-up and model logging), two at a
+#: time. The points do not depend on timing (seed 11 for trial 1, 13 once resumed after 2 trials): the counted
+#: trials 1-8 hold one better than the defaults (trial 4 at 0.784, trial 7 at 0.791, the defaults 0.781), at
+#: least 4 complete, and from trial 6 on (5 complete before it) the median pruner may stop one.
+N_TRIALS = 8
 EPOCHS = 3
 
 
