@@ -163,17 +163,20 @@ def test_changed_parameters_rerun_exactly_the_affected_steps(
     manifest = next((Path(env["MLTF_FLOW_WORK_DIR"]) / "datasets").glob("*/manifest.json"))
     staged_at = manifest.stat().st_mtime_ns
     n_features, n_train = len(step_runs(uri, "features")), len(step_runs(uri, "train"))
+    # One rank (the world size is not part of a step's key): what reruns is the point, not DDP, and a second
+    # rank would cost each of the two trainings below another torch process on this 2-core machine.
+    one_rank = ("--world-size", "1")
 
-    result = run_luigi(*train_args(jet_sample, "--lr", "0.01"), env=env)
+    result = run_luigi(*train_args(jet_sample, "--lr", "0.01", *one_rank), env=env)
     assert result.returncode == 0, result.output
     assert (len(step_runs(uri, "features")), len(step_runs(uri, "train"))) == (n_features, n_train + 1)
 
     # The same value spelled differently is the same key: no new run.
-    result = run_luigi(*train_args(jet_sample, "--lr", "1e-2"), env=env)
+    result = run_luigi(*train_args(jet_sample, "--lr", "1e-2", *one_rank), env=env)
     assert result.returncode == 0, result.output
     assert len(step_runs(uri, "train")) == n_train + 1
 
-    result = run_luigi(*train_args(jet_sample, "--ExtractFeatures-max-constituents", "16"), env=env)
+    result = run_luigi(*train_args(jet_sample, "--ExtractFeatures-max-constituents", "16", *one_rank), env=env)
     assert result.returncode == 0, result.output
     assert (len(step_runs(uri, "features")), len(step_runs(uri, "train"))) == (n_features + 1, n_train + 2)
     assert manifest.stat().st_mtime_ns == staged_at  # StageDataset did not run again
