@@ -94,8 +94,10 @@ def test_server_killed_and_restarted_mid_training_loses_no_metric(tmp_path: Path
     server = _serve(root, port)
     pause_dir, tag = tmp_path / "pause", uuid.uuid4().hex
     env = {"MLTF_FLOW_WORK_DIR": str(tmp_path / "work"), "MLTF_FLOW_TRACKING_URI": uri, TAG_ENV: tag}
+    # One rank: only rank 0 logs to MLflow, so a second rank meets nothing of the server's death; it would
+    # only cost another torch process on this 2-core machine.
     args = [str(BIN / "luigi"), "--module", "pipelines", "Train", "--dataset", str(jet_sample), "--epochs",
-            str(EPOCHS), "--local-scheduler", "--no-lock"]
+            str(EPOCHS), "--world-size", "1", "--local-scheduler", "--no-lock"]
     invocation = start(args, env, tmp_path / "pipeline.log", pause_at=phases.CHECKPOINT_SAVED, pause_dir=pause_dir)
     try:
         assert wait_for_marker(invocation, phases.CHECKPOINT_SAVED, pause_dir), invocation.output()
