@@ -63,7 +63,9 @@ def test_pipeline_from_rucio_reruns_nothing_and_retrains_on_a_new_version(
 ) -> None:
     work = tmp_path / "work"
     env = env_for(rucio_seeded.server, work)
-    train = ("--module", "pipelines", "Train", "--dataset", jets, "--profile", "rucio-demo", "--epochs", "1")
+    # One rank: staging is the point, and a second rank would cost each of the two trainings another torch process.
+    train = ("--module", "pipelines", "Train", "--dataset", jets, "--profile", "rucio-demo", "--epochs", "1",
+             "--world-size", "1")
     first = run_luigi(*train, env=env)
     assert first.returncode == 0, first.output[-5000:]
 
