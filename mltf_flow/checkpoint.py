@@ -42,7 +42,7 @@ from typing import Any
 from mltf_flow import phases
 from mltf_flow.ddp.rank import is_rank_zero
 from mltf_flow.errors import TrackingError
-from mltf_flow.tags import TAG_CHECKPOINT_EPOCH, TAG_CHECKPOINT_LATEST, TAG_CHECKPOINT_SHA256
+from mltf_flow.tags import TAG_CHECKPOINT_EPOCH, TAG_CHECKPOINT_LATEST, TAG_CHECKPOINT_SHA256, TAG_CHECKPOINT_SHARDED
 from mltf_flow.time_limit import EXIT_CONTINUE, stop_if_time_is_up, time_is_up, watch
 
 # This module's names for them (in __all__; user scripts read them): see mltf_flow.tags.
@@ -147,6 +147,9 @@ def load_latest(
     if TAG_LATEST not in tags:
         return None
     artifact = tags[TAG_LATEST]
+    if tags.get(TAG_CHECKPOINT_SHARDED) == artifact:
+        raise TrackingError(f"checkpoint {artifact} of run {run} is sharded (sharded_checkpoint.save_sharded): "
+                            "load it with mltf_flow.sharded_checkpoint.load_latest_sharded(state_dict).")
     with tempfile.TemporaryDirectory(prefix="mltf-ckpt-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(run_id=run, artifact_path=artifact, dst_path=tmp))
         digest = _sha256(local)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mltf_flow.launch.base import LaunchResult
-from mltf_flow.tags import TAG_SEGMENT_PREFIX, TAG_SEGMENTS
+from mltf_flow.tags import TAG_CHECKPOINT_EPOCH, TAG_SEGMENT_PREFIX, TAG_SEGMENTS
 from mltf_flow.time_limit import EXIT_CONTINUE, MARGIN_ENV
 
 _log = logging.getLogger(__name__)
@@ -65,34 +65,36 @@ def exhausted(segments: int, limits: Limits) -> str:
             "time limit; running the step again continues from its last checkpoint.")
 
 
-def stopped_early(result: LaunchResult) -> bool:
-    """The command stopped for its time limit after a checkpoint (and was not stopped by our own timeout)."""
-    return result.exit_code == EXIT_CONTINUE and not result.timed_out
+def stopped_early(result: LaunchResult) -> str | None:
+    """Why the command is to be continued, when it stopped for its time limit after a checkpoint (and was not
+    stopped by our own timeout); else None."""
+    return "time limit" if result.exit_code == EXIT_CONTINUE and not result.timed_out else None
 
 
 def run_segments(launch: Callable[[], LaunchResult], renew: Callable[[], Sequence[str]] | None, limits: Limits,
                  record: Callable[[Mapping[str, str]], None], jobs: Callable[[], Sequence[str]],
-                 done: int = 0) -> LaunchResult:
+                 done: int = 0, why: Callable[[LaunchResult], str | None] = stopped_early) -> LaunchResult:
     """Launch until the command ends other than by :data:`EXIT_CONTINUE` or ``max_restarts`` is reached.
 
     ``renew`` replaces the workers whose jobs end soon and returns the new ones' job ids (None: the command
     cannot be continued here, e.g. it runs in the pipeline's own process); ``jobs`` says the SLURM jobs the
     command runs on now; ``record`` sets tags on the run; ``done``: segments an earlier attempt of the run took
-    (counted on, so every segment keeps its tag; ``max_restarts`` counts this attempt's continuations)."""
+    (counted on, so every segment keeps its tag; ``max_restarts`` counts this attempt's continuations); ``why``
+    says whether (and why) an ended segment is to be continued."""
     first = segment = done + 1
     if done:
         record({TAG_SEGMENTS: str(segment), f"{TAG_SEGMENT_PREFIX}{segment}": f"jobs {','.join(jobs())}: running"})
     result = launch()
-    while stopped_early(result):
+    while (reason := why(result)) is not None:
         if renew is None:
             return replace(result, summary=(
                 "the command stopped for its job's time limit (exit code 75) but runs in the pipeline's own "
                 "process, which cannot move to a new job: run the step on Dask workers (run_on: worker or ddp), "
                 "or run the pipeline again to continue from the last checkpoint."))
         if segment - first >= limits.max_restarts:
-            record(segment_tags(segment, jobs(), "stopped: time limit; no restarts left"))
+            record(segment_tags(segment, jobs(), f"stopped: {reason}; no restarts left"))
             return replace(result, summary=exhausted(segment - first + 1, limits))
-        record(segment_tags(segment, jobs(), "continued: time limit"))
+        record(segment_tags(segment, jobs(), f"continued: {reason}"))
         _log.info(f"the command stopped for its job's time limit after segment {segment}; continuing on new workers")
         fresh = renew()
         segment += 1
@@ -146,19 +148,49 @@ def renew_workers(client: Any, wait: Callable[[], None], margin_s: float) -> lis
 
 
 def continued(launch_once: Callable[[], LaunchResult], client: Any, profile: Any,
-              record: Callable[[Mapping[str, str]], None], done: int = 0) -> LaunchResult:
+              record: Callable[[Mapping[str, str]], None], run_tags: Callable[[], Mapping[str, str]]) -> LaunchResult:
     """Launch a step's command, and continue it on fresh workers of ``client``'s cluster while it stops for its
-    jobs' time limit (not for a profile without SLURM jobs: nothing ends them)."""
+    jobs' time limit (not for a profile without SLURM jobs: nothing ends them). ``run_tags`` reads the run's tags
+    (its segments so far, when a failed run is reopened; its checkpoint)."""
     from mltf_flow.clusters import session
 
     limits = profile_limits(profile)
     if limits is None:
         return run_segments(launch_once, None, Limits(0, 0.0, ""), record, lambda: ())
+    tags = run_tags()
+    start_epoch = [tags.get(TAG_CHECKPOINT_EPOCH)]
+
+    def why(result: LaunchResult) -> str | None:
+        """Stopped for the time limit; or killed by it (the ranks' worker jobs ended TIMEOUT) after a newer
+        checkpoint than the segment started from, as a script that does not ask in time is."""
+        reason = stopped_early(result)
+        if reason is None and result.lost_jobs and _timed_out(result.lost_jobs):
+            epoch = run_tags().get(TAG_CHECKPOINT_EPOCH)
+            if epoch is not None and epoch != start_epoch[0]:
+                reason = "time limit (the workers' jobs ended at their limit after a newer checkpoint)"
+        start_epoch[0] = run_tags().get(TAG_CHECKPOINT_EPOCH) if reason else start_epoch[0]
+        return reason
 
     def renew() -> list[str]:
         return renew_workers(client, lambda: session.wait_for_workers(client, profile), limits.margin_s)
 
-    return run_segments(launch_once, renew, limits, record, lambda: session.worker_job_ids(client), done)
+    return run_segments(launch_once, renew, limits, record, lambda: session.worker_job_ids(client),
+                        int(tags.get(TAG_SEGMENTS, 0)), why)
+
+
+def _timed_out(jobs: Sequence[str], wait_s: float = 30.0) -> bool:
+    """Every job in ``jobs`` ended at its time limit (SLURM's state TIMEOUT, or the reason TimeLimit while it is
+    being ended); waits up to ``wait_s`` for SLURM to say so."""
+    from mltf_flow.slurm.query import job_state_now
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        states = [job_state_now(job) for job in jobs]
+        if all(s is not None and (s.state == "TIMEOUT" or "TimeLimit" in str(s.reason)) for s in states):
+            return True
+        if all(s is not None and s.terminal for s in states) or time.monotonic() > deadline:
+            return False
+        time.sleep(1.0)
 
 
 def margin_env(profile: Any) -> dict[str, str]:

@@ -79,7 +79,6 @@ from mltf_flow.tags import (
     TAG_PROFILE,
     TAG_REPLACES_RUN_IDS,
     TAG_ROLE,
-    TAG_SEGMENTS,
     TAG_SLURM_JOB_IDS,
     TAG_TASK_ID,
     TAG_UPSTREAM_RUN_IDS,
@@ -347,10 +346,9 @@ def launch(plan: Plan, cluster: Cluster, run: OpenRun, reporter: luigi.Task) -> 
     )
     launcher = make_launcher(step, cluster.client)
     with ClusterProgress(reporter, cluster.client, f"{step.name} (dashboard {cluster.dashboard})"), epochs:
-        # A reopened run counts on from the segments its failed attempt took.
-        done = int(tracker.client.get_run(run.run_id).data.tags.get(TAG_SEGMENTS, 0)) if run.reopened else 0
         result = continued(lambda: launcher.launch(request), cluster.client, cluster.profile,
-                           lambda tags: tracker.set_tags(run.run_id, tags), done)
+                           lambda tags: tracker.set_tags(run.run_id, tags),
+                           lambda: tracker.client.get_run(run.run_id).data.tags)
     phases.reached(phases.COMMAND_EXITED, step.name)
     after = snapshot(root)
     named = command_files(root, step.entry.command) | step_parameter_files(step.project, step.entry, step.params)

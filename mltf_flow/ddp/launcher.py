@@ -87,6 +87,7 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
     if run_id and spec.get("tracking_uri"):
         monitor = RankMonitor(run_id, spec["tracking_uri"], f"rank-{rank}", env.get("MLTF_GPU_DEVICE"),
                               float(spec["metrics_interval"]))
+    ended = None
     try:
         # The command first, its monitor alongside once it runs: starting the monitor imports MLflow
         # (seconds), which would otherwise pass before the rank's own first line.
@@ -98,7 +99,10 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
         )
     finally:
         if monitor is not None:
-            monitor.finish()
+            # A rank that stopped for its job's time limit does not wait for a monitor still starting: the job
+            # ends soon, and the launcher must see this task end before it does.
+            continuing = ended is not None and ended.exit_code == EXIT_CONTINUE
+            monitor.finish(start_wait_s=2.0 if continuing else None)
     outcome = {"exit_code": ended.exit_code, "tail": ended.tail, "fabric": fabric.env, "note": fabric.note}
     if ended.timed_out:
         outcome.update(timed_out=True, status=f"timed out after {spec['timeout']:g} s (stopped)")
@@ -287,9 +291,11 @@ class DDPLauncher:
             tail = outcome.get("tail") or self._log_tail(self.rank_log(request, ra.rank))
             lines.extend(f"      ! {line}" for line in tail[-8:])
         code = outcomes[first].get("exit_code")
+        lost = tuple(str(ra.worker.slurm_job) for ra in plan
+                     if outcomes.get(ra.rank, {}).get("lost") and ra.worker.slurm_job)
         return LaunchResult(int(code) if code is not None else -9, list(outcomes[first].get("tail", [])),
                             request.log_path, duration, summary="\n".join(lines), extra_logs=logs,
-                            timed_out=bool(outcomes[first].get("timed_out")))
+                            timed_out=bool(outcomes[first].get("timed_out")), lost_jobs=lost)
 
     @staticmethod
     def _status(outcome: Mapping[str, Any]) -> str:

@@ -94,12 +94,15 @@ class RankMonitor:
             _log.warning("system metrics for %s not started: %s", self.node_id, exc)
         return self
 
-    def finish(self) -> None:
+    def finish(self, start_wait_s: float | None = None) -> None:
+        """Log the last sample, waiting at most ``start_wait_s`` (default :data:`START_WAIT_S`) for a monitor
+        still starting."""
+        wait = START_WAIT_S if start_wait_s is None else start_wait_s
         starting, self._starting = self._starting, None
         if starting is not None:
-            starting.join(START_WAIT_S)
+            starting.join(wait)
             if starting.is_alive():  # still importing: the sample is lost, training is not held up
-                _log.warning("system metrics for %s did not start within %.0f s", self.node_id, START_WAIT_S)
+                _log.warning("system metrics for %s did not start within %.0f s", self.node_id, wait)
                 return
         monitor, self.monitor = self.monitor, None
         if monitor is None:

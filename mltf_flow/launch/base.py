@@ -59,6 +59,9 @@ class LaunchResult:
     extra_logs: tuple[tuple[str, Path], ...] = ()
     #: The command was stopped because it ran past the request's timeout.
     timed_out: bool = False
+    #: SLURM jobs of workers that disappeared while the command ran on them (a DDP rank "lost"): whether that was
+    #: their time limit decides if the command is continued (mltf_flow.continuation).
+    lost_jobs: tuple[str, ...] = ()
 
 
 class Launcher(Protocol):
