@@ -89,6 +89,7 @@ NOT_BENCHMARKS = {
     "ddp_train_bench.py": "the training script ddp_throughput.py launches",
     "dag_scale_tasks.py": "the task shapes dag_scale.py times",
     "gds_gpu_check.py": "run by gpu_check.sh (gds section)",
+    "gpu_fsdp_check.py": "a GPU check (bf16 FSDP against fp32), run by hand on a GPU machine, not a timing",
 }
 
 

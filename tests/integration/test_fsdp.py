@@ -218,7 +218,7 @@ def test_one_process_saves_keeps_the_newest_and_refuses_a_checkpoint_not_sharded
     assert kept == ["checkpoints/epoch-000001", "checkpoints/epoch-000002"]
     assert sharded_checkpoint.load_latest_sharded(state, run_id=run_id) == 2
     assert torch.equal(state["w"], torch.full((3,), 2.0))  # loaded in place
-    with pytest.raises(TrackingError, match=r"is sharded .* load_latest_sharded"):  # not a whole-state checkpoint
+    with pytest.raises(TrackingError, match=r"is sharded .*load_latest_sharded"):  # not a whole-state checkpoint
         checkpoint.load_latest(run_id=run_id)
     # A corrupted shard in the store is refused before DCP reads it.
     shard = tmp_path / "artifacts" / run_id / "artifacts" / "checkpoints" / "epoch-000002" / "__0_0.distcp"
