@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from mltf_flow.backend.run_writer import RunWriter
 from mltf_flow.backend.spec import JobSpec
 from mltf_flow.continuation import Limits, exhausted, segment_tags
-from mltf_flow.tags import TAG_SLURM_JOB_IDS
+from mltf_flow.tags import TAG_SLURM_JOB_IDS, TAG_SLURM_LOG
 
 #: Set in the environment of every segment after the first (the wrapper clears the previous one's outcome).
 SEGMENT_ENV = "MLTF_SEGMENT"
@@ -56,7 +56,8 @@ def continue_run(spec: JobSpec, job_id: str, writer: RunWriter, why: str) -> Con
     except Exception as exc:  # sbatch refused (the partition went down, a limit was reached): the run ends
         return Continued(segment, error=f"{why}; submitting the job again to continue failed: {exc}")
     writer.set_tags(spec.run_id, {**segment_tags(segment, [job_id], f"continued in job {next_job}: {why}"),
-                                  TAG_SLURM_JOB_IDS: ",".join([*jobs, next_job])})
+                                  TAG_SLURM_JOB_IDS: ",".join([*jobs, next_job]),
+                                  TAG_SLURM_LOG: str(spec.log_path(next_job))})
     return Continued(segment, next_job=next_job)
 
 

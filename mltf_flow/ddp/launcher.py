@@ -35,7 +35,7 @@ from mltf_flow.clusters.profiles import Profile, SlurmProfile
 from mltf_flow.ddp.plan import RankAssignment, describe, plan_ranks, slots_from_facts, torchrun_env
 from mltf_flow.errors import ConfigError
 from mltf_flow.launch.base import LaunchRequest, LaunchResult
-from mltf_flow.launch.dask_worker import follow_log, step_env, worker_path
+from mltf_flow.launch.dask_worker import follow_log, log_end, step_env, worker_path
 from mltf_flow.tags import TAG_DDP_FABRIC, TAG_DDP_FABRIC_ENV, TAG_DDP_MASTER, TAG_DDP_RANKS, TAG_DDP_WORLD_SIZE
 from mltf_flow.time_limit import EXIT_CONTINUE
 
@@ -170,7 +170,7 @@ class DDPLauncher:
         outcomes: dict[int, dict[str, Any]] = {}
         first: int | None = None
         stop_by: float | None = None
-        offset, checked = 0, 0.0
+        offset, checked = log_end(request.log_path), 0.0
         prefix = f"[{request.step}@rank0]"
         try:
             pending = dict(futures)

@@ -63,6 +63,15 @@ def worker_path() -> str:
     return os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
+def log_end(log_path: Path) -> int:
+    """Where echoing a step log starts: its end, so that a launch again into the same log (a continued training,
+    a port retry) echoes only its own lines."""
+    try:
+        return log_path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def follow_log(log_path: Path, offset: int, prefix: str) -> int:
     """Echo new complete lines of a step log written by a worker to our console; return the new offset."""
     try:
@@ -111,7 +120,7 @@ class DaskWorkerLauncher:
             request.timeout.seconds if request.timeout else None,
             resources=resources, pure=False, retries=0, key=f"mltf-step-{request.step}-{stop_name}", **pinned,
         )
-        offset, prefix = 0, f"[{request.step}@worker]"
+        offset, prefix = log_end(request.log_path), f"[{request.step}@worker]"
         try:
             while True:
                 try:
