@@ -4,8 +4,8 @@ xdist's ``loadgroup`` renames node ids, which pytest 9 no longer lets a plugin d
 
 * A file's tests stay together (its module fixtures, e.g. the fault suite's kill chain, are built once).
 * Every file with tests of a one-per-machine environment (``slurm``: the single node's CPUs and its queue;
-  ``cron``: the user's crontab), and every file that uses them without a marker (the docs' tested snippets,
-  whose SLURM blocks run under ``-E slurm``), runs in one process, one test after the other, as in a serial
+  ``cron``: the user's crontab), and every file that uses them without a marker (the docs' tested snippets of
+  pages with SLURM blocks, which run under ``-E slurm``), runs in one process, one test after the other, as in a serial
   run: tests that count SLURM jobs, wait for a node or own the crontab never meet another such test.
 * Every file with ``rucio`` tests shares one process, so the Rucio test server starts once.
 
@@ -24,10 +24,12 @@ import pytest
 #: Environments a machine has one of: their tests never run two at a time.
 ONE_PER_MACHINE = ("slurm", "cron")
 #: Files that use a one-per-machine environment without carrying its marker.
-USES_THE_MACHINE = frozenset({"tests/integration/test_docs_snippets.py"})
+USES_THE_MACHINE = frozenset({"tests/integration/test_docs_snippets_machine.py"})
 TESTS = Path(__file__).parent
-#: The files that take longest outside the machine group (a study of 20 trainings; the kill chain).
-LONGEST = frozenset({"tests/integration/test_tune.py", "tests/faults/test_kills.py"})
+#: The files that take longest outside the machine group (a study of trainings; the kill chain; FSDP's pipeline;
+#: the README's and docs' tested snippets).
+LONGEST = frozenset({"tests/integration/test_tune.py", "tests/faults/test_kills.py", "tests/integration/test_fsdp.py",
+                     "tests/integration/test_docs_snippets.py"})
 
 
 @cache

@@ -15,11 +15,16 @@ import pytest
 from tests.docs_snippets import environments_of, marked_blocks, script
 from tests.environments import ENVIRONMENTS, requested
 from tests.helpers import BIN, REPO, run_cmd
+from tests.parallel import ONE_PER_MACHINE
 
 pytestmark = pytest.mark.slow
 
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])
 TESTED = [page for page in PAGES if any(b.kind == "test" for b in marked_blocks(page))]
+#: Pages with blocks for a one-per-machine environment (SLURM's queue, the crontab) run in the machine group
+#: (tests/parallel.py), from test_docs_snippets_machine.py; the others run here, beside it.
+ON_THE_MACHINE = [page for page in TESTED if environments_of(marked_blocks(page)) & set(ONE_PER_MACHINE)]
+ANYWHERE = [page for page in TESTED if page not in ON_THE_MACHINE]
 
 
 def stranger_env(home: Path) -> dict[str, str]:
@@ -38,8 +43,13 @@ def stranger_env(home: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("page", TESTED, ids=[str(p.relative_to(REPO)) for p in TESTED])
+@pytest.mark.parametrize("page", ANYWHERE, ids=[str(p.relative_to(REPO)) for p in ANYWHERE])
 def test_tested_snippets_run_as_written(page: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    run_page(page, tmp_path, request)
+
+
+def run_page(page: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Run the page's tested blocks (those of the environments asked for) as a stranger; fail naming the block."""
     blocks = marked_blocks(page)
     asked = requested(request.config)
     environments = {"embedded"} | (environments_of(blocks) & asked)
