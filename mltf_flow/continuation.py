@@ -30,10 +30,6 @@ from mltf_flow.time_limit import EXIT_CONTINUE, MARGIN_ENV
 
 _log = logging.getLogger(__name__)
 
-#: Continuations a run may take unless the profile or backend config says otherwise.
-DEFAULT_MAX_RESTARTS = 10
-
-
 @dataclass(frozen=True)
 class Limits:
     """How a command is continued: at most ``max_restarts`` times, asked to stop ``margin_s`` before its job ends
@@ -200,5 +196,5 @@ def margin_env(profile: Any) -> dict[str, str]:
     return {} if limits is None else {MARGIN_ENV: f"{limits.margin_s:g}"}
 
 
-__all__ = ["DEFAULT_MAX_RESTARTS", "Limits", "continued", "exhausted", "margin_env", "margin_seconds", "renew_workers",
+__all__ = ["Limits", "continued", "exhausted", "margin_env", "margin_seconds", "renew_workers",
            "run_segments", "segment_tags", "stopped_early"]

@@ -198,7 +198,8 @@ def test_fsdp_loss_curve_matches_ddp_of_the_same_model(pipeline: Pipeline, tmp_p
     assert curves["fsdp"][-1] < curves["fsdp"][0]  # and it learns
 
 
-def test_one_process_saves_keeps_the_newest_and_refuses_a_checkpoint_not_sharded(tmp_path: Path) -> None:
+def test_one_process_saves_keeps_the_newest_and_refuses_a_checkpoint_not_sharded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No process group at all (DCP then runs as one rank): the pointer, the pruning, the refusals."""
     import mlflow
     import torch
@@ -206,8 +207,11 @@ def test_one_process_saves_keeps_the_newest_and_refuses_a_checkpoint_not_sharded
     from mltf_flow import checkpoint, sharded_checkpoint
     from mltf_flow.errors import TrackingError
 
-    mlflow.set_tracking_uri(sqlite_uri(os.environ["MLTF_FLOW_WORK_DIR"]))
-    experiment = mlflow.create_experiment("sharded", artifact_location=(tmp_path / "artifacts").as_uri())
+    # The store through the environment, as a step's command has it: mlflow.set_tracking_uri would outlive this
+    # test in its process and send the next tests' MlflowClient() here.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(os.environ["MLTF_FLOW_WORK_DIR"]))
+    experiment = mlflow.MlflowClient().create_experiment("sharded",
+                                                         artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = mlflow.MlflowClient().create_run(experiment).info.run_id
     state = {"w": torch.zeros(3)}
     assert sharded_checkpoint.load_latest_sharded(state, run_id=run_id) is None  # a fresh run
