@@ -125,10 +125,11 @@ def stop_if_time_is_up() -> None:
     # No barrier needed: rank 0 joins time_is_up's all-reduce only after its checkpoint is stored. The process
     # group goes now: left to the interpreter's exit, its teardown waits on the other ranks' (seconds, while the
     # job's end is near).
-    import torch.distributed as dist
+    if "torch.distributed" in sys.modules:  # a script without torch stops too (importing it here could fail)
+        import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     raise SystemExit(EXIT_CONTINUE)
 
 

@@ -45,7 +45,8 @@ def test_sigusr1_makes_the_script_stop_with_exit_code_75(tmp_path: Path) -> None
     # SLURM's warning, forwarded to the command: the process is not killed by it (USR1's default action) but
     # stops at its next check, with the continuation exit code.
     proc = _script(tmp_path, """
-        import os, signal
+        import atexit, os, signal, sys
+        atexit.register(lambda: print("torch imported:", "torch" in sys.modules))
         from mltf_flow import checkpoint
         checkpoint.stop_if_time_is_up()   # installs the handler; nothing due yet
         print("epoch 0 done", flush=True)
@@ -55,6 +56,7 @@ def test_sigusr1_makes_the_script_stop_with_exit_code_75(tmp_path: Path) -> None
     """)
     assert proc.returncode == time_limit.EXIT_CONTINUE == 75, proc.stderr
     assert "epoch 0 done" in proc.stdout and "not reached" not in proc.stdout
+    assert "torch imported: False" in proc.stdout  # a script without torch stops without importing it
     assert "the job's time limit is near" in proc.stdout
 
 
