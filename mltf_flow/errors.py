@@ -22,7 +22,12 @@ one class. A message says what failed, what was found, where it came from and wh
     │   │   └── StepTimedOut   it ran past the step's (or profile's) timeout and was stopped
     │   ├── OutputMissing      the entry point exited 0 but a declared output is missing
     │   └── StepInProgress     another invocation runs the same step (same cache key) and we may not wait
-    └── CommandError           an external command failed (carries command, exit code, stdout, stderr)
+    ├── CommandError           an external command failed (carries command, exit code, stdout, stderr)
+    └── GatewayError           the gateway refused or failed a request (carries the HTTP status it answers)
+        ├── AuthError          401: no token, or one that is expired, for another audience or badly signed
+        ├── Forbidden          403: a valid token that may not do this (another user's submission)
+        ├── NotFound           404: no such submission or secret (for this user)
+        └── RequestRejected    400/413/422/429: a bad request (also a ConfigError): archive, spec, size, rate
 
 A :class:`ConfigError` is a *user-input error*: the fix is in what the user typed or wrote (a flag, a
 parameter, a file, a variable). Both front ends treat it alike: one line on the console, exit code 2, the
@@ -193,3 +198,39 @@ class CommandError(MltfFlowError):
             f"command {' '.join(self.command)!r} exited with code {exit_code}\n"
             f"  stdout: {stdout.strip() or '(empty)'}\n  stderr: {stderr.strip() or '(empty)'}"
         )
+
+
+class GatewayError(MltfFlowError):
+    """The gateway refused a request or failed it; ``status`` is the HTTP status it answers with (and the
+    status a client saw, on the client's side)."""
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class AuthError(GatewayError):
+    """No bearer token, or one the gateway does not accept (expired, wrong audience, bad signature)."""
+
+    status = 401
+
+
+class Forbidden(GatewayError):
+    """A valid identity that may not do this (another user's submission; a job's credential on the API)."""
+
+    status = 403
+
+
+class NotFound(GatewayError, LookupError):
+    """No such submission or secret for this user (another user's look the same: their ids are not revealed)."""
+
+    status = 404
+
+
+class RequestRejected(GatewayError, ConfigError):
+    """A request the gateway refuses as it is: bad spec or archive (400/422), too large (413), too many (429)."""
+
+    status = 400
