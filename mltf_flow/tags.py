@@ -117,6 +117,11 @@ mltf.study.dashboard                  the study in optuna-dashboard (``mltf-flow
 mltf.trial.number                     the Optuna trial number of a trial run
 mltf.trial.state                      ``complete``, ``pruned`` (stopped by the pruner; the run is KILLED) or ``failed``
 mltf.trial.pruned_at                  the step (epoch) a pruned trial was stopped after
+*the gateway* (:mod:`mltf_flow.gateway`; stamped by the gateway and its MLflow proxy, never by the client)
+mltf.user                             the user who submitted through the gateway (the token's user name; MLflow's
+                                      ``mlflow.user`` says the same, the runs' jobs run as the facility's account)
+mltf.gateway.submission               the gateway submission whose job created the run
+mltf.gateway.url                      the gateway that accepted it
 *data loading* (set by the example project's ``train.py``, user code that writes literals)
 mltf.data.backend                     the read backend that ran (``kvikio``, ``torch_gds``, ``posix``)
 mltf.data.compat                      ``true`` when cuFile/KvikIO fell back to POSIX reads (absent: no cuFile read)
@@ -200,6 +205,10 @@ TAG_SCHEDULE_JOB_ID = "mltf.schedule.job_id"
 TAG_SCHEDULE_NEXT = "mltf.schedule.next"
 TAG_SCHEDULE_OVERLAP = "mltf.schedule.overlap"
 TAG_SCHEDULE_OUTCOME = "mltf.schedule.outcome"
+# the gateway
+TAG_USER = "mltf.user"
+TAG_GATEWAY_SUBMISSION = "mltf.gateway.submission"
+TAG_GATEWAY_URL = "mltf.gateway.url"
 # staging
 TAG_DATASET_URI = "mltf.dataset.uri"
 TAG_DATASET_FILES = "mltf.dataset.files"
