@@ -92,6 +92,16 @@ class JobPlan:
     cache_key: str
     tags: dict[str, str]
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    #: Where the job reports, when not where the run is created: the gateway creates runs in its MLflow and
+    #: its jobs report through its MLflow proxy (:mod:`mltf_flow.gateway`).
+    job_tracking_uri: str | None = None
+    #: More of sbatch's environment (so the job's, never the script's): the gateway's job credential and the
+    #: user's secrets.
+    job_env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def reported_to(self) -> str:
+        return self.job_tracking_uri or self.tracking_uri
 
     def job_name(self) -> str:
         name = self.config.job_name or f"mltf-{self.project.name}-{self.entry_point}"
@@ -102,7 +112,7 @@ class JobPlan:
 
     def spec(self, run_id: str) -> JobSpec:
         return JobSpec(
-            run_id=run_id, experiment_id=self.experiment_id, tracking_uri=self.tracking_uri,
+            run_id=run_id, experiment_id=self.experiment_id, tracking_uri=self.reported_to,
             project_dir=str(self.project.root), command=self.command, display_command=self.display_command,
             job_dir=str(self.job_dir(run_id)), env_manager=self.env_manager,
             local_bin=os.path.dirname(self.config.python), python_env=self.python_env,
@@ -119,7 +129,7 @@ class JobPlan:
     def script(self, run_id: str) -> str:
         job_dir = self.job_dir(run_id)
         return render_script(self.config, ScriptInputs(
-            run_id=run_id, experiment_id=self.experiment_id, tracking_uri=self.tracking_uri,
+            run_id=run_id, experiment_id=self.experiment_id, tracking_uri=self.reported_to,
             project_dir=str(self.project.root), job_dir=str(job_dir), spec_path=str(job_dir / "spec.json"),
             job_name=self.job_name(), display_command=self.display_command, entry_point=self.entry_point,
             env_manager=self.env_manager,
@@ -333,7 +343,7 @@ def submit_job(plan: JobPlan) -> Any:
             plan.config.script_file.parent.mkdir(parents=True, exist_ok=True)
             plan.config.script_file.write_text(script)
         tracker.client.update_run(run_id, status="SCHEDULED")
-        job_id = submit(script_path, {**os.environ, **plan.secrets})
+        job_id = submit(script_path, {**os.environ, **plan.secrets, **plan.job_env})
     tracker.set_tags(run_id, {TAG_SLURM_JOB_IDS: job_id, TAG_SLURM_JOB_DIR: str(job_dir),
                               TAG_SLURM_LOG: str(spec.log_path(job_id))})
     tracker.log_artifact(run_id, script_path, "mltf")
