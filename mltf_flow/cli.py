@@ -367,6 +367,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_parser(sub)
     add_tune_parsers(sub)
+    from mltf_flow.gateway.commands import add_parsers as add_gateway_parsers
+
+    add_gateway_parsers(sub)
     return parser
 
 
@@ -385,9 +388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     use_console()
+    from mltf_flow.gateway.commands import HANDLERS as GATEWAY_HANDLERS
+
     handler = {"run": cmd_run, "status": cmd_status, "ui": cmd_ui, "config": cmd_config, "profiles": cmd_profiles,
                "render": cmd_render, "doctor": cmd_doctor, "job": cmd_job, "init": cmd_init,
-               "schedule": cmd_schedule, "tune": cmd_tune, "optuna-dashboard": cmd_optuna_dashboard}[args.command]
+               "schedule": cmd_schedule, "tune": cmd_tune, "optuna-dashboard": cmd_optuna_dashboard,
+               **GATEWAY_HANDLERS}[args.command]
     try:
         return handler(args)
     except BrokenPipeError:

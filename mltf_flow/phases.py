@@ -24,6 +24,8 @@ Phases, in the order an invocation of the example pipeline passes them (tests/fa
 ``step.outputs_verified``       outputs logged and checked, the run not yet marked complete
 ``step.parent_told``            the parent run recorded the step's outcome, the step run not yet ended
 ``study.trial_told``            a study's driver told Optuna how a trial ended; other trials may still run
+``gateway.accepted``            the gateway wrote a submission's row, its project not yet in place, not answered
+``gateway.job_submitted``       sbatch answered the gateway with the job's id, the submission not yet told
 ==============================  ===================================================================
 """
 
@@ -48,12 +50,16 @@ COMMAND_EXITED = "step.command_exited"
 OUTPUTS_VERIFIED = "step.outputs_verified"
 PARENT_TOLD = "step.parent_told"
 TRIAL_TOLD = "study.trial_told"
+GATEWAY_ACCEPTED = "gateway.accepted"
+GATEWAY_JOB_SUBMITTED = "gateway.job_submitted"
 
 #: Every phase, in the order an invocation passes them.
 PHASES = (CLUSTER_STARTED, STAGE_CHECKSUMMED, STAGE_DONE, PARENT_CREATED, RUN_CREATED, TENSORFILE_HALF_WRITTEN,
           TENSORFILE_LOADED, CHECKPOINT_SAVED, COMMAND_EXITED, OUTPUTS_VERIFIED, PARENT_TOLD)
 #: Phases of a study's driver (mltf_flow.tune.study; killed there by tests/integration/test_tune.py).
 STUDY_PHASES = (TRIAL_TOLD,)
+#: Phases of the gateway's process (mltf_flow.gateway; killed there by tests/integration/test_gateway.py).
+GATEWAY_PHASES = (GATEWAY_ACCEPTED, GATEWAY_JOB_SUBMITTED)
 
 
 def reached(phase: str, step: str = "") -> None:

@@ -31,12 +31,38 @@ class MltfBackend(AbstractBackend):
         from mltf_flow.errors import MltfFlowError
 
         try:
+            if backend_config and "gateway" in backend_config:
+                from mltf_flow.backend.gateway_run import submit_through_gateway
+
+                return submit_through_gateway(project_uri, entry_point, params, version, backend_config,
+                                              tracking_uri, experiment_id)
             return submit_project(project_uri, entry_point, params, version, backend_config, tracking_uri,
                                   experiment_id)
         except MltfFlowError as exc:
             raise ExecutionException(f"mltf backend: {exc}") from exc
 
 
+class MltfGatewayBackend(MltfBackend):
+    """``mlflow run --backend mltf-gateway``: through the gateway in ``$MLTF_GATEWAY_URL`` (or the config's
+    ``gateway``); see :mod:`mltf_flow.backend.gateway_run`."""
+
+    def run(self, project_uri: str, entry_point: str, params: dict[str, Any] | None, version: str | None,
+            backend_config: dict[str, Any] | None, tracking_uri: str, experiment_id: str) -> Any:
+        from mltf_flow.backend.gateway_run import gateway_from_environment
+
+        config = gateway_from_environment(backend_config)
+        if "gateway" not in config:
+            from mlflow.exceptions import ExecutionException
+
+            raise ExecutionException("mltf-gateway backend: which gateway? Run `export $(mltf-flow login --gateway "
+                                     "URL)` (it sets MLTF_GATEWAY_URL) or pass -c '{\"gateway\": \"URL\"}'.")
+        return super().run(project_uri, entry_point, params, version, config, tracking_uri, experiment_id)
+
+
 def builder() -> MltfBackend:
     """The zero-argument callable MLflow's backend loader calls."""
     return MltfBackend()
+
+
+def gateway_builder() -> MltfGatewayBackend:
+    return MltfGatewayBackend()

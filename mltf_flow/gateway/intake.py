@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mltf_flow.errors import ConfigError, RequestRejected
+from mltf_flow.phases import GATEWAY_ACCEPTED, reached
 
 if TYPE_CHECKING:
     from mltf_flow.gateway.identity import Identity
@@ -150,6 +151,7 @@ def accept(lifecycle: Lifecycle, who: Identity, request: SubmissionRequest, idem
                                                   idempotency_key)
         if not new:
             return sub, False
+        reached(GATEWAY_ACCEPTED)
         target = lifecycle.project_dir(sub)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(project if request.source.subdirectory else fetched), str(target))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from mltf_flow.errors import ConfigError, MltfFlowError, RequestRejected
 from mltf_flow.gateway import pipeline_jobs, project_jobs
 from mltf_flow.gateway.hooks import Cancelled, HookContext, PreSubmitHook
+from mltf_flow.phases import GATEWAY_JOB_SUBMITTED, reached
 
 if TYPE_CHECKING:
     from mltf_flow.gateway.job_credentials import JobCredentials
@@ -180,7 +181,6 @@ class Lifecycle:
 
     # -- submitting -> queued -------------------------------------------------------------------------------
     def _job_env(self, sub: Submission) -> dict[str, str]:
-        from mltf_flow.gateway.user_secrets import SecretBox
 
         box: SecretBox = self.box
         env = {name: box.open(sub.user, name, sealed) for name, (sealed, _) in self.store.secrets_of(sub.user).items()}
@@ -194,9 +194,10 @@ class Lifecycle:
             if sub.kind == "project":
                 job = self._submit_project(sub, params)
             else:
-                job = project_jobs.find_job(sub.job_name, pipeline_jobs.job_dir(self.settings, sub))
-                if job is None:
-                    job = pipeline_jobs.submit_pipeline(sub, self.settings, self.project_dir(sub), self._job_env(sub))
+                found = project_jobs.find_job(sub.job_name, pipeline_jobs.job_dir(self.settings, sub))
+                job = found or pipeline_jobs.submit_pipeline(sub, self.settings, self.project_dir(sub),
+                                                             self._job_env(sub))
+            reached(GATEWAY_JOB_SUBMITTED)
         except MltfFlowError as exc:
             return self._end(self.store.get(sub.id), "failed", str(exc))
         return self.store.update(sub.id, state="queued", job_ids=[job], message=f"submitted as SLURM job {job}")

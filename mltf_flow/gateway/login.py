@@ -199,7 +199,10 @@ def login_main(gateway_url: str, *, stdout: TextIO, stderr: TextIO, auth: AuthCo
     except (AuthError, ConfigError) as exc:
         print(f"mltf-flow login: error: {exc}", file=stderr)
         return EXIT_BAD_INPUT
-    print(f"{TOKEN_VARIABLE}={tokens.access_token}", file=stdout, flush=True)
+    # `export $(mltf-flow login --gateway URL)`: the token, MLflow through the gateway, and the gateway itself
+    # (the `mltf-gateway` backend and `mltf-flow submit` read it).
+    print(f"{TOKEN_VARIABLE}={tokens.access_token}\nMLFLOW_TRACKING_URI={gateway_url}/mlflow\n"
+          f"MLTF_GATEWAY_URL={gateway_url}", file=stdout, flush=True)
     return 0
 
 

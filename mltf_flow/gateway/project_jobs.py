@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from mltf_flow.errors import RequestRejected
 from mltf_flow.gateway.settings import USER_BACKEND_KEYS
-from mltf_flow.tags import MLFLOW_USER, TAG_GATEWAY_SUBMISSION, TAG_GATEWAY_URL, TAG_SLURM_JOB_ID, TAG_SLURM_JOB_IDS, TAG_USER
+from mltf_flow.tags import (
+    MLFLOW_USER,
+    TAG_GATEWAY_SUBMISSION,
+    TAG_GATEWAY_URL,
+    TAG_SLURM_JOB_ID,
+    TAG_SLURM_JOB_IDS,
+    TAG_USER,
+)
 
 if TYPE_CHECKING:
     from mltf_flow.gateway.settings import GatewaySettings

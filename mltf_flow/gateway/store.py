@@ -276,7 +276,7 @@ class Store:
                                     .values(revoked=True)).rowcount)
 
 
-def _submission(row: Mapping[str, Any]) -> Submission:
+def _submission(row: Any) -> Submission:
     return Submission(
         id=row["id"], user=row["user"], kind=row["kind"], state=row["state"], request=json.loads(row["request"]),
         source=json.loads(row["source"]), created=float(row["created"]), updated=float(row["updated"]),

@@ -95,6 +95,11 @@ def test_denied_login_is_a_clear_auth_error(oidc_provider: OidcProvider, pool: T
         future.result(timeout=60)
 
 
+def token_of(out: str) -> str:
+    """The token of `mltf-flow login`'s output (``export $(...)`` lines)."""
+    return dict(line.split("=", 1) for line in out.splitlines())["MLFLOW_TRACKING_TOKEN"]
+
+
 def test_minted_tokens_verify_only_when_valid(oidc_provider: OidcProvider) -> None:
     good = oidc_provider.mint(sub="carol", preferred_username="carol", groups=["mltf-admins"])
     assert verify(oidc_provider, good)["groups"] == ["mltf-admins"]
@@ -111,8 +116,8 @@ def test_login_prints_only_the_export_line_and_keeps_a_private_cache(
 ) -> None:
     rc, out, err = login(oidc_provider, pool, "bob")
     assert rc == 0, err
-    token = out.removeprefix("MLFLOW_TRACKING_TOKEN=").rstrip("\n")
-    assert out == f"MLFLOW_TRACKING_TOKEN={token}\n"
+    token = token_of(out)
+    assert out == f"MLFLOW_TRACKING_TOKEN={token}\nMLFLOW_TRACKING_URI={GATEWAY}/mlflow\nMLTF_GATEWAY_URL={GATEWAY}\n"
     assert verify(oidc_provider, token)["preferred_username"] == "bob"
     assert token not in err
     path = cache_path(GATEWAY)
@@ -128,7 +133,7 @@ def test_login_prints_only_the_export_line_and_keeps_a_private_cache(
     assert login_main(GATEWAY, stdout=stdout, stderr=stderr, auth=oidc_provider.auth_config()) == 0
     assert not CODE.search(stderr.getvalue())
     assert "no browser needed" in stderr.getvalue()
-    renewed = stdout.getvalue().removeprefix("MLFLOW_TRACKING_TOKEN=").rstrip("\n")
+    renewed = token_of(stdout.getvalue())
     assert renewed != token
     assert verify(oidc_provider, renewed)["preferred_username"] == "bob"
     assert json.loads(path.read_text())["refresh_token"] != old_refresh
@@ -143,7 +148,7 @@ def test_an_expired_token_is_renewed_without_a_new_login(
     provider = oidc_provider_factory(access_token_lifetime=2)
     rc, out, err = login(provider, pool, "alice")
     assert rc == 0, err
-    first = out.removeprefix("MLFLOW_TRACKING_TOKEN=").rstrip("\n")
+    first = token_of(out)
     first_exp = verify(provider, first)["exp"]
     wait_until(lambda: time.time() > first_exp, 10, "the first token's expiry")
     with pytest.raises(jwt.ExpiredSignatureError):
@@ -166,7 +171,7 @@ def test_an_expired_token_is_renewed_without_a_new_login(
     rc, out, err = login(provider, pool, "alice")  # `mltf-flow login` then falls back to the device flow
     assert rc == 0, err
     assert "no browser needed" not in err
-    assert verify(provider, out.removeprefix("MLFLOW_TRACKING_TOKEN=").rstrip("\n"))["preferred_username"] == "alice"
+    assert verify(provider, token_of(out))["preferred_username"] == "alice"
 
 
 def test_token_from_the_environment(oidc_provider: OidcProvider, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,25 @@
+"""``mltf-flow gateway serve --config gateway.yaml``: the gateway on uvicorn.
+
+One uvicorn worker: the lifecycle thread (which submits and watches jobs) must run once per database; scale
+with the site's reverse proxy in front (TLS) and PostgreSQL behind, not with workers. uvicorn's access log
+has the method, path and status of each request, never its headers (so never a token).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+
+def serve(config: Path, *, log_level: str = "info") -> int:
+    import uvicorn
+
+    from mltf_flow.gateway.app import create_app
+    from mltf_flow.gateway.settings import load_gateway_settings
+
+    settings = load_gateway_settings(config)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, proxy_headers=True,
+                timeout_graceful_shutdown=10)
+    return 0
