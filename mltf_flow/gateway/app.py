@@ -207,10 +207,10 @@ def _api(gw: Gateway) -> APIRouter:
 
     @api.put("/secrets/{name}", status_code=201)
     async def put_secret(request: Request, name: str) -> dict[str, Any]:
-        from mltf_flow.gateway.user_secrets import check_name
+        from mltf_flow.gateway.user_secrets import MAX_VALUE_BYTES, check_name, check_value
 
         who = await gw.user(request)
-        body = await read_limited(request, gw.settings.limits.bytes("secret") + 1024)
+        body = await read_limited(request, 2 * MAX_VALUE_BYTES)  # JSON escapes may double it
         try:
             value = json.loads(body)["value"]
         except (ValueError, KeyError, TypeError):
@@ -218,6 +218,7 @@ def _api(gw: Gateway) -> APIRouter:
         if not isinstance(value, str) or not value:
             raise RequestRejected("the secret's value must be a non-empty string.", 422)
         name = check_name(name)
+        check_value(name, value)
         await run_in_threadpool(gw.store.put_secret, who.user, name, gw.box.seal(who.user, name, value))
         return {"name": name}
 

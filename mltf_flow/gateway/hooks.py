@@ -74,9 +74,9 @@ def rucio_params(params: Mapping[str, Any]) -> dict[str, str]:
 class RucioStaging:
     """The built-in hook: every ``rucio://`` parameter is staged to the facility's RSE before the job is
     submitted (rule created at once, job only when the rule is OK and the replicas verified; a STUCK rule
-    fails the submission with the rule id). Project submissions get the staged dataset's local directory
-    (or its manifest, when its files are in several) in place of the DID; pipelines keep the DID and find the
-    rule OK when their staging step runs."""
+    fails the submission with the rule id). Project submissions get the staged dataset's manifest (as a
+    pipeline's stage step gives it: local paths, sizes, checksums) in place of the DID; pipelines keep the DID
+    and find the rule OK when their staging step runs."""
 
     name = "rucio"
 
@@ -125,11 +125,8 @@ class RucioStaging:
 
     @staticmethod
     def _local_input(ctx: HookContext, name: str, manifest: Mapping[str, Any]) -> Path:
-        """The directory that holds the staged files, or a manifest listing them."""
-        paths = [Path(f["path"]) for f in manifest.get("files", [])]
-        parents = {p.parent for p in paths}
-        if len(parents) == 1:
-            return parents.pop()
+        """The staged dataset's manifest (what a pipeline's stage step gives its consumers: the files' local
+        paths, sizes and checksums), written into the submission's directory."""
         out = ctx.work_dir / "inputs" / f"{name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(manifest, indent=1, sort_keys=True))

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from mltf_flow.gateway.lifecycle import Lifecycle
     from mltf_flow.gateway.store import Submission
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 
 
@@ -59,14 +58,9 @@ class SubmissionRequest(BaseModel):
 
 
 def _archive_path(lifecycle: Lifecycle, digest: str) -> Path:
-    if not _DIGEST.match(digest):
-        raise RequestRejected(f"source.archive {digest!r} is not an archive digest (sha256:<64 hex digits>): "
-                              "upload the project first with PUT /api/v1/archives.", status=422)
-    path = lifecycle.settings.state_path / "archives" / f"{digest.removeprefix('sha256:')}.tar.gz"
-    if not path.is_file():
-        raise RequestRejected(f"no uploaded archive {digest}: upload it first with PUT /api/v1/archives.",
-                              status=422)
-    return path
+    from mltf_flow.gateway.archive import stored
+
+    return stored(lifecycle.settings.state_path / "archives", digest)
 
 
 def _clone(url: str, commit: str, dest: Path, allow_file: bool) -> None:

@@ -84,14 +84,19 @@ def find_job(name: str, job_dir: Path | None = None) -> str | None:
 
 
 def own_run(client: Any, sub: Submission, settings: GatewaySettings) -> tuple[str, str]:
-    """(run id, experiment id) of the submission's run: the one a previous gateway process created (found by
-    its tag), else a new one."""
+    """(run id, experiment id) of the submission's run, SCHEDULED until its job starts: the one a previous
+    gateway process created (found by its tag), else a new one."""
     exp = str(sub.request.get("experiment_id") or experiment_id(client, sub.request.get("experiment")))
     found = client.search_runs([exp], filter_string=f"tags.`{TAG_GATEWAY_SUBMISSION}` = '{sub.id}'",
                                max_results=1)
     if found:
-        return str(found[0].info.run_id), exp
+        run = found[0]
+        tags = run.data.tags
+        if run.info.status == "RUNNING" and not (tags.get(TAG_SLURM_JOB_IDS) or tags.get(TAG_SLURM_JOB_ID)):
+            client.update_run(run.info.run_id, status="SCHEDULED")  # created, then the gateway stopped
+        return str(run.info.run_id), exp
     run = client.create_run(exp, tags=identity_tags(sub, settings), run_name=sub.request.get("entry_point"))
+    client.update_run(run.info.run_id, status="SCHEDULED")  # MLflow creates runs RUNNING; no job runs it yet
     return str(run.info.run_id), exp
 
 

@@ -19,6 +19,7 @@ def serve(config: Path, *, log_level: str = "info") -> int:
 
     settings = load_gateway_settings(config)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request: uvicorn's says it
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, proxy_headers=True,
                 timeout_graceful_shutdown=10)

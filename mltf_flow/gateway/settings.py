@@ -107,7 +107,6 @@ class LimitSettings(Schema):
     request: Size = "1MiB"
     requests_per_minute: Annotated[StrictInt, Ge(1)] = 60
     burst: Annotated[StrictInt, Ge(1)] = 20
-    secret: Size = "64KiB"
 
     def bytes(self, name: str) -> int:
         value: str = getattr(self, name)
@@ -165,8 +164,9 @@ def load_gateway_settings(path: Path) -> GatewaySettings:
 def gateway_settings(data: Mapping[str, Any], where: str) -> GatewaySettings:
     """``data`` (a parsed configuration) checked; ``where`` names it in errors."""
     settings = validate(GatewaySettings, dict(data), where)
-    for name, keys in (("backend", USER_BACKEND_KEYS | {"job_dir", "env_root", "python", "environment",
-                                                        "exports", "modules", "extra_directives"}),
+    from mltf_flow.config.backend import KEYS
+
+    for name, keys in (("backend", set(KEYS) - {"run_id", "job_name", "sbatch-script-file"}),
                        ("pipeline", set(PIPELINE_JOB_KEYS) | {"profile", "python", "environment"})):
         unknown = sorted(set(getattr(settings, name)) - keys)
         if unknown:

@@ -36,6 +36,8 @@ def write_config(directory: Path, issuer: str, mlflow_uri: str, **more: Any) -> 
         "pipeline": {"time": "00:15:00", "profile": "local"},
         "poll_interval": 0.5,
         **more,
+        # Tests poll faster than users do (`mltf-flow submissions show --wait` backs off from 2 s).
+        "limits": {"requests_per_minute": 600, "burst": 100, **more.get("limits", {})},
     }
     path = directory / "gateway.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,5 +122,5 @@ class Api:
     def ended(self, submission_id: str, timeout: float = 300) -> dict[str, Any]:
         """The submission once it ended (polled as `mltf-flow submissions show --wait` does)."""
         wait_until(lambda: self.get(submission_id)["state"] in ("finished", "failed", "cancelled"), timeout,
-                   f"submission {submission_id} to end")
+                   f"submission {submission_id} to end", interval=0.5)
         return self.get(submission_id)

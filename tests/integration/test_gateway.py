@@ -45,7 +45,7 @@ CODE = re.compile(r"enter the code ([A-Z]{4}-[A-Z]{4})")
 def gateway(tmp_path_factory: pytest.TempPathFactory, oidc_provider: OidcProvider,
             mlflow_server: MlflowServer) -> Iterator[GatewayProcess]:
     config = write_config(tmp_path_factory.mktemp("gateway"), oidc_provider.issuer, mlflow_server.uri,
-                          limits={"archive": "2MiB", "requests_per_minute": 600, "burst": 200})
+                          limits={"archive": "2MiB"})
     process = GatewayProcess.start(config)
     yield process
     process.stop()
@@ -133,3 +133,120 @@ def test_device_login_and_mlflow_run_through_the_gateway(gateway: GatewayProcess
     assert grep_tree(gateway.config.parent, needle) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert user_token not in ps
+
+
+def test_pipeline_submission_trains_the_example(gateway: GatewayProcess, oidc_provider: OidcProvider,
+                                                mlflow_server: MlflowServer, jet_sample: Path,
+                                                tmp_path: Path) -> None:
+    """`mltf-flow submit --step train`: the example's whole pipeline as bob, in a SLURM driver job."""
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "MLTF_GATEWAY_URL": gateway.url,
+           "MLFLOW_TRACKING_TOKEN": token(oidc_provider, "bob")}
+    result = subprocess.run(
+        [str(BIN / "mltf-flow"), "submit", str(REPO / "mltf_flow" / "examples" / "jet_tagging"), "--step", "train",
+         "-P", f"stage.dataset={jet_sample}", "-P", "epochs=2", "--experiment", "remote-bob", "--wait"],
+        env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr + gateway.log_tail
+    submission_id = result.stdout.strip().splitlines()[0]
+    view = Api(gateway.url, env["MLFLOW_TRACKING_TOKEN"]).get(submission_id)
+    assert view["state"] == "finished" and view["kind"] == "pipeline"
+    runs = [client(mlflow_server.uri).get_run(run_id) for run_id in view["details"]["runs"]]
+    steps = {r.data.tags.get("mltf.step"): r for r in runs if r.data.tags.get("mltf.role") == "step"}
+    assert {"features", "train"} <= set(steps), [r.data.tags for r in runs]
+    assert all(r.info.user_id == "bob" and r.data.tags["mltf.user"] == "bob" for r in runs)
+    train = steps["train"]
+    assert train.info.status == "FINISHED" and train.data.tags["mltf.complete"] == "true"
+    assert "val_accuracy" in train.data.metrics
+
+
+def test_tokens_the_gateway_refuses(gateway: GatewayProcess, oidc_provider: OidcProvider) -> None:
+    """Missing, expired, for another audience, signed by another key: 401 naming what is wrong."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    good = token(oidc_provider, "alice")
+    kid = jwt.get_unverified_header(good)["kid"]
+    forged = jwt.encode({**jwt.decode(good, options={"verify_signature": False})},
+                        rsa.generate_private_key(public_exponent=65537, key_size=2048), algorithm="RS256",
+                        headers={"kid": kid})
+    cases = {
+        None: "no bearer token",
+        token(oidc_provider, "alice", exp=int(time.time()) - 120): "expired",
+        token(oidc_provider, "alice", aud="another-service"): "audience 'another-service'",
+        forged: "signature does not verify",
+        "not-a-jwt": "not a JWT",
+    }
+    for bad, words in cases.items():
+        for path in ("/api/v1/submissions", "/mlflow/api/2.0/mlflow/experiments/search?max_results=1"):
+            status, body = Api(gateway.url, bad).call("GET", path)
+            assert status == 401, (path, body)
+            assert words in json.dumps(body), (path, body)
+    assert Api(gateway.url, good).call("GET", "/api/v1/submissions")[0] == 200
+
+
+def test_users_see_and_cancel_only_their_own(gateway: GatewayProcess, oidc_provider: OidcProvider,
+                                             packed: Path, tmp_path: Path) -> None:
+    alice = Api(gateway.url, token(oidc_provider, "alice"))
+    bob = Api(gateway.url, token(oidc_provider, "bob"))
+    carol = Api(gateway.url, token(oidc_provider, "carol"))
+    digest = alice.upload(packed)
+    gate = tmp_path / "never-opened"  # the job waits for it: still there when cancelled
+    status, view = alice.submit(project_request(digest, params={"gate": str(gate)}))
+    assert status == 202, view
+    sid = view["id"]
+    assert bob.call("GET", f"/api/v1/submissions/{sid}")[0] == 404
+    assert bob.call("POST", f"/api/v1/submissions/{sid}/cancel")[0] == 404
+    assert bob.call("GET", f"/api/v1/submissions/{sid}/logs")[0] == 404
+    assert sid not in {s["id"] for s in bob.call("GET", "/api/v1/submissions")[1]}
+    assert bob.call("GET", "/api/v1/submissions?all=true")[0] == 403
+    assert sid in {s["id"] for s in carol.call("GET", "/api/v1/submissions?all=true")[1]}
+    assert alice.get(sid)["state"] not in ("failed", "cancelled")
+    status, cancelled = alice.call("POST", f"/api/v1/submissions/{sid}/cancel")
+    assert status == 200, cancelled
+    ended = alice.ended(sid)
+    assert ended["state"] == "cancelled", ended
+    assert not gate.exists()
+
+
+def test_hostile_archives_are_refused(gateway: GatewayProcess, oidc_provider: OidcProvider, tmp_path: Path) -> None:
+    alice = Api(gateway.url, token(oidc_provider, "alice"))
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in (("MLproject", (REMOTE / "MLproject").read_bytes()), ("../escaped.txt", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    digest = alice.upload(archive)
+    status, body = alice.submit(project_request(digest))
+    assert status in (400, 422) and "../escaped.txt" in body["error"], body
+    state = gateway.config.parent / "state"
+    assert not (state / "escaped.txt").exists() and not list(state.rglob("escaped.txt"))
+    # Larger than the gateway's archive limit (2 MiB here): 413 while it streams.
+    status, body = alice.call("PUT", "/api/v1/archives", content=b"\0" * (3 * 2**20))
+    assert status == 413, body
+
+
+def test_job_credentials_only_reach_mlflow_and_secrets_stay_with_their_user(
+        gateway: GatewayProcess, oidc_provider: OidcProvider, mlflow_server: MlflowServer, packed: Path,
+        tmp_path: Path) -> None:
+    alice = Api(gateway.url, token(oidc_provider, "alice"))
+    assert alice.call("PUT", "/api/v1/secrets/WANDB_API_KEY", json={"value": "wandb-canary-5f1e"})[0] == 201
+    bob = Api(gateway.url, token(oidc_provider, "bob"))
+    status, listing = bob.call("GET", "/api/v1/secrets")
+    assert status == 200 and "WANDB_API_KEY" not in {s["name"] for s in listing}
+    assert bob.call("PUT", "/api/v1/secrets/SLURM_JOB_ID", json={"value": "x"})[0] in (400, 422)
+    note = tmp_path / "bob-credential.txt"
+    status, view = bob.submit(project_request(bob.upload(packed), params={"note_to": str(note)}))
+    assert status == 202, view
+    done = bob.ended(view["id"])
+    assert done["state"] == "finished", done
+    run = client(mlflow_server.uri).get_run(done["run_id"])
+    assert run.data.tags["secret_sha256"] == "absent"  # alice's WANDB_API_KEY is hers only
+    credential = note.read_text()
+    status, body = Api(gateway.url, credential).call("GET", "/api/v1/submissions")
+    assert status in (401, 403), body
+
+
+def test_health_and_metrics(gateway: GatewayProcess) -> None:
+    assert httpx.get(f"{gateway.url}/healthz").json()["status"] == "ok"
+    text = httpx.get(f"{gateway.url}/metrics").text
+    assert 'mltf_gateway_submissions{state="finished"}' in text
+    assert "mltf_gateway_auth_failures_total" in text
