@@ -205,6 +205,13 @@ def _api(gw: Gateway) -> APIRouter:
         sub = await run_in_threadpool(gw.owned, who, submission_id)
         return StreamingResponse(_log_stream(gw, sub, follow, offset), media_type="text/plain")
 
+    _secret_routes(api, gw)
+    return api
+
+
+def _secret_routes(api: APIRouter, gw: Gateway) -> None:
+    """Users' secrets: stored sealed, listed without their values, given to their own jobs only."""
+
     @api.put("/secrets/{name}", status_code=201)
     async def put_secret(request: Request, name: str) -> dict[str, Any]:
         from mltf_flow.gateway.user_secrets import MAX_VALUE_BYTES, check_name, check_value
@@ -233,8 +240,6 @@ def _api(gw: Gateway) -> APIRouter:
         who = await gw.user(request)
         await run_in_threadpool(gw.store.delete_secret, who.user, name)
         return {"deleted": name}
-
-    return api
 
 
 async def _log_stream(gw: Gateway, sub: Submission, follow: bool, offset: int) -> AsyncIterator[bytes]:
