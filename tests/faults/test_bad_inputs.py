@@ -266,6 +266,26 @@ CASES = [
         env=(("MLTF_FLOW_PROFILE_FILES", "{T}/p.yaml"),),
         files=(("p.yaml", SLURM_T.format(timeout="null")), FAKE_SBATCH, *timeout_project('"01:00:00"')),
     ),
+    # -- the gateway: the facility's configuration, the user's commands (no gateway is reached) ---------------
+    Case("gateway-config-missing", "mltf-flow gateway serve --config {T}/gateway.yaml",
+         "gateway.yaml does not exist: write one"),
+    Case("gateway-config-typo", "mltf-flow gateway serve --config {T}/gateway.yaml",
+         "unknown key(s) isuer", files=(("gateway.yaml", "public_url: http://127.0.0.1:1\n"
+                                         "mlflow_upstream: http://127.0.0.1:2\noidc: {isuer: http://sso}\n"),)),
+    Case("gateway-config-user-key", "mltf-flow gateway serve --config {T}/gateway.yaml",
+         "key 'backend': unknown key(s) run_id",
+         files=(("gateway.yaml", "public_url: http://127.0.0.1:1\nmlflow_upstream: http://127.0.0.1:2\n"
+                                 "oidc: {issuer: http://sso}\nbackend: {run_id: abc}\n"),)),
+    Case("submit-no-gateway", f"mltf-flow submit {P} --step train", "which gateway? Pass --gateway URL"),
+    Case("submit-bad-gateway-url", f"mltf-flow submit {P} --step train --gateway gw.example.org",
+         "gateway URL 'gw.example.org': expected http(s)://"),
+    Case("submit-not-logged-in", f"mltf-flow submit {P} --step train --gateway http://127.0.0.1:9",
+         "not logged in to http://127.0.0.1:9", code=1),
+    Case("submit-no-mlproject", "mltf-flow submit {T} --step train --gateway http://127.0.0.1:9",
+         "has no MLproject"),
+    Case("submissions-no-id", "mltf-flow submissions show --gateway http://127.0.0.1:9",
+         "needs a SUBMISSION_ID"),
+
 ]
 
 
