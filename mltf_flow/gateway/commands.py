@@ -108,14 +108,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_submissions(args: argparse.Namespace) -> int:
     from mltf_flow.gateway.client import GatewayClient, describe
 
+    if args.action != "list" and not args.submission_id:
+        raise ConfigError(f"mltf-flow submissions {args.action} needs a SUBMISSION_ID (see: mltf-flow submissions "
+                          "list).")
     client = GatewayClient(args.gateway or "")
     if args.action == "list":
         for view in client.submissions(everyone=args.all):
             print(describe(view).splitlines()[0] + (f" [{view['user']}]" if args.all else ""))
         return 0
-    if not args.submission_id:
-        raise ConfigError(f"mltf-flow submissions {args.action} needs a SUBMISSION_ID (see: mltf-flow submissions "
-                          "list).")
     if args.action == "logs":
         for chunk in client.logs(args.submission_id, follow=args.follow):
             sys.stdout.buffer.write(chunk)
@@ -129,13 +129,13 @@ def cmd_submissions(args: argparse.Namespace) -> int:
 def cmd_secrets(args: argparse.Namespace) -> int:
     from mltf_flow.gateway.client import GatewayClient
 
+    if args.action != "list" and not args.name:
+        raise ConfigError(f"mltf-flow secrets {args.action} needs NAME (the environment variable your jobs get).")
     client = GatewayClient(args.gateway or "")
     if args.action == "list":
         for entry in client.secrets():
             print(entry["name"])
         return 0
-    if not args.name:
-        raise ConfigError(f"mltf-flow secrets {args.action} needs NAME (the environment variable your jobs get).")
     if args.action == "remove":
         client.delete_secret(args.name)
         return 0
