@@ -175,7 +175,8 @@ def _api(gw: Gateway) -> APIRouter:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
             raise RequestRejected(f"the submission is not valid: {problems}.", 422) from None
         sub, new = await run_in_threadpool(accept, gw.lifecycle, who, wanted, request.headers.get("idempotency-key"))
-        gw.metrics.submissions.labels(kind=sub.kind).inc(new)
+        if new:
+            gw.metrics.submissions.labels(kind=sub.kind).inc()
         if sub.state == "failed":
             return JSONResponse({"error": sub.message, "submission": gw.view(sub)}, status_code=422)
         return JSONResponse(gw.view(sub), status_code=202 if new else 200)
@@ -259,6 +260,16 @@ async def _log_stream(gw: Gateway, sub: Submission, follow: bool, offset: int) -
         sub = await run_in_threadpool(gw.store.get, sub.id)
 
 
+def _route(path: str) -> str:
+    """A request's route for the metrics, without ids (few label values): ``submissions``, ``mlflow``..."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["mlflow"]:
+        return "mlflow"
+    if parts[:2] == ["api", "v1"] and len(parts) > 2:
+        return parts[2]
+    return parts[0] if parts else "/"
+
+
 def create_app(settings: GatewaySettings, *, run_lifecycle: bool = True) -> FastAPI:
     """The ASGI app: ``uvicorn.run(create_app(settings))``. The lifecycle thread starts with the app."""
     from mltf_flow.gateway.mlflow_proxy import mlflow_proxy_router
@@ -287,9 +298,7 @@ def create_app(settings: GatewaySettings, *, run_lifecycle: bool = True) -> Fast
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.monotonic()
         response = await call_next(request)
-        route = "mlflow" if request.url.path.startswith("/mlflow/") else request.url.path.split("/")[3:4]
-        gw.metrics.requests.labels(route=str(route[0] if isinstance(route, list) and route else route),
-                                   status=str(response.status_code)).inc()
+        gw.metrics.requests.labels(route=_route(request.url.path), status=str(response.status_code)).inc()
         gw.metrics.latency.observe(time.monotonic() - start)
         return response
 

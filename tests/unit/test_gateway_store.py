@@ -75,14 +75,14 @@ def test_expired_job_credential(store: Store) -> None:
 
 def test_configuration_errors_name_the_file_and_key(tmp_path: Path) -> None:
     assert gateway_settings(MINIMAL, "gw.yaml").database_url.startswith("sqlite:////var/lib/mltf-gateway")
-    with pytest.raises(ConfigError, match="gateway.yaml.*does not exist"):
+    with pytest.raises(ConfigError, match=r"gateway.yaml.*does not exist"):
         load_gateway_settings(tmp_path / "gateway.yaml")
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump({**MINIMAL, "oidc": {"isuer": "https://sso"}}))
     with pytest.raises(ConfigError, match=r"isuer.*issuer") as caught:
         load_gateway_settings(path)
     assert str(path) in str(caught.value)
-    with pytest.raises(ConfigError, match="key 'backend': unknown key.*run_id"):
+    with pytest.raises(ConfigError, match=r"key 'backend': unknown key.*run_id"):
         gateway_settings({**MINIMAL, "backend": {"run_id": "x"}}, "gw.yaml")
     with pytest.raises(ConfigError, match="http"):
         gateway_settings({**MINIMAL, "public_url": "gw.example.org"}, "gw.yaml")
@@ -96,7 +96,7 @@ def test_pipeline_driver_script_holds_no_secret_and_refuses_secret_params(store:
     assert f"--comment=mltf-gateway:user=alice:submission={sub.id}" in script
     assert "--step train -P epochs=3" in script and "TOKEN" not in script
     leaky, _ = store.add_submission("alice", "pipeline", {"target": "train", "params": {"api_token": "t0k"}}, {}, None)
-    with pytest.raises(RequestRejected, match="looks like a secret.*mltf-flow secrets add"):
+    with pytest.raises(RequestRejected, match=r"looks like a secret.*mltf-flow secrets add"):
         render(leaky, settings, tmp_path / "project")
     greedy, _ = store.add_submission("alice", "pipeline", {"target": "train", "job": {"python": "/bin/sh"}}, {}, None)
     with pytest.raises(RequestRejected, match="python"):
