@@ -141,12 +141,15 @@ def accept(lifecycle: Lifecycle, who: Identity, request: SubmissionRequest, idem
         except ConfigError as exc:
             raise RequestRejected(str(exc).replace(str(fetched), "<project>"), status=422) from None
         body = request.model_dump(exclude={"source"})
-        sub, new = lifecycle.store.add_submission(who.user, request.kind, body, request.source.model_dump(),
-                                                  idempotency_key)
-        if not new:
-            return sub, False
-        reached(GATEWAY_ACCEPTED)
-        target = lifecycle.project_dir(sub)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(project if request.source.subdirectory else fetched), str(target))
-    return lifecycle.prepare(sub), True
+        # Under the lifecycle's lock: its loop (which resumes `accepted` rows after a restart) must not prepare
+        # this one while its files are being put in place.
+        with lifecycle.lock:
+            sub, new = lifecycle.store.add_submission(who.user, request.kind, body, request.source.model_dump(),
+                                                      idempotency_key)
+            if not new:
+                return sub, False
+            reached(GATEWAY_ACCEPTED)
+            target = lifecycle.project_dir(sub)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(project if request.source.subdirectory else fetched), str(target))
+            return lifecycle.prepare(sub), True

@@ -54,8 +54,9 @@ class Lifecycle:
         self._runs: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
         self._client: Any = None
-        # The loop and a cancel request may act on one submission at once; SubmittedRun is not thread-safe.
-        self._lock = threading.RLock()
+        # The loop, a new submission's request and a cancel request may act on one submission at once (and
+        # SubmittedRun is not thread-safe): each holds this while it acts, and reads the row again under it.
+        self.lock = threading.RLock()
 
     # -- the loop ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,7 +97,7 @@ class Lifecycle:
 
     def advance(self, sub: Submission) -> None:
         """One step of ``sub`` from the state it is in."""
-        with self._lock:
+        with self.lock:
             sub = self.store.get(sub.id)
             if not sub.ended:
                 self._advance(sub)
@@ -181,9 +182,9 @@ class Lifecycle:
 
     # -- submitting -> queued -------------------------------------------------------------------------------
     def _job_env(self, sub: Submission) -> dict[str, str]:
-
-        box: SecretBox = self.box
-        env = {name: box.open(sub.user, name, sealed) for name, (sealed, _) in self.store.secrets_of(sub.user).items()}
+        """The job's share of sbatch's environment: the user's secrets and the submission's credential."""
+        held = self.store.secrets_of(sub.user)
+        env = {name: self.box.open(sub.user, name, sealed) for name, (sealed, _) in held.items()}
         env["MLFLOW_TRACKING_TOKEN"] = self.credentials.mint(sub.id, sub.user, self.settings.credential_lifetime)
         return env
 
@@ -308,24 +309,24 @@ class Lifecycle:
 
     # -- cancel ------------------------------------------------------------------------------------------------
     def cancel(self, sub: Submission) -> Submission:
-        """Ask ``sub`` to stop: a job is scancelled now, staging stops at its next poll."""
-        with self._lock:
-            return self._cancel(self.store.update(sub.id, cancel_requested=True))
-
-    def _cancel(self, sub: Submission) -> Submission:
+        """Ask ``sub`` to stop: a job is scancelled now (its run KILLED), staging stops at its next poll, a
+        submission not yet submitted ends here or at the loop's next look."""
         from mltf_flow.slurm.sbatch import scancel
 
+        with self.lock:
+            sub = self.store.update(sub.id, cancel_requested=True)
+            if sub.state == "accepted":
+                return self._end(sub, "cancelled", "cancelled before it was submitted")
         if sub.state in ("queued", "running"):
             if sub.kind == "project":
                 from mltf_flow.backend.submitted import SlurmSubmittedRun
 
                 assert sub.run_id
-                run = self._runs.pop(sub.id, None) or SlurmSubmittedRun.from_run(sub.run_id,
-                                                                                 self.settings.mlflow_upstream)
-                run.cancel()
+                # An object of its own, outside the lock (cancel() waits for SLURM): the loop's keeps watching.
+                SlurmSubmittedRun.from_run(sub.run_id, self.settings.mlflow_upstream).cancel()
             else:
                 scancel(sub.job_ids)
-            return self.watch(sub)
-        if sub.state == "accepted":
-            return self._end(sub, "cancelled", "cancelled before it was submitted")
-        return sub
+            with self.lock:
+                current = self.store.get(sub.id)
+                return current if current.ended else self.watch(current)
+        return self.store.get(sub.id)
