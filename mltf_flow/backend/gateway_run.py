@@ -60,8 +60,13 @@ class GatewaySubmittedRun(SubmittedRun):
 
 def _project_dir(project_uri: str, version: str | None, entry_point: str, params: Mapping[str, Any]) -> Path:
     from mlflow.exceptions import MlflowException
-    from mlflow.projects.utils import fetch_and_validate_project
+    from mlflow.projects.utils import _is_local_uri, fetch_and_validate_project
 
+    local = Path(project_uri)
+    if _is_local_uri(project_uri) and local.is_dir() and not (local / "MLproject").is_file() \
+            and not (local / entry_point).is_file():  # MLflow also runs a script of a directory without MLproject
+        raise ConfigError(f"{local.resolve()} has no MLproject, and no script {entry_point!r}: run from your "
+                          "project's directory, or name a .py/.sh file of it with -e.")
     try:
         return Path(fetch_and_validate_project(project_uri, version, entry_point, dict(params)))
     except MlflowException as exc:

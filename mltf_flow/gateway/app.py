@@ -111,6 +111,8 @@ class Gateway:
         ui = self.settings.mlflow_ui
         if ui and sub.run_id and sub.experiment_id:
             shown["run_url"] = f"{ui}/#/experiments/{sub.experiment_id}/runs/{sub.run_id}"
+        if ui and sub.details.get("runs"):  # MLflow's UI finds a run by its id alone (#/runs/<id>)
+            shown["run_urls"] = {run_id: f"{ui}/#/runs/{run_id}" for run_id in sub.details["runs"]}
         shown["url"] = f"{self.settings.public_url}/api/v1/submissions/{sub.id}"
         return shown
 
@@ -260,6 +262,12 @@ async def _log_stream(gw: Gateway, sub: Submission, follow: bool, offset: int) -
         sub = await run_in_threadpool(gw.store.get, sub.id)
 
 
+def _warm_up() -> None:
+    import mlflow.tracking  # noqa: F401
+
+    import mltf_flow.backend.submit  # noqa: F401
+
+
 def _route(path: str) -> str:
     """A request's route for the metrics, without ids (few label values): ``submissions``, ``mlflow``..."""
     parts = [p for p in path.split("/") if p]
@@ -270,6 +278,23 @@ def _route(path: str) -> str:
     return parts[0] if parts else "/"
 
 
+async def _reachable(urls: dict[str, str]) -> list[str]:
+    """A problem for each service that does not answer 200 at its URL within 5 s."""
+    import httpx
+
+    problems = []
+    async with httpx.AsyncClient(timeout=5) as http:
+        for what, url in urls.items():
+            try:
+                status = (await http.get(url)).status_code
+            except httpx.HTTPError as exc:
+                problems.append(f"{what} unreachable ({url}: {type(exc).__name__})")
+                continue
+            if status != 200:
+                problems.append(f"{what} answers {status} at {url}")
+    return problems
+
+
 def create_app(settings: GatewaySettings, *, run_lifecycle: bool = True) -> FastAPI:
     """The ASGI app: ``uvicorn.run(create_app(settings))``. The lifecycle thread starts with the app."""
     from mltf_flow.gateway.mlflow_proxy import mlflow_proxy_router
@@ -278,6 +303,8 @@ def create_app(settings: GatewaySettings, *, run_lifecycle: bool = True) -> Fast
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Imported now, not by the first submission (MLflow and the backend: seconds on a login node).
+        await run_in_threadpool(_warm_up)
         if run_lifecycle:
             gw.lifecycle.start()
         try:
@@ -309,6 +336,8 @@ def create_app(settings: GatewaySettings, *, run_lifecycle: bool = True) -> Fast
             await run_in_threadpool(gw.store.ping)
         except Exception as exc:
             problems.append(f"database: {type(exc).__name__}")
+        problems += await _reachable({"identity provider": f"{settings.oidc.issuer}/.well-known/openid-configuration",
+                                      "MLflow server": f"{settings.mlflow_upstream}/health"})
         if run_lifecycle and not gw.lifecycle.alive:
             problems.append("lifecycle thread stopped")
         status = 503 if problems else 200

@@ -131,15 +131,17 @@ class GatewayClient:
             raise GatewayError(f"cannot read the log from {self.url}: {type(exc).__name__}: {exc}") from None
 
     def wait(self, submission_id: str, *, on_change: Callable[[dict[str, Any]], None] | None = None,
-             interval: float = 2.0, max_interval: float = 30.0) -> dict[str, Any]:
-        """Poll until the submission ended (backing off while nothing changes); its last view."""
-        seen: tuple[str, str] | None = None
+             interval: float = 2.0, max_interval: float = 30.0, seen: Mapping[str, Any] | None = None
+             ) -> dict[str, Any]:
+        """Poll until the submission ended (backing off while nothing changes); its last view. ``on_change`` is
+        called with each new state or message (not for ``seen``, a view the caller showed already)."""
+        last: tuple[str, str] | None = (str(seen["state"]), str(seen.get("message", ""))) if seen else None
         delay = interval
         while True:
             view = self.get(submission_id)
             now = (str(view["state"]), str(view.get("message", "")))
-            if now != seen:
-                seen, delay = now, interval
+            if now != last:
+                last, delay = now, interval
                 if on_change is not None:
                     on_change(view)
             else:
@@ -168,4 +170,7 @@ def describe(view: Mapping[str, Any]) -> str:
         line += f", {view['message']}"
     if view.get("run_url"):
         line += f"\n  run: {view['run_url']}"
+    elif view.get("run_urls"):
+        whats = view.get("details", {}).get("runs", {})
+        line += "".join(f"\n  {whats.get(run_id, 'run')}: {url}" for run_id, url in view["run_urls"].items())
     return line

@@ -9,6 +9,7 @@ import getpass
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def _params(pairs: list[str]) -> dict[str, str]:
 def _follow(client: Any, view: dict[str, Any]) -> int:
     from mltf_flow.gateway.client import describe
 
-    last = client.wait(view["id"], on_change=lambda v: print(describe(v), file=sys.stderr, flush=True))
+    last = client.wait(view["id"], on_change=lambda v: print(describe(v), file=sys.stderr, flush=True), seen=view)
     return 0 if last["state"] == "finished" else 1
 
 
@@ -88,6 +89,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     if not (args.project_dir / "MLproject").is_file():
         raise ConfigError(f"{args.project_dir} has no MLproject: give the project's directory.")
+    if args.entry_point:  # said here, before the upload
+        from mltf_flow.mlproject import read_project
+
+        read_project(args.project_dir).entry_point(args.entry_point)
     client = GatewayClient(args.gateway or "")
     digest = client.upload(args.project_dir)
     request: dict[str, Any] = {"kind": "pipeline" if args.step else "project", "source": {"archive": digest},
@@ -113,8 +118,12 @@ def cmd_submissions(args: argparse.Namespace) -> int:
                           "list).")
     client = GatewayClient(args.gateway or "")
     if args.action == "list":
-        for view in client.submissions(everyone=args.all):
-            print(describe(view).splitlines()[0] + (f" [{view['user']}]" if args.all else ""))
+        views = client.submissions(everyone=args.all)
+        for view in views:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(view["created"]))
+            print(f"{when}  " + describe(view).splitlines()[0] + (f" [{view['user']}]" if args.all else ""))
+        if not views:
+            print("no submissions" + ("" if args.all else " of yours"), file=sys.stderr)
         return 0
     if args.action == "logs":
         for chunk in client.logs(args.submission_id, follow=args.follow):

@@ -98,15 +98,12 @@ def fetch_project(lifecycle: Lifecycle, source: Source, dest: Path) -> Path:
     return project
 
 
-def check_project(request: SubmissionRequest, project: Path) -> None:
-    """The entry point (or pipeline target) exists; a ConfigError (422) naming the file otherwise."""
-    from mltf_flow.mlproject import read_project
-
+def check_project(lifecycle: Lifecycle, request: SubmissionRequest, project: Path) -> None:
+    """The entry point and its parameters, or the pipeline target; a ConfigError (422) naming the file otherwise."""
     if request.kind == "project":
-        read_project(project).entry_point(request.entry_point)
-        from mltf_flow.gateway.project_jobs import check_backend_config
+        from mltf_flow.gateway.project_jobs import check_request
 
-        check_backend_config(request.backend_config)
+        check_request(lifecycle.settings, project, request.entry_point, request.params, request.backend_config)
         return
     if not request.target:
         raise RequestRejected("a pipeline submission needs 'target': the step to run (with what it needs).",
@@ -135,12 +132,12 @@ def accept(lifecycle: Lifecycle, who: Identity, request: SubmissionRequest, idem
         fetched = Path(tmp) / "project"
         try:
             project = fetch_project(lifecycle, request.source, fetched)
-            check_project(request, project)
+            check_project(lifecycle, request, project)
         except RequestRejected:
             raise
         except ConfigError as exc:
             raise RequestRejected(str(exc).replace(str(fetched), "<project>"), status=422) from None
-        body = request.model_dump(exclude={"source"})
+        body = request.model_dump(exclude={"source"} | ({"entry_point"} if request.kind == "pipeline" else set()))
         # Under the lifecycle's lock: its loop (which resumes `accepted` rows after a restart) must not prepare
         # this one while its files are being put in place.
         with lifecycle.lock:

@@ -248,7 +248,7 @@ class Lifecycle:
             return self._end(sub, "finished", f"run {sub.run_id} finished")
         error = self.mlflow.get_run(sub.run_id).data.tags.get(TAG_ERROR, "")
         if status == "KILLED" and sub.cancel_requested:
-            return self._end(sub, "cancelled", f"cancelled; run {sub.run_id} KILLED")
+            return self._end(sub, "cancelled", f"run {sub.run_id} KILLED")
         return self._end(sub, "failed", f"run {sub.run_id} {status}" + (f": {error}" if error else ""))
 
     def _watch_pipeline(self, sub: Submission) -> Submission:
@@ -260,14 +260,15 @@ class Lifecycle:
         state = mon.lookup([job]).get(job)
         if state is not None and not state.terminal:
             new = "running" if state.state == "RUNNING" else "queued"
-            return self.store.update(sub.id, state=new, message=f"SLURM job {job} {state.state}") \
-                if new != sub.state else sub
+            reason = f" ({state.reason})" if state.reason and state.reason not in ("None", "(null)") else ""
+            message = f"SLURM job {job} {state.state}{reason}"
+            return self.store.update(sub.id, state=new, message=message) if message != sub.message else sub
         rc = pipeline_jobs.exit_code(self.settings, sub, job)
         log = pipeline_jobs.log_path(self.settings, sub)
         if rc == 0:
             return self._end(sub, "finished", f"pipeline target {sub.request.get('target')!r} finished")
         if sub.cancel_requested:
-            return self._end(sub, "cancelled", f"cancelled; SLURM job {job} ended")
+            return self._end(sub, "cancelled", f"SLURM job {job} ended")
         how = f"exited with code {rc}" if rc is not None else \
             f"ended {state.state if state else 'without reporting'} before the pipeline did"
         return self._end(sub, "failed", f"the pipeline's driver job {job} {how}; its log: {log}")
@@ -276,6 +277,7 @@ class Lifecycle:
     def _end(self, sub: Submission, state: str, message: str) -> Submission:
         """Record the end (once), revoke the submission's job credentials, list the runs it made."""
         runs = self._runs_of(sub)
+        _log.info(f"submission {sub.id} of {sub.user} {state}: {message}")
         ended = self.store.update(sub.id, state=state, message=message, details={"runs": runs} if runs else {})
         self.credentials.store.revoke_credentials(sub.id)
         if sub.run_id and sub.state in ("accepted", "staging", "submitting"):
@@ -293,19 +295,22 @@ class Lifecycle:
         except Exception as exc:  # MLflow away: the submission's own state says it all
             _log.warning(f"run {run_id} could not be ended: {exc}")
 
-    def _runs_of(self, sub: Submission) -> list[str]:
-        from mltf_flow.tags import TAG_GATEWAY_SUBMISSION
+    def _runs_of(self, sub: Submission) -> dict[str, str]:
+        """The runs the submission's jobs made: run id -> what it is (the step's name, ``pipeline`` for a
+        pipeline's parent run, the entry point for a project)."""
+        from mltf_flow.tags import TAG_GATEWAY_SUBMISSION, TAG_ROLE, TAG_STEP
 
         if sub.state in ("accepted", "staging"):
-            return []
+            return {}
         try:
             found = self.mlflow.search_runs(
                 [e.experiment_id for e in self.mlflow.search_experiments()],
                 filter_string=f"tags.`{TAG_GATEWAY_SUBMISSION}` = '{sub.id}'", max_results=500)
         except Exception as exc:  # MLflow away: the submission still ends
             _log.warning(f"submission {sub.id}: its runs could not be listed: {exc}")
-            return []
-        return [str(r.info.run_id) for r in found]
+            return {}
+        return {str(r.info.run_id): str(r.data.tags.get(TAG_STEP) or r.data.tags.get(TAG_ROLE)
+                                        or sub.request.get("entry_point") or "run") for r in found}
 
     # -- cancel ------------------------------------------------------------------------------------------------
     def cancel(self, sub: Submission) -> Submission:

@@ -147,15 +147,19 @@ def current_token(gateway_url: str, *, auth: AuthConfig | None = None) -> str:
     renewed when it expires within :data:`REFRESH_MARGIN_S`. ``auth``, when given, must be the cache's IdP and
     client (a gateway that moved to another IdP needs a new login)."""
     login = f"mltf-flow login --gateway {gateway_url}"
+    path = cache_path(gateway_url)
+    cached = _read_cache(path, login)
     from_env = os.environ.get(TOKEN_VARIABLE)
     if from_env:
         expires = _unverified_exp(from_env)
-        if expires is not None and expires <= time.time():
+        if expires is None or expires - time.time() > REFRESH_MARGIN_S:
+            return from_env
+        if cached is None:  # the exported token is all there is
+            if expires > time.time():
+                return from_env
             raise AuthError(f"{TOKEN_VARIABLE} holds a token that expired at {_when(expires)}: renew it with "
-                            f"`export $({login})`, or unset it to use the cached login")
-        return from_env
-    path = cache_path(gateway_url)
-    cached = _read_cache(path, login)
+                            f"`export $({login})`")
+        # An exported token about to expire: the saved login (the one it came from) renews it.
     if cached is None or (auth is not None and cached[0] != auth):
         raise AuthError(f"not logged in to {gateway_url}: run `{login}`")
     if cached[1].expires_at - time.time() > REFRESH_MARGIN_S:
@@ -194,15 +198,18 @@ def login_main(gateway_url: str, *, stdout: TextIO, stderr: TextIO, auth: AuthCo
             tokens = device_login(config, show=lambda message: print(message, file=stderr, flush=True))
             with _lock(path):
                 _write_cache(path, config, tokens)
-            print(f"Logged in to {gateway_url}; token valid until {_when(tokens.expires_at)}"
-                  f"{', renewed automatically' if tokens.refresh_token else ''} (saved in {path}).", file=stderr)
+            renewed = ", renewed by MLflow and mltf-flow from this login" if tokens.refresh_token else ""
+            print(f"Logged in to {gateway_url}; token valid until {_when(tokens.expires_at)}{renewed} "
+                  f"(saved in {path}).", file=stderr)
     except (AuthError, ConfigError) as exc:
         print(f"mltf-flow login: error: {exc}", file=stderr)
         return EXIT_BAD_INPUT
     # `export $(mltf-flow login --gateway URL)`: the token, MLflow through the gateway, and the gateway itself
     # (the `mltf-gateway` backend and `mltf-flow submit` read it).
-    print(f"{TOKEN_VARIABLE}={tokens.access_token}\nMLFLOW_TRACKING_URI={gateway_url}/mlflow\n"
-          f"MLTF_GATEWAY_URL={gateway_url}", file=stdout, flush=True)
+    # MLFLOW_TRACKING_AUTH: MLflow asks mltf_flow.gateway.mlflow_auth for the header of every request, which
+    # renews the token from the saved login (an exported token alone dies with its lifetime, often minutes).
+    print(f"{TOKEN_VARIABLE}={tokens.access_token}\nMLFLOW_TRACKING_AUTH=mltf-gateway\n"
+          f"MLFLOW_TRACKING_URI={gateway_url}/mlflow\nMLTF_GATEWAY_URL={gateway_url}", file=stdout, flush=True)
     return 0
 
 

@@ -10,11 +10,16 @@ URIs (``MlflowArtifactsRepository.resolve_uri``), so artifact traffic goes throu
 the server proxies artifacts (``mlflow server --artifacts-destination``; a server whose runs have a plain
 storage root would send clients straight to that storage).
 
-What this module owns: who made a run. ``runs/create`` gets ``user_id``, ``mlflow.user`` and ``mltf.user``
-set to the caller's user (and ``mltf.gateway.submission`` for a job), whatever the client sent; a request that
-sets or deletes one of those tags anywhere else (``runs/set-tag``, ``runs/delete-tag``, ``runs/log-batch``,
-``experiments/create``, ``experiments/set-experiment-tag``, ``experiments/delete-experiment-tag``) is refused
-(403). Errors are answered in MLflow's own format (``{"error_code": ..., "message": ...}``) so its client
+What this module owns: who made a run, and who may change it. ``runs/create`` gets ``user_id``,
+``mlflow.user`` and ``mltf.user`` set to the caller's user (and ``mltf.gateway.submission`` for a job),
+whatever the client sent; a request that sets or deletes one of those tags anywhere else (``runs/set-tag``,
+``runs/delete-tag``, ``runs/log-batch``, ``experiments/create``, ``experiments/set-experiment-tag``,
+``experiments/delete-experiment-tag``) is refused (403).
+A run is changed (tags, metrics, params, status, deletion, artifacts) only by its owner (its ``mltf.user``) or
+an admin; experiments every user shares are deleted, restored or renamed only by admins. Reading is open to
+every authenticated caller (MLflow has no per-experiment permissions here). Not checked: the model registry,
+traces and logged models (their writes create new objects more than they change others'). Errors are answered
+in MLflow's own format (``{"error_code": ..., "message": ...}``) so its client
 shows the message.
 """
 
@@ -47,8 +52,18 @@ PROTECTED_TAGS = frozenset({MLFLOW_USER, TAG_USER, TAG_GATEWAY_SUBMISSION})
 #: Any API version and both prefixes: ``/api/2.0/mlflow/runs/create``, ``/ajax-api/2.0/mlflow/runs/create``.
 _CHECKED = re.compile(
     r"(?:ajax-)?api/[0-9.]+/mlflow/(?P<endpoint>runs/create|runs/set-tag|runs/delete-tag|runs/log-batch|"
-    r"experiments/create|experiments/set-experiment-tag|experiments/delete-experiment-tag)"
+    r"experiments/create|experiments/set-experiment-tag|experiments/delete-experiment-tag|"
+    r"runs/update|runs/delete|runs/restore|runs/log-metric|runs/log-parameter|runs/log-model|runs/log-inputs|"
+    r"runs/outputs|experiments/delete|experiments/restore|experiments/update)"
 )
+#: Endpoints that change a run (named by ``run_id`` in the body): only its owner (``mltf.user``) or an admin.
+_RUN_WRITES = frozenset({"runs/set-tag", "runs/delete-tag", "runs/log-batch", "runs/update", "runs/delete",
+                         "runs/restore", "runs/log-metric", "runs/log-parameter", "runs/log-model",
+                         "runs/log-inputs", "runs/outputs"})
+#: Endpoints that change an experiment every user shares: admins only.
+_ADMIN_ONLY = frozenset({"experiments/delete", "experiments/restore", "experiments/update"})
+#: Artifact writes name their run in the path: ``api/2.0/mlflow-artifacts/artifacts/<experiment>/<run>/...``.
+_ARTIFACT_RUN = re.compile(r"api/[0-9.]+/mlflow-artifacts/artifacts/[^/]+/(?P<run>[0-9a-f]{32})/.*")
 #: A checked body larger than this is refused (MLflow's largest, a full log-batch, is well under 2 MB).
 MAX_CHECKED_BODY = 16 * 1024 * 1024
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -99,6 +114,7 @@ def mlflow_proxy_router(upstream: str, authenticate: Authenticate, *, timeout: f
                 await clients.pop().aclose()
 
     router = APIRouter(lifespan=lifespan)
+    owners = RunOwners(base, client)
 
     @router.api_route("/{path:path}", methods=_METHODS, include_in_schema=False)
     async def forward(request: Request, path: str) -> Response:
@@ -111,10 +127,15 @@ def mlflow_proxy_router(upstream: str, authenticate: Authenticate, *, timeout: f
     async def _forward(request: Request, path: str, identity: Identity) -> Response:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _not_forwarded(request)]
         content: bytes | AsyncIterator[bytes] | None = None
-        checked = _CHECKED.fullmatch(_normalized(path))
+        normalized = _normalized(path)
+        checked = _CHECKED.fullmatch(normalized)
+        artifact = _ARTIFACT_RUN.fullmatch(normalized) if request.method in ("PUT", "DELETE", "POST") else None
+        if artifact:
+            await owners.check(artifact["run"], identity)
         if checked:
             raw = await _read_small(request)
             body = _checked_body(checked["endpoint"], raw, identity)
+            await _check_access(checked["endpoint"], _parse(raw), identity, owners)
             content = raw if body is None else json.dumps(body).encode()
             # httpx counts the body it sends; the caller's Content-Length was for the body it sent.
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
@@ -231,3 +252,42 @@ def _stamped(body: dict[str, Any], identity: Identity) -> dict[str, Any]:
     kept = [tag for tag in _tags(body) if tag.get("key") not in PROTECTED_TAGS]
     stamped["tags"] = kept + [{"key": key, "value": value} for key, value in ours.items()]
     return stamped
+
+
+class RunOwners:
+    """Who owns each run (its ``mltf.user``, which only the proxy writes), read from the upstream once per run and
+    remembered: an owner never changes."""
+
+    def __init__(self, base: str, client: Callable[[], httpx.AsyncClient]) -> None:
+        self.base = base
+        self.client = client
+        self._known: dict[str, str | None] = {}
+
+    async def owner(self, run_id: str) -> str | None:
+        if run_id not in self._known:
+            answer = await self.client().get(f"{self.base}/api/2.0/mlflow/runs/get", params={"run_id": run_id})
+            if answer.status_code != 200:
+                return None  # no such run: the upstream answers the request itself
+            tags = answer.json().get("run", {}).get("data", {}).get("tags", [])
+            if len(self._known) > 100_000:
+                self._known.clear()
+            self._known[run_id] = next((t.get("value") for t in tags if t.get("key") == TAG_USER), None)
+        return self._known[run_id]
+
+    async def check(self, run_id: str, identity: Identity) -> None:
+        """Forbidden unless ``identity`` may change the run: its owner, or an admin."""
+        if identity.admin:
+            return
+        owner = await self.owner(run_id)
+        if owner != identity.user:
+            whose = f"{owner}'s" if owner else "a run made outside the gateway"
+            raise Forbidden(f"run {run_id} is {whose}: only its owner (or an admin) may change it")
+
+
+async def _check_access(endpoint: str, body: dict[str, Any], identity: Identity, owners: RunOwners) -> None:
+    if endpoint in _ADMIN_ONLY and not identity.admin:
+        raise Forbidden(f"{endpoint} changes an experiment every user shares: ask an admin of the gateway")
+    if endpoint in _RUN_WRITES:
+        run_id = body.get("run_id") or body.get("run_uuid")
+        if isinstance(run_id, str) and run_id:
+            await owners.check(run_id, identity)

@@ -46,6 +46,13 @@ def check_params(params: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def driver_defaults(settings: GatewaySettings) -> dict[str, Any]:
+    """The driver job's settings: the gateway's ``pipeline`` section over what its ``backend`` section says of
+    the site (partition, account, qos, time, and the profile the steps' clusters come from)."""
+    inherited = {k: v for k, v in settings.backend.items() if k in (*PIPELINE_JOB_KEYS, "profile")}
+    return {**inherited, **settings.pipeline}
+
+
 def job_dir(settings: GatewaySettings, sub: Submission) -> Path:
     return settings.state_path / "submissions" / sub.id / "job"
 
@@ -55,7 +62,7 @@ def render(sub: Submission, settings: GatewaySettings, project_dir: Path) -> str
     from mltf_flow.gateway.project_jobs import job_comment
 
     request = sub.request
-    options = {**settings.pipeline, **{k: v for k, v in (request.get("job") or {}).items()}}
+    options = {**driver_defaults(settings), **(request.get("job") or {})}
     unknown = sorted(set(request.get("job") or {}) - set(PIPELINE_JOB_KEYS))
     if unknown:
         raise RequestRejected(f"job key(s) {', '.join(unknown)} cannot be set by a submission; you may set: "
@@ -104,7 +111,9 @@ def submit_pipeline(sub: Submission, settings: GatewaySettings, project_dir: Pat
     write_atomic(path, script)
     env = {**os.environ, "MLTF_FLOW_TRACKING_URI": settings.job_tracking_uri,
            "MLTF_FLOW_WORK_DIR": str(settings.state_path / "submissions" / sub.id / "work"),
-           "MLFLOW_EXPERIMENT_NAME": str(sub.request.get("experiment") or "Default"), **job_env}
+           "MLFLOW_EXPERIMENT_NAME": str(sub.request.get("experiment") or "Default"),
+           "TQDM_DISABLE": "1",  # MLflow's download bars, one line per refresh, in a log nobody watches live
+           **job_env}
     env.pop("MLFLOW_TRACKING_URI", None)
     return submit(path, env)
 

@@ -38,13 +38,38 @@ if TYPE_CHECKING:
 
 
 def check_backend_config(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The user's backend config, with only the keys a gateway user may set."""
-    refused = sorted(k for k in raw if k not in USER_BACKEND_KEYS and k not in ("ENV_MANAGER",))
-    if refused:
+    """The user's backend config, with only the keys a gateway user may set (a typo is told apart from a key
+    that is the facility's)."""
+    from mltf_flow.config.backend import KEYS
+    from mltf_flow.config.schema import did_you_mean
+
+    given = [k for k in raw if k not in USER_BACKEND_KEYS and k != "ENV_MANAGER"]
+    theirs = sorted(k for k in given if k in KEYS)
+    unknown = sorted(k for k in given if k not in KEYS)
+    allowed = sorted(USER_BACKEND_KEYS)
+    if unknown:
+        raise RequestRejected(f"backend config: unknown key(s) {', '.join(unknown)}; you may set: "
+                              f"{', '.join(allowed)}.{did_you_mean(unknown, allowed)}", status=422)
+    if theirs:
         raise RequestRejected(
-            f"backend config key(s) {', '.join(refused)} are set by the facility on the gateway, not by a "
-            f"submission; you may set: {', '.join(sorted(USER_BACKEND_KEYS))}.", status=422)
+            f"backend config key(s) {', '.join(theirs)} are set by the facility on the gateway, not by a "
+            f"submission; you may set: {', '.join(allowed)}.", status=422)
     return dict(raw)
+
+
+def check_request(settings: GatewaySettings, project_dir: Path, entry_point: str, params: Mapping[str, Any],
+                  backend_config: Mapping[str, Any]) -> None:
+    """What the backend would refuse later, refused now: the entry point's parameters (typed; ``rucio://`` values
+    are the hooks' to resolve) and the merged backend config (a profile that does not exist, a bad time)."""
+    from mltf_flow.backend.config import parse_backend_config
+    from mltf_flow.config import load_settings
+    from mltf_flow.mlproject import read_project
+
+    ep = read_project(project_dir).entry_point(entry_point)
+    staged = [k for k, v in params.items() if str(v).startswith("rucio://")]
+    ep.normalise({k: v for k, v in params.items() if k not in staged}, allow_extra=True, filled_later=staged)
+    parse_backend_config({**settings.backend, **check_backend_config(backend_config)}, load_settings(),
+                         source="backend config (the gateway's defaults and yours)")
 
 
 def job_comment(sub: Submission) -> str:

@@ -12,12 +12,18 @@ from pathlib import Path
 
 
 def serve(config: Path, *, log_level: str = "info") -> int:
+    import os
+
     import uvicorn
 
     from mltf_flow.gateway.app import create_app
-    from mltf_flow.gateway.settings import load_gateway_settings
+    from mltf_flow.gateway.settings import check_site, load_gateway_settings
 
     settings = load_gateway_settings(config)
+    check_site(settings, str(config))
+    # Users' projects, job scripts, logs and the database stay the service account's: nothing in the state
+    # directory is readable by other accounts of a shared filesystem (jobs run as the same account).
+    os.umask(0o077)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request: uvicorn's says it
     app = create_app(settings)

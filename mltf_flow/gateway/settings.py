@@ -161,6 +161,26 @@ def load_gateway_settings(path: Path) -> GatewaySettings:
     return gateway_settings(read_yaml_mapping(path), str(path))
 
 
+def check_site(settings: GatewaySettings, where: str) -> None:
+    """What a user would otherwise learn from a failed submission, checked when the gateway starts: the job
+    defaults against this site's profiles (a profile that does not exist, a time SLURM cannot read)."""
+    from mltf_flow.backend.config import parse_backend_config
+    from mltf_flow.clusters.profiles import get_profile
+    from mltf_flow.config import load_settings
+
+    site = load_settings()
+    try:
+        parse_backend_config(settings.backend, site, source=f"{where}: key 'backend'")
+    except ConfigError as exc:
+        raise ConfigError(str(exc) if where in str(exc) else f"{where}: key 'backend': {exc}") from None
+    profile = settings.pipeline.get("profile") or settings.backend.get("profile")
+    if profile:
+        try:
+            get_profile(str(profile))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: key 'pipeline': {exc}") from None
+
+
 def gateway_settings(data: Mapping[str, Any], where: str) -> GatewaySettings:
     """``data`` (a parsed configuration) checked; ``where`` names it in errors."""
     settings = validate(GatewaySettings, dict(data), where)

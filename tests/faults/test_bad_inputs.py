@@ -276,6 +276,10 @@ CASES = [
          "key 'backend': unknown key(s) run_id",
          files=(("gateway.yaml", "public_url: http://127.0.0.1:1\nmlflow_upstream: http://127.0.0.1:2\n"
                                  "oidc: {issuer: http://sso}\nbackend: {run_id: abc}\n"),)),
+    Case("gateway-config-no-profile", "mltf-flow gateway serve --config {T}/gateway.yaml",
+         "gateway.yaml: key 'backend': no profile 'nope'; known profiles:",
+         files=(("gateway.yaml", "public_url: http://127.0.0.1:1\nmlflow_upstream: http://127.0.0.1:2\n"
+                                 "oidc: {issuer: http://sso}\nstate_dir: state\nbackend: {profile: nope}\n"),)),
     Case("submit-no-gateway", f"mltf-flow submit {P} --step train", "which gateway? Pass --gateway URL"),
     Case("submit-bad-gateway-url", f"mltf-flow submit {P} --step train --gateway gw.example.org",
          "gateway URL 'gw.example.org': expected http(s)://"),

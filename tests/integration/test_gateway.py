@@ -250,3 +250,27 @@ def test_health_and_metrics(gateway: GatewayProcess) -> None:
     text = httpx.get(f"{gateway.url}/metrics").text
     assert 'mltf_gateway_submissions{state="finished"}' in text
     assert "mltf_gateway_auth_failures_total" in text
+
+
+def test_users_change_only_their_own_runs(gateway: GatewayProcess, oidc_provider: OidcProvider,
+                                          mlflow_server: MlflowServer) -> None:
+    """Reading is open; a run's tags, metrics, status and existence are its owner's (or an admin's)."""
+    alice, bob, carol = (Api(gateway.url, token(oidc_provider, u)) for u in ("alice", "bob", "carol"))
+    api = "/mlflow/api/2.0/mlflow"
+    status, created = alice.call("POST", f"{api}/runs/create", json={"experiment_id": "0"})
+    assert status == 200, created
+    run_id = created["run"]["info"]["run_id"]
+    tag = {"run_id": run_id, "key": "note", "value": "x"}
+    assert bob.call("GET", f"{api}/runs/get", params={"run_id": run_id})[0] == 200
+    for path, body in (("runs/set-tag", tag), ("runs/delete", {"run_id": run_id}),
+                       ("runs/log-metric", {"run_id": run_id, "key": "m", "value": 1, "timestamp": 0})):
+        status, answer = bob.call("POST", f"{api}/{path}", json=body)
+        assert status == 403 and "alice's" in answer["message"], (path, answer)
+    status, answer = bob.call("PUT", f"/mlflow/api/2.0/mlflow-artifacts/artifacts/0/{run_id}/artifacts/x.txt",
+                              content=b"not yours")
+    assert status == 403, answer
+    assert bob.call("POST", f"{api}/experiments/delete", json={"experiment_id": "0"})[0] == 403
+    assert alice.call("POST", f"{api}/runs/set-tag", json=tag)[0] == 200
+    assert carol.call("POST", f"{api}/runs/set-tag", json={**tag, "value": "admin"})[0] == 200
+    run = client(mlflow_server.uri).get_run(run_id)
+    assert run.info.lifecycle_stage == "active" and run.data.tags["note"] == "admin" and not run.data.metrics

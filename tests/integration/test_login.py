@@ -117,7 +117,8 @@ def test_login_prints_only_the_export_line_and_keeps_a_private_cache(
     rc, out, err = login(oidc_provider, pool, "bob")
     assert rc == 0, err
     token = token_of(out)
-    assert out == f"MLFLOW_TRACKING_TOKEN={token}\nMLFLOW_TRACKING_URI={GATEWAY}/mlflow\nMLTF_GATEWAY_URL={GATEWAY}\n"
+    assert out == (f"MLFLOW_TRACKING_TOKEN={token}\nMLFLOW_TRACKING_AUTH=mltf-gateway\n"
+                   f"MLFLOW_TRACKING_URI={GATEWAY}/mlflow\nMLTF_GATEWAY_URL={GATEWAY}\n")
     assert verify(oidc_provider, token)["preferred_username"] == "bob"
     assert token not in err
     path = cache_path(GATEWAY)
@@ -189,3 +190,20 @@ def test_not_logged_in(config_home: Path) -> None:
     with pytest.raises(AuthError, match=re.escape(f"not logged in to {GATEWAY}: run `mltf-flow login --gateway "
                                                   f"{GATEWAY}`")):
         current_token(GATEWAY)
+
+
+def test_an_expired_exported_token_gives_way_to_the_saved_login(
+    oidc_provider: OidcProvider, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`export $(mltf-flow login)` once, use it an hour later: the saved login renews what expired."""
+    rc, out, err = login(oidc_provider, pool, "alice")
+    assert rc == 0, err
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", oidc_provider.mint(sub="alice", exp=int(time.time()) - 5))
+    assert current_token(GATEWAY) == token_of(out)
+    # What MLflow's clients get with MLFLOW_TRACKING_AUTH=mltf-gateway (the provider MLflow loads by that name).
+    from mlflow.tracking.request_auth.registry import fetch_auth
+
+    monkeypatch.setenv("MLTF_GATEWAY_URL", GATEWAY)
+    request = httpx.Request("GET", f"{GATEWAY}/mlflow/api/2.0/mlflow/experiments/search")
+    fetch_auth("mltf-gateway")(request)
+    assert request.headers["Authorization"] == f"Bearer {token_of(out)}"
