@@ -27,7 +27,7 @@ import jwt
 import pytest
 
 from mltf_flow.gateway.archive import pack
-from tests.helpers import BIN, REPO, MlflowServer, wait_until
+from tests.helpers import BIN, REPO, MlflowServer, git_project, wait_until
 from tests.integration.gateway_env import Api, GatewayProcess, write_config
 from tests.integration.mlflow_queries import client
 
@@ -41,12 +41,35 @@ REMOTE = Path(__file__).parent / "projects" / "remote"
 CODE = re.compile(r"enter the code ([A-Z]{4}-[A-Z]{4})")
 
 
+#: A site's own pre-submit hook (docs/gateway.md's example, on the gateway's PYTHONPATH): at most 2 nodes.
+SITE_HOOK = """
+from mltf_flow.errors import RequestRejected
+
+
+class Quota:
+    name = "quota"
+
+    def prepare(self, ctx):
+        if int(ctx.submission.request.get("backend_config", {}).get("nodes", 1)) > 2:
+            raise RequestRejected("at most 2 nodes per submission on this site", status=422)
+
+    def wait(self, ctx):
+        return {}
+
+
+def quota(settings):
+    return Quota()
+"""
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, oidc_provider: OidcProvider,
             mlflow_server: MlflowServer) -> Iterator[GatewayProcess]:
-    config = write_config(tmp_path_factory.mktemp("gateway"), oidc_provider.issuer, mlflow_server.uri,
-                          limits={"archive": "2MiB"})
-    process = GatewayProcess.start(config)
+    directory = tmp_path_factory.mktemp("gateway")
+    (directory / "site_hooks.py").write_text(SITE_HOOK)
+    config = write_config(directory, oidc_provider.issuer, mlflow_server.uri, limits={"archive": "2MiB"},
+                          hooks=["site_hooks:quota"], allow_file_git=True)
+    process = GatewayProcess.start(config, env={"PYTHONPATH": str(directory)})
     yield process
     process.stop()
 
@@ -243,6 +266,8 @@ def test_job_credentials_only_reach_mlflow_and_secrets_stay_with_their_user(
     credential = note.read_text()
     status, body = Api(gateway.url, credential).call("GET", "/api/v1/submissions")
     assert status in (401, 403), body
+    status, log = bob.call("GET", f"/api/v1/submissions/{done['id']}/logs")
+    assert status == 200 and "done" in log, log  # the job's log, as `mltf-flow submissions logs` shows it
 
 
 def test_health_and_metrics(gateway: GatewayProcess) -> None:
@@ -274,3 +299,26 @@ def test_users_change_only_their_own_runs(gateway: GatewayProcess, oidc_provider
     assert carol.call("POST", f"{api}/runs/set-tag", json={**tag, "value": "admin"})[0] == 200
     run = client(mlflow_server.uri).get_run(run_id)
     assert run.info.lifecycle_stage == "active" and run.data.tags["note"] == "admin" and not run.data.metrics
+
+
+def test_a_git_source_and_a_site_hook(gateway: GatewayProcess, oidc_provider: OidcProvider,
+                                      mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    """A project the gateway clones at a commit; the site's own hook refuses before anything is submitted."""
+    repo = git_project(REMOTE, tmp_path / "repo")
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    alice = Api(gateway.url, token(oidc_provider, "alice"))
+    source = {"git": f"file://{repo}", "commit": commit}
+    status, refused = alice.submit({"kind": "project", "source": source, "entry_point": "train",
+                                    "backend_config": {"nodes": 3}})
+    assert status == 422 and "at most 2 nodes per submission on this site" in refused["error"], refused
+    assert refused["submission"]["job_ids"] == []
+    status, view = alice.submit({"kind": "project", "source": source, "entry_point": "train",
+                                 "params": {"lr": 0.25}})
+    assert status == 202, view
+    done = alice.ended(view["id"])
+    assert done["state"] == "finished", done
+    assert client(mlflow_server.uri).get_run(done["run_id"]).data.params["lr"] == "0.25"
+    status, bad = alice.submit({"kind": "project", "source": {"git": f"file://{repo}", "commit": "not-a-sha"},
+                                "entry_point": "train"})
+    assert status == 422 and "commit" in bad["error"], bad

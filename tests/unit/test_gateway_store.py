@@ -101,3 +101,14 @@ def test_pipeline_driver_script_holds_no_secret_and_refuses_secret_params(store:
     greedy, _ = store.add_submission("alice", "pipeline", {"target": "train", "job": {"python": "/bin/sh"}}, {}, None)
     with pytest.raises(RequestRejected, match="python"):
         render(greedy, settings, tmp_path / "project")
+
+
+def test_backend_config_typos_are_told_apart_from_the_facility_keys() -> None:
+    from mltf_flow.gateway.project_jobs import check_backend_config
+
+    assert check_backend_config({"partition": "gpu", "ENV_MANAGER": "local"}) == {"partition": "gpu",
+                                                                                  "ENV_MANAGER": "local"}
+    with pytest.raises(RequestRejected, match=r"unknown key\(s\) partion.*Did you mean 'partition'"):
+        check_backend_config({"partion": "gpu"})
+    with pytest.raises(RequestRejected, match=r"job_dir are set by the facility"):
+        check_backend_config({"job_dir": "/tmp/elsewhere"})
