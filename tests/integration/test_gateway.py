@@ -116,17 +116,34 @@ def grep_tree(root: Path, needle: bytes) -> list[str]:
     return found
 
 
+@pytest.fixture(scope="module")
+def alice_login(gateway: GatewayProcess, oidc_provider: OidcProvider,
+                tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Alice's shell after `export $(mltf-flow login --gateway URL)` (the device flow, answered on the IdP's page)."""
+    home = tmp_path_factory.mktemp("alice-home")
+    return {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(home), **login(gateway, oidc_provider, "alice", home)}
+
+
+def assert_token_nowhere(user_token: str, gateway: GatewayProcess, mlflow_server: MlflowServer) -> None:
+    """The user's token is nowhere: MLflow's store and artifacts, the gateway's state, scripts, logs, ps."""
+    needle = user_token.encode()
+    assert grep_tree(mlflow_server.root, needle) == []
+    assert grep_tree(gateway.config.parent, needle) == []
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert user_token not in ps
+
+
 def test_device_login_and_mlflow_run_through_the_gateway(gateway: GatewayProcess, oidc_provider: OidcProvider,
-                                                         mlflow_server: MlflowServer, tmp_path: Path) -> None:
+                                                         mlflow_server: MlflowServer, alice_login: dict[str, str],
+                                                         tmp_path: Path) -> None:
     """The user's three commands; the run trains on SLURM, carries the user, and the token is nowhere."""
     alice = Api(gateway.url, token(oidc_provider, "alice"))
     status, _ = alice.call("PUT", "/api/v1/secrets/WANDB_API_KEY", json={"value": "wandb-canary-5f1e"})
     assert status == 201
-    exports = login(gateway, oidc_provider, "alice", tmp_path / "home")
-    user_token = exports["MLFLOW_TRACKING_TOKEN"]
-    assert exports["MLFLOW_TRACKING_URI"] == f"{gateway.url}/mlflow"
+    env = alice_login
+    user_token = env["MLFLOW_TRACKING_TOKEN"]
+    assert env["MLFLOW_TRACKING_URI"] == f"{gateway.url}/mlflow" and env["MLFLOW_TRACKING_AUTH"] == "mltf-gateway"
     note = tmp_path / "job-credential.txt"
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path / "home"), **exports}
     result = subprocess.run(
         [str(BIN / "mlflow"), "run", str(REMOTE), "-e", "train", "--backend", "mltf-gateway", "--env-manager", "local",
          "-P", "lr=0.5", "-P", f"note_to={note}", "--experiment-name", "remote-alice"],
@@ -150,23 +167,18 @@ def test_device_login_and_mlflow_run_through_the_gateway(gateway: GatewayProcess
     answer = httpx.get(f"{gateway.url}/mlflow/api/2.0/mlflow/runs/get", params={"run_id": view["run_id"]},
                        headers={"Authorization": f"Bearer {job_credential}"})
     assert answer.status_code == 401 and "revoked" in answer.text
-    # The user's token is nowhere: MLflow's store and artifacts, the gateway's state, scripts, logs, ps.
-    needle = user_token.encode()
-    assert grep_tree(mlflow_server.root, needle) == []
-    assert grep_tree(gateway.config.parent, needle) == []
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert user_token not in ps
+    assert_token_nowhere(user_token, gateway, mlflow_server)
 
 
-def test_pipeline_submission_trains_the_example(gateway: GatewayProcess, oidc_provider: OidcProvider,
-                                                mlflow_server: MlflowServer, jet_sample: Path,
+def test_pipeline_submission_trains_the_example(gateway: GatewayProcess, mlflow_server: MlflowServer,
+                                                alice_login: dict[str, str], jet_sample: Path,
                                                 tmp_path: Path) -> None:
-    """`mltf-flow submit --step train`: the example's whole pipeline as bob, in a SLURM driver job."""
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "MLTF_GATEWAY_URL": gateway.url,
-           "MLFLOW_TRACKING_TOKEN": token(oidc_provider, "bob")}
+    """`mltf-flow submit --step train` with the login's token: the example's whole pipeline, in a SLURM driver
+    job, every run alice's."""
+    env = alice_login
     result = subprocess.run(
         [str(BIN / "mltf-flow"), "submit", str(REPO / "mltf_flow" / "examples" / "jet_tagging"), "--step", "train",
-         "-P", f"stage.dataset={jet_sample}", "-P", "epochs=2", "--experiment", "remote-bob", "--wait"],
+         "-P", f"stage.dataset={jet_sample}", "-P", "epochs=2", "--experiment", "remote-example", "--wait"],
         env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr + gateway.log_tail
     submission_id = result.stdout.strip().splitlines()[0]
@@ -175,10 +187,11 @@ def test_pipeline_submission_trains_the_example(gateway: GatewayProcess, oidc_pr
     runs = [client(mlflow_server.uri).get_run(run_id) for run_id in view["details"]["runs"]]
     steps = {r.data.tags.get("mltf.step"): r for r in runs if r.data.tags.get("mltf.role") == "step"}
     assert {"features", "train"} <= set(steps), [r.data.tags for r in runs]
-    assert all(r.info.user_id == "bob" and r.data.tags["mltf.user"] == "bob" for r in runs)
+    assert all(r.info.user_id == "alice" and r.data.tags["mltf.user"] == "alice" for r in runs)
     train = steps["train"]
     assert train.info.status == "FINISHED" and train.data.tags["mltf.complete"] == "true"
     assert "val_accuracy" in train.data.metrics
+    assert_token_nowhere(env["MLFLOW_TRACKING_TOKEN"], gateway, mlflow_server)
 
 
 def test_tokens_the_gateway_refuses(gateway: GatewayProcess, oidc_provider: OidcProvider) -> None:
