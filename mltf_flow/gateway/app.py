@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.concurrency import run_in_threadpool
 
 from mltf_flow.errors import AuthError, Forbidden, GatewayError, NotFound, RequestRejected
+from mltf_flow.gateway.request_body import read_limited
 
 if TYPE_CHECKING:
     from mltf_flow.gateway.identity import Identity
@@ -37,20 +38,6 @@ _log = logging.getLogger(__name__)
 def derived_key(master: bytes, purpose: str) -> bytes:
     """One key per use of the gateway's key file (sealing secrets, signing job credentials)."""
     return hmac.new(master, purpose.encode(), hashlib.sha256).digest()
-
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The request's body, refused (413) as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestRejected(f"request body of {declared} bytes is above the gateway's limit of {limit}.", 413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestRejected(f"request body is above the gateway's limit of {limit} bytes.", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class Gateway:

@@ -39,6 +39,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from mltf_flow.errors import Forbidden, GatewayError, RequestRejected
 from mltf_flow.gateway.identity import Identity
+from mltf_flow.gateway.request_body import read_limited
 from mltf_flow.redaction import strip_credentials
 from mltf_flow.tags import MLFLOW_USER, TAG_GATEWAY_SUBMISSION, TAG_USER
 
@@ -133,7 +134,7 @@ def mlflow_proxy_router(upstream: str, authenticate: Authenticate, *, timeout: f
         if artifact:
             await owners.check(artifact["run"], identity)
         if checked:
-            raw = await _read_small(request)
+            raw = await read_limited(request, MAX_CHECKED_BODY)
             body = _checked_body(checked["endpoint"], raw, identity)
             await _check_access(checked["endpoint"], _parse(raw), identity, owners)
             content = raw if body is None else json.dumps(body).encode()
@@ -191,17 +192,6 @@ async def _relay(answer: httpx.Response) -> AsyncIterator[bytes]:
             yield chunk
     finally:
         await answer.aclose()
-
-
-async def _read_small(request: Request) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_CHECKED_BODY:
-            raise RequestRejected(f"request body over {MAX_CHECKED_BODY} bytes for {request.url.path}", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _checked_body(endpoint: str, raw: bytes, identity: Identity) -> dict[str, Any] | None:

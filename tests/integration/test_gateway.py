@@ -258,6 +258,10 @@ def test_hostile_archives_are_refused(gateway: GatewayProcess, oidc_provider: Oi
     # Larger than the gateway's archive limit (2 MiB here): 413 while it streams.
     status, body = alice.call("PUT", "/api/v1/archives", content=b"\0" * (3 * 2**20))
     assert status == 413, body
+    # A submission's JSON larger than the request limit (1 MiB by default): 413 before it is parsed.
+    status, body = alice.call("POST", "/api/v1/submissions", content=b"{" + b" " * (2 * 2**20) + b"}",
+                              headers={"Content-Type": "application/json"})
+    assert status == 413 and "limit" in body["error"], body
 
 
 def test_job_credentials_only_reach_mlflow_and_secrets_stay_with_their_user(
