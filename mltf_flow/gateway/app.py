@@ -55,6 +55,7 @@ class Gateway:
 
         self.settings = settings
         settings.state_path.mkdir(parents=True, exist_ok=True)
+        settings.state_path.chmod(0o700)  # users' projects, scripts and logs: the service account's only
         (settings.state_path / "tmp").mkdir(exist_ok=True)
         master = load_or_create_key(settings.state_path / "gateway.key")
         self.store = Store(settings.database_url)

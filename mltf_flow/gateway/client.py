@@ -61,9 +61,17 @@ class GatewayClient:
         from mltf_flow.gateway.login import current_token
 
         self.url = gateway_url(url)
-        self._token = token or current_token(self.url)
-        self._http = httpx.Client(base_url=f"{self.url}/api/v1", timeout=timeout,
-                                  headers={"Authorization": f"Bearer {self._token}"})
+        self._token = token
+        if token is None:
+            current_token(self.url)  # not logged in: said before anything is sent
+        self._http = httpx.Client(base_url=f"{self.url}/api/v1", timeout=timeout, auth=self._bearer)
+
+    def _bearer(self, request: httpx.Request) -> httpx.Request:
+        """The token of each request, renewed from the saved login when it expires (a --wait outlives tokens)."""
+        from mltf_flow.gateway.login import current_token
+
+        request.headers["Authorization"] = f"Bearer {self._token or current_token(self.url)}"
+        return request
 
     def close(self) -> None:
         self._http.close()

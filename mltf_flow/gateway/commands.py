@@ -77,10 +77,11 @@ def _params(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _follow(client: Any, view: dict[str, Any]) -> int:
+def _follow(client: Any, view: dict[str, Any], out: Any) -> int:
+    """Print each new state of the submission to ``out`` until it ends; exit 0 when it finished."""
     from mltf_flow.gateway.client import describe
 
-    last = client.wait(view["id"], on_change=lambda v: print(describe(v), file=sys.stderr, flush=True), seen=view)
+    last = client.wait(view["id"], on_change=lambda v: print(describe(v), file=out, flush=True), seen=view)
     return 0 if last["state"] == "finished" else 1
 
 
@@ -106,8 +107,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(describe(view), file=sys.stderr)
     print(f"  follow it: mltf-flow submissions show {view['id']} --wait   cancel: mltf-flow submissions cancel "
           f"{view['id']}", file=sys.stderr)
-    print(view["id"])
-    return _follow(client, view) if args.wait else 0
+    print(view["id"], flush=True)
+    return _follow(client, view, sys.stderr) if args.wait else 0
 
 
 def cmd_submissions(args: argparse.Namespace) -> int:
@@ -131,8 +132,8 @@ def cmd_submissions(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         return 0
     view = client.cancel(args.submission_id) if args.action == "cancel" else client.get(args.submission_id)
-    print(describe(view))
-    return _follow(client, view) if args.wait else 0
+    print(describe(view), flush=True)
+    return _follow(client, view, sys.stdout) if args.wait else 0
 
 
 def cmd_secrets(args: argparse.Namespace) -> int:

@@ -48,9 +48,12 @@ def check_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 def driver_defaults(settings: GatewaySettings) -> dict[str, Any]:
     """The driver job's settings: the gateway's ``pipeline`` section over what its ``backend`` section says of
-    the site (partition, account, qos, time, and the profile the steps' clusters come from)."""
+    the site (partition, account, qos, time, memory, and the profile the steps' clusters come from); 4G of
+    memory when neither says."""
     inherited = {k: v for k, v in settings.backend.items() if k in (*PIPELINE_JOB_KEYS, "profile")}
-    return {**inherited, **settings.pipeline}
+    # A memory request of its own: without one, a site whose DefMemPerNode is UNLIMITED gives the driver the
+    # whole node, and the steps' worker jobs wait for memory behind it.
+    return {"mem": "4G", **inherited, **settings.pipeline}
 
 
 def job_dir(settings: GatewaySettings, sub: Submission) -> Path:
