@@ -152,7 +152,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     check_port_free(args.host, args.port, "the MLflow UI", "mltf-flow ui")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
            "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {settings.tracking_uri}); Ctrl-C stops it")
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {settings.tracking_uri}); Ctrl-C stops it\n"
+          "  an experiment's runs are under 'Model training' (MLflow opens an experiment on its GenAI overview)")
     return subprocess.call(cmd)
 
 

@@ -382,7 +382,8 @@ def report_outcome(settings: Settings, *, invocation_id: str, succeeded: bool, t
 
 # -- the front ends ----------------------------------------------------------------------------------------------
 
-_AT_EXIT: list[str] = []
+#: The root task made on Luigi's command line (``luigi --module``), reported on at exit.
+_AT_EXIT: list[luigi.Task] = []
 #: Invocations of this process reported already (a schedule's fire running a `luigi` command line in-process
 #: reports it itself: the report at exit is not given twice).
 _REPORTED: set[str] = set()
@@ -391,13 +392,13 @@ _REPORTED: set[str] = set()
 def watch_failures(task: luigi.Task, base: type[luigi.Task]) -> None:
     """Where a step is made (both front ends): record failures of ``base`` and its subclasses, tracebacks to the
     invocation's log; on ``luigi --module`` (which has no caller after ``luigi.build``), report the invocation's
-    failures when its main process exits."""
+    failures and draw its picture when its main process exits."""
     from mltf_flow.input_check import on_luigi_command_line
 
     watch(base)
     send_tracebacks_to_file()
     if not _AT_EXIT and on_luigi_command_line():
-        _AT_EXIT.append(str(task.task_family))  # the first task made on Luigi's command line is the root
+        _AT_EXIT.append(task)  # the first task made on Luigi's command line is the root
         # Imported now, not at exit: its import registers a hook with threading, which the interpreter refuses
         # once it is shutting down, and the report's MLflow client imports it (a few ms, stdlib only).
         import concurrent.futures.thread  # noqa: F401
@@ -409,18 +410,22 @@ def _report_at_exit() -> None:
     import multiprocessing
 
     from mltf_flow.config import load_settings
-    from mltf_flow.invocation import invocation_id
+    from mltf_flow.invocation import invocation_id, parent_made
 
     if multiprocessing.parent_process() is not None or invocation_id() in _REPORTED:
         return
     try:
         settings = load_settings()
         failures = load(settings.work_dir, invocation_id())
+        if parent_made(settings.work_dir, invocation_id()):  # else all was cached: nothing to draw, no mlflow
+            from mltf_flow.pipeline_svg import attach_picture_from_store
+
+            attach_picture_from_store(settings, invocation_id(), _AT_EXIT[:1], {f.step for f in failures})
         if not failures:
             return  # a success, or an input error Luigi never ran into: nothing to report (nor to know)
         pipelines = ", ".join(sorted({f.pipeline for f in failures if f.pipeline})) or "?"
         report_outcome(settings, invocation_id=invocation_id(), succeeded=False,
-                       title=f"pipeline {pipelines}, luigi task {_AT_EXIT[0]}")
+                       title=f"pipeline {pipelines}, luigi task {_AT_EXIT[0].task_family}")
     except Exception as exc:  # at exit nothing may escape: say it and go
         print(f"mltf_flow: could not report the failures: {strip_credentials(str(exc))}", file=sys.stderr)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 INVOCATION_ENV = "MLTF_INVOCATION_ID"
+_PARENT_MARKER = "parent-run"
 T = TypeVar("T")
 #: (kind, key) -> (invocation, version, value): what every task object of this process shares.
 _SHARED: dict[tuple[str, Hashable], tuple[str, Hashable, Any]] = {}
@@ -38,6 +39,19 @@ def new_invocation() -> str:
 def invocation_dir(work_dir: Path, invocation: str) -> Path:
     """The directory of one invocation under the work dir (made by whoever writes into it first)."""
     return work_dir / "invocations" / invocation
+
+
+def mark_parent_made(work_dir: Path, invocation: str) -> None:
+    """Note that the invocation has a parent run (whichever of its processes made it), so that its main process
+    knows at exit, without asking the store, that there is something to draw (:func:`parent_made`)."""
+    folder = invocation_dir(work_dir, invocation)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / _PARENT_MARKER).touch()
+
+
+def parent_made(work_dir: Path, invocation: str) -> bool:
+    """Whether a process of the invocation made or reopened its parent run (a cached invocation makes none)."""
+    return (invocation_dir(work_dir, invocation) / _PARENT_MARKER).exists()
 
 
 def once_per_invocation(memo: dict[str, Any], name: str, compute: Callable[[], T]) -> T:
@@ -73,5 +87,5 @@ def forget_shared(kind: str) -> None:
         del _SHARED[slot]
 
 
-__all__ = ["INVOCATION_ENV", "forget_shared", "invocation_dir", "invocation_id", "new_invocation",
-           "once_per_invocation", "shared_per_invocation"]
+__all__ = ["INVOCATION_ENV", "forget_shared", "invocation_dir", "invocation_id", "mark_parent_made", "new_invocation",
+           "once_per_invocation", "parent_made", "shared_per_invocation"]

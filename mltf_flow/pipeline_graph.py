@@ -22,6 +22,8 @@ CACHED, WILL_RUN, FAILED_LAST = "cached", "will run", "failed last time"
 STAGED, TO_STAGE = "staged", "to stage"
 #: ... and after one (the picture on the parent run).
 RAN, FAILED, NOT_RUN = "ran", "failed", "not run"
+#: What a task is to the views (class attribute ``mltf_kind`` of MLflowStep and StageStep).
+STEP_KIND, STAGE_KIND = "step", "stage"
 #: Colour per state, for the terminal (rich styles) and the SVG picture (fill colours).
 STYLES = {CACHED: "green", STAGED: "green", RAN: "cyan", WILL_RUN: "yellow", TO_STAGE: "yellow",
           FAILED_LAST: "red", FAILED: "red", NOT_RUN: "dim"}
@@ -127,5 +129,5 @@ def status_tree(nodes: Sequence[StepNode], title: str) -> Tree:
     return tree
 
 
-__all__ = ["CACHED", "FAILED", "FAILED_LAST", "FILLS", "NOT_RUN", "RAN", "STAGED", "STYLES", "TO_STAGE", "WILL_RUN",
-           "StepNode", "layers", "status_lines", "status_tree"]
+__all__ = ["CACHED", "FAILED", "FAILED_LAST", "FILLS", "NOT_RUN", "RAN", "STAGED", "STAGE_KIND", "STEP_KIND", "STYLES",
+           "TO_STAGE", "WILL_RUN", "StepNode", "layers", "status_lines", "status_tree"]

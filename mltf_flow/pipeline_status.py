@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from mltf_flow.errors import MltfFlowError
 from mltf_flow.key_diff import KEY_ARTIFACT, key_record, record_from_run, why_changed
-from mltf_flow.pipeline_graph import CACHED, FAILED_LAST, STAGED, TO_STAGE, WILL_RUN, StepNode
+from mltf_flow.pipeline_graph import CACHED, FAILED_LAST, STAGE_KIND, STAGED, STEP_KIND, TO_STAGE, WILL_RUN, StepNode
 from mltf_flow.redaction import strip_credentials
 from mltf_flow.tags import TAG_COMPLETE, TAG_PIPELINE, TAG_ROLE, TAG_STEP
 
@@ -119,13 +119,10 @@ class _Collector:
         return list(self.nodes.values())
 
     def node(self, task: Any, name: str) -> StepNode:
-        from mltf_flow.staging.step import StageStep
-        from mltf_flow.step import MLflowStep
-
         upstream = tuple(_task_of(dep).task_id for dep in _requirements(task).values())
-        if isinstance(task, MLflowStep):
+        if _kind(task) == STEP_KIND:
             return self.step_node(task, upstream)
-        if isinstance(task, StageStep):
+        if _kind(task) == STAGE_KIND:
             manifest = task.output().read()
             state = STAGED if manifest else TO_STAGE
             uri = strip_credentials(task.uri().canonical)
@@ -206,12 +203,14 @@ def _own_part(step: Any) -> ResolvedStep:
                         profile=profile, world_size=world_size)
 
 
-def _requirements(task: Any) -> Mapping[str, Any]:
-    from mltf_flow.step import MLflowStep
+def _kind(task: Any) -> str:
+    """``step`` (an MLflowStep), ``stage`` (a StageStep) or ``task``: told by the class attribute ``mltf_kind``,
+    not by importing those classes (they report at exit through this module: the import would be a cycle)."""
+    return str(getattr(type(task), "mltf_kind", "task"))
 
-    if isinstance(task, MLflowStep):
-        return dict(task.requirements())
-    return {}
+
+def _requirements(task: Any) -> Mapping[str, Any]:
+    return dict(task.requirements()) if _kind(task) == STEP_KIND else {}
 
 
 def _task_of(dep: Any) -> Any:
@@ -221,15 +220,11 @@ def _task_of(dep: Any) -> Any:
 
 
 def _is_stage(dep: Any) -> bool:
-    from mltf_flow.staging.step import StageStep
-
-    return isinstance(dep, StageStep)
+    return _kind(dep) == STAGE_KIND
 
 
 def _name_of(task: Any, requirement: str) -> str:
-    from mltf_flow.step import MLflowStep
-
-    if isinstance(task, MLflowStep):
+    if _kind(task) == STEP_KIND:
         return str(task.step_name())
     return requirement or str(task.task_family)
 

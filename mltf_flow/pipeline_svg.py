@@ -9,11 +9,12 @@ image. Every text is XML-escaped (step names, dataset URIs and reasons are user 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
-from mltf_flow.pipeline_graph import CACHED, FAILED, FILLS, NOT_RUN, RAN, StepNode, layers
+from mltf_flow.pipeline_graph import CACHED, FAILED, FILLS, NOT_RUN, RAN, WILL_RUN, StepNode, layers
 from mltf_flow.redaction import strip_credentials
 
 if TYPE_CHECKING:
@@ -87,23 +88,63 @@ def outcome_states(worker: Any) -> dict[str, str]:
 
 
 def attach_picture(settings: Settings, invocation_id: str, roots: Sequence[Any], outcome: Mapping[str, str]) -> None:
-    """Draw the invocation's DAG with each step's outcome and log it on its parent run(s); nothing when no
-    step run was made (no parent run: everything was cached). A picture that cannot be made is a warning,
-    never the invocation's failure."""
-    import tempfile
-    from pathlib import Path
-
+    """Draw the invocation's DAG with each step's outcome (Luigi's summary of it) and log it on its parent
+    run(s); nothing when no step run was made (no parent run: everything was cached). A picture that cannot be
+    made is a warning, never the invocation's failure."""
     from mltf_flow.pipeline_status import collect
-    from mltf_flow.tracking import Tracker
 
     if not any(state in (RAN, FAILED) for state in outcome.values()):
         return  # no step run was made, so no parent run (and no mlflow import for a cached invocation)
+    _attach(settings, invocation_id, roots, lambda tracker, parents: collect(roots, outcome=outcome, explain=False))
+
+
+def attach_picture_from_store(settings: Settings, invocation_id: str, roots: Sequence[Any],
+                              failed_steps: Collection[str]) -> None:
+    """The same where no Luigi summary is at hand (``luigi --module``, at exit): a step whose run hangs under
+    the invocation's parent run ran, one in ``failed_steps`` failed, the rest is as the store says (cached or
+    not run). Only called once a parent run was made (:func:`mltf_flow.invocation.parent_made`)."""
+    from mltf_flow.pipeline_status import collect
+
+    def draw(tracker: Any, parents: list[str]) -> list[StepNode]:
+        ran = _children(tracker.client, parents)
+
+        def state(node: StepNode) -> str:
+            if node.run_id is not None and node.run_id in ran:
+                return RAN
+            if node.state != WILL_RUN:  # cached, or a dataset staged (or not)
+                return node.state
+            return FAILED if node.name in failed_steps else NOT_RUN
+
+        return [replace(node, state=state(node)) for node in collect(roots, outcome={}, explain=False)]
+
+    _attach(settings, invocation_id, roots, draw)
+
+
+def _children(client: Any, parents: Sequence[str]) -> set[str]:
+    """The ids of the runs under ``parents`` (the step runs this invocation made or reopened)."""
+    from mltf_flow.tags import MLFLOW_PARENT_RUN_ID
+
+    found: set[str] = set()
+    for parent in parents:
+        experiment = str(client.get_run(parent).info.experiment_id)
+        found.update(str(run.info.run_id) for run in client.search_runs(
+            [experiment], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'", max_results=5000))
+    return found
+
+
+def _attach(settings: Settings, invocation_id: str, roots: Sequence[Any],
+            draw: Callable[[Any, list[str]], list[StepNode]]) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from mltf_flow.tracking import Tracker
+
     try:
         tracker = Tracker(settings)
         parents = tracker.invocation_parents(invocation_id)
         if not parents:
             return
-        nodes = collect(roots, outcome=outcome, explain=False)
+        nodes = draw(tracker, parents)
         title = f"{roots[0].pipeline_name()} · invocation {invocation_id}" if hasattr(roots[0], "pipeline_name") \
             else f"invocation {invocation_id}"
         svg = render_svg(nodes, title)
@@ -117,4 +158,4 @@ def attach_picture(settings: Settings, invocation_id: str, roots: Sequence[Any],
                      f"{strip_credentials(str(exc))})")
 
 
-__all__ = ["PICTURE_ARTIFACT", "attach_picture", "outcome_states", "render_svg"]
+__all__ = ["PICTURE_ARTIFACT", "attach_picture", "attach_picture_from_store", "outcome_states", "render_svg"]

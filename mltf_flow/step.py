@@ -39,6 +39,7 @@ from mltf_flow.invocation import forget_shared, invocation_id, once_per_invocati
 from mltf_flow.luigi_defaults import apply_luigi_defaults
 from mltf_flow.luigi_params import class_params
 from mltf_flow.mlproject import EntryPoint, ParamValue, Project, read_project
+from mltf_flow.pipeline_graph import STEP_KIND
 from mltf_flow.plain_upstream import PlainUpstream
 from mltf_flow.redaction import is_secret_name, strip_credentials
 from mltf_flow.step_def import (
@@ -74,6 +75,8 @@ class MLflowStep(luigi.Task):
     ``complete()`` checks, and ``run()`` hands that value to :func:`mltf_flow.step_run.execute`.
     """
 
+    #: What this task is to the status view and the picture (mltf_flow.pipeline_status).
+    mltf_kind: ClassVar[str] = STEP_KIND
     #: Directory holding the MLproject file.
     project_dir: ClassVar[str | os.PathLike[str]]
     #: Entry point to run (a name from MLproject, or a ``.py``/``.sh`` script of the project).

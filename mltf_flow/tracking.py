@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from mltf_flow import phases
 from mltf_flow.config import Settings
 from mltf_flow.errors import TrackingError
+from mltf_flow.invocation import mark_parent_made
 from mltf_flow.lease import is_stale, lease_tags, process_identity
 from mltf_flow.redaction import redact, split_userinfo, strip_credentials
 from mltf_flow.tags import (
@@ -165,16 +166,15 @@ class Tracker:
             return str(exp.experiment_id)
 
     def parent_run(self, experiment_id: str, pipeline: str, invocation_id: str) -> str:
-        """The parent run of this pipeline invocation, created on first use.
-
-        Several Luigi worker processes may ask at once; a file lock makes exactly one create it.
-        """
+        """The parent run of this pipeline invocation, created on first use. Several Luigi worker processes
+        may ask at once; a file lock makes exactly one create it."""
         with file_lock(self.settings.work_dir / "locks" / f"parent-{invocation_id}.lock"):
             found = self.client.search_runs(
                 [experiment_id],
                 f"tags.`{TAG_INVOCATION_ID}` = '{invocation_id}' and tags.`{TAG_ROLE}` = 'pipeline'",
                 max_results=1,
             )
+            mark_parent_made(self.settings.work_dir, invocation_id)
             if found:
                 run_id = str(found[0].info.run_id)
                 self.client.update_run(run_id, status="RUNNING")

@@ -90,11 +90,11 @@ def _signal_state(job_id: str, pre_timeout: bool) -> tuple[str, str]:
     if state is None:  # SLURM cannot be asked: the pre-timeout warning is the only clue
         return ("TIMEOUT", "TimeLimit") if pre_timeout else ("CANCELLED", "stopped by a signal (SLURM not asked)")
     if state.terminal:
-        return state.state, state.reason or state.info.meaning
+        return state.state, _real_reason(state.reason) or state.info.meaning
     if state.restarts is not None and state.restarts > int(os.environ.get("SLURM_RESTART_COUNT") or 0):
         # SLURM counted one more start than this attempt's: the job goes back to the queue.
         return "REQUEUED", "requeued (scontrol requeue, preemption or node failure): it will run again"
-    reason = state.reason if state.reason and state.reason != "None" else ""
+    reason = _real_reason(state.reason)
     lowered = reason.lower()
     if "timelimit" in lowered:
         return "TIMEOUT", reason
@@ -103,6 +103,11 @@ def _signal_state(job_id: str, pre_timeout: bool) -> tuple[str, str]:
     if "node" in lowered and "fail" in lowered:
         return "NODE_FAIL", reason
     return "CANCELLED", reason or "cancelled (scancel, or an administrator)"
+
+
+def _real_reason(reason: str | None) -> str:
+    """SLURM's reason, or "" where it gives none (it says ``None`` or ``(null)``: a word, not a reason)."""
+    return "" if not reason or reason in ("None", "(null)") else reason
 
 
 def _outcome_of_signal(signum: int, job_id: str, pre_timeout: bool) -> Outcome:
@@ -118,7 +123,7 @@ def _outcome_of_signal(signum: int, job_id: str, pre_timeout: bool) -> Outcome:
 
 def _outcome_of_exit(code: int, tail: Sequence[str]) -> Outcome:
     if code == 0:
-        return Outcome(FINISHED, 0, "COMPLETED", "None")
+        return Outcome(FINISHED, 0, "COMPLETED", "")
     if code < 0:  # killed by a signal nobody sent us: the kernel's OOM killer, most often
         name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
         error = f"the command was killed by {name} (out of memory?)"
@@ -129,6 +134,11 @@ def _outcome_of_exit(code: int, tail: Sequence[str]) -> Outcome:
 def _with_tail(text: str, tail: Sequence[str]) -> str:
     lines = "\n".join(f"  {line}" for line in list(tail)[-20:])
     return f"{text}; last lines of stderr:\n{lines}" if lines else text
+
+
+def _reason_tag(outcome: Outcome) -> dict[str, str]:
+    """``mltf.slurm.reason``, absent while there is none (never the word None)."""
+    return {TAG_SLURM_REASON: outcome.reason} if outcome.reason else {}
 
 
 class Wrapper:
@@ -366,8 +376,9 @@ class Wrapper:
         self.stopping = True
         if outcome.error:
             _say(outcome.error)
+        reason = f": {outcome.reason}" if outcome.reason else ""
         _say(f"ending MLflow run {self.spec.run_id} as {outcome.status} (exit code {outcome.exit_code}, "
-             f"{outcome.slurm_state}: {outcome.reason})")
+             f"{outcome.slurm_state}{reason})")
         sys.stdout.flush()
         sys.stderr.flush()
         phase = CONTINUED if outcome.next_job else REQUEUED if outcome.status == SCHEDULED else ENDED
@@ -390,7 +401,7 @@ class Wrapper:
                 self._upload_log(writer)
             # Status first, state tag last: whoever sees the tag REQUEUED finds the run SCHEDULED already.
             writer.set_status(run_id, SCHEDULED)
-            writer.set_tags(run_id, {TAG_SLURM_STATE: outcome.slurm_state, TAG_SLURM_REASON: outcome.reason})
+            writer.set_tags(run_id, {TAG_SLURM_STATE: outcome.slurm_state, **_reason_tag(outcome)})
             return
         current, _ = writer.status_and_tags(run_id)
         status = outcome.status
@@ -398,15 +409,15 @@ class Wrapper:
             # The command ended its own run FAILED/KILLED and then exited 0: its word stands.
             status = current
             outcome.error = f"the command exited 0 but ended its MLflow run {current}"
-        tags = {TAG_EXIT_CODE: str(outcome.exit_code), TAG_SLURM_STATE: outcome.slurm_state,
-                TAG_SLURM_REASON: outcome.reason}
+        tags = {TAG_EXIT_CODE: str(outcome.exit_code), TAG_SLURM_STATE: outcome.slurm_state, **_reason_tag(outcome)}
         if outcome.error:
             tags[TAG_ERROR] = outcome.error[:5000]
         if self.pre_timeout_at is not None:
             tags[TAG_SLURM_PRE_TIMEOUT_SIGNAL_AT] = time.strftime("%Y-%m-%dT%H:%M:%S",
                                                                      time.localtime(self.pre_timeout_at))
         if self.segment > 1:
-            how = "finished" if status == FINISHED else f"ended {status}: {outcome.slurm_state} ({outcome.reason})"
+            why = f" ({outcome.reason})" if outcome.reason else ""
+            how = "finished" if status == FINISHED else f"ended {status}: {outcome.slurm_state}{why}"
             tags[f"{TAG_SEGMENT_PREFIX}{self.segment}"] = f"job {self.job_id}: {how}"
         self._upload_log(writer)
         writer.set_tags(run_id, tags)

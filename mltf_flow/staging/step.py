@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import luigi
 
@@ -28,6 +28,7 @@ from mltf_flow.failure_report import watch_failures
 from mltf_flow.input_check import check_luigi_command_line, input_errors, name_parse_errors
 from mltf_flow.invocation import invocation_id, once_per_invocation
 from mltf_flow.luigi_defaults import apply_luigi_defaults
+from mltf_flow.pipeline_graph import STAGE_KIND
 from mltf_flow.progress import report_status
 from mltf_flow.run_guard import run_guard
 from mltf_flow.staging.local import stage_local
@@ -57,6 +58,9 @@ apply_luigi_defaults()  # see mltf_flow.luigi_defaults: failures exit non-zero w
 
 class StageStep(luigi.Task):
     """Stage ``dataset`` (a local path, ``file://`` or ``rucio://`` URI)."""
+
+    #: What this task is to the status view and the picture (mltf_flow.pipeline_status).
+    mltf_kind: ClassVar[str] = STAGE_KIND
 
     dataset: str = luigi.Parameter(description="dataset: /path, file:///path[/*.root] or rucio://scope:name")
     profile: str | None = luigi.OptionalParameter(

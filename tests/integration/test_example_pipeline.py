@@ -8,6 +8,7 @@ rerun only what they change on top of them."""
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ def test_first_run_console_is_quiet_and_says_the_epochs(first_run_console: tuple
     assert "mltf_flow: train: epoch 2/2, train_loss " in output, output
 
 
-def test_first_run_records_parent_children_metrics_and_model(first_run: tuple[dict[str, str], str]) -> None:
+def test_first_run_records_parent_children_metrics_and_model(first_run: tuple[dict[str, str], str],
+                                                            tmp_path: Path) -> None:
     _, uri = first_run
     parent = parents(uri)[0]
     assert parent.info.status == "FINISHED"
@@ -133,6 +135,13 @@ def test_first_run_records_parent_children_metrics_and_model(first_run: tuple[di
     experiment = client(uri).get_experiment(parent.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "None" not in {value for run in (parent, *children) for value in run.data.tags.values()}
+
+    # The picture of the invocation (mltf_flow.pipeline_svg): `luigi --module` leaves no summary to a caller,
+    # so its main process draws it at exit from what the store says.
+    svg = ET.fromstring(Path(client(uri).download_artifacts(parent.info.run_id, "mltf/pipeline.svg",
+                                                            str(tmp_path))).read_text())
+    states = {g.get("data-step"): g.get("data-state") for g in svg.iter("{http://www.w3.org/2000/svg}g")}
+    assert {states["features"], states["train"]} == {"ran"} and set(states.values()) <= {"ran", "staged"}, states
 
 
 def test_train_ran_as_two_rank_ddp_with_identical_weights(

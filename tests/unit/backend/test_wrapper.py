@@ -99,6 +99,8 @@ def test_exit_0_is_finished_and_complete(tmp_path: Path, store: str) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.tags["mltf.complete"] == "true" and run.data.tags["mltf.exit_code"] == "0"
     assert run.data.tags["mltf.slurm.state"] == "COMPLETED"
+    # SLURM gives no reason for a completed job: no tag, never the word "None" (tags.py).
+    assert "mltf.slurm.reason" not in run.data.tags and "None" not in run.data.tags.values()
     record = read_record(spec.record_path)
     assert record is not None and record.phase == "ended" and record.status == "FINISHED" and record.tracked
     artifacts = {a.path for a in _client(store).list_artifacts(spec.run_id, "mltf")}
