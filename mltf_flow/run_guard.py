@@ -4,7 +4,8 @@ Steps, staging runs and backend submissions open an MLflow run and then do work 
 interrupted. :func:`run_guard` wraps that work: the run ends exactly once, either through
 :meth:`RunGuard.end` (the normal outcome, success or a failure the caller explains) or, when an exception
 escapes first, as FAILED (KILLED for Ctrl-C, SIGTERM, SystemExit) with the error as tag ``mltf.error``,
-its log kept and the pipeline's parent run told. Bookkeeping that fails while ending is reported, never
+its log kept and the pipeline's parent run told; the error carries the run's id (``run_id``) so the failure
+report names the run whatever the error was. Bookkeeping that fails while ending is reported, never
 raised over the original error.
 """
 
@@ -85,6 +86,11 @@ def run_guard(
     except BaseException as exc:
         if not guard.ended:
             guard._end_after(exc)
+        if not getattr(exc, "run_id", None):
+            # A stop signal or a library's error carries no run: the failure report (mltf_flow.failures) would
+            # say "no MLflow run" for a step whose run exists. Some exception types take no new attribute.
+            with contextlib.suppress(Exception):
+                exc.run_id = run_id  # type: ignore[attr-defined]
         raise
 
 

@@ -40,8 +40,9 @@ def test_an_escaping_error_ends_the_run(store: Settings, tmp_path: Path, error: 
     tracker, parent, run_id = _runs(store)
     log = tmp_path / "step.log"
     log.write_text("half a log\n")
-    with pytest.raises(type(error)), run_guard(tracker, run_id, parent_id=parent, step="s", log_path=log):
+    with pytest.raises(type(error)) as raised, run_guard(tracker, run_id, parent_id=parent, step="s", log_path=log):
         raise error
+    assert raised.value.run_id == run_id  # type: ignore[attr-defined]  # the failure report names the run
     run = tracker.client.get_run(run_id)
     assert run.info.status == status
     assert run.data.tags[TAG_ERROR].startswith(type(error).__name__)
@@ -50,6 +51,15 @@ def test_an_escaping_error_ends_the_run(store: Settings, tmp_path: Path, error: 
     parent_run = tracker.client.get_run(parent)
     assert parent_run.info.status == "FAILED"
     assert parent_run.data.tags[TAG_FAILED_STEPS] == "s"
+
+
+def test_an_error_that_names_its_run_keeps_it(store: Settings) -> None:
+    from mltf_flow.errors import StepError
+
+    tracker, _, run_id = _runs(store)
+    with pytest.raises(StepError) as raised, run_guard(tracker, run_id):
+        raise StepError("the trial's own run failed", step="s", run_id="another-run")
+    assert raised.value.run_id == "another-run"
 
 
 def test_an_ended_run_is_not_ended_again(store: Settings) -> None:
