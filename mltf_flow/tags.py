@@ -79,8 +79,9 @@ mltf.rucio.mode                       ``rule`` (a replication rule to the facili
 mltf.rucio.rse_expression             the RSE expression the rule asked for
 mltf.rucio.rule_id                    the replication rule (set as soon as it exists)
 *SLURM* (Dask worker jobs of pipeline steps; jobs of ``mlflow run --backend mltf``)
-mltf.slurm_job_ids                    comma list of SLURM jobs of the run: a pipeline step's Dask worker jobs, or
-                                      the backend's submitted job (the last entry is the current one)
+mltf.slurm_job_ids                    comma list of SLURM jobs of the run: a pipeline step's Dask worker jobs (a
+                                      study's trial: the jobs of its own workers), or the backend's submitted job
+                                      (the last entry is the current one)
 mltf.slurm.job_id                     the backend job running the run now, set by its wrapper when it starts; the
                                       same job as the last entry of ``mltf.slurm_job_ids`` (which is set at
                                       submission, before the job runs): both are kept, both are read

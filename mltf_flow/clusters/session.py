@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -301,13 +302,16 @@ def _job_states(profile: Profile) -> list[str]:
         return []  # progress only: the wait itself decides
 
 
-def worker_job_ids(client: Any) -> list[str]:
-    """SLURM job ids of the connected workers (read from each worker's environment)."""
+def worker_job_ids(client: Any, workers: Sequence[str] | None = None) -> list[str]:
+    """SLURM job ids of the connected workers, or of ``workers`` (addresses) only: read from each worker's
+    environment; a worker that does not answer (it left) is left out."""
 
     def job_id() -> str:
         return os.environ.get("SLURM_JOB_ID", "")
 
-    ids = {v for v in client.run(job_id).values() if v}
+    found = client.run(job_id, workers=None if workers is None else list(workers),
+                       on_error="raise" if workers is None else "ignore")
+    ids = {v for v in found.values() if isinstance(v, str) and v}
     return sorted(ids, key=lambda j: (len(j), j))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 
     from mltf_flow.config import Settings
     from mltf_flow.tracking import Tracker
+
+_log = logging.getLogger(__name__)
 
 #: Seconds between two reads of a running trial's metric history (the pruner's input).
 POLL_S = 2.0
@@ -169,8 +172,9 @@ def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers
     # A key without any run at the study's start has no failed run to resume: no search for one, unless the
     # claim reaped a run of it or waited for another invocation's (each can leave a checkpoint behind).
     rounds = itertools.count()
+    cluster = slot_cluster(context.cluster, workers)
     run = claim(Claim(step.name, step.key, context.experiment, context.experiment_id, settings), tracker, quiet,
-                create=lambda reaped: _create(context, planned, trial.number, reaped, look_back=bool(reaped)
+                create=lambda reaped: _create(context, planned, trial.number, reaped, cluster, look_back=bool(reaped)
                                               or next(rounds) > 0 or step.key in context.seen))
     if run is None:  # another invocation ran this very step meanwhile: its run is the result
         return _from_run(context, step.key, time.monotonic() - start)
@@ -180,7 +184,7 @@ def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers
     leases.hold(run.run_id)
     try:
         with run_guard(tracker, run.run_id, step=step.name, log_path=run.log_path) as guard:
-            result = _launch(context, planned, run, watch.should_stop, workers)
+            result = _launch(context, planned, run, watch.should_stop, workers, cluster)
             watch.poll()  # the last epochs' values (the dashboard shows every one) and the run's value
             intermediate = tuple(sorted(watch.reported.items()))
             if watch.pruned_at is not None:
@@ -207,12 +211,27 @@ def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers
     return TrialOutcome("complete", value, run.run_id, duration_s=time.monotonic() - start, intermediate=intermediate)
 
 
-def _create(context: StudyContext, planned: Plan, number: int, reaped: list[str], *, look_back: bool = True) -> OpenRun:
+def slot_cluster(cluster: Cluster, workers: tuple[str, ...] | None) -> Cluster:
+    """The cluster as a trial on ``workers`` sees it: its SLURM jobs (tag ``mltf.slurm_job_ids``, the run's
+    description) are its workers' own, not every job of the cluster. A trial run on the driver (no workers)
+    keeps the cluster's jobs."""
+    if workers is None or not cluster.job_ids:
+        return cluster
+    try:
+        own = session.worker_job_ids(cluster.client, workers)
+    except Exception as exc:  # what a run shows is never worth failing a trial: the cluster's jobs, then
+        _log.debug(f"could not ask workers {', '.join(workers)} for their SLURM jobs: {exc}")
+        return cluster
+    return dataclasses.replace(cluster, job_ids=tuple(own)) if own else cluster
+
+
+def _create(context: StudyContext, planned: Plan, number: int, reaped: list[str], cluster: Cluster, *,
+            look_back: bool = True) -> OpenRun:
     """The trial's run under the study run (a failed run of the same key with a checkpoint is resumed)."""
     from mltf_flow.tags import TAG_REPLACES_RUN_IDS
 
     step, tracker = planned.step, context.tracker
-    tags = {**run_tags(planned, context.cluster, step.key), TAG_ROLE: "trial", TAG_STUDY_NAME: context.study_name,
+    tags = {**run_tags(planned, cluster, step.key), TAG_ROLE: "trial", TAG_STUDY_NAME: context.study_name,
             TAG_TRIAL_NUMBER: str(number), MLFLOW_RUN_NAME: f"trial {number}: {step_run_name(step)}"}
     if reaped:
         tags[TAG_REPLACES_RUN_IDS] = ",".join(reaped)
@@ -230,10 +249,10 @@ def _create(context: StudyContext, planned: Plan, number: int, reaped: list[str]
 
 
 def _launch(context: StudyContext, planned: Plan, run: OpenRun, should_stop: Callable[[], bool],
-            workers: tuple[str, ...] | None) -> LaunchResult:
+            workers: tuple[str, ...] | None, cluster: Cluster) -> LaunchResult:
     from mltf_flow.step_run import keep_inputs
 
-    step, settings, tracker, cluster = planned.step, context.settings, context.tracker, context.cluster
+    step, settings, tracker = planned.step, context.settings, context.tracker
     keep_inputs(planned, run)
     record(planned, cluster, run)
     env = command_env(step, settings, run.run_id, run.experiment_id)

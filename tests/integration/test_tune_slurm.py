@@ -97,9 +97,12 @@ def test_the_example_study_on_slurm_workers(jet_sample: Path) -> None:
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == study_run.info.run_id
         assert tags["mltf.profile"] == "slurm-ci-gpu" and tags["mltf.launcher"] == "ddp"
-        # One rank, on one of the cluster's SLURM jobs, which squeue listed while the study ran.
+        # One rank, on one of the cluster's SLURM jobs, which squeue listed while the study ran: the trial's run
+        # names that job, its own, and no other (not every job of the cluster).
         (job,) = _rank_jobs(run)
-        assert job in tags["mltf.slurm_job_ids"].split(",") and job in seen, (job, seen, tags["mltf.slurm_job_ids"])
+        assert tags["mltf.slurm_job_ids"] == job and job in seen, (job, seen, tags["mltf.slurm_job_ids"])
+        note = tags["mlflow.note.content"]  # the run's description lists the same one job
+        assert note.count("- SLURM job ") == 1 and f"- SLURM job {job}:" in note, note
     assert len({_rank_jobs(r)[0] for r in trial_runs}) == 2  # both worker jobs ran trials
     # Pruning stopped commands on the SLURM workers: those runs ended KILLED, marked pruned.
     pruned = [r for r in trial_runs if r.data.tags.get("mltf.trial.state") == "pruned"]
