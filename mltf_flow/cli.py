@@ -2,6 +2,7 @@
 
     mltf-flow run PROJECT_DIR --step train [-P k=v | -P step.k=v ...] [--workers N]
     mltf-flow status PROJECT_DIR --step train [-P ...] [--graph]   what run would do: runs found, why steps rerun
+    mltf-flow status PROJECT_DIR --study NAME [tune's flags]  that too for a study, with its run and trials
     mltf-flow ui [--port 5000]                              MLflow UI on the configured store
     mltf-flow config                                        the resolved settings
     mltf-flow profiles                                      the cluster profiles and where they come from
@@ -96,13 +97,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mltf_flow.pipeline_status import collect
     from mltf_flow.step import MLflowStep
 
-    task = _build_target(args)
+    if args.study:
+        from mltf_flow.tune.commands import build_study_target
+
+        task = build_study_target(args)
+    elif args.step:
+        task = _build_target(args)
+    else:
+        raise ConfigError("mltf-flow status: give --step STEP (a step to run) or --study NAME (a study of "
+                          "pipeline.yaml).")
     nodes = collect([task])
     if args.graph:
         from rich.console import Console
 
         pipeline = task.pipeline_name() if isinstance(task, MLflowStep) else args.step
-        Console(soft_wrap=True).print(status_tree(nodes, f"pipeline {pipeline}, step {args.step}"))
+        what = f"study {args.study}" if args.study else f"step {args.step}"
+        Console(soft_wrap=True).print(status_tree(nodes, f"pipeline {pipeline}, {what}"))
     else:
         print("\n".join(status_lines(nodes)))
     if args.files:
@@ -312,13 +322,15 @@ def cmd_optuna_dashboard(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mltf_flow.tune.commands import add_study_flags
+
     parser = argparse.ArgumentParser(prog="mltf-flow", description="MLflow projects as cached pipelines.")
     parser.add_argument("--version", action="version", version=f"mltf-flow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (("run", "run a step and everything it needs"), ("status", "show what would run")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("project_dir", help="directory with MLproject (and pipeline.yaml)")
-        p.add_argument("--step", "-e", required=True, help="step (or entry point) to run")
+        p.add_argument("--step", "-e", required=name == "run", help="step (or entry point) to run")
         p.add_argument("-P", "--param", action="append", default=[], help="KEY=VALUE or STEP.KEY=VALUE")
         p.add_argument("--allow-extra-params", action="store_true", help="pass unknown -P as --key value")
         p.add_argument("--profile", default=None, help="cluster profile (mltf-flow profiles lists them)")
@@ -329,6 +341,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "status":
             p.add_argument("--files", action="store_true", help="list the files each step's key covers")
             p.add_argument("--graph", action="store_true", help="draw the steps as a tree, with why each will run")
+            p.add_argument("--study", help="a study of pipeline.yaml's studies: section: its run and trials "
+                           "(paste the `mltf-flow tune` command line: its flags below apply)")
+            add_study_flags(p.add_argument_group("with --study, as for mltf-flow tune"))
         # status takes run's command line as it is (paste it, change the word): these change nothing there.
         quiet = name == "status"
         p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS if quiet else "Luigi worker processes")

@@ -49,8 +49,11 @@ class StepNode:
     detail: str = ""
     #: Ids of the nodes this one needs.
     upstream: tuple[str, ...] = ()
-    #: "step" (an MLflow step: it has a key), "stage" (a dataset) or "task" (a plain Luigi task).
+    #: "step" (an MLflow step: it has a key), "study" (a study of a step: it has a key), "stage" (a dataset) or
+    #: "task" (a plain Luigi task).
     kind: str = "step"
+    #: More to say below its line: a study's run and trials (mltf_flow.tune.status).
+    notes: tuple[str, ...] = ()
 
     @property
     def short_key(self) -> str:
@@ -61,7 +64,7 @@ class StepNode:
         parts = [self.state]
         if self.run_id:
             parts.append(f"run {self.run_id[:8]}…")
-        if self.kind == "step":
+        if self.kind in ("step", "study"):
             parts.append(f"(key {self.short_key})")
         if self.detail:
             parts.append(self.detail)
@@ -98,6 +101,7 @@ def status_lines(nodes: Sequence[StepNode]) -> list[str]:
         for node in column:
             lines.append(f"{node.name:<{width}}{node.summary()}")
             lines.extend(f"{'':<{width}}  because {reason}" for reason in node.reasons)
+            lines.extend(f"{'':<{width}}  {note}" for note in node.notes)
     return lines
 
 
@@ -125,6 +129,8 @@ def status_tree(nodes: Sequence[StepNode], title: str) -> Tree:
         branch = parent.add(label)
         for reason in node.reasons:
             branch.add(f"[italic]why:[/italic] {escape(reason)}")
+        for note in node.notes:
+            branch.add(escape(note))
         stack.extend((branch, d) for d in reversed(node.upstream) if d in by_id)
     return tree
 

@@ -1,6 +1,7 @@
 """What each step of a pipeline is, as nodes (:class:`mltf_flow.pipeline_graph.StepNode`) collected from its
 Luigi tasks: before an invocation (``mltf-flow status``: cached, will run and why, failed last time) and after
-one (the picture on the parent run: ran, cached, failed, not run).
+one (the picture on the parent run: ran, cached, failed, not run). Before an invocation, a study
+(:class:`mltf_flow.tune.step.TuneStep`) also says its run and its trials (:mod:`mltf_flow.tune.status`).
 
 "Why" compares the step's key record now (:func:`mltf_flow.key_diff.key_record`) with the record of the most
 recent complete run of the same pipeline and step (:class:`PreviousRuns`). A step whose key is not known yet
@@ -10,6 +11,7 @@ writes to the store: status only reads.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -136,6 +138,18 @@ class _Collector:
         return before if self.outcome is None else self.outcome.get(task.task_id, before)
 
     def step_node(self, step: Any, upstream: tuple[str, ...]) -> StepNode:
+        node = self._step_node(step, upstream)
+        if self.outcome is None and _is_study(step):
+            from mltf_flow.tune.status import study_notes
+
+            try:
+                notes = study_notes(step, node.key)
+            except MltfFlowError as exc:  # say what is known, never fail the picture
+                notes = (f"study: not shown ({exc})",)
+            node = dataclasses.replace(node, name=f"{node.name} (study)", kind="study", notes=notes)
+        return node
+
+    def _step_node(self, step: Any, upstream: tuple[str, ...]) -> StepNode:
         name = step.step_name()
         try:
             key = step.cache_key()
@@ -156,7 +170,8 @@ class _Collector:
             failed = run_index(settings.tracking_uri, settings.prefetch_limit).find_with_status(
                 settings.experiment_for(step.pipeline_name()), key, "FAILED")
             state = FAILED_LAST if failed else WILL_RUN
-        if not self.explain:
+        # A study with a key: the step's last run is no study to compare with (its notes say what it did).
+        if not self.explain or (key is not None and _is_study(step)):
             return StepNode(step.task_id, name, state, key, upstream=upstream)
         reasons, detail = self.reasons(step, key, settings)
         return StepNode(step.task_id, name, state, key, None, tuple(reasons), detail, upstream)
@@ -207,6 +222,12 @@ def _kind(task: Any) -> str:
     """``step`` (an MLflowStep), ``stage`` (a StageStep) or ``task``: told by the class attribute ``mltf_kind``,
     not by importing those classes (they report at exit through this module: the import would be a cycle)."""
     return str(getattr(type(task), "mltf_kind", "task"))
+
+
+def _is_study(task: Any) -> bool:
+    """A study of a step (mltf_flow.tune.step.TuneStep; not imported: status of a pipeline without a study never
+    loads the tune package)."""
+    return callable(getattr(task, "study_spec", None))
 
 
 def _requirements(task: Any) -> Mapping[str, Any]:

@@ -3,6 +3,7 @@
     mltf-flow tune DIR --study sweep                         a study of pipeline.yaml's studies: section
     mltf-flow tune DIR --step train --space space.yaml --metric val_accuracy --n-trials 50 [-P epochs=4]
     mltf-flow optuna-dashboard [--port 8080]                 the studies in optuna-dashboard
+    mltf-flow status DIR --study sweep [tune's flags]        the study's run and trials (no run)
 
 Flags given with ``--study`` override the file's values. The study's target is built and checked like
 ``mltf-flow run``'s (parameters, environment, profile, the space against the entry point) before anything runs;
@@ -35,6 +36,20 @@ def add_parser(sub: Any) -> None:
     p.add_argument("project_dir", help="directory with MLproject (and pipeline.yaml)")
     p.add_argument("--study", help="a study of pipeline.yaml's studies: section (flags below override it)")
     p.add_argument("--step", "-e", help="the step (or entry point) whose parameters are searched")
+    add_study_flags(p)
+    p.add_argument("-P", "--param", action="append", default=[], help="fixed KEY=VALUE or STEP.KEY=VALUE")
+    p.add_argument("--allow-extra-params", action="store_true", help="pass unknown -P as --key value")
+    p.add_argument("--profile", default=None, help="cluster profile (mltf-flow profiles lists them)")
+    p.add_argument("--env-manager", default=None, choices=("local", "virtualenv", "uv", "conda"))
+    p.add_argument("--log-level", default="WARNING", help="Luigi's log level")
+    p.add_argument("--no-wait", action="store_true", help="the study runs in another invocation: exit 10")
+    p = sub.add_parser("optuna-dashboard", help="serve the Optuna studies with optuna-dashboard")
+    p.add_argument("--host", default=None, help="default: the host of the optuna_dashboard setting")
+    p.add_argument("--port", type=int, default=None, help="default: the port of the optuna_dashboard setting")
+
+
+def add_study_flags(p: Any) -> None:
+    """The flags that set a study's keys (but ``--study`` and ``--step``): ``tune``'s, and ``status --study``'s."""
     p.add_argument("--space", help="search space YAML (parameter -> range; docs/hpo.md)")
     p.add_argument("--metric", help="the metric to optimise, as the entry point logs it (per epoch for pruning)")
     p.add_argument("--direction", choices=("maximize", "minimize"))
@@ -46,15 +61,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--n-jobs", type=int, help="trials at once (default: the profile's workers / world size)")
     p.add_argument("--world-size", type=int, help="ranks of each trial of a ddp step (default 1)")
     p.add_argument("--study-name", help="the Optuna study's name (default: derived from what it searches)")
-    p.add_argument("-P", "--param", action="append", default=[], help="fixed KEY=VALUE or STEP.KEY=VALUE")
-    p.add_argument("--allow-extra-params", action="store_true", help="pass unknown -P as --key value")
-    p.add_argument("--profile", default=None, help="cluster profile (mltf-flow profiles lists them)")
-    p.add_argument("--env-manager", default=None, choices=("local", "virtualenv", "uv", "conda"))
-    p.add_argument("--log-level", default="WARNING", help="Luigi's log level")
-    p.add_argument("--no-wait", action="store_true", help="the study runs in another invocation: exit 10")
-    p = sub.add_parser("optuna-dashboard", help="serve the Optuna studies with optuna-dashboard")
-    p.add_argument("--host", default=None, help="default: the host of the optuna_dashboard setting")
-    p.add_argument("--port", type=int, default=None, help="default: the port of the optuna_dashboard setting")
 
 
 def study_entry(args: argparse.Namespace, studies: Any, pipeline_file: Path) -> tuple[StudyEntry, str]:
@@ -144,4 +150,4 @@ def cmd_optuna_dashboard(args: argparse.Namespace) -> int:
     os.execv(exe, [exe, url, "--host", host, "--port", str(port), "--quiet"])
 
 
-__all__ = ["add_parser", "build_study_target", "cmd_optuna_dashboard", "cmd_tune", "study_entry"]
+__all__ = ["add_parser", "add_study_flags", "build_study_target", "cmd_optuna_dashboard", "cmd_tune", "study_entry"]
