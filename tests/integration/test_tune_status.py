@@ -125,8 +125,8 @@ def test_a_study_stopped_by_sigterm_names_its_run_and_status_says_a_rerun_contin
     work, pause_dir = tmp_path / "work", tmp_path / "pause"
     log = tmp_path / "stopped.log"
     pause = {phases.PAUSE_AT_ENV: phases.TRIAL_TOLD, phases.PAUSE_DIR_ENV: str(pause_dir)}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(BIN / "mltf-flow"), "tune", ".", "--study", "sweep"], cwd=project, stdout=out,
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([str(BIN / "mltf-flow"), "tune", ".", "--study", "sweep"], cwd=project, stdout=sink,
                                 stderr=subprocess.STDOUT, start_new_session=True, env=_env(**pause))
     try:
         marker = phases.marker(phases.TRIAL_TOLD, pause_dir)
