@@ -139,6 +139,10 @@ def test_luigi_s_traceback_goes_to_the_invocation_log_and_the_console_keeps_one_
     logger.addHandler(handler)
     moved = TracebacksToFile()
     logger.addFilter(moved)
+    # A luigi.build earlier in this process (another test file) may have configured Luigi's logger away:
+    # this test is about the filter, so it logs through a logger that is on.
+    was = logger.disabled, logger.level
+    logger.disabled, logger.level = False, logging.INFO
     try:
         try:
             raise StepFailed(step="main", run_id="r1", exit_code=3, stderr_tail=["boom"], log_path="/l.log")
@@ -147,6 +151,7 @@ def test_luigi_s_traceback_goes_to_the_invocation_log_and_the_console_keeps_one_
     finally:
         logger.removeFilter(moved)
         logger.removeHandler(handler)
+        logger.disabled, logger.level = was
     path = traceback_log(load_settings().work_dir, invocation_id())
     shown = console.getvalue()
     assert shown == f"ERROR: [pid 42] Worker W failed    Task(url=http://u:***@h/x) (StepFailed; traceback in {path})\n"
