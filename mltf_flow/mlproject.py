@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from mltf_flow.config.files import load_yaml, stamp
+from mltf_flow.config.files import load_yaml, stamp, yaml_problem
 from mltf_flow.errors import ConfigError, ParameterError
 from mltf_flow.invocation import invocation_id
 
@@ -310,7 +310,7 @@ def _read_project(root: Path, path: Path | None) -> Project:
         try:
             loaded = load_yaml(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{path}: {yaml_problem(exc)}.") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, found {type(loaded).__name__}.")
         data = loaded or {}

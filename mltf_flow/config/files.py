@@ -38,6 +38,16 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_LOADER)  # a safe loader: CSafeLoader or SafeLoader
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: where (line, column) and what, not PyYAML's several lines about
+    ``"<unicode string>"`` (the caller names the file)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    return f"not valid YAML{where}: {problem}" + (f" ({context})" if context else "")
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """A YAML file that must hold a mapping (empty file: empty mapping); errors name the file."""
     key = stamp(path)
@@ -46,7 +56,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
         data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}). Fix the file or remove it.") from exc
+        raise ConfigError(f"{path}: {yaml_problem(exc)}. Fix the file or remove it.") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):

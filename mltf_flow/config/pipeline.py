@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 
 from mltf_flow.config.fields import Before, Ge, StrictBool, StrictInt, StrictStr
-from mltf_flow.config.files import load_yaml
+from mltf_flow.config.files import load_yaml, yaml_problem
 from mltf_flow.config.schema import Schema, validate
 from mltf_flow.config.tune import StudyEntry
 from mltf_flow.config.units import TIMEOUT_HINT, Timeout
@@ -180,7 +180,7 @@ def read_pipeline_file(path: Path) -> PipelineFile:
     try:
         data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}). Fix the file (without it, each entry point of "
+        raise ConfigError(f"{path}: {yaml_problem(exc)}. Fix the file (without it, each entry point of "
                           "MLproject is a single step).") from exc
     if data is None:
         data = {}

@@ -32,7 +32,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 
 from mltf_flow.config.fields import Before, Ge, StrictBool, StrictFloat, StrictInt, StrictStr
-from mltf_flow.config.files import load_yaml
+from mltf_flow.config.files import load_yaml, yaml_problem
 from mltf_flow.config.schema import Schema, validate
 from mltf_flow.errors import ConfigError
 
@@ -152,7 +152,7 @@ def read_space_file(path: Path) -> SpaceFile:
         raise ConfigError(f"search space file {path} does not exist. Write one, e.g.\n"
                           "  lr: {type: float, low: 1.0e-4, high: 0.1, log: true}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+        raise ConfigError(f"{path}: {yaml_problem(exc)}.") from exc
     return read_space(data or {}, str(path))
 
 

@@ -135,7 +135,19 @@ def test_extends_in_a_cycle(write_profiles: WriteProfiles) -> None:
 def test_bad_yaml_names_the_file_and_the_fix(write_profiles: WriteProfiles) -> None:
     path = write_profiles("gpu: {extends: slurm\n")
     message = failure(profile_names)
-    assert message.startswith(f"{path}: not valid YAML (") and message.endswith("Fix the file or remove it.")
+    assert message.startswith(f"{path}: not valid YAML at line 2, column 1: ") and message.endswith(
+        "Fix the file or remove it.")
+    assert "\n" not in message and "<unicode string>" not in message  # one line, naming the file only
+
+
+def test_bad_pipeline_yaml_is_one_line_naming_the_file_and_the_line(tmp_path: Path) -> None:
+    from mltf_flow.config.pipeline import read_pipeline_file
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("name: p\nsteps:\n  fit:\n    entry_point: fit\n  prepare\n    entry_point: prepare\n")
+    message = failure(lambda: read_pipeline_file(path))
+    assert message.startswith(f"{path}: not valid YAML at line 6, column 16: ") and "\n" not in message, message
+    assert "<unicode string>" not in message
 
 
 def test_a_profile_that_is_not_a_mapping(write_profiles: WriteProfiles) -> None:
