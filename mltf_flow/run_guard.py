@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,9 +44,10 @@ class RunGuard:
     error_prefix: str = ""
     ended: bool = field(default=False, init=False)
 
-    def end(self, *, ok: bool, exit_code: int | None, status: str | None = None) -> None:
+    def end(self, *, ok: bool, exit_code: int | None, status: str | None = None,
+            tags: Mapping[str, str] | None = None) -> None:
         """End the run (``mltf.complete=true`` + FINISHED only when ``ok``; ``status`` when not, else FAILED)
-        and settle the parent.
+        and settle the parent. ``tags`` (e.g. a trial's state) are set with the exit code, in one request.
 
         The parent is told first. Killed between the two, this run stays RUNNING: the next invocation runs the
         step again, reaping this run and, as it opens its own parent, any parent left RUNNING. In the other
@@ -54,7 +55,7 @@ class RunGuard:
         step complete runs nothing, so nothing would ever end that parent."""
         self._settle_parent(ok)
         phases.reached(phases.PARENT_TOLD, self.step)
-        self.tracker.finish_step(self.run_id, ok=ok, exit_code=exit_code, status=None if ok else status)
+        self.tracker.finish_step(self.run_id, ok=ok, exit_code=exit_code, status=None if ok else status, tags=tags)
         self.ended = True
 
     def _settle_parent(self, ok: bool) -> None:

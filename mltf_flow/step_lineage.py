@@ -135,16 +135,33 @@ def record(plan: Plan, cluster: Cluster, run: OpenRun, *, job_ids: tuple[str, ..
            outcome: str = "", first: bool = True) -> None:
     """Write the run's description (and, the first time, its datasets and the diff of uncommitted code).
     What people see is never worth failing a step: an error here is logged and the step goes on."""
+    tags = described(plan, cluster, run, job_ids=job_ids, outcome=outcome, first=first)
+    if tags:
+        try:
+            run.tracker.set_tags(run.run_id, tags)
+        except Exception as exc:
+            _warn(run, exc)
+
+
+def described(plan: Plan, cluster: Cluster, run: OpenRun, *, job_ids: tuple[str, ...] | None = None,
+              outcome: str = "", first: bool = True) -> dict[str, str]:
+    """:func:`record` but for the description itself, returned as tags for the caller's own request (a trial
+    sends it with its parameters); empty when it could not be made (logged)."""
     try:
-        _record(plan, cluster, run, job_ids=cluster.job_ids if job_ids is None else job_ids, outcome=outcome,
-                first=first)
+        return _record(plan, cluster, run, job_ids=cluster.job_ids if job_ids is None else job_ids, outcome=outcome,
+                       first=first)
     except Exception as exc:
-        _log.warning(f"warning: could not write the description of MLflow run {run.run_id} ({type(exc).__name__}: "
-                     f"{strip_credentials(str(exc))})")
+        _warn(run, exc)
+        return {}
+
+
+def _warn(run: OpenRun, exc: Exception) -> None:
+    _log.warning(f"warning: could not write the description of MLflow run {run.run_id} ({type(exc).__name__}: "
+                 f"{strip_credentials(str(exc))})")
 
 
 def _record(plan: Plan, cluster: Cluster, run: OpenRun, *, job_ids: tuple[str, ...], outcome: str,
-            first: bool) -> None:
+            first: bool) -> dict[str, str]:
     step, tracker = plan.step, run.tracker
     ups, upstream_data = _upstream(plan, tracker)
     mine = own_datasets(plan)
@@ -172,7 +189,7 @@ def _record(plan: Plan, cluster: Cluster, run: OpenRun, *, job_ids: tuple[str, .
         profile=cluster.profile.name, dashboard=cluster.dashboard, slurm_jobs=_slurm_jobs(plan, cluster, job_ids),
         outcome=outcome,
     )
-    tracker.set_tags(run.run_id, {MLFLOW_NOTE: step_description(facts)})
+    return {MLFLOW_NOTE: step_description(facts)}
 
 
-__all__ = ["DIFF_ARTIFACT", "changed", "git_of", "own_datasets", "record", "step_run_name"]
+__all__ = ["DIFF_ARTIFACT", "changed", "described", "git_of", "own_datasets", "record", "step_run_name"]

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -415,9 +415,13 @@ def settled_key(step: ResolvedStep, settings: Settings, wrote: list[str]) -> Res
 
 
 def settle(plan: Plan, run: OpenRun, result: LaunchResult, wrote: list[str], guard: RunGuard,
-           reporter: luigi.Task) -> None:
-    """Phase 4: FINISHED + ``mltf.complete=true`` only for exit code 0 with every declared output."""
+           reporter: luigi.Task, *, end_tags: Callable[[bool], Mapping[str, str]] | None = None) -> None:
+    """Phase 4: FINISHED + ``mltf.complete=true`` only for exit code 0 with every declared output.
+    ``end_tags`` (given whether the run completed) are set with its exit code, in the same request."""
     step, tracker, name = plan.step, run.tracker, plan.step.name
+    def end(ok: bool, exit_code: int | None, status: str | None = None) -> None:
+        guard.end(ok=ok, exit_code=exit_code, status=status, tags=end_tags(ok) if end_tags else None)
+
     if result.timed_out and step.timeout is not None:
         timed_out = StepTimedOut(
             step=name, run_id=run.run_id, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
@@ -425,17 +429,17 @@ def settle(plan: Plan, run: OpenRun, result: LaunchResult, wrote: list[str], gua
             summary=result.summary,
         )
         tracker.set_tags(run.run_id, {TAG_ERROR: timed_out.reason})
-        guard.end(ok=False, exit_code=result.exit_code)
+        end(False, result.exit_code)
         raise timed_out
     if result.exit_code != 0:
-        guard.end(ok=False, exit_code=result.exit_code)
+        end(False, result.exit_code)
         raise StepFailed(
             step=name, run_id=run.run_id, exit_code=result.exit_code, stderr_tail=result.stderr_tail,
             log_path=str(run.log_path), summary=result.summary,
         )
     verdict = tracker.run_status(run.run_id)
     if verdict in ("FAILED", "KILLED"):  # the script ended its own run so: its verdict stands
-        guard.end(ok=False, exit_code=0, status=verdict)
+        end(False, 0, verdict)
         raise StepError(
             f"step '{name}' exited 0 but its script ended MLflow run {run.run_id} {verdict}: the run stays "
             f"{verdict} and is not reused. Fix what made the script fail it (log: {run.log_path}).",
@@ -444,7 +448,7 @@ def settle(plan: Plan, run: OpenRun, result: LaunchResult, wrote: list[str], gua
     _log_project_outputs(step, tracker, run.run_id, wrote)
     missing = missing_outputs(step, tracker, run.experiment_id, run.run_id)
     if missing:
-        guard.end(ok=False, exit_code=0)
+        end(False, 0)
         raise OutputMissing(
             f"step '{name}' exited 0 but did not produce declared output(s): {', '.join(missing)} "
             f"(MLflow run {run.run_id}, marked FAILED). Log them from the entry point (mlflow.log_artifact / "
@@ -461,7 +465,7 @@ def settle(plan: Plan, run: OpenRun, result: LaunchResult, wrote: list[str], gua
         _keep_key(final, run)  # the record of the key the run is found by
         key = final.key
     phases.reached(phases.OUTPUTS_VERIFIED, name)
-    guard.end(ok=True, exit_code=0)
+    end(True, 0)
     run_index(plan.settings.tracking_uri, plan.settings.prefetch_limit).remember(
         run.experiment_id, RunRef(run.run_id, "FINISHED", key, int(time.time() * 1000))
     )

@@ -331,38 +331,43 @@ class Tracker:
             return None
         return str(status)
 
-    def create_step_run(
-        self,
-        experiment_id: str,
-        *,
-        parent_id: str | None,
-        run_name: str,
-        tags: Mapping[str, str],
-        params: Mapping[str, Any],
-    ) -> str:
-        """Create the step's run (RUNNING) with lineage tags and its parameters."""
-        from mlflow.entities import Param
+    def create_step_run(self, experiment_id: str, *, parent_id: str | None, run_name: str, tags: Mapping[str, str],
+                        params: Mapping[str, Any], more_tags: Callable[[str], Mapping[str, str]] | None = None) -> str:
+        """Create the step's run (RUNNING) with lineage tags and its parameters; ``more_tags`` (given the new
+        run's id, e.g. its description) go in the request of the first parameters, or alone if they fail."""
+        from mlflow.entities import Param, RunTag
 
-        all_tags = {
-            MLFLOW_USER: getpass.getuser(),
-            **process_identity(),
-            **lease_tags(self.settings.lease_seconds),
-            **tags,
-        }
+        from mltf_flow.artifact_location import remember
+
+        all_tags = {MLFLOW_USER: getpass.getuser(), **process_identity(), **lease_tags(self.settings.lease_seconds),
+                    **tags}
         if parent_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
         run = self.client.create_run(experiment_id, run_name=run_name,
                                      tags={k: strip_credentials(v) for k, v in all_tags.items()})
         run_id = str(run.info.run_id)
+        remember(run_id, str(run.info.artifact_uri or ""), self.settings.tracking_uri)  # no get before uploads
         items = [Param(k, v[:6000]) for k, v in sorted(redact(params).items())]
         try:
-            for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            extra = [RunTag(k, strip_credentials(v)) for k, v in (more_tags(run_id) if more_tags else {}).items()]
+            if extra and not self._logged(run_id, params=items[:100], tags=extra):
+                # A description is never worth failing a step: the parameters alone, as without one.
+                _log.warning(f"warning: could not write the tags {[t.key for t in extra]} of MLflow run {run_id}")
+                extra = []
+            for start in range(100 if extra else 0, len(items), 100):  # MLflow caps a batch at 100 params
                 self.client.log_batch(run_id, params=items[start : start + 100])
         except BaseException as exc:  # e.g. a parameter name MLflow rejects: the run must not stay RUNNING
             self.client.set_tag(run_id, TAG_ERROR, f"MLflow rejected the parameters: {exc}"[:5000])
             self.client.set_terminated(run_id, "FAILED")
             raise
         return run_id
+
+    def _logged(self, run_id: str, **batch: Any) -> bool:
+        try:
+            self.client.log_batch(run_id, **batch)
+        except Exception:
+            return False
+        return True
 
     def resumable_run(self, experiment_id: str, key: str) -> tuple[str, dict[str, str]] | None:
         """The newest FAILED or KILLED run with this key that holds a checkpoint: a retry continues it."""
@@ -400,13 +405,15 @@ class Tracker:
         """The run's status now (the step's script may have ended it itself)."""
         return str(self.client.get_run(run_id).info.status)
 
-    def finish_step(self, run_id: str, *, ok: bool, exit_code: int | None, status: str | None = None) -> None:
-        """Set the final status; ``mltf.complete=true`` only for a verified success."""
-        tags = {TAG_EXIT_CODE: str(exit_code)} if exit_code is not None else {}
+    def finish_step(self, run_id: str, *, ok: bool, exit_code: int | None, status: str | None = None,
+                    tags: Mapping[str, str] | None = None) -> None:
+        """Set the final status; ``mltf.complete=true`` only for a verified success. ``tags`` (e.g. a trial's
+        state) go in the same request as the exit code."""
+        final = {**(tags or {}), **({TAG_EXIT_CODE: str(exit_code)} if exit_code is not None else {})}
         if ok:
-            tags[TAG_COMPLETE] = "true"
-        if tags:  # one request (and both tags or neither), before the status that makes the run count
-            self.set_tags(run_id, tags)
+            final[TAG_COMPLETE] = "true"
+        if final:  # one request (all the tags or none), before the status that makes the run count
+            self.set_tags(run_id, final)
         self.client.set_terminated(run_id, status or ("FINISHED" if ok else "FAILED"))
 
     def log_artifact(
@@ -478,19 +485,6 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     from mltf_flow.run_description import run_link
 
     return f"{split_userinfo(tracking_uri)[0].rstrip('/')}/{run_link(experiment_id, run_id)}"
-
-
-def mark_running_over_rest(tracking_uri: str, run_id: str, tags: Mapping[str, str]) -> bool:
-    """Tag a run and set it RUNNING through the server's REST API, without importing mlflow (1-2 s);
-    False when the store is not a server (the caller then uses MLflow's client)."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return False
-    from mltf_flow.tracking_rest import TrackingRest
-
-    rest = TrackingRest(tracking_uri, max_retries=0, timeout=60)
-    rest.set_tags(run_id, tags)
-    rest.update_run(run_id, "RUNNING")
-    return True
 
 
 def lineage_key_tags(key: str, step: str, pipeline: str) -> dict[str, str]:

@@ -36,7 +36,7 @@ from mltf_flow.lease import renewer
 from mltf_flow.redaction import display_command, strip_credentials
 from mltf_flow.run_guard import run_guard
 from mltf_flow.step_def import ResolvedStep, Upstream
-from mltf_flow.step_lineage import record, step_run_name
+from mltf_flow.step_lineage import described, record, step_run_name
 from mltf_flow.step_run import Cluster, OpenRun, Plan, command_env, make_launcher, replan, run_tags, settle
 from mltf_flow.tags import (
     MLFLOW_RUN_NAME,
@@ -103,10 +103,14 @@ class StudyContext:
 
 class PruneWatch:
     """``should_stop`` for a trial's launcher: reports the metric's new per-epoch values to Optuna (about every
-    :data:`POLL_S` s) and says stop when the pruner prunes the trial or the driver is stopping."""
+    :data:`POLL_S` s) and says stop when the pruner prunes the trial or the driver is stopping. Without a
+    pruner (``none``) nothing is read while the command runs: its values are reported by the last :meth:`poll`."""
 
     def __init__(self, context: StudyContext, trial: optuna.Trial, run_id: str) -> None:
+        from optuna.pruners import NopPruner
+
         self.context, self.trial, self.run_id = context, trial, run_id
+        self.pruning = not isinstance(trial.study.pruner, NopPruner)
         self.reported: dict[int, float] = {}
         #: The run's value of the metric as MLflow shows it (its latest: highest step, then timestamp).
         self.latest: float | None = None
@@ -129,7 +133,7 @@ class PruneWatch:
             return True
         if self.pruned_at is not None:
             return True
-        if time.monotonic() - self._polled < POLL_S:
+        if not self.pruning or time.monotonic() - self._polled < POLL_S:
             return False
         self.poll()
         if self.reported and self.trial.should_prune():
@@ -187,23 +191,23 @@ def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers
             result = _launch(context, planned, run, watch.should_stop, workers, cluster)
             watch.poll()  # the last epochs' values (the dashboard shows every one) and the run's value
             intermediate = tuple(sorted(watch.reported.items()))
-            if watch.pruned_at is not None:
-                tracker.set_tags(run.run_id, {TAG_TRIAL_STATE: "pruned", TAG_TRIAL_PRUNED_AT: str(watch.pruned_at)})
             if watch.pruned_at is not None or context.stopping.is_set():
-                guard.end(ok=False, exit_code=result.exit_code, status="KILLED")
+                # The trial's state goes with the exit code (one request); a stopped driver's trial has none.
+                pruned = {TAG_TRIAL_STATE: "pruned", TAG_TRIAL_PRUNED_AT: str(watch.pruned_at)}
+                guard.end(ok=False, exit_code=result.exit_code, status="KILLED",
+                          tags=pruned if watch.pruned_at is not None else None)
                 return TrialOutcome("pruned" if watch.pruned_at is not None else "interrupted", run_id=run.run_id,
                                     duration_s=time.monotonic() - start, intermediate=intermediate)
             try:
-                settle(planned, run, result, [], guard, quiet)
+                settle(planned, run, result, [], guard, quiet,
+                       end_tags=lambda ok: {TAG_TRIAL_STATE: "complete" if ok else "failed"})
             except MltfFlowError as exc:
-                tracker.set_tags(run.run_id, {TAG_TRIAL_STATE: "failed"})
                 return TrialOutcome("failed", run_id=run.run_id, error=strip_credentials(str(exc)),
                                     duration_s=time.monotonic() - start, intermediate=intermediate)
     finally:
         leases.release(run.run_id)
     # The command has exited: the history read after it is the whole of it, so its latest value is the run's.
     value = watch.latest
-    tracker.set_tags(run.run_id, {TAG_TRIAL_STATE: "complete"})
     context.known[step.key] = (run.run_id, value)
     if value is None:
         return TrialOutcome("failed", run_id=run.run_id, error=_no_metric(context, run.run_id),
@@ -239,13 +243,20 @@ def _create(context: StudyContext, planned: Plan, number: int, reaped: list[str]
     if resumable is not None:
         run_id = resumable[0]
         tracker.reopen_run(run_id, resumable[1], parent_id=context.study_run_id, tags=tags)
-    else:
-        run_id = tracker.create_step_run(context.experiment_id, parent_id=context.study_run_id,
-                                         run_name=tags[MLFLOW_RUN_NAME], tags=tags, params=dict(planned.params))
+    else:  # its description (it needs the run's id) goes with its parameters: one request
+        run_id = tracker.create_step_run(
+            context.experiment_id, parent_id=context.study_run_id, run_name=tags[MLFLOW_RUN_NAME], tags=tags,
+            params=dict(planned.params),
+            more_tags=lambda new: described(planned, context.cluster, _open(context, planned, new, reopened=False)))
     context.seen.add(step.key)  # a later trial of the same point may resume this run (pruned, failed: checkpoints)
+    return _open(context, planned, run_id, reopened=resumable is not None)
+
+
+def _open(context: StudyContext, planned: Plan, run_id: str, *, reopened: bool) -> OpenRun:
+    step = planned.step
     log_path = context.settings.work_dir / "logs" / step.pipeline / f"{step.name}-{run_id}.log"
     # The study run is this trial's parent: it is settled by the study, never by a trial (parent_id "" here).
-    return OpenRun(tracker, context.experiment_id, run_id, "", log_path, reopened=resumable is not None)
+    return OpenRun(context.tracker, context.experiment_id, run_id, "", log_path, reopened=reopened)
 
 
 def _launch(context: StudyContext, planned: Plan, run: OpenRun, should_stop: Callable[[], bool],
@@ -254,7 +265,8 @@ def _launch(context: StudyContext, planned: Plan, run: OpenRun, should_stop: Cal
 
     step, settings, tracker = planned.step, context.settings, context.tracker
     keep_inputs(planned, run)
-    record(planned, cluster, run)
+    if run.reopened:  # a new run got its description when it was created (_create)
+        record(planned, cluster, run)
     env = command_env(step, settings, run.run_id, run.experiment_id)
     env["DASK_SCHEDULER_ADDRESS"] = cluster.address
     env["MLTF_TUNE_METRIC"] = context.metric
