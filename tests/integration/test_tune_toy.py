@@ -83,7 +83,8 @@ def test_a_study_reuses_a_run_that_exists_records_failed_trials_and_goes_on(proj
 
     (name,) = optuna.get_all_study_names(storage=f"sqlite:///{tmp_path / 'work' / 'optuna.db'}")
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'work' / 'optuna.db'}")
-    errors = [t.user_attrs["error"] for t in study.trials if t.params["mode"] == "crash"]
+    study_trials = study.trials
+    errors = [t.user_attrs["error"] for t in study_trials if t.params["mode"] == "crash"]
     assert len(errors) == len(failed) and all("objective: crashing as asked" in e for e in errors)  # with the tail
     (study,) = [r for r in runs(uri, "toy") if r.data.tags.get("mltf.role") == "study"]
     complete = N_TRIALS - len(failed)
@@ -93,3 +94,13 @@ def test_a_study_reuses_a_run_that_exists_records_failed_trials_and_goes_on(proj
     ran = next(r for r in trials if r.data.tags.get("mltf.trial.state") == "complete")
     history = client(uri).get_metric_history(ran.info.run_id, "score")
     assert sorted(m.step for m in history) == [0, 1, 2]
+    # Every trial run has its parameters, its description (sent with them) and its state (sent with its exit code).
+    assert len(trials) == N_TRIALS - 1  # trial 0 was the run that existed
+    for run in trials:
+        tags = run.data.tags
+        assert {"x", "mode", "epochs"} <= set(run.data.params) and "cache key" in tags["mlflow.note.content"]
+        assert tags["mltf.trial.state"] == ("complete" if run.data.params["mode"] == "ok" else "failed")
+        assert tags["mltf.exit_code"] == ("0" if run.data.params["mode"] == "ok" else "3")
+    # Without a pruner nothing is read while a trial runs; its per-epoch values still reach Optuna at its end.
+    told = next(t for t in study_trials if t.user_attrs.get("mlflow_run_id") == ran.info.run_id)
+    assert sorted(told.intermediate_values) == [0, 1, 2]
