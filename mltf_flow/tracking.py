@@ -112,6 +112,8 @@ class Tracker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._client: MlflowClient | None = None
+        #: The start time of each run this tracker created, as the store recorded it (a claim compares them).
+        self._started: dict[str, int] = {}
 
     @property
     def client(self) -> MlflowClient:
@@ -273,40 +275,42 @@ class Tracker:
         index = run_index(self.settings.tracking_uri)
         reaped: list[str] = []
         holder: Holder | None = None
-        for status in ("RUNNING", "FINISHED"):
-            for ref in index.find_with_status(experiment, key, status):
-                run = self.client.get_run(ref.run_id)
-                tags = run.data.tags
-                if status == "FINISHED" and (tags.get(TAG_COMPLETE) == "true" or tags.get(TAG_SLURM_JOB_DIR)):
-                    continue  # verified, or the backend's (reconciled by its own wrapper)
-                if tags.get(TAG_SLURM_JOB_DIR):
-                    # Over jobs get their real final status from job_alive (reconciled): neither reaped nor held.
-                    if job_alive(ref.run_id, self.settings.tracking_uri) and holder is None:
-                        holder = Holder(ref.run_id, f"SLURM job {tags.get(TAG_SLURM_JOB_IDS)} "
-                                        "(`mlflow run --backend mltf`)")
-                    continue
-                if not is_stale(tags, run.info.start_time, self.settings.lease_seconds):
-                    if holder is None:
-                        holder = Holder(ref.run_id, f"pid {tags.get(TAG_PID)} on {tags.get(TAG_HOST)}")
-                    continue
-                error = ("the lease of its owner expired" if status == "RUNNING" else "ended FINISHED by its script "
-                         "but never verified: the pipeline stopped before checking its exit code and outputs")
-                self.set_tags(ref.run_id, {TAG_REAPED: "true", TAG_ERROR: error})
-                self.client.set_terminated(ref.run_id, "KILLED")
-                reaped.append(ref.run_id)
+        for ref in index.find_with_status(experiment, key, "RUNNING", "FINISHED"):  # one search
+            status = ref.status
+            run = self.client.get_run(ref.run_id)
+            tags = run.data.tags
+            if status == "FINISHED" and (tags.get(TAG_COMPLETE) == "true" or tags.get(TAG_SLURM_JOB_DIR)):
+                continue  # verified, or the backend's (reconciled by its own wrapper)
+            if tags.get(TAG_SLURM_JOB_DIR):
+                # Over jobs get their real final status from job_alive (reconciled): neither reaped nor held.
+                if job_alive(ref.run_id, self.settings.tracking_uri) and holder is None:
+                    holder = Holder(ref.run_id, f"SLURM job {tags.get(TAG_SLURM_JOB_IDS)} "
+                                    "(`mlflow run --backend mltf`)")
+                continue
+            if not is_stale(tags, run.info.start_time, self.settings.lease_seconds):
+                if holder is None:
+                    holder = Holder(ref.run_id, f"pid {tags.get(TAG_PID)} on {tags.get(TAG_HOST)}")
+                continue
+            error = ("the lease of its owner expired" if status == "RUNNING" else "ended FINISHED by its script "
+                     "but never verified: the pipeline stopped before checking its exit code and outputs")
+            self.set_tags(ref.run_id, {TAG_REAPED: "true", TAG_ERROR: error})
+            self.client.set_terminated(ref.run_id, "KILLED")
+            reaped.append(ref.run_id)
         return reaped, holder
 
     def earlier_claim(self, experiment_id: str, key: str, run_id: str) -> Holder | None:
         """A live run with this key created before ``run_id`` (by start time, then id): two invocations on
         different machines that created runs for one key at the same moment agree on which one goes on."""
-        mine = self.client.get_run(run_id).info
+        started = self._started.get(run_id)
+        if started is None:  # a run reopened, or created by another tracker
+            started = int(self.client.get_run(run_id).info.start_time or 0)
         for run in self.client.search_runs(
             [experiment_id], f"tags.`{TAG_CACHE_KEY}` = '{key}' and attributes.status = 'RUNNING'", max_results=50,
         ):
             info = run.info
             if info.run_id == run_id or is_stale(run.data.tags, info.start_time, self.settings.lease_seconds):
                 continue
-            if (info.start_time or 0, info.run_id) < (mine.start_time or 0, mine.run_id):
+            if (info.start_time or 0, info.run_id) < (started, run_id):
                 return Holder(str(info.run_id), f"pid {run.data.tags.get(TAG_PID)} on {run.data.tags.get(TAG_HOST)}")
         return None
 
@@ -347,6 +351,8 @@ class Tracker:
                                      tags={k: strip_credentials(v) for k, v in all_tags.items()})
         run_id = str(run.info.run_id)
         remember(run_id, str(run.info.artifact_uri or ""), self.settings.tracking_uri)  # no get before uploads
+        if run.info.start_time is not None:  # no get when the claim is checked (earlier_claim)
+            self._started[run_id] = int(run.info.start_time)
         items = [Param(k, v[:6000]) for k, v in sorted(redact(params).items())]
         try:
             extra = [RunTag(k, strip_credentials(v)) for k, v in (more_tags(run_id) if more_tags else {}).items()]

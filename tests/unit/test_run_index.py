@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from mltf_flow.errors import TrackingError
 from mltf_flow.run_index import RestRunIndex, RunRef, SqliteRunIndex, run_index
+from tests.helpers import served_store
 
 COMPLETE = (
     "tags.`mltf.cache_key` = '{key}' and attributes.status = 'FINISHED' and tags.`mltf.complete` = 'true'"
@@ -109,6 +110,30 @@ def test_find_with_status_agrees_with_mlflow(store: Store, key: str, status: str
     refs = SqliteRunIndex(store.uri).find_with_status("states", key, status)
     assert [r.run_id for r in refs] == expected
     assert all(r.status == status for r in refs)
+
+
+def _running_then_finished(store: Store, key: str) -> list[str]:
+    return [run_id for status in ("RUNNING", "FINISHED") for run_id in store.expected(
+        exp_id(store, "states"), f"tags.`mltf.cache_key` = '{key}' and attributes.status = '{status}'")]
+
+
+@pytest.mark.parametrize("key", ["K", "ONLY_RUNNING", "ONLY_UNMARKED", "ONLY_FAILED", "ABSENT"])
+def test_several_statuses_in_one_query_agree_with_mlflow(store: Store, key: str) -> None:
+    index = SqliteRunIndex(store.uri)
+    index.experiment_id("states")
+    refs = index.find_with_status("states", key, "RUNNING", "FINISHED")
+    assert [r.run_id for r in refs] == _running_then_finished(store, key) and index.round_trips == 2
+
+
+def test_several_statuses_over_rest_agree_with_mlflow_in_one_search(store: Store, tmp_path: Path) -> None:
+    with served_store(store.uri, tmp_path / "server") as uri:
+        index = RestRunIndex(uri)
+        index.experiment_id("states")
+        for key in ("K", "ONLY_RUNNING", "ONLY_FAILED", "ABSENT"):
+            before = index.round_trips
+            refs = index.find_with_status("states", key, "RUNNING", "FINISHED")
+            assert [r.run_id for r in refs] == _running_then_finished(store, key)
+            assert index.round_trips == before + 1
 
 
 def test_running_runs_are_listed(store: Store) -> None:
