@@ -238,8 +238,10 @@ class RestRunIndex(RunIndex):
         if complete:
             clauses.append(_COMPLETE_FILTER)
         # Several statuses: the others left out (every MLflow server knows "!="; "IN" on a status is recent).
-        clauses += [f"attributes.status = '{statuses[0]}'"] if len(statuses) == 1 else [
-            f"attributes.status != '{other}'" for other in _STATUSES if other not in statuses]
+        if len(statuses) == 1:
+            clauses.append(f"attributes.status = '{statuses[0]}'")
+        elif statuses:
+            clauses += [f"attributes.status != '{other}'" for other in _STATUSES if other not in statuses]
         filter_string = " and ".join(clauses) or f"tags.`{TAG_CACHE_KEY}` != ''"
         found = [ref for page in self._pages(exp_id, filter_string, max_results) for ref in page]
         return [ref for ref in found if not statuses or ref.status in statuses]

@@ -125,7 +125,7 @@ def test_several_statuses_in_one_query_agree_with_mlflow(store: Store, key: str)
     assert [r.run_id for r in refs] == _running_then_finished(store, key) and index.round_trips == 2
 
 
-def test_several_statuses_over_rest_agree_with_mlflow_in_one_search(store: Store, tmp_path: Path) -> None:
+def test_statuses_over_rest_agree_with_mlflow_several_in_one_search(store: Store, tmp_path: Path) -> None:
     with served_store(store.uri, tmp_path / "server") as uri:
         index = RestRunIndex(uri)
         index.experiment_id("states")
@@ -134,6 +134,11 @@ def test_several_statuses_over_rest_agree_with_mlflow_in_one_search(store: Store
             refs = index.find_with_status("states", key, "RUNNING", "FINISHED")
             assert [r.run_id for r in refs] == _running_then_finished(store, key)
             assert index.round_trips == before + 1
+        # Without statuses (a complete run, every run with a key) nothing is left out.
+        complete = index.find_complete("states", "K")
+        assert complete is not None and complete.run_id == store.expected(exp_id(store, "states"),
+                                                                          COMPLETE.format(key="K"))[0]
+        assert index.find_complete("states", "ONLY_RUNNING") is None
 
 
 def test_running_runs_are_listed(store: Store) -> None:
