@@ -106,29 +106,33 @@ def attach_picture_from_store(settings: Settings, invocation_id: str, roots: Seq
     from mltf_flow.pipeline_status import collect
 
     def draw(tracker: Any, parents: list[str]) -> list[StepNode]:
+        # By Luigi task id, not by the run each node finds: task objects of this (main) process may hold what
+        # they found before forked Luigi workers ran them (``--workers N``).
         ran = _children(tracker.client, parents)
 
-        def state(node: StepNode) -> str:
-            if node.run_id is not None and node.run_id in ran:
-                return RAN
+        def after(node: StepNode) -> StepNode:
+            if node.id in ran:
+                return replace(node, state=RAN, run_id=ran[node.id])
             if node.state != WILL_RUN:  # cached, or a dataset staged (or not)
-                return node.state
-            return FAILED if node.name in failed_steps else NOT_RUN
+                return node
+            return replace(node, state=FAILED if node.name in failed_steps else NOT_RUN)
 
-        return [replace(node, state=state(node)) for node in collect(roots, outcome={}, explain=False)]
+        return [after(node) for node in collect(roots, outcome={}, explain=False)]
 
     _attach(settings, invocation_id, roots, draw)
 
 
-def _children(client: Any, parents: Sequence[str]) -> set[str]:
-    """The ids of the runs under ``parents`` (the step runs this invocation made or reopened)."""
-    from mltf_flow.tags import MLFLOW_PARENT_RUN_ID
+def _children(client: Any, parents: Sequence[str]) -> dict[str, str]:
+    """Luigi task id -> run id of the runs under ``parents`` (the step runs this invocation made or reopened)."""
+    from mltf_flow.tags import MLFLOW_PARENT_RUN_ID, TAG_TASK_ID
 
-    found: set[str] = set()
+    found: dict[str, str] = {}
     for parent in parents:
         experiment = str(client.get_run(parent).info.experiment_id)
-        found.update(str(run.info.run_id) for run in client.search_runs(
-            [experiment], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'", max_results=5000))
+        for run in client.search_runs([experiment], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'", max_results=5000):
+            task_id = run.data.tags.get(TAG_TASK_ID)
+            if task_id:
+                found[task_id] = str(run.info.run_id)
     return found
 
 

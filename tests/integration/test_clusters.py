@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,14 @@ def test_two_independent_branches_run_in_parallel(profile: str, tmp_path: Path) 
     assert done == {"left", "right", "join"}
     parents = [r for r in runs(store(), "branches") if r.data.tags.get("mltf.role") == "pipeline"]
     assert len(parents) == 1  # forked task processes share one parent run
+    # The picture drawn at exit by the main process, whose task objects never saw their steps run (forked
+    # workers ran them): every step ran.
+    from mlflow.tracking import MlflowClient
+
+    svg = ET.fromstring(Path(MlflowClient(store()).download_artifacts(
+        parents[0].info.run_id, "mltf/pipeline.svg", str(tmp_path))).read_text())
+    states = {g.get("data-step"): g.get("data-state") for g in svg.iter("{http://www.w3.org/2000/svg}g")}
+    assert states == {"left": "ran", "right": "ran", "join": "ran"}, states
     if profile.startswith("slurm"):
         no_worker_jobs()
 
