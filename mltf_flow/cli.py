@@ -25,6 +25,7 @@ Exit codes of ``run`` follow ``configs/luigi.cfg``'s ``[retcode]``: 0 success, 3
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -104,15 +105,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif args.step:
         task = _build_target(args)
     else:
-        raise ConfigError("mltf-flow status: give --step STEP (a step to run) or --study NAME (a study of "
-                          "pipeline.yaml).")
+        raise ConfigError("status needs --step STEP (a step to run) or --study NAME (a study of pipeline.yaml).")
     nodes = collect([task])
     if args.graph:
         from rich.console import Console
 
         pipeline = task.pipeline_name() if isinstance(task, MLflowStep) else args.step
         what = f"study {args.study}" if args.study else f"step {args.step}"
-        Console(soft_wrap=True).print(status_tree(nodes, f"pipeline {pipeline}, {what}"))
+        # Not a terminal (a pipe, a log): no width to fit, and a cut line would lose a run id or a study's name.
+        width = None if sys.stdout.isatty() else 10_000
+        Console(soft_wrap=True, width=width).print(status_tree(nodes, f"pipeline {pipeline}, {what}"))
     else:
         print("\n".join(status_lines(nodes)))
     if args.files:
@@ -163,8 +165,31 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
            "--host", args.host, "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI on http://{args.host}:{args.port} (store {settings.tracking_uri}); Ctrl-C stops it\n"
-          "  an experiment's runs are under 'Model training' (MLflow opens an experiment on its GenAI overview)")
-    return subprocess.call(cmd)
+          "  an experiment's runs are under 'Model training' (MLflow opens an experiment on its GenAI overview)",
+          flush=True)
+    return _serve(cmd)
+
+
+def _serve(cmd: list[str]) -> int:
+    """Run the UI server (``mlflow ui`` and the uvicorn it starts) as a process group of its own, and stop the
+    whole group when this process is told to stop (Ctrl-C, or SIGTERM/SIGHUP to its PID): else the server
+    outlives ``mltf-flow ui`` and keeps its port."""
+    import signal
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    stopped: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopped.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    code = proc.wait()
+    if stopped:  # the server shuts down cleanly (exit 0); the command says it was stopped, as a shell expects
+        return 128 + stopped[0]
+    return 128 - code if code < 0 else code
 
 
 def _mlflow_error_code(exc: BaseException) -> str | None:
