@@ -247,7 +247,7 @@ def _create(context: StudyContext, planned: Plan, number: int, reaped: list[str]
         run_id = tracker.create_step_run(
             context.experiment_id, parent_id=context.study_run_id, run_name=tags[MLFLOW_RUN_NAME], tags=tags,
             params=dict(planned.params),
-            more_tags=lambda new: described(planned, context.cluster, _open(context, planned, new, reopened=False)))
+            more_tags=lambda new: described(planned, cluster, _open(context, planned, new, reopened=False)))
     context.seen.add(step.key)  # a later trial of the same point may resume this run (pruned, failed: checkpoints)
     return _open(context, planned, run_id, reopened=resumable is not None)
 
