@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from mltf_flow.backend.liveness import submitted_job_alive
 from mltf_flow.errors import StepInProgress
+from mltf_flow.file_lock import file_lock
 from mltf_flow.progress import report_status
 from mltf_flow.run_index import RunRef, run_index
-from mltf_flow.tracking import file_lock
 
 if TYPE_CHECKING:
     import luigi
@@ -52,16 +52,24 @@ class Claim:
     experiment: str
     experiment_id: str
     settings: Settings
+    #: No run of the key existed when this invocation started looking (a study's new trial point): nothing to
+    #: reap before the run is created, so no search for it; the check once the run exists still finds another
+    #: invocation's live run of the key (and a run it left since is reaped by the next claim of the key).
+    fresh: bool = False
 
 
 def claim(want: Claim, tracker: Tracker, reporter: luigi.Task, *, create: Callable[[list[str]], R]) -> R | None:
     """The run ``create`` made once the key is ours (it gets the ids of the stale runs reaped on the way), or
     None when another invocation held the key and completed the step while we waited."""
     reaped: list[str] = []
+    fresh = want.fresh
     while True:
         with file_lock(want.settings.work_dir / "locks" / f"key-{want.key[:40]}.lock"):
-            stale, holder = tracker.reap_stale(want.experiment, want.key, job_alive=submitted_job_alive)
-            reaped += stale
+            holder: Holder | None = None
+            if not fresh:  # a second round (after waiting for another invocation) always looks
+                stale, holder = tracker.reap_stale(want.experiment, want.key, job_alive=submitted_job_alive)
+                reaped += stale
+            fresh = False
             if holder is None:
                 run = create(reaped)
                 holder = tracker.earlier_claim(want.experiment_id, want.key, run.run_id)

@@ -8,9 +8,10 @@ DESIGN.md principle 3: Luigi scheduling is quadratic in DAG size, so a study is 
 2. **open** the Optuna study in its RDB storage (:func:`mltf_flow.tune.spec.storage_url`) by name: trials a dead
    driver left RUNNING are failed (marked ``mltf_retried``, not counted) and their parameters enqueued again; the
    entry point's defaults are trial 0 of a new study (the baseline);
-3. **fan out**: ``n_jobs`` threads (the profile's workers / the trial's world size), each trial on its own
-   workers (:mod:`mltf_flow.tune.trial`); ask and tell happen in this thread; a failed trial is told FAIL and the
-   study goes on, until ``n_trials`` trials ended (complete, pruned or failed);
+3. **fan out**: ``n_jobs`` slots of workers (the profile's workers / the trial's world size), each trial's
+   command on one (:mod:`mltf_flow.tune.slots`, :mod:`mltf_flow.tune.trial`), two more trials in flight so that
+   trials' bookkeeping overlaps other trials' commands; ask and tell happen in this thread; a failed trial is told
+   FAIL and the study goes on, until ``n_trials`` trials ended (complete, pruned or failed);
 4. **settle**: the best trial's value, parameters and run are tagged on the study run, every trial's outcome is
    logged (``mltf/trials.json``; the metric per trial number), and the run completes when at least one trial did.
 
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from mltf_flow import phases
 from mltf_flow.claim import Claim, claim
 from mltf_flow.errors import ConfigError, StepError
+from mltf_flow.file_lock import file_lock
 from mltf_flow.invocation import invocation_id
 from mltf_flow.lease import renewer
 from mltf_flow.lineage_view import describe_parent
@@ -58,7 +60,8 @@ from mltf_flow.tags import (
     TAG_STUDY_STORAGE,
     TAG_STUDY_TRIALS,
 )
-from mltf_flow.tracking import Tracker, file_lock
+from mltf_flow.tracking import Tracker
+from mltf_flow.tune.slots import SPARE_TRIALS, Slot, WorkerSlots, worker_groups
 from mltf_flow.tune.spec import StudySpec, make_pruner, make_sampler, shown_storage, storage_url, typed_point
 from mltf_flow.tune.trial import StudyContext, TrialOutcome, run_trial
 
@@ -249,7 +252,7 @@ class _Driver:
         if to_run == 0:
             return
         slots = trial_slots(self.context, self.spec)
-        _log.info(f"study {self.context.study_name}: {to_run} trial(s) to run, {len(slots)} at a time "
+        _log.info(f"study {self.context.study_name}: {to_run} trial(s) to run, {slots.size} at a time "
                   f"({finished} of {self.spec.n_trials} done before)")
         previous = LocalLauncher._trap_sigterm()  # SIGTERM stops the trials as Ctrl-C does
         try:
@@ -278,53 +281,28 @@ class _Driver:
             self.study.sampler = make_sampler(self.spec, offset=len(trials))
         return len(counted_trials(self.study))
 
-    def _fan_out(self, slots: list[tuple[str, ...] | None], to_run: int) -> None:
-        running: dict[Future[TrialOutcome], tuple[optuna.Trial, tuple[str, ...] | None, dict[str, Any]]] = {}
-        free, asked = list(slots), 0
-        with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="mltf-trial") as pool:
+    def _fan_out(self, slots: WorkerSlots, to_run: int) -> None:
+        """Trials in flight: a few more than slots, so that trials' bookkeeping overlaps other trials' commands
+        (:mod:`mltf_flow.tune.slots`); ask and tell happen here."""
+        running: dict[Future[TrialOutcome], tuple[optuna.Trial, dict[str, Any]]] = {}
+        in_flight, asked = slots.size + SPARE_TRIALS, 0
+        with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="mltf-trial") as pool:
             try:
                 while running or asked < to_run:
-                    while asked < to_run:
-                        found, slot = self._live_slot(free, [v[1] for v in running.values()])
-                        if not found:
-                            break
+                    while asked < to_run and len(running) < in_flight:
                         trial = self.study.ask()
                         point = typed_point(self.context.base, self.spec.space.suggest(trial))
-                        running[pool.submit(run_trial, self.context, trial, point, slot)] = (trial, slot, point)
+                        running[pool.submit(run_trial, self.context, trial, point, slots)] = (trial, point)
                         asked += 1
-                    if not running:
-                        raise StepError(f"study {self.context.study_name}: the workers of its cluster are gone "
-                                        f"({to_run - asked} trial(s) not run; SLURM jobs ended?). Run the same "
-                                        "command again to go on.", step=self.context.base.name)
                     done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                     for future in done:
-                        trial, slot, point = running.pop(future)
-                        free.append(slot)
-                        self._tell(trial, point, future.result())
+                        trial, point = running.pop(future)
+                        self._tell(trial, point, future.result())  # WorkersGone: raised here, the study stops
             except BaseException:
                 self.context.stopping.set()  # every running trial stops its command and ends its run KILLED
+                slots.close()
                 wait(list(running), timeout=120)
                 raise
-
-    def _live_slot(self, free: list[tuple[str, ...] | None],
-                   busy: list[tuple[str, ...] | None]) -> tuple[bool, tuple[str, ...] | None]:
-        """(True, a free slot whose workers are all still there), or (False, None) when there is none. A slot
-        whose SLURM job ended is dropped, and the idle live workers are grouped anew."""
-        if free and free[0] is None:
-            return True, free.pop(0)  # a driver step's slot: no workers to check
-        if not free:
-            return False, None
-        alive = set(self.context.cluster.client.scheduler_info(n_workers=-1).get("workers", {}))
-        while free:
-            slot = free.pop(0)
-            if slot is not None and set(slot) <= alive:
-                return True, slot
-            _log.warning(f"study {self.context.study_name}: worker(s) {', '.join(slot or ())} left the cluster")
-            taken = {w for group in [*busy, *free] for w in (group or ())}
-            idle = sorted(alive - taken)
-            size = self.context.base.world_size or 1
-            free.extend(tuple(idle[i : i + size]) for i in range(0, len(idle) - size + 1, size))
-        return False, None
 
     def _tell(self, trial: optuna.Trial, point: Mapping[str, Any], outcome: TrialOutcome) -> None:
         from optuna.trial import TrialState
@@ -361,21 +339,16 @@ class _Driver:
                       f"{'-' if best is None else f'{best:.6g}'}", percent=int(100 * self.ended / self.spec.n_trials))
 
 
-def trial_slots(context: StudyContext, spec: StudySpec) -> list[tuple[str, ...] | None]:
-    """The workers of each trial running at once: groups of the trial's world size (one worker for a ``worker``
-    step; a ``driver`` step's command runs here, so the slots only bound how many run at once)."""
+def trial_slots(context: StudyContext, spec: StudySpec) -> WorkerSlots:
+    """The slots of the study's trials (:mod:`mltf_flow.tune.slots`): groups of the trial's world size of the
+    cluster's workers; a ``driver`` step's command runs here, so its slots only bound how many run at once."""
     base = context.base
-    if base.run_on == "driver":
-        return [None] * (spec.n_jobs or max(1, base.profile.expected_workers))
-    info = context.cluster.client.scheduler_info(n_workers=-1)
-    workers = sorted(info.get("workers", {}))
     size = base.world_size or 1
-    groups = [tuple(workers[i : i + size]) for i in range(0, len(workers) - size + 1, size)]
-    if not groups:
-        raise StepError(f"study of step {base.name!r}: a trial needs {size} worker(s), the cluster has {len(workers)}.",
-                        step=base.name)
-    slots: list[tuple[str, ...] | None] = list(groups[: spec.n_jobs or len(groups)])
-    return slots
+    slots: list[Slot] = [None] * (spec.n_jobs or max(1, base.profile.expected_workers)) \
+        if base.run_on == "driver" else \
+        worker_groups(context.cluster.client, world_size=size, n_jobs=spec.n_jobs, step=base.name)
+    return WorkerSlots(slots, client=context.cluster.client, world_size=size, study=context.study_name,
+                       step=base.name, stopping=context.stopping)
 
 
 def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

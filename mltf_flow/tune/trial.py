@@ -47,6 +47,7 @@ from mltf_flow.tags import (
     TAG_TRIAL_PRUNED_AT,
     TAG_TRIAL_STATE,
 )
+from mltf_flow.tune.slots import SlotHold, SlotsClosed, WorkersGone, WorkerSlots
 
 if TYPE_CHECKING:
     import optuna
@@ -148,9 +149,10 @@ def trial_step(base: ResolvedStep, point: Mapping[str, Any]) -> ResolvedStep:
 
 
 def run_trial(context: StudyContext, trial: optuna.Trial, point: Mapping[str, Any],
-              workers: tuple[str, ...] | None) -> TrialOutcome:
-    """Run (or find) one trial on ``workers`` (see the module docstring); never raises for the trial's own
-    failure: that is a ``failed`` outcome, and the study goes on."""
+              slots: WorkerSlots) -> TrialOutcome:
+    """Run (or find) one trial, its command on a slot of ``slots`` (see the module docstring); never raises
+    for the trial's own failure: that is a ``failed`` outcome, and the study goes on. Raises
+    :class:`~mltf_flow.tune.slots.WorkersGone` when no worker is left to run it."""
     start = time.monotonic()
     step = trial_step(context.base, point)
     key = step.key
@@ -161,13 +163,22 @@ def run_trial(context: StudyContext, trial: optuna.Trial, point: Mapping[str, An
             return TrialOutcome("failed", run_id=run_id, cached=True, error=_no_metric(context, run_id))
         return TrialOutcome("complete", value, run_id, cached=True, duration_s=time.monotonic() - start)
     try:
-        return _run(context, trial, step, workers, start)
+        # On SLURM a trial's run names its own workers' jobs: its slot is taken before the run is created.
+        hold = SlotHold(slots, early=bool(context.cluster.job_ids))
+    except SlotsClosed:
+        return TrialOutcome("interrupted", duration_s=time.monotonic() - start)
+    try:
+        return _run(context, trial, step, hold, start)
+    except WorkersGone:
+        raise
     except MltfFlowError as exc:
         return TrialOutcome("failed", run_id=getattr(exc, "run_id", None), error=strip_credentials(str(exc)),
                             duration_s=time.monotonic() - start)
+    finally:
+        hold.release()
 
 
-def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers: tuple[str, ...] | None,
+def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, hold: SlotHold,
          start: float) -> TrialOutcome:
     assert context.base_plan is not None  # set by the driver
     planned = replan(context.base_plan, step)
@@ -176,8 +187,9 @@ def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers
     # A key without any run at the study's start has no failed run to resume: no search for one, unless the
     # claim reaped a run of it or waited for another invocation's (each can leave a checkpoint behind).
     rounds = itertools.count()
-    cluster = slot_cluster(context.cluster, workers)
-    run = claim(Claim(step.name, step.key, context.experiment, context.experiment_id, settings), tracker, quiet,
+    cluster = slot_cluster(context.cluster, hold.slot) if hold.taken else context.cluster
+    fresh = step.key not in context.seen  # no run of it at the study's start, none made since by this study
+    run = claim(Claim(step.name, step.key, context.experiment, context.experiment_id, settings, fresh), tracker, quiet,
                 create=lambda reaped: _create(context, planned, trial.number, reaped, cluster, look_back=bool(reaped)
                                               or next(rounds) > 0 or step.key in context.seen))
     if run is None:  # another invocation ran this very step meanwhile: its run is the result
@@ -188,7 +200,13 @@ def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, workers
     leases.hold(run.run_id)
     try:
         with run_guard(tracker, run.run_id, step=step.name, log_path=run.log_path) as guard:
-            result = _launch(context, planned, run, watch.should_stop, workers, cluster)
+            try:
+                with hold.command() as workers:  # only for the command: the bookkeeping overlaps other commands
+                    result = _launch(context, planned, run, watch.should_stop, workers, cluster)
+            except SlotsClosed:  # the study stopped while this trial waited for workers
+                guard.end(ok=False, exit_code=None, status="KILLED")
+                return TrialOutcome("interrupted", run_id=run.run_id, duration_s=time.monotonic() - start)
+            _keep_log(context, run, result)
             watch.poll()  # the last epochs' values (the dashboard shows every one) and the run's value
             intermediate = tuple(sorted(watch.reported.items()))
             if watch.pruned_at is not None or context.stopping.is_set():
@@ -283,11 +301,15 @@ def _launch(context: StudyContext, planned: Plan, run: OpenRun, should_stop: Cal
         should_stop=should_stop, workers=workers, echo=False,
     ))
     phases.reached(phases.COMMAND_EXITED, step.name)
-    tracker.log_artifact(run.run_id, run.log_path, "mltf", name="step.log")
+    return result
+
+
+def _keep_log(context: StudyContext, run: OpenRun, result: LaunchResult) -> None:
+    """The command's log (and its ranks' logs) go with the run, once its workers are free for the next trial."""
+    context.tracker.log_artifact(run.run_id, run.log_path, "mltf", name="step.log")
     for artifact, path in result.extra_logs:
         if Path(path).exists():
-            tracker.log_artifact(run.run_id, path, "mltf", name=artifact)
-    return result
+            context.tracker.log_artifact(run.run_id, path, "mltf", name=artifact)
 
 
 def _metric_of(context: StudyContext, run_id: str) -> float | None:

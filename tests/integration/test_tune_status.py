@@ -150,5 +150,9 @@ def test_a_study_stopped_by_sigterm_names_its_run_and_status_says_a_rerun_contin
     out = status.stdout
     assert f"study run {run.info.run_id}: KILLED (stopped; a rerun of the same command continues it)" in out, out
     assert "trials: 1 of 4: 1 complete, 0 pruned, 0 failed" in out, out
-    assert "1 trial(s) left RUNNING (a rerun runs them again)" in out, out
+    # The trials in flight when it stopped (a few more than its slots: mltf_flow.tune.slots) stay RUNNING.
+    from optuna.trial import TrialState
+
+    left = len(_optuna_study(work).get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    assert left >= 1 and f"{left} trial(s) left RUNNING (a rerun runs them again)" in out, out
     assert "best score " in out, out
