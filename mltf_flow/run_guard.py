@@ -42,6 +42,8 @@ class RunGuard:
     log_name: str = "step.log"
     #: Put before the error in tag ``mltf.error`` (e.g. "submission failed: ").
     error_prefix: str = ""
+    #: Set with the error when an exception ends the run FAILED (not when it is KILLED), e.g. a trial's state.
+    failed_tags: Mapping[str, str] = field(default_factory=dict)
     ended: bool = field(default=False, init=False)
 
     def end(self, *, ok: bool, exit_code: int | None, status: str | None = None,
@@ -67,7 +69,8 @@ class RunGuard:
         try:
             if self.log_path is not None and self.log_path.exists():
                 self.tracker.log_artifact(self.run_id, self.log_path, "mltf", name=self.log_name)
-            self.tracker.set_tags(self.run_id, {TAG_ERROR: f"{self.error_prefix}{type(exc).__name__}: {exc}"[:5000]})
+            error = {TAG_ERROR: f"{self.error_prefix}{type(exc).__name__}: {exc}"[:5000]}
+            self.tracker.set_tags(self.run_id, error if killed else {**self.failed_tags, **error})
             self.tracker.finish_step(self.run_id, ok=False, exit_code=None, status="KILLED" if killed else "FAILED")
             self.ended = True
             self._settle_parent(False)
@@ -78,10 +81,11 @@ class RunGuard:
 @contextlib.contextmanager
 def run_guard(
     tracker: Tracker, run_id: str, *, parent_id: str | None = None, step: str = "", log_path: Path | None = None,
-    error_prefix: str = "",
+    error_prefix: str = "", failed_tags: Mapping[str, str] | None = None,
 ) -> Iterator[RunGuard]:
     """Do the work of an open run; whatever escapes ends the run first (see the module docstring)."""
-    guard = RunGuard(tracker, run_id, parent_id=parent_id, step=step, log_path=log_path, error_prefix=error_prefix)
+    guard = RunGuard(tracker, run_id, parent_id=parent_id, step=step, log_path=log_path, error_prefix=error_prefix,
+                     failed_tags=dict(failed_tags or {}))
     try:
         yield guard
     except BaseException as exc:

@@ -199,7 +199,8 @@ def _run(context: StudyContext, trial: optuna.Trial, step: ResolvedStep, hold: S
     leases = renewer(settings.tracking_uri, settings.lease_seconds)
     leases.hold(run.run_id)
     try:
-        with run_guard(tracker, run.run_id, step=step.name, log_path=run.log_path) as guard:
+        with run_guard(tracker, run.run_id, step=step.name, log_path=run.log_path,
+                       failed_tags={TAG_TRIAL_STATE: "failed"}) as guard:  # a launcher's own error too
             try:
                 with hold.command() as workers:  # only for the command: the bookkeeping overlaps other commands
                     result = _launch(context, planned, run, watch.should_stop, workers, cluster)

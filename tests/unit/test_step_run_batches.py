@@ -86,6 +86,19 @@ def test_an_end_without_tags_sets_only_its_own(tracker: Tracker, experiment_id: 
     assert run.data.tags[TAG_ERROR] == "RuntimeError: disk full"
 
 
+@pytest.mark.parametrize(("error", "status"), [(RuntimeError("dask lost the worker"), "FAILED"),
+                                             (KeyboardInterrupt(), "KILLED")])
+def test_an_error_sets_the_failed_tags_unless_the_run_is_killed(tracker: Tracker, experiment_id: str,
+                                                               error: BaseException, status: str) -> None:
+    # A trial whose launcher raised is a failed trial (mltf.trial.state); one stopped by Ctrl-C has no state.
+    run_id = tracker.create_step_run(experiment_id, parent_id=None, run_name="s", tags={}, params={})
+    with pytest.raises(type(error)), run_guard(tracker, run_id, step="s", failed_tags={TAG_TRIAL_STATE: "failed"}):
+        raise error
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == status and TAG_ERROR in run.data.tags
+    assert run.data.tags.get(TAG_TRIAL_STATE) == ("failed" if status == "FAILED" else None)
+
+
 def test_artifacts_go_to_the_location_the_creation_returned(tracker: Tracker, experiment_id: str,
                                                            tmp_path: Path) -> None:
     run_id = tracker.create_step_run(experiment_id, parent_id=None, run_name="s", tags={}, params={})
