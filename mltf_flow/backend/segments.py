@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from mltf_flow.backend.run_writer import RunWriter
 from mltf_flow.backend.spec import JobSpec
-from mltf_flow.continuation import Limits, exhausted, segment_tags
 from mltf_flow.tags import TAG_SLURM_JOB_IDS, TAG_SLURM_LOG
 
 #: Set in the environment of every segment after the first (the wrapper clears the previous one's outcome).
@@ -39,6 +38,8 @@ def _jobs(tags: dict[str, str], job_id: str) -> list[str]:
 
 def continue_run(spec: JobSpec, job_id: str, writer: RunWriter, why: str) -> Continued:
     """Submit the next segment of ``job_id`` (the current job, segment N of the run), or say why not."""
+    # Here, not at the top: the wrapper imports this module for SEGMENT_ENV on every job's critical path.
+    from mltf_flow.continuation import Limits, exhausted, segment_tags
     from mltf_flow.slurm.sbatch import submit
 
     _, tags = writer.status_and_tags(spec.run_id)

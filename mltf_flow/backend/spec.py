@@ -51,6 +51,9 @@ class JobSpec:
     #: and how often the job is submitted again to continue it (mltf_flow.continuation).
     stop_margin: float = 120.0
     max_restarts: int = 10
+    #: The run's checkpoint epoch when the job was submitted (``mltf.checkpoint.epoch`` of a pre-created run):
+    #: where a first attempt starts from (a requeued attempt or a later segment reads the run's).
+    checkpoint_epoch: str | None = None
     system_metrics: bool = True
     stderr_tail_lines: int = 30
     #: Extra environment of the command (never secrets).

@@ -49,6 +49,7 @@ from mltf_flow.tags import (
     MLFLOW_SOURCE_NAME,
     MLFLOW_SOURCE_TYPE,
     MLFLOW_USER,
+    TAG_CHECKPOINT_EPOCH,
     TAG_CODE_HASH,
     TAG_ENV_HASH,
     TAG_GIT_DIRTY,
@@ -98,6 +99,8 @@ class JobPlan:
     #: More of sbatch's environment (so the job's, never the script's): the gateway's job credential and the
     #: user's secrets.
     job_env: dict[str, str] = field(default_factory=dict, repr=False)
+    #: The checkpoint epoch of the run when it is submitted (a pre-created run may have one).
+    checkpoint_epoch: str | None = None
 
     @property
     def reported_to(self) -> str:
@@ -120,6 +123,7 @@ class JobPlan:
             fabric=self.config.fabric, interface=self.config.interface, kill_grace=self.config.kill_grace,
             forward_pre_timeout_signal=self.config.forward_pre_timeout_signal,
             stop_margin=float(self.config.signal_seconds), max_restarts=self.config.max_restarts,
+            checkpoint_epoch=self.checkpoint_epoch,
             system_metrics=self.config.system_metrics,
             env={"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "PYTHONUNBUFFERED": "1",
                  "MLTF_STEP": self.entry_point, "MLTF_PIPELINE": self.project.name},
@@ -373,6 +377,7 @@ def _own_run(tracker: Any, plan: JobPlan, tags: Mapping[str, str]) -> tuple[str,
         raise ConfigError(f"--backend-config run_id {run_id!r}: no such MLflow run ({exc}).") from exc
     if run.info.status in ("FINISHED", "FAILED", "KILLED"):
         raise ConfigError(f"--backend-config run_id {run_id}: the run is already {run.info.status}.")
+    plan.checkpoint_epoch = run.data.tags.get(TAG_CHECKPOINT_EPOCH)
     tracker.set_tags(run_id, dict(tags))
     items = [Param(k, v[:6000]) for k, v in sorted(redact(plan.params).items()) if k not in run.data.params]
     if items:

@@ -4,7 +4,11 @@
   ``RUNNING``, then the run's final ``FINISHED`` / ``FAILED`` / ``KILLED``);
 * ``wait()`` polls with backoff (``poll_interval`` doubling by 1.5 up to ``max_poll_interval``, back to the
   start whenever the state changes) and returns True only for a run that ended FINISHED with
-  ``mltf.complete=true`` (exit code 0, as the job's wrapper recorded);
+  ``mltf.complete=true`` (exit code 0, as the job's wrapper recorded). Between two looks at SLURM it watches
+  the job's record (``status.json``: a ``stat`` every 20 ms after a change, slowing down to one a second):
+  a wrapper that recorded its run FINISHED on MLflow ends the wait at once, without waiting for SLURM to
+  report the job over (the process exit, the job's end in the controller, the next poll: 0.1-0.3 s a job,
+  more with a longer poll interval);
 * ``cancel()`` runs ``scancel``, waits until SLURM has ended the job and marks the run KILLED.
 
 States come from :mod:`mltf_flow.slurm.query` (batched across every run this process watches). While the
@@ -51,6 +55,10 @@ _log = logging.getLogger(__name__)
 REQUEUE_GRACE_S = 60.0
 #: How long ``cancel()`` waits for SLURM to end the job (its KillWait is 30 s by default).
 CANCEL_TIMEOUT_S = 120.0
+#: How often ``wait()`` looks at the job's record between polls of SLURM (one ``stat``; the file is read when
+#: it changed or the job's state did (a short job ends soon after it starts), slowing down by 1.2 a look to
+#: RECORD_POLL_S[1] s or the poll interval (a long job's end need not be seen within milliseconds).
+RECORD_POLL_S = (0.02, 1.0)
 
 
 class SlurmSubmittedRun(SubmittedRun):
@@ -71,6 +79,10 @@ class SlurmSubmittedRun(SubmittedRun):
         self._seen: tuple[str, str | None] | None = None
         self._requeueable_since: float | None = None
         self._final: str | None = None
+        #: The run as MLflow had it when the job's record ended the wait (see ``_recorded_success``).
+        self._final_run: Any = None
+        self._record_seen: tuple[int, int, int] | None = None
+        self._record_poll = RECORD_POLL_S[0]
         self._cancelled = False
         monitor().watch([job_id])
 
@@ -112,9 +124,22 @@ class SlurmSubmittedRun(SubmittedRun):
             self._step(max_age=0.0)
             if self._final is not None:
                 break
-            interval = self.poll_interval if self._seen != before else min(interval * 1.5, self.max_poll_interval)
-            time.sleep(interval)
+            if self._seen != before:  # e.g. the job started: its end may be near, look at its record often again
+                interval, self._record_poll = self.poll_interval, RECORD_POLL_S[0]
+            else:
+                interval = min(interval * 1.5, self.max_poll_interval)
+            self._sleep_watching_record(interval)
         return self.succeeded()
+
+    def _sleep_watching_record(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when the job's record shows the run FINISHED meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not self._recorded_success():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(self._record_poll, left))
+            self._record_poll = min(self._record_poll * 1.2, RECORD_POLL_S[1], self.poll_interval)
 
     def cancel(self) -> None:
         from mltf_flow.slurm.sbatch import scancel
@@ -139,11 +164,43 @@ class SlurmSubmittedRun(SubmittedRun):
 
     # -- results ----------------------------------------------------------------------------------------------
     def succeeded(self) -> bool:
-        run = self.client.get_run(self._run_id)
+        run = self._final_run if self._final_run is not None else self.client.get_run(self._run_id)
         return bool(run.info.status == FINISHED and run.data.tags.get(TAG_COMPLETE) == "true")
+
+    def _recorded_success(self) -> bool:
+        """Whether this job's wrapper recorded its run FINISHED on MLflow (its record: phase ``ended``,
+        ``tracked``); the run is then final. Other outcomes wait for SLURM, whose final word (e.g.
+        OUT_OF_MEMORY where the wrapper saw a SIGKILL) the run keeps (:meth:`reconcile`)."""
+        if self._final is not None:
+            return True
+        path = self.job_dir / "status.json"
+        try:
+            info = path.stat()
+        except OSError:
+            return False
+        seen = (info.st_ino, info.st_mtime_ns, info.st_size)  # written by os.replace: a new file each time
+        if seen == self._record_seen:
+            return False
+        self._record_seen, self._record_poll = seen, RECORD_POLL_S[0]
+        record = read_record(path)
+        if record is None or record.job_id != self.job_id or record.phase != ENDED or not record.tracked \
+                or record.status != FINISHED:
+            return False
+        try:
+            run = self.client.get_run(self._run_id)
+        except Exception as exc:  # the tracking server is down: SLURM's view decides, as without a record
+            _log.warning(f"cannot read run {self._run_id}: {exc}")
+            return False
+        if run.info.status not in TERMINAL_RUN_STATUSES:  # the record is ahead of what MLflow shows: poll on
+            return False
+        monitor().unwatch([self.job_id])
+        self._final, self._final_run = str(run.info.status), run
+        return True
 
     def _step(self, max_age: float) -> str | None:
         """One look at the job; returns the run status it implies (None when SLURM could not be asked)."""
+        if self._recorded_success():
+            return self._final
         try:
             state = monitor().states([self.job_id], max_age=max_age)[self.job_id]
         except SlurmUnavailable as exc:

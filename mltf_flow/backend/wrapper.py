@@ -4,8 +4,8 @@ The job script ``exec``s this as its last line, so SLURM's signals reach it and 
 It owns the MLflow run's status from here on, because MLflow alone gets it wrong (a script that calls
 ``sys.exit(3)`` after ``start_run()`` ends FINISHED; one killed by SIGTERM stays RUNNING forever):
 
-1. it writes the job's record (:mod:`mltf_flow.backend.record`) and, in a thread while the command starts,
-   marks the run RUNNING with the node and job id;
+1. it writes the job's record (:mod:`mltf_flow.backend.record`) and, in a thread, marks the run RUNNING
+   before the command starts and tags it with the node and job id while it starts;
 2. it builds or activates the Python environment (:mod:`mltf_flow.pyenv` for ``virtualenv``);
 3. it runs the command (once, or once per ``srun`` task with the torchrun variables when the job has
    several tasks), its output going to the job's log;
@@ -18,7 +18,8 @@ It owns the MLflow run's status from here on, because MLflow alone gets it wrong
 6. the outcome goes to the record first, then to the run: ``FINISHED`` + ``mltf.complete=true`` only for
    exit code 0 (and only if the command did not end the run FAILED itself), ``FAILED`` for a non-zero
    exit or a time limit, ``KILLED`` for a cancellation; tags ``mltf.exit_code``, ``mltf.slurm.state``,
-   ``mltf.slurm.reason`` and ``mltf.error``; the job's log is uploaded as ``mltf/slurm-<jobid>.out``.
+   ``mltf.slurm.reason`` and ``mltf.error``; the job's log is uploaded as ``mltf/slurm-<jobid>.out``; then
+   the record says ``tracked`` (a ``SubmittedRun.wait()`` watching it returns).
 
 All of this stays well inside SLURM's ``KillWait`` (30 s by default) between SIGTERM and SIGKILL.
 """
@@ -33,10 +34,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any, Generic, TypeVar, cast
 
 from mltf_flow.backend.record import CONTINUED, ENDED, REQUEUED, RUNNING, JobRecord
 from mltf_flow.backend.run_writer import RunWriter, rest_writer
@@ -64,6 +66,7 @@ from mltf_flow.time_limit import EXIT_CONTINUE, MARGIN_ENV
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Tags a requeued attempt must not inherit from the one before.
 _STALE_TAGS = (TAG_ERROR, TAG_EXIT_CODE, TAG_SLURM_STATE, TAG_SLURM_REASON, TAG_COMPLETE)
+T = TypeVar("T")
 
 
 @dataclass
@@ -141,6 +144,29 @@ def _reason_tag(outcome: Outcome) -> dict[str, str]:
     return {TAG_SLURM_REASON: outcome.reason} if outcome.reason else {}
 
 
+class _Call(threading.Thread, Generic[T]):
+    """A call to MLflow in a thread of its own (started at once); :meth:`result` returns or raises what it did."""
+
+    def __init__(self, fn: Callable[..., T], *args: Any) -> None:
+        super().__init__(name="mltf-mlflow-call", daemon=True)
+        self._fn, self._args = fn, args
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._value = self._fn(*self._args)
+        except BaseException as exc:  # raised in the caller's thread, by result()
+            self._error = exc
+
+    def result(self) -> T:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return cast(T, self._value)
+
+
 class Wrapper:
     def __init__(self, spec_path: Path) -> None:
         self.spec_path = spec_path
@@ -154,6 +180,9 @@ class Wrapper:
         #: The run's checkpoint epoch when this job started: a newer one at the time limit means progress.
         self.epoch_at_start: str | None = None
         self._writer: RunWriter | None = None
+        #: Set once the run is RUNNING (or cannot be): the command may start.
+        self._running = threading.Event()
+        #: Set once the run has this attempt's tags too (or cannot have them): the outcome may be recorded.
         self._writer_ready = threading.Event()
 
     # -- MLflow -------------------------------------------------------------------------------------------
@@ -168,6 +197,7 @@ class Wrapper:
             _say(f"cannot update MLflow run {self.spec.run_id} ({type(exc).__name__}: {exc}); the job's record "
                  f"{self.spec.record_path} keeps its outcome")
         finally:
+            self._running.set()
             self._writer_ready.set()
 
     def _client_writer(self) -> RunWriter:
@@ -181,13 +211,21 @@ class Wrapper:
                 TAG_SLURM_RESTARTS: os.environ.get("SLURM_RESTART_COUNT", "0"), TAG_SLURM_STATE: "RUNNING"}
 
     def _start_run(self, writer: RunWriter) -> None:
+        running = self._running_tags()
+        if os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0") and self.segment == 1:
+            # A first attempt has no previous outcome to clear and starts from the checkpoint the run had when
+            # it was submitted (the spec's): the command starts once the run is RUNNING, and the tags follow
+            # while it starts (the outcome waits for them). One round trip before the command instead of three.
+            self.epoch_at_start = self.spec.checkpoint_epoch
+            writer.set_status(self.spec.run_id, "RUNNING")
+            self._running.set()
+            writer.set_tags(self.spec.run_id, running)
+            return
         _, tags = writer.status_and_tags(self.spec.run_id)
         self.epoch_at_start = tags.get(TAG_CHECKPOINT_EPOCH)
-        if os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") or self.segment > 1:
-            for key in _STALE_TAGS:
-                if key in tags:  # a requeued attempt or a new segment: the previous one's outcome no longer applies
-                    writer.delete_tag(self.spec.run_id, key)
-        running = self._running_tags()
+        for key in _STALE_TAGS:
+            if key in tags:  # a requeued attempt or a new segment: the previous one's outcome no longer applies
+                writer.delete_tag(self.spec.run_id, key)
         if self.segment > 1:
             running.update({TAG_SEGMENTS: str(self.segment),
                             f"{TAG_SEGMENT_PREFIX}{self.segment}": f"job {self.job_id}: running"})
@@ -310,7 +348,7 @@ class Wrapper:
             command = self.command(env)
             # The run is marked RUNNING before the command starts: a quick command that ends its own run
             # must not find it set RUNNING again afterwards (the import behind it overlaps the env build).
-            self._writer_ready.wait(120)
+            self._running.wait(120)
 
             def remember(pid: int) -> None:
                 self.child_pid = pid
@@ -388,13 +426,14 @@ class Wrapper:
         writer = self.writer()
         if writer is not None:
             try:
-                self._track(writer, outcome)
-                JobRecord(**{**record.__dict__, "tracked": True}).write(self.spec.record_path)
+                status = self._track(writer, outcome)
+                JobRecord(**{**record.__dict__, "status": status, "tracked": True}).write(self.spec.record_path)
             except Exception as exc:
                 _say(f"could not record the outcome on MLflow run {self.spec.run_id}: {type(exc).__name__}: {exc}")
         return outcome.exit_code
 
-    def _track(self, writer: RunWriter, outcome: Outcome) -> None:
+    def _track(self, writer: RunWriter, outcome: Outcome) -> str:
+        """Record ``outcome`` on the run; returns the status the run got."""
         run_id = self.spec.run_id
         if outcome.status == SCHEDULED:  # requeued or continued: the next attempt or job takes over
             if outcome.next_job:  # this job's log stays with the run: the next one writes its own
@@ -402,13 +441,28 @@ class Wrapper:
             # Status first, state tag last: whoever sees the tag REQUEUED finds the run SCHEDULED already.
             writer.set_status(run_id, SCHEDULED)
             writer.set_tags(run_id, {TAG_SLURM_STATE: outcome.slurm_state, **_reason_tag(outcome)})
-            return
-        current, _ = writer.status_and_tags(run_id)
+            return SCHEDULED
+        # Three round trips at a time where they do not depend on each other: the log goes up and, for exit
+        # code 0, the run's status is asked while the outcome's tags are written (the tags of exit code 0 are
+        # the same whatever the answer, unless it says the command ended its run itself).
         status = outcome.status
-        if status == FINISHED and current in (FAILED, KILLED):
+        current = _Call(writer.status_and_tags, run_id) if status == FINISHED else None
+        upload = _Call(self._upload_log, writer, current)
+        writer.set_tags(run_id, self._outcome_tags(outcome, status))
+        if current is not None and current.result()[0] in (FAILED, KILLED):
             # The command ended its own run FAILED/KILLED and then exited 0: its word stands.
-            status = current
-            outcome.error = f"the command exited 0 but ended its MLflow run {current}"
+            status = current.result()[0]
+            outcome.error = f"the command exited 0 but ended its MLflow run {status}"
+            writer.set_tags(run_id, self._outcome_tags(outcome, status))
+        writer.terminate(run_id, status)
+        upload.result()
+         # the log is there before the run is complete
+        if status == FINISHED:
+            # Last: a run is complete only once everything else about it is recorded (pipelines trust this tag).
+            writer.set_tags(run_id, {TAG_COMPLETE: "true"})
+        return status
+
+    def _outcome_tags(self, outcome: Outcome, status: str) -> dict[str, str]:
         tags = {TAG_EXIT_CODE: str(outcome.exit_code), TAG_SLURM_STATE: outcome.slurm_state, **_reason_tag(outcome)}
         if outcome.error:
             tags[TAG_ERROR] = outcome.error[:5000]
@@ -419,15 +473,11 @@ class Wrapper:
             why = f" ({outcome.reason})" if outcome.reason else ""
             how = "finished" if status == FINISHED else f"ended {status}: {outcome.slurm_state}{why}"
             tags[f"{TAG_SEGMENT_PREFIX}{self.segment}"] = f"job {self.job_id}: {how}"
-        self._upload_log(writer)
-        writer.set_tags(run_id, tags)
-        writer.terminate(run_id, status)
-        if status == FINISHED:
-            # Last: a run is complete only once everything else about it is recorded (pipelines trust this tag).
-            writer.set_tags(run_id, {TAG_COMPLETE: "true"})
+        return tags
 
-
-    def _upload_log(self, writer: RunWriter) -> None:
+    def _upload_log(self, writer: RunWriter, after: threading.Thread | None = None) -> None:
+        if after is not None:  # the run's look-up, which tells the REST writer where the artifacts go
+            after.join()
         log = self.spec.log_path(self.job_id)
         if log.is_file():
             try:

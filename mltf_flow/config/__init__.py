@@ -16,11 +16,33 @@
 * :mod:`~mltf_flow.config.memo`: validated values remembered across invocations, keyed by the inputs' contents.
 * :mod:`~mltf_flow.config.files`: YAML files, parsed once per version of the file.
 
-Importing this package imports PyYAML only: pydantic is imported when a file has to be validated, which a
+Importing this package imports none of them: its four names below are loaded when first used, so a module
+that needs one section (a job's wrapper resolving its fabric: :mod:`~mltf_flow.config.fabric`) does not pay
+for PyYAML and the settings (30-40 ms a job). Pydantic is imported when a file has to be validated, which a
 rerun with unchanged configuration never does.
 """
 
-from mltf_flow.config.files import read_yaml_mapping as read_yaml_mapping
-from mltf_flow.config.settings import SETTING_KEYS as SETTING_KEYS
-from mltf_flow.config.settings import Settings as Settings
-from mltf_flow.config.settings import load_settings as load_settings
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mltf_flow.config.files import read_yaml_mapping as read_yaml_mapping
+    from mltf_flow.config.settings import SETTING_KEYS as SETTING_KEYS
+    from mltf_flow.config.settings import Settings as Settings
+    from mltf_flow.config.settings import load_settings as load_settings
+
+_LAZY = {"read_yaml_mapping": "mltf_flow.config.files", "SETTING_KEYS": "mltf_flow.config.settings",
+         "Settings": "mltf_flow.config.settings", "load_settings": "mltf_flow.config.settings"}
+
+
+def __getattr__(name: str) -> Any:
+    """The package's names, imported on first use (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = ["SETTING_KEYS", "Settings", "load_settings", "read_yaml_mapping"]
