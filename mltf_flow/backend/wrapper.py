@@ -145,7 +145,8 @@ def _reason_tag(outcome: Outcome) -> dict[str, str]:
 
 
 class _Call(threading.Thread, Generic[T]):
-    """A call to MLflow in a thread of its own (started at once); :meth:`result` returns or raises what it did."""
+    """A call to MLflow in a thread of its own (started at once); :meth:`result` returns or raises what it did.
+    Not ``concurrent.futures``: importing it costs every job 12 ms before its outcome is recorded."""
 
     def __init__(self, fn: Callable[..., T], *args: Any) -> None:
         super().__init__(name="mltf-mlflow-call", daemon=True)
@@ -455,8 +456,7 @@ class Wrapper:
             outcome.error = f"the command exited 0 but ended its MLflow run {status}"
             writer.set_tags(run_id, self._outcome_tags(outcome, status))
         writer.terminate(run_id, status)
-        upload.result()
-         # the log is there before the run is complete
+        upload.result()  # the log is there before the run is complete
         if status == FINISHED:
             # Last: a run is complete only once everything else about it is recorded (pipelines trust this tag).
             writer.set_tags(run_id, {TAG_COMPLETE: "true"})
